@@ -1,0 +1,30 @@
+//! engram's benchmark programs.
+//!
+//! - `index` ([`index_bench`]): engram's HNSW on an fvecs data set, measured
+//!   like `../shared/tools/hnsw_baseline.py run` measures hnswlib
+//!   (`scripts/bench_index.sh` runs both and reports the ratios).
+//! - [`data`]: fvecs / ivecs readers.
+
+mod data;
+mod index_bench;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "engram-bench", about = "engram benchmark programs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Build and measure engram's HNSW index; prints one JSON object.
+    Index(index_bench::IndexArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Index(args) => index_bench::run(&args),
+    }
+}

@@ -1,0 +1,600 @@
+//! The group-commit thread: where the WAL is synced.
+//!
+//! Every state change goes through this one thread, in arrival order:
+//! 1. *prepare* each command of a batch: validate it against the space
+//!    (dimension, duplicate id), assign the next server sequence, append the
+//!    record to the WAL;
+//! 2. *sync* once for the whole batch, as the sync policy says;
+//! 3. *apply* each change to memory (visible to recall from here) and hand
+//!    new episodes to the indexer;
+//! 4. *answer* every command of the batch, in order.
+//!
+//! So an ack never leaves before its record is durable (per policy) and
+//! visible, and sequence order, WAL order and visibility order are one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use tokio::sync::oneshot;
+
+use crate::admission::Admission;
+use crate::error::{Error, Result};
+use crate::index::HnswParams;
+use crate::indexer::{IndexTask, Indexer};
+use crate::model::{now_unix_nanos, Remembered, SpaceId, StoredEpisode, ValidEpisode};
+use crate::record::WalRecord;
+use crate::space::Space;
+use crate::wal::{Lsn, SyncPolicy, Wal};
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// What the commit thread is asked to do.
+pub(crate) enum Command {
+    Observe {
+        space: SpaceId,
+        episode: ValidEpisode,
+        /// Create the space (with the episode's dimension) if it is missing.
+        auto_create: bool,
+        reply: Reply<Remembered>,
+    },
+    CreateSpace {
+        space: SpaceId,
+        dimension: usize,
+        reply: Reply<bool>,
+    },
+    Forget {
+        space: SpaceId,
+        memory_id: String,
+        reply: Reply<()>,
+    },
+    DeleteSpace {
+        space: SpaceId,
+        reply: Reply<()>,
+    },
+    /// Barrier: commit everything before it, rotate the WAL, and capture
+    /// the state that a snapshot file will hold.
+    CaptureSnapshot {
+        reply: Reply<Option<Capture>>,
+    },
+    /// Delete WAL segments that a written snapshot covers.
+    TruncateWal {
+        before: Lsn,
+        reply: Reply<usize>,
+    },
+    /// Commit what is queued, sync, and end the thread.
+    Stop,
+}
+
+/// A consistent cut of the state: every record below `next_lsn`.
+pub struct Capture {
+    pub next_lsn: Lsn,
+    pub spaces: Vec<SpaceCapture>,
+}
+
+pub struct SpaceCapture {
+    pub space: Arc<Space>,
+    pub last_seq: u64,
+    pub episodes: Vec<Arc<StoredEpisode>>,
+}
+
+/// The registry of spaces, as both the commit thread and readers see it.
+pub(crate) type SpaceMap = parking_lot::RwLock<HashMap<SpaceId, Arc<Space>>>;
+
+/// State owned by the commit thread (and, before it starts, by recovery).
+pub(crate) struct Committer {
+    pub wal: Wal,
+    pub policy: SyncPolicy,
+    pub sync_interval: Duration,
+    pub max_batch: usize,
+    pub params: HnswParams,
+    /// The commit thread's view of the spaces: includes changes prepared in
+    /// the current batch that readers cannot see yet.
+    pub spaces: HashMap<SpaceId, Arc<Space>>,
+    pub published: Arc<SpaceMap>,
+    pub indexer: Arc<Indexer>,
+    pub admission: Arc<Admission>,
+    /// LSN at which the last snapshot was cut (nothing new since → skip).
+    pub last_capture_lsn: Lsn,
+    /// Set after a failed WAL write or sync: no further writes are taken.
+    pub failed: Option<String>,
+    dirty_since_sync: bool,
+    last_sync: Instant,
+}
+
+/// A change prepared in this batch, waiting for sync before it applies.
+enum Prepared {
+    Observe(Arc<Space>, Arc<StoredEpisode>, Reply<Remembered>),
+    Created(Arc<Space>, Reply<bool>),
+    Forgotten(Arc<Space>, u64, Reply<()>),
+    Deleted(Arc<Space>, Reply<()>),
+    /// An answer that needs nothing applied (an error, a duplicate); it
+    /// still waits for the batch's sync so answers keep their order and a
+    /// duplicate is never acked before its original is durable.
+    Answer(Box<dyn FnOnce() + Send>),
+}
+
+impl Committer {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        wal: Wal,
+        policy: SyncPolicy,
+        sync_interval: Duration,
+        max_batch: usize,
+        params: HnswParams,
+        published: Arc<SpaceMap>,
+        indexer: Arc<Indexer>,
+        admission: Arc<Admission>,
+    ) -> Self {
+        let last_capture_lsn = wal.next_lsn();
+        Committer {
+            wal,
+            policy,
+            sync_interval,
+            max_batch: max_batch.max(1),
+            params,
+            spaces: HashMap::new(),
+            published,
+            indexer,
+            admission,
+            last_capture_lsn,
+            failed: None,
+            dirty_since_sync: false,
+            last_sync: Instant::now(),
+        }
+    }
+
+    /// Replays one WAL record at recovery (no answers, no admission).
+    pub fn replay(&mut self, record: WalRecord) -> Result<()> {
+        match record {
+            WalRecord::CreateSpace { space, dimension } => {
+                let s = Arc::new(Space::new(space.clone(), dimension, self.params.clone()));
+                self.spaces.insert(space, s);
+            }
+            WalRecord::Observe { space, episode } => {
+                let s = self.spaces.get(&space).cloned().ok_or_else(|| {
+                    Error::Storage(format!(
+                        "WAL observes into space '{space}' that was never created"
+                    ))
+                })?;
+                {
+                    let mut meta = s.commit_meta();
+                    meta.by_id
+                        .insert(episode.id.clone(), episode.server_sequence);
+                    meta.last_seq = episode.server_sequence;
+                }
+                self.apply_observe(&s, Arc::new(episode), true);
+            }
+            WalRecord::Forget {
+                space,
+                server_sequence,
+            } => {
+                if let Some(s) = self.spaces.get(&space) {
+                    let id = s.read().episode(server_sequence).map(|e| e.id.clone());
+                    if let Some(id) = id {
+                        s.commit_meta().by_id.remove(&id);
+                    }
+                    s.apply_forget(server_sequence);
+                }
+            }
+            WalRecord::DeleteSpace { space } => {
+                if let Some(s) = self.spaces.remove(&space) {
+                    s.mark_deleted();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a space loaded from a snapshot.
+    pub fn restore_space(&mut self, space: Arc<Space>) {
+        self.spaces.insert(space.id().clone(), space);
+    }
+
+    /// Makes the commit thread's view the readers' view (end of recovery).
+    pub fn publish_all(&self) {
+        *self.published.write() = self.spaces.clone();
+    }
+
+    pub fn apply_observe(&self, space: &Arc<Space>, episode: Arc<StoredEpisode>, recovering: bool) {
+        if space.apply_observe(episode.clone()) {
+            if recovering {
+                self.admission.force_admit(1);
+            }
+            self.indexer.enqueue(IndexTask {
+                space: space.clone(),
+                episode,
+            });
+        }
+    }
+
+    /// The thread's main loop.
+    pub fn run(mut self, rx: Receiver<Command>) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        loop {
+            let wait = if self.dirty_since_sync && self.policy == SyncPolicy::Interval {
+                self.sync_interval.saturating_sub(self.last_sync.elapsed())
+            } else {
+                Duration::from_secs(1)
+            };
+            match rx.recv_timeout(wait) {
+                Ok(cmd) => batch.push(cmd),
+                Err(RecvTimeoutError::Timeout) => {
+                    self.interval_sync();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while batch.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            if !self.process(&mut batch) {
+                break;
+            }
+        }
+        if let Err(e) = self.wal.sync() {
+            tracing::error!(error = %e, "final WAL sync failed");
+        }
+    }
+
+    /// Handles one batch; false when a Stop was seen.
+    fn process(&mut self, batch: &mut Vec<Command>) -> bool {
+        let mut prepared = Vec::with_capacity(batch.len());
+        let mut keep_running = true;
+        for cmd in batch.drain(..) {
+            match cmd {
+                Command::CaptureSnapshot { reply } => {
+                    self.commit(&mut prepared);
+                    let _ = reply.send(self.capture());
+                }
+                Command::TruncateWal { before, reply } => {
+                    self.commit(&mut prepared);
+                    let _ = reply.send(self.wal.truncate_before(before).map_err(Error::from));
+                }
+                Command::Stop => keep_running = false,
+                other => self.prepare(other, &mut prepared),
+            }
+        }
+        self.commit(&mut prepared);
+        keep_running
+    }
+
+    fn prepare(&mut self, cmd: Command, out: &mut Vec<Prepared>) {
+        if let Some(why) = &self.failed {
+            let err = Error::Storage(format!(
+                "the write-ahead log failed earlier ({why}); no writes are accepted until the server is restarted"
+            ));
+            fail(cmd, err, &self.admission);
+            return;
+        }
+        match cmd {
+            Command::Observe {
+                space,
+                episode,
+                auto_create,
+                reply,
+            } => self.prepare_observe(space, episode, auto_create, reply, out),
+            Command::CreateSpace {
+                space,
+                dimension,
+                reply,
+            } => match self.spaces.get(&space) {
+                Some(s) if s.dimension() == dimension => answer(out, reply, Ok(false)),
+                Some(s) => {
+                    let dimension = s.dimension();
+                    answer(
+                        out,
+                        reply,
+                        Err(Error::SpaceExists {
+                            space: space.to_string(),
+                            dimension,
+                        }),
+                    )
+                }
+                None => {
+                    if let Some(s) = self.create_space(space, dimension) {
+                        out.push(Prepared::Created(s, reply));
+                    } else {
+                        answer(out, reply, Err(self.storage_error()));
+                    }
+                }
+            },
+            Command::Forget {
+                space,
+                memory_id,
+                reply,
+            } => {
+                let Some(s) = self.spaces.get(&space).cloned() else {
+                    return answer(out, reply, Err(Error::SpaceNotFound(space.to_string())));
+                };
+                let Some(seq) = s.commit_meta().by_id.get(&memory_id).copied() else {
+                    return answer(
+                        out,
+                        reply,
+                        Err(Error::MemoryNotFound {
+                            space: space.to_string(),
+                            memory_id,
+                        }),
+                    );
+                };
+                if self.append(&WalRecord::Forget {
+                    space,
+                    server_sequence: seq,
+                }) {
+                    s.commit_meta().by_id.remove(&memory_id);
+                    out.push(Prepared::Forgotten(s, seq, reply));
+                } else {
+                    answer(out, reply, Err(self.storage_error()));
+                }
+            }
+            Command::DeleteSpace { space, reply } => {
+                if !self.spaces.contains_key(&space) {
+                    return answer(out, reply, Err(Error::SpaceNotFound(space.to_string())));
+                }
+                if self.append(&WalRecord::DeleteSpace {
+                    space: space.clone(),
+                }) {
+                    let s = self.spaces.remove(&space).expect("checked above");
+                    out.push(Prepared::Deleted(s, reply));
+                } else {
+                    answer(out, reply, Err(self.storage_error()));
+                }
+            }
+            Command::CaptureSnapshot { .. } | Command::TruncateWal { .. } | Command::Stop => {
+                unreachable!("barriers are handled by process")
+            }
+        }
+    }
+
+    fn prepare_observe(
+        &mut self,
+        space: SpaceId,
+        ep: ValidEpisode,
+        auto_create: bool,
+        reply: Reply<Remembered>,
+        out: &mut Vec<Prepared>,
+    ) {
+        let admission = self.admission.clone();
+        let reject = |out: &mut Vec<Prepared>, reply, err| {
+            admission.release(0, 1);
+            answer(out, reply, Err(err));
+        };
+        let s = match self.spaces.get(&space) {
+            Some(s) => s.clone(),
+            None if auto_create => match self.create_space(space.clone(), ep.embedding.len()) {
+                Some(s) => {
+                    // Readers see the new space once this batch is synced.
+                    let (tx, _) = oneshot::channel();
+                    out.push(Prepared::Created(s.clone(), tx));
+                    s
+                }
+                None => return reject(out, reply, self.storage_error()),
+            },
+            None => return reject(out, reply, Error::SpaceNotFound(space.to_string())),
+        };
+        if ep.embedding.len() != s.dimension() {
+            let err = Error::DimensionMismatch {
+                space: space.to_string(),
+                expected: s.dimension(),
+                got: ep.embedding.len(),
+            };
+            return reject(out, reply, err);
+        }
+        let mut meta = s.commit_meta();
+        if let Some(id) = &ep.id {
+            if let Some(&seq) = meta.by_id.get(id) {
+                drop(meta);
+                // Idempotent retry: the original's answer, nothing stored.
+                let original = s.read().episode(seq).map(|e| e.committed_at_unix_nanos);
+                let done = Remembered {
+                    memory_id: id.clone(),
+                    server_sequence: seq,
+                    committed_at_unix_nanos: original.unwrap_or_else(now_unix_nanos),
+                    duplicate: true,
+                };
+                admission.release(0, 1);
+                return answer(out, reply, Ok(done));
+            }
+        }
+        let seq = meta.last_seq + 1;
+        let episode = StoredEpisode {
+            id: ep.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            when_unix_nanos: ep.when_unix_nanos,
+            what: ep.what,
+            embedding: ep.embedding,
+            encoding_confidence: ep.encoding_confidence,
+            tags: ep.tags,
+            metadata: ep.metadata,
+            server_sequence: seq,
+            committed_at_unix_nanos: now_unix_nanos(),
+        };
+        let record = WalRecord::Observe { space, episode };
+        if !self.append(&record) {
+            drop(meta);
+            return reject(out, reply, self.storage_error());
+        }
+        let WalRecord::Observe { episode, .. } = record else {
+            unreachable!()
+        };
+        meta.last_seq = seq;
+        meta.by_id.insert(episode.id.clone(), seq);
+        drop(meta);
+        out.push(Prepared::Observe(s, Arc::new(episode), reply));
+    }
+
+    fn create_space(&mut self, space: SpaceId, dimension: usize) -> Option<Arc<Space>> {
+        if !self.append(&WalRecord::CreateSpace {
+            space: space.clone(),
+            dimension,
+        }) {
+            return None;
+        }
+        let s = Arc::new(Space::new(space.clone(), dimension, self.params.clone()));
+        self.spaces.insert(space, s.clone());
+        Some(s)
+    }
+
+    /// Appends a record; false (and the engine marked failed) on error.
+    fn append(&mut self, record: &WalRecord) -> bool {
+        match self.wal.append(&record.encode()) {
+            Ok(_) => {
+                self.dirty_since_sync = true;
+                true
+            }
+            Err(e) => {
+                self.fail_wal(e.to_string());
+                false
+            }
+        }
+    }
+
+    fn fail_wal(&mut self, why: String) {
+        tracing::error!(error = %why, "write-ahead log failure; refusing further writes");
+        self.failed = Some(why);
+    }
+
+    fn storage_error(&self) -> Error {
+        Error::Storage(
+            self.failed
+                .clone()
+                .unwrap_or_else(|| "write-ahead log failure".into()),
+        )
+    }
+
+    /// Makes the prepared changes durable per policy, applies, answers.
+    fn commit(&mut self, prepared: &mut Vec<Prepared>) {
+        if prepared.is_empty() {
+            return;
+        }
+        if self.dirty_since_sync && self.failed.is_none() {
+            let res = match self.policy {
+                SyncPolicy::Always => self.wal.sync().map(|_| {
+                    self.dirty_since_sync = false;
+                    self.last_sync = Instant::now();
+                }),
+                // The write reaches the OS before the ack, so a process crash
+                // loses nothing; the timer (or none) decides about fsync.
+                SyncPolicy::Interval | SyncPolicy::None => self.wal.flush(),
+            };
+            if let Err(e) = res {
+                self.fail_wal(e.to_string());
+            }
+        }
+        if self.failed.is_some() {
+            // Nothing of this batch is known durable: answer every write
+            // with the failure and apply nothing.
+            for p in prepared.drain(..) {
+                let err = self.storage_error();
+                match p {
+                    Prepared::Observe(_, _, r) => {
+                        self.admission.release(0, 1);
+                        let _ = r.send(Err(err));
+                    }
+                    Prepared::Created(_, r) => drop(r.send(Err(err))),
+                    Prepared::Forgotten(_, _, r) | Prepared::Deleted(_, r) => {
+                        drop(r.send(Err(err)))
+                    }
+                    Prepared::Answer(f) => f(),
+                }
+            }
+            return;
+        }
+        for p in prepared.drain(..) {
+            match p {
+                Prepared::Observe(space, episode, reply) => {
+                    let done = Remembered {
+                        memory_id: episode.id.clone(),
+                        server_sequence: episode.server_sequence,
+                        committed_at_unix_nanos: episode.committed_at_unix_nanos,
+                        duplicate: false,
+                    };
+                    self.apply_observe(&space, episode, false);
+                    let _ = reply.send(Ok(done));
+                }
+                Prepared::Created(space, reply) => {
+                    self.published.write().insert(space.id().clone(), space);
+                    let _ = reply.send(Ok(true));
+                }
+                Prepared::Forgotten(space, seq, reply) => {
+                    space.apply_forget(seq);
+                    let _ = reply.send(Ok(()));
+                }
+                Prepared::Deleted(space, reply) => {
+                    space.mark_deleted();
+                    let mut published = self.published.write();
+                    if published
+                        .get(space.id())
+                        .is_some_and(|s| Arc::ptr_eq(s, &space))
+                    {
+                        published.remove(space.id());
+                    }
+                    let _ = reply.send(Ok(()));
+                }
+                Prepared::Answer(f) => f(),
+            }
+        }
+    }
+
+    fn interval_sync(&mut self) {
+        if self.dirty_since_sync && self.policy == SyncPolicy::Interval && self.failed.is_none() {
+            match self.wal.sync() {
+                Ok(()) => {
+                    self.dirty_since_sync = false;
+                    self.last_sync = Instant::now();
+                }
+                Err(e) => self.fail_wal(e.to_string()),
+            }
+        }
+    }
+
+    fn capture(&mut self) -> Result<Option<Capture>> {
+        if let Some(why) = &self.failed {
+            return Err(Error::Storage(why.clone()));
+        }
+        if self.wal.next_lsn() == self.last_capture_lsn {
+            return Ok(None);
+        }
+        self.wal.sync()?;
+        self.dirty_since_sync = false;
+        let next_lsn = self.wal.rotate()?;
+        self.last_capture_lsn = next_lsn;
+        let mut spaces: Vec<_> = self
+            .spaces
+            .values()
+            .map(|s| SpaceCapture {
+                space: s.clone(),
+                last_seq: s.commit_meta().last_seq,
+                episodes: s.read().live_episodes().cloned().collect(),
+            })
+            .collect();
+        spaces.sort_by(|a, b| a.space.id().cmp(b.space.id()));
+        Ok(Some(Capture { next_lsn, spaces }))
+    }
+}
+
+fn answer<T: Send + 'static>(out: &mut Vec<Prepared>, reply: Reply<T>, result: Result<T>) {
+    out.push(Prepared::Answer(Box::new(move || {
+        let _ = reply.send(result);
+    })));
+}
+
+/// Answers a command with an error without preparing it.
+fn fail(cmd: Command, err: Error, admission: &Admission) {
+    match cmd {
+        Command::Observe { reply, .. } => {
+            admission.release(0, 1);
+            let _ = reply.send(Err(err));
+        }
+        Command::CreateSpace { reply, .. } => drop(reply.send(Err(err))),
+        Command::Forget { reply, .. } | Command::DeleteSpace { reply, .. } => {
+            drop(reply.send(Err(err)))
+        }
+        Command::CaptureSnapshot { reply } => drop(reply.send(Err(err))),
+        Command::TruncateWal { reply, .. } => drop(reply.send(Err(err))),
+        Command::Stop => {}
+    }
+}

@@ -1,0 +1,100 @@
+//! Engine configuration: one struct per subsystem, each default a named
+//! constant that says why it is that number. The server crate fills these
+//! from its TOML file, the environment and flags.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::index::HnswParams;
+use crate::wal::SyncPolicy;
+
+/// Not-yet-indexed observations the server holds before admission control
+/// rejects new ones (SPEC 4). 100K × 768-d is ~300 MiB of vectors: a burst of
+/// tens of seconds at 2-core indexing rates, small enough to scan exactly.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 100_000;
+/// With the `interval` policy, how often the WAL is fsynced.
+pub const DEFAULT_WAL_SYNC_INTERVAL: Duration = Duration::from_millis(10);
+/// WAL segment size: large enough that rotation is rare, small enough that
+/// truncation after a snapshot frees space promptly.
+pub const DEFAULT_WAL_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// How often a snapshot is written when anything changed, so that recovery
+/// replays at most this much WAL.
+pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(300);
+/// Largest group commit: bounds the latency one batch adds to the acks in it.
+pub const DEFAULT_MAX_COMMIT_BATCH: usize = 4096;
+/// Requests waiting for the commit thread. When full, writers get
+/// `overloaded` rather than queueing without bound.
+pub const DEFAULT_COMMIT_QUEUE: usize = 65_536;
+
+/// Write-ahead log settings.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WalConfig {
+    /// `always` (default): fsync before the ack leaves; `interval`: fsync
+    /// every `sync_interval_ms`, acks after the write reaches the OS;
+    /// `none`: never fsync (tests and throwaway data).
+    pub sync: SyncPolicy,
+    pub sync_interval_ms: u64,
+    pub segment_bytes: u64,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        WalConfig {
+            sync: SyncPolicy::Always,
+            sync_interval_ms: DEFAULT_WAL_SYNC_INTERVAL.as_millis() as u64,
+            segment_bytes: DEFAULT_WAL_SEGMENT_BYTES,
+        }
+    }
+}
+
+/// Everything the engine needs to open.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Where the WAL and snapshots live.
+    pub data_dir: PathBuf,
+    /// Bound on accepted-but-not-yet-indexed observations, over all spaces.
+    pub queue_capacity: usize,
+    /// Indexing worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Create a space on its first observation instead of answering
+    /// `space_not_found`.
+    pub auto_create_spaces: bool,
+    /// Seconds between snapshots (0 disables periodic snapshots; one is
+    /// still written at shutdown).
+    pub snapshot_interval_secs: u64,
+    pub max_commit_batch: usize,
+    pub commit_queue: usize,
+    pub wal: WalConfig,
+    pub index: HnswParams,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            data_dir: PathBuf::from("./engram-data"),
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            workers: 0,
+            auto_create_spaces: true,
+            snapshot_interval_secs: DEFAULT_SNAPSHOT_INTERVAL.as_secs(),
+            max_commit_batch: DEFAULT_MAX_COMMIT_BATCH,
+            commit_queue: DEFAULT_COMMIT_QUEUE,
+            wal: WalConfig::default(),
+            index: HnswParams::default(),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Worker count with 0 resolved to the number of cores.
+    pub fn effective_workers(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}

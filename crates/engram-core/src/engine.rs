@@ -1,0 +1,473 @@
+//! The [`Engine`] handle: recovery at open, the operations every transport
+//! calls, snapshots, and ordered shutdown.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, TrySendError};
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::admission::Admission;
+use crate::commit::{Command, Committer, SpaceMap};
+use crate::config::EngineConfig;
+use crate::error::{Error, Result};
+use crate::indexer::Indexer;
+use crate::model::{
+    Cue, EpisodeInput, RecallResult, Remembered, SpaceId, SpaceInfo, DEFAULT_DIMENSION,
+    MAX_DIMENSION,
+};
+use crate::record::WalRecord;
+use crate::space::Space;
+use crate::wal::{Wal, WalOptions};
+use crate::{recall, snapshot};
+
+/// How long a writer is told to wait when the commit queue itself is full.
+const COMMIT_QUEUE_RETRY: Duration = Duration::from_millis(50);
+
+/// What recovery found, for the startup log.
+#[derive(Clone, Debug, Default)]
+pub struct RecoveryReport {
+    pub snapshot: Option<PathBuf>,
+    pub snapshot_episodes: usize,
+    pub wal_records: usize,
+    pub spaces: usize,
+    pub to_index: usize,
+    pub took: Duration,
+}
+
+/// The engine. Cheap to clone; every clone is the same engine.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: EngineConfig,
+    spaces: Arc<SpaceMap>,
+    commit_tx: Sender<Command>,
+    commit_thread: Mutex<Option<JoinHandle<()>>>,
+    admission: Arc<Admission>,
+    indexer: Arc<Indexer>,
+    shutting_down: AtomicBool,
+    /// One snapshot at a time (periodic, on demand, at shutdown).
+    snapshot_lock: Mutex<()>,
+    snapshotter: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
+    recovery: RecoveryReport,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The commit thread ends when `commit_tx` drops with us; the
+        // indexing workers need to be told.
+        self.indexer.stop();
+    }
+}
+
+impl Engine {
+    /// Opens the data directory and recovers: loads the newest snapshot,
+    /// replays the WAL after it, and queues every episode that is not in an
+    /// index yet. Returns once the engine is ready for requests.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] when the data directory, a snapshot or the WAL
+    /// cannot be read; the engine refuses to start rather than lose data.
+    pub fn open(config: EngineConfig) -> Result<Engine> {
+        let started = Instant::now();
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            Error::Storage(format!(
+                "creating data directory {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+        let admission = Arc::new(Admission::new(config.queue_capacity));
+        let indexer = Arc::new(Indexer::start(
+            config.effective_workers(),
+            admission.clone(),
+        ));
+        let spaces: Arc<SpaceMap> = Arc::default();
+        let mut report = RecoveryReport::default();
+
+        let loaded = snapshot::load_latest(&config.data_dir)?;
+        let from_lsn = loaded.as_ref().map_or(1, |l| l.next_lsn);
+        let (wal, records) = Wal::open(
+            &config.data_dir.join("wal"),
+            WalOptions {
+                segment_bytes: config.wal.segment_bytes,
+            },
+            from_lsn,
+        )?;
+        let mut committer = Committer::new(
+            wal,
+            config.wal.sync,
+            Duration::from_millis(config.wal.sync_interval_ms),
+            config.max_commit_batch,
+            config.index.clone(),
+            spaces.clone(),
+            indexer.clone(),
+            admission.clone(),
+        );
+        if let Some(loaded) = loaded {
+            report.snapshot = Some(loaded.path);
+            for ls in loaded.spaces {
+                let space = ls.space;
+                {
+                    let mut meta = space.commit_meta();
+                    meta.last_seq = ls.last_seq;
+                    meta.by_id = ls
+                        .episodes
+                        .iter()
+                        .map(|e| (e.id.clone(), e.server_sequence))
+                        .collect();
+                }
+                report.snapshot_episodes += ls.episodes.len();
+                for e in ls.episodes {
+                    committer.apply_observe(&space, Arc::new(e), true);
+                }
+                space.restore_last_sequence(ls.last_seq);
+                committer.restore_space(space);
+            }
+        }
+        report.wal_records = records.len();
+        for (_, bytes) in records {
+            committer.replay(WalRecord::decode(&bytes)?)?;
+        }
+        committer.publish_all();
+        // Replayed records are not in a snapshot yet: let the next one run.
+        committer.last_capture_lsn = from_lsn;
+        report.spaces = spaces.read().len();
+        report.to_index = admission.depth();
+
+        let (commit_tx, commit_rx) = crossbeam_channel::bounded(config.commit_queue.max(1));
+        let commit_thread = std::thread::Builder::new()
+            .name("engram-commit".into())
+            .spawn(move || committer.run(commit_rx))
+            .map_err(|e| Error::Storage(format!("starting the commit thread: {e}")))?;
+        report.took = started.elapsed();
+
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                config,
+                spaces,
+                commit_tx,
+                commit_thread: Mutex::new(Some(commit_thread)),
+                admission,
+                indexer,
+                shutting_down: AtomicBool::new(false),
+                snapshot_lock: Mutex::new(()),
+                snapshotter: Mutex::new(None),
+                recovery: report,
+            }),
+        };
+        engine.start_snapshotter();
+        Ok(engine)
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.inner.recovery
+    }
+
+    fn start_snapshotter(&self) {
+        let every = self.inner.config.snapshot_interval_secs;
+        if every == 0 {
+            return;
+        }
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let handle = std::thread::Builder::new()
+            .name("engram-snapshot".into())
+            .spawn(move || {
+                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                    stop_rx.recv_timeout(Duration::from_secs(every))
+                {
+                    let Some(inner) = weak.upgrade() else { return };
+                    if let Err(e) = (Engine { inner }).snapshot() {
+                        tracing::error!(error = %e, "periodic snapshot failed; the WAL is kept");
+                    }
+                }
+            })
+            .expect("spawning the snapshot thread");
+        *self.inner.snapshotter.lock() = Some((stop_tx, handle));
+    }
+
+    fn send(&self, cmd: Command) -> Result<()> {
+        match self.inner.commit_tx.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(cmd)) => {
+                if let Command::Observe { .. } = cmd {
+                    self.inner.admission.release(0, 1);
+                }
+                Err(Error::Overloaded {
+                    depth: self.inner.admission.depth(),
+                    capacity: self.inner.admission.capacity(),
+                    retry_after: COMMIT_QUEUE_RETRY,
+                })
+            }
+            Err(TrySendError::Disconnected(_)) => Err(Error::ShuttingDown),
+        }
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.send(make(tx))?;
+        rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    fn space(&self, id: &SpaceId) -> Result<Arc<Space>> {
+        self.inner
+            .spaces
+            .read()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::SpaceNotFound(id.to_string()))
+    }
+
+    /// Stores one observation durably and makes it visible to recall before
+    /// answering (SPEC 3.1–3.3).
+    ///
+    /// # Errors
+    /// Validation errors, [`Error::SpaceNotFound`] (auto-creation off),
+    /// [`Error::DimensionMismatch`], [`Error::Overloaded`] with a
+    /// retry-after, [`Error::ShuttingDown`], [`Error::Storage`].
+    pub async fn remember(&self, space: &str, input: EpisodeInput) -> Result<Remembered> {
+        let space = SpaceId::parse(space)?;
+        let episode = input.validate()?;
+        self.check_writable()?;
+        match self.space(&space) {
+            Ok(s) if s.dimension() != episode.embedding.len() => {
+                return Err(Error::DimensionMismatch {
+                    space: space.to_string(),
+                    expected: s.dimension(),
+                    got: episode.embedding.len(),
+                })
+            }
+            Err(e) if !self.inner.config.auto_create_spaces => return Err(e),
+            _ => {}
+        }
+        self.inner.admission.try_admit()?;
+        let auto_create = self.inner.config.auto_create_spaces;
+        self.call(|reply| Command::Observe {
+            space,
+            episode,
+            auto_create,
+            reply,
+        })
+        .await
+    }
+
+    /// The most similar memories to the cue, as of now (CPU work: call it
+    /// from a blocking-capable thread, not an async worker).
+    ///
+    /// # Errors
+    /// Validation errors, [`Error::SpaceNotFound`], [`Error::DimensionMismatch`].
+    pub fn recall(&self, space: &str, cue: Cue) -> Result<RecallResult> {
+        let space = self.space(&SpaceId::parse(space)?)?;
+        let cue = cue.validate()?;
+        recall::recall(&space, &cue, self.inner.config.index.ef_search)
+    }
+
+    /// Forgets a memory by id.
+    ///
+    /// # Errors
+    /// [`Error::SpaceNotFound`], [`Error::MemoryNotFound`], [`Error::ShuttingDown`].
+    pub async fn forget(&self, space: &str, memory_id: &str) -> Result<()> {
+        let space = SpaceId::parse(space)?;
+        self.check_writable()?;
+        let memory_id = memory_id.to_owned();
+        self.call(|reply| Command::Forget {
+            space,
+            memory_id,
+            reply,
+        })
+        .await
+    }
+
+    /// Creates a space; returns its description and whether it was new
+    /// (creating an existing space with the same dimension is a no-op).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a bad id or dimension,
+    /// [`Error::SpaceExists`] when it exists with another dimension.
+    pub async fn create_space(
+        &self,
+        space: &str,
+        dimension: Option<usize>,
+    ) -> Result<(SpaceInfo, bool)> {
+        let space = SpaceId::parse(space)?;
+        let dimension = dimension.unwrap_or(DEFAULT_DIMENSION);
+        if !(1..=MAX_DIMENSION).contains(&dimension) {
+            return Err(Error::InvalidArgument {
+                field: "dimension",
+                message: format!("is {dimension}; expected 1 to {MAX_DIMENSION}"),
+            });
+        }
+        self.check_writable()?;
+        let id = space.clone();
+        let created = self
+            .call(|reply| Command::CreateSpace {
+                space,
+                dimension,
+                reply,
+            })
+            .await?;
+        Ok((self.space(&id)?.info(), created))
+    }
+
+    /// Deletes a space and everything in it.
+    ///
+    /// # Errors
+    /// [`Error::SpaceNotFound`], [`Error::ShuttingDown`].
+    pub async fn delete_space(&self, space: &str) -> Result<()> {
+        let space = SpaceId::parse(space)?;
+        self.check_writable()?;
+        self.call(|reply| Command::DeleteSpace { space, reply })
+            .await
+    }
+
+    /// Every space, sorted by id.
+    pub fn list_spaces(&self) -> Vec<SpaceInfo> {
+        let spaces: Vec<_> = self.inner.spaces.read().values().cloned().collect();
+        let mut out: Vec<_> = spaces.iter().map(|s| s.info()).collect();
+        out.sort_by(|a, b| a.memory_space_id.cmp(&b.memory_space_id));
+        out
+    }
+
+    /// # Errors
+    /// [`Error::SpaceNotFound`], or an invalid id.
+    pub fn describe_space(&self, space: &str) -> Result<SpaceInfo> {
+        Ok(self.space(&SpaceId::parse(space)?)?.info())
+    }
+
+    /// Index integrity of one space: the graph's invariants, every stored
+    /// vector findable, every live episode in exactly one tier.
+    ///
+    /// # Errors
+    /// A description of the first violation (or the space is unknown).
+    pub fn check_integrity(&self, space: &str) -> std::result::Result<(), String> {
+        let space = SpaceId::parse(space)
+            .and_then(|id| self.space(&id))
+            .map_err(|e| e.to_string())?;
+        space.check_integrity()
+    }
+
+    /// Accepted observations not yet indexed, over all spaces.
+    pub fn queue_depth(&self) -> usize {
+        self.inner.admission.depth()
+    }
+
+    pub fn queue_capacity(&self) -> usize {
+        self.inner.admission.capacity()
+    }
+
+    /// Indexing-worker panics caught (and their tasks requeued) since start.
+    pub fn worker_restarts(&self) -> u64 {
+        self.inner.indexer.restarts()
+    }
+
+    /// Holds indexing back: observations stay in the fresh tier. For tests
+    /// and for operators draining a node; recall keeps seeing everything.
+    pub fn pause_indexing(&self) {
+        self.inner.indexer.pause();
+    }
+
+    pub fn resume_indexing(&self) {
+        self.inner.indexer.resume();
+    }
+
+    /// Writes a snapshot now (if anything changed since the last one) and
+    /// truncates the WAL it covers. Blocking.
+    ///
+    /// # Errors
+    /// [`Error::Storage`]; the WAL is kept when the snapshot fails.
+    pub fn snapshot(&self) -> Result<Option<PathBuf>> {
+        let _one = self.inner.snapshot_lock.lock();
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::CaptureSnapshot { reply: tx })?;
+        let Some(capture) = wait(rx)? else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        let path = snapshot::write(&self.inner.config.data_dir, &capture)?;
+        drop(capture);
+        let (tx, rx) = oneshot::channel();
+        let before = {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            name.trim_start_matches("snapshot-")
+                .trim_end_matches(".snap")
+                .parse()
+                .unwrap_or(0)
+        };
+        self.send(Command::TruncateWal { before, reply: tx })?;
+        let removed = wait(rx)?;
+        tracing::info!(path = %path.display(), took_ms = started.elapsed().as_millis() as u64, wal_segments_removed = removed, "snapshot written");
+        Ok(Some(path))
+    }
+
+    /// Whether [`Engine::shutdown`] has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Ordered shutdown: refuse new writes, commit what is queued, write a
+    /// snapshot, stop the indexing workers, sync the WAL and stop the
+    /// commit thread. Blocking; calling it again does nothing.
+    pub fn shutdown(&self) {
+        if self.inner.shutting_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some((stop, handle)) = self.inner.snapshotter.lock().take() {
+            let _ = stop.send(());
+            let _ = handle.join();
+        }
+        if let Err(e) = self.snapshot() {
+            tracing::error!(error = %e, "snapshot at shutdown failed; recovery will replay the WAL");
+        }
+        self.inner.indexer.stop();
+        // Stop is queued behind every command already sent, so they commit.
+        let _ = self.inner.commit_tx.send(Command::Stop);
+        if let Some(h) = self.inner.commit_thread.lock().take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Blocks the calling thread until the commit thread answers. Unlike
+/// `blocking_recv`, this is allowed on any thread (the blocking calls of the
+/// engine, snapshot and shutdown, may be made from inside a runtime).
+fn wait<T>(rx: oneshot::Receiver<Result<T>>) -> Result<T> {
+    use std::future::Future;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut rx = std::pin::pin!(rx);
+    loop {
+        match rx.as_mut().poll(&mut cx) {
+            Poll::Ready(r) => return r.map_err(|_| Error::ShuttingDown)?,
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! The engine's error type. Transports map it to their own codes in exactly
+//! one place each (see the server crate); [`Error::code`] is the stable,
+//! machine-readable name they all expose.
+
+use std::time::Duration;
+
+/// Result alias for the engine.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything the engine can answer with instead of a result. Messages say
+/// what was expected, what arrived and, where it helps, what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request field is malformed or out of range.
+    #[error("invalid {field}: {message}")]
+    InvalidArgument {
+        field: &'static str,
+        message: String,
+    },
+
+    /// The embedding has the wrong number of values for its space.
+    #[error("embedding has {got} dimensions but memory space '{space}' expects {expected}")]
+    DimensionMismatch {
+        space: String,
+        expected: usize,
+        got: usize,
+    },
+
+    /// No memory space with this id exists.
+    #[error(
+        "memory space '{0}' does not exist; create it first (PUT /v1/spaces/{0}) or enable auto-creation"
+    )]
+    SpaceNotFound(String),
+
+    /// Creating a space that already exists with a different dimension.
+    #[error("memory space '{space}' already exists with dimension {dimension}")]
+    SpaceExists { space: String, dimension: usize },
+
+    /// No memory with this id in the space.
+    #[error("memory '{memory_id}' not found in memory space '{space}'")]
+    MemoryNotFound { space: String, memory_id: String },
+
+    /// Admission control: too many observations are waiting to be indexed.
+    #[error("overloaded: {depth} observations are waiting to be indexed (capacity {capacity}); retry after {} ms", retry_after.as_millis())]
+    Overloaded {
+        depth: usize,
+        capacity: usize,
+        retry_after: Duration,
+    },
+
+    /// The engine is shutting down and takes no new writes.
+    #[error("the server is shutting down and accepts no new writes")]
+    ShuttingDown,
+
+    /// The write-ahead log or a snapshot could not be written or read. After
+    /// a failed WAL write the engine refuses further writes (an fsync error
+    /// cannot be retried safely).
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+impl Error {
+    /// Stable machine-readable code, shared by every transport.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument { .. } => "invalid_argument",
+            Error::DimensionMismatch { .. } => "dimension_mismatch",
+            Error::SpaceNotFound(_) => "space_not_found",
+            Error::SpaceExists { .. } => "space_exists",
+            Error::MemoryNotFound { .. } => "memory_not_found",
+            Error::Overloaded { .. } => "overloaded",
+            Error::ShuttingDown => "shutting_down",
+            Error::Storage(_) => "storage_failure",
+        }
+    }
+
+    pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<crate::wal::WalError> for Error {
+    fn from(e: crate::wal::WalError) -> Self {
+        Error::Storage(e.to_string())
+    }
+}

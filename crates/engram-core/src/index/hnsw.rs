@@ -1,0 +1,1142 @@
+//! Concurrent HNSW graph over cosine similarity (Malkov & Yashunin), modelled
+//! on nmslib/hnswlib `hnswalg.h`.
+//!
+//! - Insert: draw a level, descend greedily through the levels above it,
+//!   then on each of its levels run a beam search (`ef_construction`), pick
+//!   up to `M` neighbours with the diversity heuristic, link to them, and add
+//!   a back link in each neighbour (re-running the heuristic when the
+//!   neighbour's list is full).
+//! - Search: greedy descent to level 0, then a beam search of width
+//!   `max(ef, k)`. Filtered-out nodes are traversed but not returned.
+//!
+//! Concurrency (see also `storage.rs`): searches take no lock at all. An
+//! insert takes the label-table mutex once (to reserve its id), the
+//! `top` mutex briefly (or for its whole duration when it raises the top
+//! level, as hnswlib does), and one node lock at a time while it writes a
+//! link list, so inserts cannot deadlock. A read-write gate is held shared by
+//! every insert and exclusively by `write_to` while it copies the links.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use super::distance::{dot, prefetch};
+use super::storage::{NodeStore, MAX_NODES};
+use super::visited::{Keyed, Scratch, ScratchPool};
+
+/// Links per node on upper levels; level 0 allows twice as many. 16 is the
+/// hnswlib default and the knee of the recall/memory curve for 384-768-d
+/// text embeddings.
+pub const DEFAULT_M: usize = 16;
+/// Beam width while inserting; 100 reaches the recall ceiling of M=16 graphs
+/// on our data sets at about half the build cost of 200.
+pub const DEFAULT_EF_CONSTRUCTION: usize = 100;
+/// Beam width for searches: the smallest value that gives recall@10 >= 0.95
+/// on both minilm-dev and the 100K x 768-d clustered set (see
+/// `docs/design/index.md` for the measurements).
+pub const DEFAULT_EF_SEARCH: usize = 32;
+/// Seed for level assignment; fixed so that the same inserts build the same
+/// level structure on every run.
+pub const DEFAULT_SEED: u64 = 0x656e_6772_616d_0001;
+
+/// Levels are stored in a byte; 2^-31 odds per node of reaching it at M=2.
+pub(super) const MAX_LEVEL: usize = 31;
+pub(super) const NO_ENTRY: u64 = u64::MAX;
+
+/// Cache lines of a neighbour's vector requested ahead of its dot product.
+const PREFETCH_LINES: usize = 4;
+
+/// Build and search parameters of an [`Hnsw`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HnswParams {
+    /// Links per node on upper levels (level 0: `2 * m`). At least 2.
+    pub m: usize,
+    /// Beam width while inserting.
+    pub ef_construction: usize,
+    /// Default beam width for searches (callers pass it to [`Hnsw::search`]).
+    pub ef_search: usize,
+    /// Seed of the level assignment.
+    pub seed: u64,
+}
+
+impl Default for HnswParams {
+    fn default() -> Self {
+        HnswParams {
+            m: DEFAULT_M,
+            ef_construction: DEFAULT_EF_CONSTRUCTION,
+            ef_search: DEFAULT_EF_SEARCH,
+            seed: DEFAULT_SEED,
+        }
+    }
+}
+
+/// Concurrent HNSW over cosine similarity. Vectors are expected to be
+/// L2-normalised by the caller, so similarity is the inner product.
+///
+/// `Send + Sync`; every method takes `&self`, and inserts and searches run
+/// concurrently from any number of threads. The index grows without a
+/// preset capacity. There is no deletion: callers hide labels with the
+/// search filter.
+pub struct Hnsw {
+    pub(super) dim: usize,
+    pub(super) params: HnswParams,
+    level_mult: f64,
+    pub(super) store: NodeStore,
+    /// label -> node id. A mutex (not a concurrent map) because it is taken
+    /// once per insert, for a check-and-reserve that must be atomic, and
+    /// never on the search path.
+    pub(super) label_ids: Mutex<HashMap<u64, u32>>,
+    /// Node ids handed out (`0..allocated`); their segments exist.
+    pub(super) allocated: AtomicUsize,
+    /// Inserts completed.
+    pub(super) len: AtomicUsize,
+    /// Entry point packed as `level << 32 | id`, or `NO_ENTRY`.
+    pub(super) entry: AtomicU64,
+    /// Serialises changes of the entry point / top level.
+    top: Mutex<()>,
+    pool: ScratchPool,
+    /// Shared by inserts, exclusive while `write_to` takes its snapshot.
+    pub(super) gate: RwLock<()>,
+}
+
+impl fmt::Debug for Hnsw {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hnsw")
+            .field("dim", &self.dim)
+            .field("len", &self.len())
+            .field("params", &self.params)
+            .finish_non_exhaustive()
+    }
+}
+
+#[inline]
+pub(super) fn pack_entry(id: u32, level: usize) -> u64 {
+    ((level as u64) << 32) | u64::from(id)
+}
+
+#[inline]
+fn unpack_entry(e: u64) -> Option<(u32, usize)> {
+    (e != NO_ENTRY).then_some((e as u32, (e >> 32) as usize))
+}
+
+/// Number of ids in a link list (word 0), clamped to the list's capacity so
+/// a torn or corrupt count can never index out of bounds.
+#[inline(always)]
+pub(super) fn link_count(list: &[AtomicU32]) -> usize {
+    match list.first() {
+        Some(c) => (c.load(Ordering::Acquire) as usize).min(list.len() - 1),
+        None => 0,
+    }
+}
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+fn by_similarity_desc(a: &(f32, u32), b: &(f32, u32)) -> std::cmp::Ordering {
+    b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
+}
+
+impl Hnsw {
+    /// An empty index for vectors of `dim` dimensions.
+    ///
+    /// # Panics
+    /// If `dim == 0` or `params.m < 2`.
+    pub fn new(dim: usize, params: HnswParams) -> Self {
+        assert!(dim > 0, "HNSW dimension must be positive");
+        assert!(params.m >= 2, "HNSW m must be at least 2, got {}", params.m);
+        Hnsw {
+            dim,
+            level_mult: 1.0 / (params.m as f64).ln(),
+            store: NodeStore::new(dim, 2 * params.m, params.m),
+            params,
+            label_ids: Mutex::new(HashMap::new()),
+            allocated: AtomicUsize::new(0),
+            len: AtomicUsize::new(0),
+            entry: AtomicU64::new(NO_ENTRY),
+            top: Mutex::new(()),
+            pool: ScratchPool::default(),
+            gate: RwLock::new(()),
+        }
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn params(&self) -> &HnswParams {
+        &self.params
+    }
+
+    /// Number of completed inserts.
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Inserts `vector` under `label`. Returns false, and changes nothing, if
+    /// the label is already present (or being inserted by another thread).
+    ///
+    /// # Panics
+    /// If `vector.len() != self.dim()`, or past 4 billion nodes.
+    pub fn insert(&self, label: u64, vector: &[f32]) -> bool {
+        assert_eq!(
+            vector.len(),
+            self.dim,
+            "vector has {} dimensions, index has {}",
+            vector.len(),
+            self.dim
+        );
+        let _gate = self.gate.read();
+        let id = {
+            let mut ids = self.label_ids.lock();
+            if ids.contains_key(&label) {
+                return false;
+            }
+            let id = self.allocated.load(Ordering::Relaxed);
+            assert!((id as u64) < MAX_NODES, "HNSW index is full ({id} nodes)");
+            let id = id as u32;
+            self.store.ensure(id);
+            ids.insert(label, id);
+            self.allocated.store(id as usize + 1, Ordering::Release);
+            id
+        };
+        let level = self.random_level(label);
+        // SAFETY: `id` was reserved just above, once, and is not yet linked
+        // from anywhere.
+        unsafe { self.store.init(id, label, level, vector) };
+        self.connect(id, level);
+        self.store.set_ready(id);
+        self.len.fetch_add(1, Ordering::Release);
+        true
+    }
+
+    /// True if `label` was inserted (or its insert is in progress).
+    pub fn contains(&self, label: u64) -> bool {
+        self.label_ids.lock().contains_key(&label)
+    }
+
+    /// Top-`k` labels by cosine similarity among those for which
+    /// `filter(label)` is true, as (label, similarity) sorted by similarity
+    /// descending, ties by smaller label. The beam width is `max(ef, k)`;
+    /// pass `self.params().ef_search` for the default.
+    ///
+    /// Filtered-out nodes are still traversed (hnswlib-style), so a filter
+    /// that excludes few labels costs little; one that excludes most makes
+    /// the search explore until it has `ef` accepted nodes or runs out.
+    ///
+    /// # Panics
+    /// If `query.len() != self.dim()`.
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        filter: &dyn Fn(u64) -> bool,
+    ) -> Vec<(u64, f32)> {
+        assert_eq!(
+            query.len(),
+            self.dim,
+            "query has {} dimensions, index has {}",
+            query.len(),
+            self.dim
+        );
+        if k == 0 {
+            return Vec::new();
+        }
+        let Some(start) = self.descend(query, 0) else {
+            return Vec::new();
+        };
+        let mut s = self.pool.get();
+        self.search_layer(
+            query,
+            start,
+            ef.max(k),
+            0,
+            |id| filter(self.store.label(id)),
+            &mut s,
+        );
+        let mut out: Vec<(u64, f32)> = s
+            .results
+            .drain()
+            .map(|r| (self.store.label(r.id), -r.key))
+            .collect();
+        out.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        out.truncate(k);
+        out
+    }
+
+    /// Labels of all completed inserts, in insertion order.
+    pub fn labels(&self) -> Vec<u64> {
+        let n = self.allocated.load(Ordering::Acquire);
+        (0..n as u32)
+            .filter(|&id| self.store.is_ready(id))
+            .map(|id| self.store.label(id))
+            .collect()
+    }
+
+    /// Approximate heap bytes used: vectors, links, labels, locks, the label
+    /// table and pooled search scratch.
+    pub fn memory_bytes(&self) -> usize {
+        let n = self.allocated.load(Ordering::Acquire);
+        let table = self.label_ids.lock().capacity() * (std::mem::size_of::<(u64, u32)>() + 1);
+        std::mem::size_of::<Self>() + self.store.memory_bytes(n) + table + self.pool.bytes()
+    }
+
+    /// Level of a new node: floor(-ln(U) / ln(M)), with U derived from the
+    /// label and the seed, so levels do not depend on thread interleaving.
+    fn random_level(&self, label: u64) -> usize {
+        let x = splitmix64(self.params.seed ^ splitmix64(label));
+        let u = ((x >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+        ((-u.ln() * self.level_mult) as usize).min(MAX_LEVEL)
+    }
+
+    /// Greedy descent from the entry point down to `level + 1`; returns the
+    /// node to start a beam search on `level` from.
+    fn descend(&self, q: &[f32], level: usize) -> Option<u32> {
+        let (mut cur, top) = unpack_entry(self.entry.load(Ordering::Acquire))?;
+        let mut cur_sim = dot(q, self.store.vector(cur));
+        for l in (level + 1..=top).rev() {
+            loop {
+                let list = self.store.links(cur, l);
+                let mut changed = false;
+                for w in &list[1..=link_count(list)] {
+                    let n = w.load(Ordering::Acquire);
+                    let sim = dot(q, self.store.vector(n));
+                    if sim > cur_sim {
+                        cur_sim = sim;
+                        cur = n;
+                        changed = true;
+                    }
+                }
+                if !changed {
+                    break;
+                }
+            }
+        }
+        Some(cur)
+    }
+
+    /// Beam search of width `ef` on `level` from `entry`. Leaves the accepted
+    /// nodes found (at most `ef`) in `s.results` with `key = -similarity`.
+    fn search_layer<F: Fn(u32) -> bool>(
+        &self,
+        q: &[f32],
+        entry: u32,
+        ef: usize,
+        level: usize,
+        accept: F,
+        s: &mut Scratch,
+    ) {
+        s.begin(self.allocated.load(Ordering::Acquire));
+        s.candidates.clear();
+        s.results.clear();
+        let esim = dot(q, self.store.vector(entry));
+        s.visit(entry);
+        // Similarity of the worst result; anything below it cannot enter a
+        // full result set.
+        let mut lower = f32::NEG_INFINITY;
+        if accept(entry) {
+            s.results.push(Keyed {
+                key: -esim,
+                id: entry,
+            });
+            lower = esim;
+        }
+        s.candidates.push(Keyed {
+            key: esim,
+            id: entry,
+        });
+        while let Some(&c) = s.candidates.peek() {
+            if c.key < lower && s.results.len() >= ef {
+                break;
+            }
+            s.candidates.pop();
+            let list = self.store.links(c.id, level);
+            s.neighbours.clear();
+            for w in &list[1..=link_count(list)] {
+                let n = w.load(Ordering::Acquire);
+                if s.visit(n) {
+                    s.neighbours.push(n);
+                }
+            }
+            if let Some(&first) = s.neighbours.first() {
+                prefetch(self.store.vector(first), PREFETCH_LINES);
+            }
+            for j in 0..s.neighbours.len() {
+                let n = s.neighbours[j];
+                if let Some(&next) = s.neighbours.get(j + 1) {
+                    prefetch(self.store.vector(next), PREFETCH_LINES);
+                }
+                let sim = dot(q, self.store.vector(n));
+                if s.results.len() < ef || sim > lower {
+                    s.candidates.push(Keyed { key: sim, id: n });
+                    if accept(n) {
+                        s.results.push(Keyed { key: -sim, id: n });
+                        if s.results.len() > ef {
+                            s.results.pop();
+                        }
+                    }
+                    if let Some(w) = s.results.peek() {
+                        lower = -w.key;
+                    }
+                }
+            }
+        }
+    }
+
+    /// hnswlib's `getNeighborsByHeuristic2`: walk `pairs` (sorted by
+    /// similarity to the base, best first) and keep a candidate only if it
+    /// is closer to the base than to every candidate already kept, up to
+    /// `m`. Fewer than `m` candidates are all kept.
+    fn select_neighbours(&self, pairs: &[(f32, u32)], m: usize, out: &mut Vec<u32>) {
+        out.clear();
+        if pairs.len() < m {
+            out.extend(pairs.iter().map(|p| p.1));
+            return;
+        }
+        for &(sim, c) in pairs {
+            if out.len() >= m {
+                break;
+            }
+            let vc = self.store.vector(c);
+            if out
+                .iter()
+                .all(|&kept| dot(self.store.vector(kept), vc) <= sim)
+            {
+                out.push(c);
+            }
+        }
+    }
+
+    /// Links the initialised node `id` into the graph on levels
+    /// `0..=level`, and makes it the entry point if it is the first node or
+    /// raises the top level.
+    fn connect(&self, id: u32, level: usize) {
+        let top_guard = self.top.lock();
+        let Some((entry, top)) = unpack_entry(self.entry.load(Ordering::Acquire)) else {
+            self.entry.store(pack_entry(id, level), Ordering::Release);
+            return;
+        };
+        // Raising the top level: keep other inserts from reading the entry
+        // point until this node is linked (hnswlib does the same).
+        let top_guard = (level > top).then_some(top_guard);
+        let q = self.store.vector(id);
+        let mut cur = self.descend(q, level).unwrap_or(entry);
+        let mut s = self.pool.get();
+        // Choose the neighbours on every level first, then publish: the node
+        // becomes reachable (through a back link) only once all its own
+        // lists are written, so no search ever reaches it and finds it
+        // without links below (hnswlib gets the same effect by holding the
+        // new node's lock, which makes those searches wait).
+        let levels = level.min(top);
+        let mut chosen: Vec<Vec<u32>> = vec![Vec::new(); levels + 1];
+        for l in (0..=levels).rev() {
+            self.search_layer(q, cur, self.params.ef_construction, l, |n| n != id, &mut s);
+            let Scratch {
+                results,
+                pairs,
+                selected,
+                ..
+            } = &mut *s;
+            pairs.clear();
+            pairs.extend(results.drain().map(|r| (-r.key, r.id)));
+            pairs.sort_unstable_by(by_similarity_desc);
+            self.select_neighbours(pairs, self.params.m, selected);
+            chosen[l].extend_from_slice(selected);
+            if let Some(&closest) = chosen[l].first() {
+                cur = closest;
+            }
+        }
+        for (l, ids) in chosen.iter().enumerate() {
+            self.set_own_links(id, l, ids);
+        }
+        for (l, ids) in chosen.iter().enumerate().rev() {
+            for &n in ids {
+                self.add_link(n, id, l, &mut s);
+            }
+        }
+        if let Some(&closest) = chosen[0].first() {
+            if self.store.in_links(id).load(Ordering::Acquire) == 0 {
+                // Every neighbour pruned the new node away; without an
+                // in-link it could never be found.
+                self.force_link(closest, id);
+            }
+        }
+        if let Some(_g) = top_guard {
+            self.entry.store(pack_entry(id, level), Ordering::Release);
+        }
+    }
+
+    /// Writes `id`'s own list on `level`: `chosen`, after any links already
+    /// there (kept because they are counted as in-links; `connect` publishes
+    /// the node only after this, so normally there are none).
+    fn set_own_links(&self, id: u32, level: usize, chosen: &[u32]) {
+        let _g = self.store.lock(id);
+        let list = self.store.links(id, level);
+        let cap = list.len() - 1;
+        let mut merged: Vec<u32> = list[1..=link_count(list)]
+            .iter()
+            .map(|w| w.load(Ordering::Relaxed))
+            .collect();
+        for &n in chosen {
+            if merged.len() >= cap {
+                break;
+            }
+            if !merged.contains(&n) {
+                merged.push(n);
+                if level == 0 {
+                    self.store.in_links(n).fetch_add(1, Ordering::AcqRel);
+                }
+            }
+        }
+        Self::write_list(list, &merged);
+    }
+
+    fn write_list(list: &[AtomicU32], ids: &[u32]) {
+        for (w, &n) in list[1..].iter().zip(ids) {
+            w.store(n, Ordering::Release);
+        }
+        list[0].store(ids.len() as u32, Ordering::Release);
+    }
+
+    /// Takes one level-0 in-link away from `x` unless it is its last one.
+    fn release_in_link(&self, x: u32) -> bool {
+        self.store
+            .in_links(x)
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                (d > 1).then(|| d - 1)
+            })
+            .is_ok()
+    }
+
+    /// Adds the back link `n -> id` on `level`; when `n`'s list is full,
+    /// re-selects its neighbours from the old list plus `id` with the
+    /// heuristic. On level 0 a pruned neighbour whose only in-link this was
+    /// is kept, so pruning never makes a node unreachable.
+    fn add_link(&self, n: u32, id: u32, level: usize, s: &mut Scratch) {
+        let _g = self.store.lock(n);
+        let list = self.store.links(n, level);
+        if list.is_empty() {
+            return;
+        }
+        let cap = list.len() - 1;
+        let count = link_count(list);
+        if list[1..=count]
+            .iter()
+            .any(|w| w.load(Ordering::Relaxed) == id)
+        {
+            return;
+        }
+        if count < cap {
+            list[count + 1].store(id, Ordering::Release);
+            list[0].store(count as u32 + 1, Ordering::Release);
+            if level == 0 {
+                self.store.in_links(id).fetch_add(1, Ordering::AcqRel);
+            }
+            return;
+        }
+        let base = self.store.vector(n);
+        let Scratch {
+            pairs, selected, ..
+        } = s;
+        pairs.clear();
+        pairs.push((dot(base, self.store.vector(id)), id));
+        for w in &list[1..=count] {
+            let x = w.load(Ordering::Relaxed);
+            pairs.push((dot(base, self.store.vector(x)), x));
+        }
+        pairs.sort_unstable_by(by_similarity_desc);
+        self.select_neighbours(pairs, cap, selected);
+        if level == 0 {
+            // Old links the heuristic dropped (collected first: the loop
+            // below edits `selected`).
+            pairs.clear();
+            pairs.extend(
+                list[1..=count]
+                    .iter()
+                    .map(|w| w.load(Ordering::Relaxed))
+                    .filter(|x| !selected.contains(x))
+                    .map(|x| (0.0, x)),
+            );
+            for &(_, x) in pairs.iter() {
+                if self.release_in_link(x) {
+                    continue;
+                }
+                // `x` would lose its last in-link: keep it, in a free slot or
+                // instead of the weakest kept link that can be given up.
+                if selected.len() < cap {
+                    selected.push(x);
+                } else if let Some(pos) = selected
+                    .iter()
+                    .rposition(|&y| y == id || (y != x && self.release_in_link(y)))
+                {
+                    selected[pos] = x;
+                } else {
+                    self.store.in_links(x).fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+            if selected.contains(&id) {
+                self.store.in_links(id).fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        Self::write_list(list, selected);
+    }
+
+    /// Puts `id` into `n`'s level-0 list even if the heuristic would not,
+    /// replacing the least similar link that is not its target's last.
+    fn force_link(&self, n: u32, id: u32) {
+        let _g = self.store.lock(n);
+        let list = self.store.links(n, 0);
+        let cap = list.len() - 1;
+        let mut ids: Vec<u32> = list[1..=link_count(list)]
+            .iter()
+            .map(|w| w.load(Ordering::Relaxed))
+            .collect();
+        if ids.contains(&id) {
+            return;
+        }
+        if ids.len() < cap {
+            ids.push(id);
+        } else {
+            let base = self.store.vector(n);
+            let mut order: Vec<(f32, usize)> = ids
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| (dot(base, self.store.vector(x)), i))
+                .collect();
+            order.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+            let Some(&(_, pos)) = order.iter().find(|&&(_, i)| self.release_in_link(ids[i])) else {
+                return;
+            };
+            ids[pos] = id;
+        }
+        self.store.in_links(id).fetch_add(1, Ordering::AcqRel);
+        Self::write_list(list, &ids);
+    }
+
+    /// Checks the graph invariants; `Err` describes the first violation.
+    ///
+    /// Structure: every link in range, no self-links, no duplicate links,
+    /// degree within the level's maximum, links only to nodes that have the
+    /// level, entry point on the top level, label table consistent.
+    /// Findability: searching each stored vector returns its own label first
+    /// (or at a similarity equal to the first). Checked on all cores, with an
+    /// early-exit probe and a wide search only for nodes the probe misses.
+    ///
+    /// Meant for quiescent moments: nodes whose insert is still in progress
+    /// are skipped.
+    pub fn check_integrity(&self) -> Result<(), String> {
+        self.check_structure()?;
+        self.check_findable()
+    }
+
+    pub(super) fn check_structure(&self) -> Result<(), String> {
+        let n = self.allocated.load(Ordering::Acquire);
+        let entry = unpack_entry(self.entry.load(Ordering::Acquire));
+        let top = match entry {
+            None if n == 0 => return Ok(()),
+            None => return Err(format!("{n} nodes but no entry point")),
+            Some((e, top)) => {
+                if e as usize >= n {
+                    return Err(format!("entry point {e} out of range (nodes: {n})"));
+                }
+                if self.store.level(e) != top {
+                    return Err(format!(
+                        "entry point {e} has level {} but top level is {top}",
+                        self.store.level(e)
+                    ));
+                }
+                top
+            }
+        };
+        let ids = self.label_ids.lock();
+        if ids.len() != n {
+            return Err(format!(
+                "label table has {} entries for {n} nodes",
+                ids.len()
+            ));
+        }
+        let mut buf = Vec::with_capacity(2 * self.params.m);
+        let mut in_links = vec![0u32; n];
+        let mut all_ready = true;
+        for id in 0..n as u32 {
+            if !self.store.is_ready(id) {
+                all_ready = false;
+                continue;
+            }
+            let label = self.store.label(id);
+            if ids.get(&label) != Some(&id) {
+                return Err(format!(
+                    "node {id}: label {label} maps to {:?}",
+                    ids.get(&label)
+                ));
+            }
+            let level = self.store.level(id);
+            if level > top {
+                return Err(format!(
+                    "node {id} has level {level} above the top level {top}"
+                ));
+            }
+            for l in 0..=level {
+                let list = self.store.links(id, l);
+                let max = if l == 0 {
+                    2 * self.params.m
+                } else {
+                    self.params.m
+                };
+                if list.len() != max + 1 {
+                    return Err(format!(
+                        "node {id} level {l}: list has room for {} links, expected {max}",
+                        list.len().saturating_sub(1)
+                    ));
+                }
+                let raw = list[0].load(Ordering::Acquire) as usize;
+                if raw > max {
+                    return Err(format!("node {id} level {l}: degree {raw} > max {max}"));
+                }
+                buf.clear();
+                buf.extend(list[1..=raw].iter().map(|w| w.load(Ordering::Acquire)));
+                for &x in &buf {
+                    if x as usize >= n {
+                        return Err(format!(
+                            "node {id} level {l}: link {x} out of range (nodes: {n})"
+                        ));
+                    }
+                    if x == id {
+                        return Err(format!("node {id} level {l}: self-link"));
+                    }
+                    if self.store.level(x) < l {
+                        return Err(format!(
+                            "node {id} level {l}: link to node {x} whose level is {}",
+                            self.store.level(x)
+                        ));
+                    }
+                }
+                buf.sort_unstable();
+                if let Some(w) = buf.windows(2).find(|w| w[0] == w[1]) {
+                    return Err(format!("node {id} level {l}: duplicate link {}", w[0]));
+                }
+                if l == 0 {
+                    for &x in &buf {
+                        in_links[x as usize] += 1;
+                    }
+                }
+            }
+        }
+        // In-link counters can only be compared when no insert is in flight.
+        if all_ready {
+            for (id, &count) in in_links.iter().enumerate() {
+                let recorded = self.store.in_links(id as u32).load(Ordering::Acquire);
+                if recorded != count {
+                    return Err(format!(
+                        "node {id}: {count} level-0 in-links, counter says {recorded}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_findable(&self) -> Result<(), String> {
+        let n = self.allocated.load(Ordering::Acquire);
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |t| t.get())
+            .min(8);
+        let next = AtomicUsize::new(0);
+        let first_err: Mutex<Option<(u32, String)>> = Mutex::new(None);
+        const BATCH: usize = 256;
+        std::thread::scope(|sc| {
+            for _ in 0..threads {
+                sc.spawn(|| {
+                    let mut s = self.pool.get();
+                    loop {
+                        let start = next.fetch_add(BATCH, Ordering::Relaxed);
+                        if start >= n || first_err.lock().is_some() {
+                            return;
+                        }
+                        for id in start..(start + BATCH).min(n) {
+                            let id = id as u32;
+                            if !self.store.is_ready(id) {
+                                continue;
+                            }
+                            if let Err(e) = self.findable(id, &mut s) {
+                                let mut fe = first_err.lock();
+                                let earlier = matches!(&*fe, Some((other, _)) if *other < id);
+                                if !earlier {
+                                    *fe = Some((id, e));
+                                }
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        match first_err.into_inner() {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether a search for node `id`'s own vector finds it first: an
+    /// early-exit probe settles almost every node; the rest get a search
+    /// wide enough to cover every node reachable from the start.
+    fn findable(&self, id: u32, s: &mut Scratch) -> Result<(), String> {
+        const PROBE_EF: usize = 64;
+        let q = self.store.vector(id);
+        let Some(start) = self.descend(q, 0) else {
+            return Err("index has nodes but no entry point".into());
+        };
+        if self.probe(q, id, start, PROBE_EF, s) {
+            return Ok(());
+        }
+        self.search_layer(
+            q,
+            start,
+            self.allocated.load(Ordering::Acquire),
+            0,
+            |_| true,
+            s,
+        );
+        let mut best = (f32::NEG_INFINITY, u32::MAX);
+        let mut own = None;
+        for r in s.results.drain() {
+            if -r.key > best.0 {
+                best = (-r.key, r.id);
+            }
+            if r.id == id {
+                own = Some(-r.key);
+            }
+        }
+        match own {
+            Some(sim) if sim >= best.0 => Ok(()),
+            _ => Err(format!(
+                "label {} (node {id}) is not findable: a search for its vector returns node {} at similarity {} and itself at {own:?}",
+                self.store.label(id),
+                best.1,
+                best.0
+            )),
+        }
+    }
+
+    /// Beam search on level 0 that stops as soon as `target` is reached:
+    /// true if it was, at a similarity no lower than any node seen.
+    fn probe(&self, q: &[f32], target: u32, start: u32, ef: usize, s: &mut Scratch) -> bool {
+        s.begin(self.allocated.load(Ordering::Acquire));
+        s.candidates.clear();
+        s.results.clear();
+        let esim = dot(q, self.store.vector(start));
+        let mut best = esim;
+        if start == target {
+            return true;
+        }
+        s.visit(start);
+        s.candidates.push(Keyed {
+            key: esim,
+            id: start,
+        });
+        s.results.push(Keyed {
+            key: -esim,
+            id: start,
+        });
+        while let Some(c) = s.candidates.pop() {
+            if s.results.len() >= ef && s.results.peek().is_some_and(|w| c.key < -w.key) {
+                break;
+            }
+            let list = self.store.links(c.id, 0);
+            for w in &list[1..=link_count(list)] {
+                let n = w.load(Ordering::Acquire);
+                if !s.visit(n) {
+                    continue;
+                }
+                let sim = dot(q, self.store.vector(n));
+                if n == target {
+                    return sim >= best;
+                }
+                best = best.max(sim);
+                if s.results.len() < ef || s.results.peek().is_some_and(|w| sim > -w.key) {
+                    s.candidates.push(Keyed { key: sim, id: n });
+                    s.results.push(Keyed { key: -sim, id: n });
+                    if s.results.len() > ef {
+                        s.results.pop();
+                    }
+                }
+            }
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use crate::index::distance::normalize;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    pub(crate) fn random_unit_vectors(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..n)
+            .map(|_| {
+                let mut v: Vec<f32> = (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+                normalize(&mut v);
+                v
+            })
+            .collect()
+    }
+
+    pub(crate) fn build(vectors: &[Vec<f32>], params: HnswParams) -> Hnsw {
+        let h = Hnsw::new(vectors[0].len(), params);
+        for (i, v) in vectors.iter().enumerate() {
+            assert!(h.insert(i as u64, v));
+        }
+        h
+    }
+
+    /// Exact top-k with the same ordering rule as `search`.
+    fn brute_force(
+        vectors: &[Vec<f32>],
+        q: &[f32],
+        k: usize,
+        filter: impl Fn(u64) -> bool,
+    ) -> Vec<(u64, f32)> {
+        let mut all: Vec<(u64, f32)> = vectors
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| filter(*i as u64))
+            .map(|(i, v)| (i as u64, dot(q, v)))
+            .collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        all.truncate(k);
+        all
+    }
+
+    #[test]
+    fn search_with_ef_at_least_n_equals_brute_force() {
+        let vectors = random_unit_vectors(500, 16, 1);
+        let h = build(&vectors, HnswParams::default());
+        h.check_integrity().unwrap();
+        for q in random_unit_vectors(50, 16, 2) {
+            let got = h.search(&q, 10, 500, &|_| true);
+            assert_eq!(got, brute_force(&vectors, &q, 10, |_| true));
+        }
+    }
+
+    #[test]
+    fn recall_on_random_5k_with_default_params() {
+        let vectors = random_unit_vectors(5000, 24, 3);
+        let h = build(&vectors, HnswParams::default());
+        let queries = random_unit_vectors(200, 24, 4);
+        let mut hits = 0;
+        for q in &queries {
+            let want: Vec<u64> = brute_force(&vectors, q, 10, |_| true)
+                .into_iter()
+                .map(|p| p.0)
+                .collect();
+            let got = h.search(q, 10, h.params().ef_search, &|_| true);
+            hits += got.iter().filter(|(l, _)| want.contains(l)).count();
+        }
+        let recall = hits as f64 / (10 * queries.len()) as f64;
+        assert!(recall >= 0.95, "recall@10 {recall}");
+    }
+
+    #[test]
+    fn concurrent_inserts_and_searches_keep_the_graph_sound() {
+        const THREADS: usize = 3;
+        const PER_THREAD: usize = 1200; // 3600 nodes: crosses two segment boundaries
+        let vectors = random_unit_vectors(THREADS * PER_THREAD, 20, 5);
+        let queries = random_unit_vectors(20, 20, 6);
+        let h = Hnsw::new(20, HnswParams::default());
+        let done = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for t in 0..THREADS {
+                let (h, vectors, done) = (&h, &vectors, &done);
+                s.spawn(move || {
+                    for i in (t..vectors.len()).step_by(THREADS) {
+                        assert!(h.insert(i as u64, &vectors[i]));
+                    }
+                    done.fetch_add(1, Ordering::Release);
+                });
+            }
+            s.spawn(|| {
+                let mut rounds = 0;
+                while done.load(Ordering::Acquire) < THREADS || rounds == 0 {
+                    for q in &queries {
+                        let r = h.search(q, 5, 32, &|_| true);
+                        assert!(r.windows(2).all(|w| w[0].1 >= w[1].1));
+                    }
+                    rounds += 1;
+                }
+            });
+        });
+        assert_eq!(h.len(), vectors.len());
+        h.check_integrity().unwrap();
+        let mut labels = h.labels();
+        labels.sort_unstable();
+        assert_eq!(labels, (0..vectors.len() as u64).collect::<Vec<_>>());
+        for (i, v) in vectors.iter().enumerate() {
+            assert!(h.contains(i as u64));
+            let r = h.search(v, 1, 64, &|_| true);
+            if r[0].0 != i as u64 {
+                let e = unpack_entry(h.entry.load(Ordering::Acquire)).unwrap();
+                let start = h.descend(v, 0).unwrap();
+                eprintln!("MISS {i} {:?} self {} entry {:?} entry_l0_links {} start {} start_sim {} start_links {} wide {:?}", r, h.store.in_links(i as u32).load(Ordering::Relaxed), e, link_count(h.store.links(e.0, 0)), start, dot(v, h.store.vector(start)), link_count(h.store.links(start, 0)), h.search(v, 1, 3600, &|_| true));
+                let mut fresh = Scratch::new();
+                h.search_layer(v, start, 64, 0, |_| true, &mut fresh);
+                let best = fresh
+                    .results
+                    .iter()
+                    .map(|k| (-k.key, k.id))
+                    .fold((f32::MIN, 0), |a, b| if b.0 > a.0 { b } else { a });
+                let again = h.search(v, 1, 64, &|_| true);
+                eprintln!("  fresh scratch best {:?}; pooled again {:?}", best, again);
+            }
+        }
+    }
+
+    #[test]
+    fn duplicate_label_is_refused_and_changes_nothing() {
+        let vectors = random_unit_vectors(3, 8, 7);
+        let h = Hnsw::new(8, HnswParams::default());
+        assert!(h.is_empty());
+        assert!(h.insert(42, &vectors[0]));
+        assert!(!h.insert(42, &vectors[1]));
+        assert_eq!(h.len(), 1);
+        assert_eq!(h.labels(), vec![42]);
+        let r = h.search(&vectors[0], 3, 10, &|_| true);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].0, 42);
+        assert!((r[0].1 - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn filter_excludes_labels_and_matches_filtered_brute_force() {
+        let vectors = random_unit_vectors(800, 16, 8);
+        let h = build(&vectors, HnswParams::default());
+        for q in random_unit_vectors(30, 16, 9) {
+            let keep = |l: u64| l <= 99;
+            let got = h.search(&q, 10, 800, &keep);
+            assert!(got.iter().all(|(l, _)| *l <= 99));
+            assert_eq!(got, brute_force(&vectors, &q, 10, keep));
+            let few = h.search(&q, 10, 32, &|l| l % 2 == 0);
+            assert_eq!(few.len(), 10);
+            assert!(few.iter().all(|(l, _)| l % 2 == 0));
+            assert!(h.search(&q, 10, 32, &|_| false).is_empty());
+        }
+    }
+
+    #[test]
+    fn empty_index_and_k_zero() {
+        let h = Hnsw::new(4, HnswParams::default());
+        assert!(h.search(&[1.0, 0.0, 0.0, 0.0], 5, 10, &|_| true).is_empty());
+        h.check_integrity().unwrap();
+        h.insert(1, &[1.0, 0.0, 0.0, 0.0]);
+        assert!(h.search(&[1.0, 0.0, 0.0, 0.0], 0, 10, &|_| true).is_empty());
+        assert!(h.memory_bytes() > 0);
+    }
+
+    #[test]
+    fn ties_are_ordered_by_smaller_label() {
+        let h = Hnsw::new(2, HnswParams::default());
+        for label in [9u64, 3, 7, 5] {
+            assert!(h.insert(label, &[0.6, 0.8]));
+        }
+        let r = h.search(&[0.6, 0.8], 4, 10, &|_| true);
+        assert_eq!(r.iter().map(|p| p.0).collect::<Vec<_>>(), vec![3, 5, 7, 9]);
+        h.check_integrity().unwrap();
+    }
+
+    #[test]
+    fn integrity_check_reports_a_broken_link() {
+        let vectors = random_unit_vectors(300, 8, 10);
+        let h = build(&vectors, HnswParams::default());
+        h.check_integrity().unwrap();
+        let list = h.store.links(5, 0);
+        list[1].store(5, Ordering::Release);
+        let err = h.check_integrity().unwrap_err();
+        assert!(err.contains("self-link"), "{err}");
+    }
+
+    #[test]
+    fn levels_follow_the_geometric_distribution() {
+        let h = Hnsw::new(4, HnswParams::default());
+        let upper = (0..100_000u64).filter(|&l| h.random_level(l) > 0).count();
+        // P(level > 0) = 1/M = 1/16.
+        assert!((5_500..7_000).contains(&upper), "{upper}");
+    }
+}
+#[cfg(test)]
+mod tmp_experiment {
+    use super::*;
+    fn read_fvecs(path: &str, limit: usize) -> Vec<Vec<f32>> {
+        let b = std::fs::read(path).unwrap();
+        let d = i32::from_le_bytes(b[0..4].try_into().unwrap()) as usize;
+        b.chunks_exact(4 * (d + 1))
+            .take(limit)
+            .map(|r| {
+                r[4..]
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect()
+            })
+            .collect()
+    }
+    #[test]
+    fn tmp_probe() {
+        let path = std::env::var("TMP_DATA").unwrap();
+        let vectors = read_fvecs(&path, 100000);
+        let h = Hnsw::new(vectors[0].len(), HnswParams::default());
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= vectors.len() {
+                        break;
+                    }
+                    h.insert(i as u64, &vectors[i]);
+                });
+            }
+        });
+        let mut s = Scratch::new();
+        let (mut fail, mut fail_wide, mut zero_in) = (0, 0, 0);
+        for id in 0..vectors.len() as u32 {
+            let q = h.store.vector(id);
+            let start = h.descend(q, 0).unwrap();
+            if h.store.in_links(id).load(Ordering::Relaxed) == 0 {
+                zero_in += 1;
+            }
+            if !h.probe(q, id, start, 64, &mut s) {
+                fail += 1;
+                if h.findable(id, &mut s).is_err() {
+                    fail_wide += 1;
+                }
+                if fail < 5 {
+                    let r = h.search(q, 3, 64, &|_| true);
+                    eprintln!(
+                        "probe miss {id} label {} in_links {} level {} search {:?} selfdot {}",
+                        h.store.label(id),
+                        h.store.in_links(id).load(Ordering::Relaxed),
+                        h.store.level(id),
+                        r,
+                        dot(q, q)
+                    );
+                }
+            }
+        }
+        eprintln!(
+            "n {} probe fails {fail} not findable {fail_wide} zero in-links {zero_in}",
+            vectors.len()
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! engram's vector index: a concurrent HNSW graph over cosine similarity.
+//!
+//! - [`distance`]: SIMD inner product and normalisation.
+//! - [`hnsw`]: the graph ([`Hnsw`]) — insert, search, integrity check.
+//! - `storage`: growable per-node storage (vectors, links, locks).
+//! - `visited`: pooled per-search scratch (visited tags, heaps).
+//! - `persist`: the snapshot format (`Hnsw::write_to` / `Hnsw::read_from`).
+//!
+//! Why our own HNSW and how it compares with hnswlib: `docs/design/index.md`.
+
+pub mod distance;
+pub mod hnsw;
+mod persist;
+mod storage;
+mod visited;
+
+pub use hnsw::{Hnsw, HnswParams};

@@ -1,0 +1,418 @@
+//! Binary snapshot of an [`Hnsw`]: parameters, graph, labels and vectors.
+//!
+//! Layout (all integers little-endian):
+//!
+//! ```text
+//! magic "ENGRHNSW" | version u32 = 1
+//! dim u32 | m u32 | ef_construction u32 | ef_search u32 | seed u64
+//! nodes u64 | entry u64 (level << 32 | id, or u64::MAX when empty)
+//! per node, in id order:
+//!     label u64 | level u8
+//!     per level 0..=level: count u32 | count x id u32
+//!     dim x f32
+//! crc32 u32 of every byte above
+//! ```
+//!
+//! The reader validates every count and id against the header as it goes
+//! (so corrupt input can neither panic nor allocate without bound), checks
+//! the CRC at the end and the graph structure after that. It reads exactly
+//! the snapshot's bytes, with no read-ahead, so a snapshot can be embedded in
+//! a larger stream; wrap a file in a `BufReader` for speed.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::sync::atomic::Ordering;
+
+use super::hnsw::{link_count, pack_entry, Hnsw, HnswParams, MAX_LEVEL, NO_ENTRY};
+use super::storage::MAX_NODES;
+
+const MAGIC: &[u8; 8] = b"ENGRHNSW";
+const VERSION: u32 = 1;
+/// Sanity bounds for header fields, far above any real use.
+const MAX_DIM: u32 = 1 << 16;
+const MAX_M: u32 = 1 << 12;
+const MAX_EF: u32 = 1 << 24;
+
+struct CrcWriter<W: Write> {
+    inner: W,
+    crc: crc32fast::Hasher,
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+struct CrcReader<'a> {
+    inner: &'a mut dyn Read,
+    crc: crc32fast::Hasher,
+}
+
+impl CrcReader<'_> {
+    fn bytes<const N: usize>(&mut self) -> io::Result<[u8; N]> {
+        let mut b = [0u8; N];
+        self.exact(&mut b)?;
+        Ok(b)
+    }
+    fn exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.inner.read_exact(buf)?;
+        self.crc.update(buf);
+        Ok(())
+    }
+    fn u32(&mut self) -> io::Result<u32> {
+        Ok(u32::from_le_bytes(self.bytes()?))
+    }
+    fn u64(&mut self) -> io::Result<u64> {
+        Ok(u64::from_le_bytes(self.bytes()?))
+    }
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("corrupt HNSW snapshot: {msg}"),
+    )
+}
+
+/// Link lists of every node, copied while inserts are held off.
+struct LinkSnapshot {
+    nodes: usize,
+    entry: u64,
+    /// Per node and level: count, then the ids.
+    words: Vec<u32>,
+}
+
+impl Hnsw {
+    /// Writes the whole index (see the module docs for the format).
+    ///
+    /// Inserts wait while the link lists are copied (a memcpy-sized pause);
+    /// vectors, labels and levels never change once written, so they are
+    /// streamed afterwards with inserts running again. Searches never wait.
+    ///
+    /// # Errors
+    /// Any error of `w`.
+    pub fn write_to(&self, w: &mut dyn Write) -> io::Result<()> {
+        let snap = self.snapshot_links();
+        let mut out = CrcWriter {
+            inner: io::BufWriter::with_capacity(1 << 20, w),
+            crc: crc32fast::Hasher::new(),
+        };
+        let p = &self.params;
+        out.write_all(MAGIC)?;
+        out.write_all(&VERSION.to_le_bytes())?;
+        for v in [self.dim, p.m, p.ef_construction, p.ef_search] {
+            let v = u32::try_from(v).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("HNSW parameter {v} does not fit the snapshot format"),
+                )
+            })?;
+            out.write_all(&v.to_le_bytes())?;
+        }
+        out.write_all(&p.seed.to_le_bytes())?;
+        out.write_all(&(snap.nodes as u64).to_le_bytes())?;
+        out.write_all(&snap.entry.to_le_bytes())?;
+        let mut pos = 0;
+        let mut bytes = Vec::with_capacity(self.dim * 4);
+        for id in 0..snap.nodes as u32 {
+            let level = self.store.level(id);
+            out.write_all(&self.store.label(id).to_le_bytes())?;
+            out.write_all(&[level as u8])?;
+            for _ in 0..=level {
+                let count = snap.words[pos] as usize;
+                bytes.clear();
+                for x in &snap.words[pos..=pos + count] {
+                    bytes.extend_from_slice(&x.to_le_bytes());
+                }
+                out.write_all(&bytes)?;
+                pos += 1 + count;
+            }
+            bytes.clear();
+            for x in self.store.vector(id) {
+                bytes.extend_from_slice(&x.to_le_bytes());
+            }
+            out.write_all(&bytes)?;
+        }
+        let crc = out.crc.finalize();
+        let mut inner = out.inner;
+        inner.write_all(&crc.to_le_bytes())?;
+        inner.flush()
+    }
+
+    fn snapshot_links(&self) -> LinkSnapshot {
+        // Exclusive gate: no insert is in flight, so nodes `0..allocated` are
+        // complete and no link list changes while it is copied.
+        let _gate = self.gate.write();
+        let nodes = self.allocated.load(Ordering::Acquire);
+        let entry = self.entry.load(Ordering::Acquire);
+        let mut words = Vec::with_capacity(nodes * (1 + 2 * self.params.m));
+        for id in 0..nodes as u32 {
+            for l in 0..=self.store.level(id) {
+                let list = self.store.links(id, l);
+                let count = link_count(list);
+                words.push(count as u32);
+                words.extend(list[1..=count].iter().map(|w| w.load(Ordering::Acquire)));
+            }
+        }
+        LinkSnapshot {
+            nodes,
+            entry,
+            words,
+        }
+    }
+
+    /// Reads an index written by [`Hnsw::write_to`].
+    ///
+    /// # Errors
+    /// `InvalidData` for a wrong magic or version, out-of-range fields, a
+    /// checksum mismatch or a graph that fails the structural checks;
+    /// `UnexpectedEof` for truncated input; any error of `r`.
+    pub fn read_from(r: &mut dyn Read) -> io::Result<Self> {
+        let mut rd = CrcReader {
+            inner: r,
+            crc: crc32fast::Hasher::new(),
+        };
+        if &rd.bytes::<8>()? != MAGIC {
+            return Err(invalid("bad magic (not an engram HNSW snapshot)".into()));
+        }
+        let version = rd.u32()?;
+        if version != VERSION {
+            return Err(invalid(format!(
+                "version {version}, this build reads version {VERSION}"
+            )));
+        }
+        let dim = rd.u32()?;
+        let m = rd.u32()?;
+        let ef_construction = rd.u32()?;
+        let ef_search = rd.u32()?;
+        let seed = rd.u64()?;
+        if dim == 0 || dim > MAX_DIM {
+            return Err(invalid(format!("dimension {dim} outside 1..={MAX_DIM}")));
+        }
+        if !(2..=MAX_M).contains(&m) {
+            return Err(invalid(format!("m {m} outside 2..={MAX_M}")));
+        }
+        if ef_construction == 0 || ef_construction > MAX_EF || ef_search > MAX_EF {
+            return Err(invalid(format!(
+                "ef_construction {ef_construction} / ef_search {ef_search} out of range"
+            )));
+        }
+        let nodes = rd.u64()?;
+        if nodes > MAX_NODES {
+            return Err(invalid(format!(
+                "{nodes} nodes, at most {MAX_NODES} supported"
+            )));
+        }
+        let entry = rd.u64()?;
+        let entry_ok = if nodes == 0 {
+            entry == NO_ENTRY
+        } else {
+            entry != NO_ENTRY
+                && (entry as u32 as u64) < nodes
+                && (entry >> 32) as usize <= MAX_LEVEL
+        };
+        if !entry_ok {
+            return Err(invalid(format!(
+                "entry point {entry:#x} invalid for {nodes} nodes"
+            )));
+        }
+        let (dim, m) = (dim as usize, m as usize);
+        let params = HnswParams {
+            m,
+            ef_construction: ef_construction as usize,
+            ef_search: ef_search as usize,
+            seed,
+        };
+        let h = Hnsw::new(dim, params);
+        let mut ids: HashMap<u64, u32> = HashMap::with_capacity(nodes.min(1 << 20) as usize);
+        let mut bytes = vec![0u8; dim * 4];
+        let mut vector = vec![0f32; dim];
+        let mut links: Vec<Vec<u32>> = Vec::new();
+        for id in 0..nodes as u32 {
+            let label = rd.u64()?;
+            let level = usize::from(rd.bytes::<1>()?[0]);
+            if level > MAX_LEVEL {
+                return Err(invalid(format!("node {id}: level {level} > {MAX_LEVEL}")));
+            }
+            links.resize_with(level + 1, Vec::new);
+            for (l, list) in links.iter_mut().enumerate().take(level + 1) {
+                let count = rd.u32()? as usize;
+                let max = if l == 0 { 2 * m } else { m };
+                if count > max {
+                    return Err(invalid(format!(
+                        "node {id} level {l}: {count} links, at most {max}"
+                    )));
+                }
+                bytes.resize(count * 4, 0);
+                rd.exact(&mut bytes)?;
+                list.clear();
+                list.extend(
+                    bytes
+                        .chunks_exact(4)
+                        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                );
+                if let Some(&x) = list.iter().find(|&&x| u64::from(x) >= nodes) {
+                    return Err(invalid(format!(
+                        "node {id} level {l}: link {x} out of range"
+                    )));
+                }
+            }
+            bytes.resize(dim * 4, 0);
+            rd.exact(&mut bytes)?;
+            for (v, c) in vector.iter_mut().zip(bytes.chunks_exact(4)) {
+                *v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+            if ids.insert(label, id).is_some() {
+                return Err(invalid(format!("label {label} appears twice")));
+            }
+            h.store.ensure(id);
+            // SAFETY: `h` is not shared yet and each id is initialised once.
+            unsafe { h.store.init(id, label, level, &vector) };
+            for (l, list) in links.iter().enumerate().take(level + 1) {
+                let words = h.store.links(id, l);
+                for (w, &x) in words[1..].iter().zip(list) {
+                    w.store(x, Ordering::Relaxed);
+                }
+                words[0].store(list.len() as u32, Ordering::Release);
+            }
+            h.store.set_ready(id);
+        }
+        let computed = rd.crc.clone().finalize();
+        let mut stored = [0u8; 4];
+        rd.inner.read_exact(&mut stored)?;
+        if u32::from_le_bytes(stored) != computed {
+            return Err(invalid("checksum mismatch".into()));
+        }
+        if nodes > 0 && h.store.level(entry as u32) != (entry >> 32) as usize {
+            return Err(invalid("entry point level does not match its node".into()));
+        }
+        for id in 0..nodes as u32 {
+            let list = h.store.links(id, 0);
+            for w in &list[1..=link_count(list)] {
+                h.store
+                    .in_links(w.load(Ordering::Relaxed))
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        *h.label_ids.lock() = ids;
+        h.allocated.store(nodes as usize, Ordering::Release);
+        h.len.store(nodes as usize, Ordering::Release);
+        h.entry.store(
+            if nodes == 0 {
+                NO_ENTRY
+            } else {
+                pack_entry(entry as u32, (entry >> 32) as usize)
+            },
+            Ordering::Release,
+        );
+        h.check_structure().map_err(invalid)?;
+        Ok(h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::hnsw::tests::{build, random_unit_vectors};
+
+    fn snapshot(h: &Hnsw) -> Vec<u8> {
+        let mut buf = Vec::new();
+        h.write_to(&mut buf).unwrap();
+        buf
+    }
+
+    #[test]
+    fn round_trip_gives_identical_searches() {
+        let vectors = random_unit_vectors(1500, 24, 11);
+        let params = HnswParams {
+            m: 12,
+            ef_construction: 80,
+            ef_search: 40,
+            seed: 5,
+        };
+        let h = build(&vectors, params.clone());
+        let buf = snapshot(&h);
+        let r = Hnsw::read_from(&mut buf.as_slice()).unwrap();
+        assert_eq!(r.params(), &params);
+        assert_eq!(r.dim(), 24);
+        assert_eq!(r.len(), h.len());
+        assert_eq!(r.labels(), h.labels());
+        r.check_integrity().unwrap();
+        for q in random_unit_vectors(50, 24, 12) {
+            assert_eq!(
+                r.search(&q, 10, 40, &|_| true),
+                h.search(&q, 10, 40, &|_| true)
+            );
+        }
+        assert_eq!(snapshot(&r), buf, "a loaded index writes the same bytes");
+        // The loaded index keeps working like the original.
+        assert!(!r.insert(3, &vectors[0]));
+        assert!(r.insert(10_000, &vectors[0]));
+        r.check_integrity().unwrap();
+    }
+
+    #[test]
+    fn empty_index_round_trips() {
+        let h = Hnsw::new(7, HnswParams::default());
+        let r = Hnsw::read_from(&mut snapshot(&h).as_slice()).unwrap();
+        assert!(r.is_empty());
+        assert_eq!(r.dim(), 7);
+        assert!(r.insert(1, &[1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]));
+    }
+
+    #[test]
+    fn snapshot_is_read_exactly_leaving_trailing_bytes() {
+        let h = build(&random_unit_vectors(50, 8, 13), HnswParams::default());
+        let mut buf = snapshot(&h);
+        buf.extend_from_slice(b"tail");
+        let mut rd = buf.as_slice();
+        Hnsw::read_from(&mut rd).unwrap();
+        assert_eq!(rd, b"tail");
+    }
+
+    #[test]
+    fn truncated_or_corrupt_input_is_an_error_not_a_panic() {
+        let h = build(
+            &random_unit_vectors(60, 8, 14),
+            HnswParams {
+                m: 4,
+                ..HnswParams::default()
+            },
+        );
+        let buf = snapshot(&h);
+        for len in 0..buf.len() {
+            assert!(
+                Hnsw::read_from(&mut &buf[..len]).is_err(),
+                "prefix of {len} bytes accepted"
+            );
+        }
+        for pos in 0..buf.len() {
+            for bit in [0u8, 3, 7] {
+                let mut bad = buf.clone();
+                bad[pos] ^= 1 << bit;
+                let err = Hnsw::read_from(&mut bad.as_slice()).err();
+                assert!(err.is_some(), "flipped bit {bit} of byte {pos} accepted");
+            }
+        }
+        let err = Hnsw::read_from(&mut &b"not a snapshot at all"[..]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn huge_counts_in_the_header_do_not_allocate() {
+        let h = Hnsw::new(4, HnswParams::default());
+        let mut buf = snapshot(&h);
+        // nodes field: after magic(8) version(4) 4 x u32 seed(8).
+        let at = 8 + 4 + 16 + 8;
+        buf[at..at + 8].copy_from_slice(&(MAX_NODES).to_le_bytes());
+        buf[at + 8..at + 16].copy_from_slice(&0u64.to_le_bytes());
+        let err = Hnsw::read_from(&mut buf.as_slice()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+}

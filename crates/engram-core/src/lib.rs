@@ -1,0 +1,45 @@
+//! engram's engine: everything that stores and recalls memories, with no
+//! transport code. The server crate (REST today, gRPC and WebSocket later)
+//! calls [`Engine`] and maps [`Error`] to its wire codes in one place.
+//!
+//! Map of the crate, following one observation through it:
+//!
+//! - [`model`] — memory spaces, episodes, cues, and their validation.
+//! - [`engine`] — the cheap-to-clone [`Engine`] handle: open (recovery),
+//!   remember / recall / forget / spaces, shutdown.
+//! - [`admission`] — where observations are admitted: the bound on
+//!   not-yet-indexed observations, and the retry-after when it is reached.
+//! - [`commit`] — the group-commit thread: assigns server sequences, appends
+//!   to the WAL and syncs it per policy, applies to memory, then acks.
+//! - [`wal`] — the segmented write-ahead log (bytes, checksums, fsync).
+//! - [`record`] — the typed records carried in the WAL.
+//! - [`space`] — one memory space: its episodes, the fresh (not yet indexed)
+//!   tier and its HNSW index.
+//! - [`indexer`] — background workers that move fresh episodes into HNSW.
+//! - [`recall`] — snapshot point, HNSW search ∪ exact scan of the fresh tier,
+//!   merged top-k.
+//! - [`index`] — engram's own concurrent HNSW and the SIMD distance kernels.
+//! - [`snapshot`] — snapshot files that let the WAL be truncated, and their
+//!   loading at recovery.
+//! - [`config`] — engine configuration with documented defaults.
+
+pub mod admission;
+pub mod commit;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod index;
+pub mod indexer;
+pub mod model;
+pub mod recall;
+pub mod record;
+pub mod snapshot;
+pub mod space;
+pub mod wal;
+
+pub use config::EngineConfig;
+pub use engine::Engine;
+pub use error::{Error, Result};
+pub use model::{
+    Cue, EpisodeInput, RecallResult, RecalledMemory, SpaceId, SpaceInfo, StoredEpisode,
+};

@@ -1,0 +1,436 @@
+//! The data model of SPEC section 2 and its validation. Everything that
+//! enters the engine passes through here first, so the limits live here.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::index::distance;
+
+/// Longest client-chosen episode id, in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+/// Longest episode text, in bytes (64 KiB).
+pub const MAX_WHAT_BYTES: usize = 64 * 1024;
+/// Largest embedding dimension a space may have. Far above today's text
+/// embedding models (384–4096), low enough that one vector stays small.
+pub const MAX_DIMENSION: usize = 8192;
+/// Dimension of a space created without one.
+pub const DEFAULT_DIMENSION: usize = 768;
+/// Most tags on one episode, and the longest tag in bytes.
+pub const MAX_TAGS: usize = 64;
+pub const MAX_TAG_BYTES: usize = 128;
+/// Most metadata entries, the longest key and the longest value, in bytes:
+/// metadata is a *small* string map, not a document store.
+pub const MAX_METADATA_ENTRIES: usize = 64;
+pub const MAX_METADATA_KEY_BYTES: usize = 128;
+pub const MAX_METADATA_VALUE_BYTES: usize = 1024;
+/// Bounds of a cue's `max_results`, and its default.
+pub const MAX_RESULTS_LIMIT: usize = 1000;
+pub const DEFAULT_MAX_RESULTS: usize = 10;
+
+/// A memory space id: `^[a-z0-9][a-z0-9_-]{0,63}$`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SpaceId(String);
+
+impl SpaceId {
+    /// Validates a space id.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the rule that the id breaks.
+    pub fn parse(raw: &str) -> Result<Self> {
+        let bad = |why: &str| {
+            Error::invalid(
+                "memory_space_id",
+                format!(
+                    "'{}' {why}; ids match ^[a-z0-9][a-z0-9_-]{{0,63}}$",
+                    raw.escape_debug()
+                ),
+            )
+        };
+        let bytes = raw.as_bytes();
+        match bytes.first() {
+            None => return Err(bad("is empty")),
+            Some(c) if !(c.is_ascii_lowercase() || c.is_ascii_digit()) => {
+                return Err(bad("must start with a lowercase letter or digit"))
+            }
+            _ => {}
+        }
+        if bytes.len() > 64 {
+            return Err(bad("is longer than 64 characters"));
+        }
+        if !bytes
+            .iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+        {
+            return Err(bad("may contain only a-z, 0-9, '_' and '-'"));
+        }
+        Ok(SpaceId(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SpaceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An observation as a client sends it, before validation.
+#[derive(Clone, Debug, Default)]
+pub struct EpisodeInput {
+    /// Client id; `None` or empty means the server makes one.
+    pub id: Option<String>,
+    /// Unix time in nanoseconds; `None` means the receive time.
+    pub when_unix_nanos: Option<i64>,
+    pub what: String,
+    pub embedding: Vec<f32>,
+    /// In [0, 1]; `None` means 1.0.
+    pub encoding_confidence: Option<f32>,
+    pub tags: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A validated, stored episode. The embedding is kept L2-normalised: the
+/// metric is cosine, so the direction is all that recall uses, and the index
+/// and the exact scan can both use a plain dot product.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredEpisode {
+    pub id: String,
+    pub when_unix_nanos: i64,
+    pub what: String,
+    pub embedding: Arc<[f32]>,
+    pub encoding_confidence: f32,
+    pub tags: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+    /// Commit order in the space, from 1.
+    pub server_sequence: u64,
+    /// When the commit thread accepted it (Unix nanoseconds).
+    pub committed_at_unix_nanos: i64,
+}
+
+/// Current time as Unix nanoseconds.
+pub fn now_unix_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Checks an embedding's values and returns its L2-normalised copy.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for an empty, oversized, non-finite or zero vector.
+pub fn normalized_embedding(field: &'static str, values: &[f32]) -> Result<Vec<f32>> {
+    if values.is_empty() {
+        return Err(Error::invalid(
+            field,
+            "is empty; expected a vector of finite floats with a non-zero norm",
+        ));
+    }
+    if values.len() > MAX_DIMENSION {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "has {} values; the largest supported dimension is {MAX_DIMENSION}",
+                values.len()
+            ),
+        ));
+    }
+    if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(Error::invalid(
+            field,
+            format!("value at index {i} is {v}; every value must be finite (no NaN or infinity)"),
+        ));
+    }
+    let mut v = values.to_vec();
+    let norm = distance::normalize(&mut v);
+    if norm.is_nan() || norm <= 0.0 || !norm.is_finite() {
+        return Err(Error::invalid(
+            field,
+            "has zero norm (all values are 0); cosine similarity needs a non-zero vector",
+        ));
+    }
+    Ok(v)
+}
+
+fn check_len(field: &'static str, s: &str, max: usize) -> Result<()> {
+    if s.len() > max {
+        return Err(Error::invalid(
+            field,
+            format!("is {} bytes; the limit is {max} bytes", s.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// An episode that passed validation, waiting for its server sequence.
+#[derive(Clone, Debug)]
+pub struct ValidEpisode {
+    /// Client id, or `None` when the server must make one.
+    pub id: Option<String>,
+    pub when_unix_nanos: i64,
+    pub what: String,
+    pub embedding: Arc<[f32]>,
+    pub encoding_confidence: f32,
+    pub tags: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl EpisodeInput {
+    /// Validates everything that does not depend on the space (its
+    /// dimension is checked at commit, where it is authoritative).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the field and the limit it breaks.
+    pub fn validate(self) -> Result<ValidEpisode> {
+        let id = match self.id {
+            Some(id) if !id.is_empty() => {
+                check_len("episode.id", &id, MAX_ID_BYTES)?;
+                if id.chars().any(char::is_control) {
+                    return Err(Error::invalid("episode.id", "contains control characters"));
+                }
+                Some(id)
+            }
+            _ => None,
+        };
+        check_len("episode.what", &self.what, MAX_WHAT_BYTES)?;
+        let embedding = normalized_embedding("episode.embedding", &self.embedding)?;
+        let encoding_confidence = match self.encoding_confidence {
+            None => 1.0,
+            Some(c) if (0.0..=1.0).contains(&c) => c,
+            Some(c) => {
+                return Err(Error::invalid(
+                    "episode.encoding_confidence",
+                    format!("is {c}; expected a value in [0, 1]"),
+                ))
+            }
+        };
+        if self.tags.len() > MAX_TAGS {
+            return Err(Error::invalid(
+                "episode.tags",
+                format!("has {} tags; the limit is {MAX_TAGS}", self.tags.len()),
+            ));
+        }
+        for t in &self.tags {
+            check_len("episode.tags", t, MAX_TAG_BYTES)?;
+        }
+        if self.metadata.len() > MAX_METADATA_ENTRIES {
+            return Err(Error::invalid(
+                "episode.metadata",
+                format!(
+                    "has {} entries; the limit is {MAX_METADATA_ENTRIES}",
+                    self.metadata.len()
+                ),
+            ));
+        }
+        for (k, v) in &self.metadata {
+            check_len("episode.metadata key", k, MAX_METADATA_KEY_BYTES)?;
+            check_len("episode.metadata value", v, MAX_METADATA_VALUE_BYTES)?;
+        }
+        Ok(ValidEpisode {
+            id,
+            when_unix_nanos: self.when_unix_nanos.unwrap_or_else(now_unix_nanos),
+            what: self.what,
+            embedding: embedding.into(),
+            encoding_confidence,
+            tags: self.tags,
+            metadata: self.metadata,
+        })
+    }
+}
+
+/// A recall request.
+#[derive(Clone, Debug)]
+pub struct Cue {
+    pub embedding: Vec<f32>,
+    /// 1..=1000; `None` means 10.
+    pub max_results: Option<usize>,
+    /// Minimum cosine similarity of a result; default 0.
+    pub similarity_threshold: Option<f32>,
+    /// Inclusive time window on `when` (Unix nanoseconds).
+    pub when_from: Option<i64>,
+    pub when_to: Option<i64>,
+}
+
+/// A cue that passed validation.
+#[derive(Clone, Debug)]
+pub struct ValidCue {
+    pub embedding: Vec<f32>,
+    pub max_results: usize,
+    pub similarity_threshold: f32,
+    pub when_from: i64,
+    pub when_to: i64,
+}
+
+impl ValidCue {
+    pub fn has_window(&self) -> bool {
+        self.when_from != i64::MIN || self.when_to != i64::MAX
+    }
+
+    pub fn in_window(&self, when: i64) -> bool {
+        (self.when_from..=self.when_to).contains(&when)
+    }
+}
+
+impl Cue {
+    /// Validates the cue (the dimension is checked against the space by recall).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the field.
+    pub fn validate(self) -> Result<ValidCue> {
+        let embedding = normalized_embedding("cue.embedding", &self.embedding)?;
+        let max_results = self.max_results.unwrap_or(DEFAULT_MAX_RESULTS);
+        if !(1..=MAX_RESULTS_LIMIT).contains(&max_results) {
+            return Err(Error::invalid(
+                "cue.max_results",
+                format!("is {max_results}; expected 1 to {MAX_RESULTS_LIMIT}"),
+            ));
+        }
+        let similarity_threshold = self.similarity_threshold.unwrap_or(0.0);
+        if !similarity_threshold.is_finite() || !(-1.0..=1.0).contains(&similarity_threshold) {
+            return Err(Error::invalid(
+                "cue.similarity_threshold",
+                format!("is {similarity_threshold}; expected a value in [-1, 1]"),
+            ));
+        }
+        let when_from = self.when_from.unwrap_or(i64::MIN);
+        let when_to = self.when_to.unwrap_or(i64::MAX);
+        if when_from > when_to {
+            return Err(Error::invalid("cue.when_from", "is after cue.when_to"));
+        }
+        Ok(ValidCue {
+            embedding,
+            max_results,
+            similarity_threshold,
+            when_from,
+            when_to,
+        })
+    }
+}
+
+/// One recalled memory.
+#[derive(Clone, Debug)]
+pub struct RecalledMemory {
+    pub episode: Arc<StoredEpisode>,
+    pub similarity: f32,
+    /// The episode's encoding confidence (kept for the wire's `confidence`).
+    pub confidence: f32,
+    /// True when it came from the HNSW index, false from the fresh tier.
+    pub indexed: bool,
+}
+
+/// The answer to a recall: the top-k and the snapshot point it saw.
+#[derive(Clone, Debug)]
+pub struct RecallResult {
+    pub memories: Vec<RecalledMemory>,
+    pub snapshot_sequence: u64,
+}
+
+/// What `describe` reports about a space.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SpaceInfo {
+    pub memory_space_id: String,
+    /// 0 while unset (the first observation sets it).
+    pub dimension: usize,
+    /// Live (not forgotten) memories.
+    pub count: u64,
+    /// Memories in the HNSW index.
+    pub indexed_count: u64,
+    /// Accepted but not yet indexed.
+    pub queue_depth: u64,
+    /// Highest server sequence committed.
+    pub last_sequence: u64,
+    /// Age of the oldest not-yet-indexed observation, in seconds (0 when none).
+    pub index_lag_seconds: f64,
+}
+
+/// The result of remembering one observation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Remembered {
+    pub memory_id: String,
+    pub server_sequence: u64,
+    pub committed_at_unix_nanos: i64,
+    /// True when an episode with this id already existed: nothing new was
+    /// stored, and this is the original's sequence (idempotent retry).
+    pub duplicate: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn space_ids_follow_the_pattern() {
+        for ok in ["a", "0", "agent-7", "a_b-c", &"x".repeat(64)] {
+            assert!(SpaceId::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "A", "-a", "_a", "a b", "a/b", "ä", &"x".repeat(65)] {
+            let e = SpaceId::parse(bad).unwrap_err();
+            assert_eq!(e.code(), "invalid_argument", "{bad}");
+        }
+    }
+
+    #[test]
+    fn embeddings_are_checked_and_normalised() {
+        let v = normalized_embedding("e", &[3.0, 4.0]).unwrap();
+        assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6);
+        for bad in [
+            vec![],
+            vec![0.0, 0.0],
+            vec![f32::NAN, 1.0],
+            vec![1.0, f32::INFINITY],
+        ] {
+            assert!(normalized_embedding("e", &bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn episode_limits() {
+        let base = EpisodeInput {
+            embedding: vec![1.0, 0.0],
+            ..Default::default()
+        };
+        assert!(base.clone().validate().is_ok());
+        let mut e = base.clone();
+        e.what = "x".repeat(MAX_WHAT_BYTES + 1);
+        assert!(e
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("65537 bytes"));
+        let mut e = base.clone();
+        e.id = Some("i".repeat(MAX_ID_BYTES + 1));
+        assert!(e.validate().is_err());
+        let mut e = base.clone();
+        e.encoding_confidence = Some(1.5);
+        assert!(e.validate().is_err());
+        let mut e = base;
+        e.id = Some(String::new());
+        assert!(
+            e.validate().unwrap().id.is_none(),
+            "empty id means server-generated"
+        );
+    }
+
+    #[test]
+    fn cue_limits() {
+        let cue = |n| Cue {
+            embedding: vec![1.0],
+            max_results: Some(n),
+            similarity_threshold: None,
+            when_from: None,
+            when_to: None,
+        };
+        assert!(cue(1).validate().is_ok());
+        assert!(cue(1000).validate().is_ok());
+        assert!(cue(0).validate().is_err());
+        assert!(cue(1001).validate().is_err());
+    }
+}

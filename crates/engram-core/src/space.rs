@@ -1,0 +1,251 @@
+//! One memory space: its episodes, the fresh tier (accepted, not yet in the
+//! HNSW index, searched exactly by recall) and its HNSW index.
+//!
+//! Writers: only the commit thread adds or forgets episodes (so commit order
+//! is visibility order), and only indexing workers move episodes from the
+//! fresh tier into the index. Readers: recalls and describe.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+
+use crate::index::{Hnsw, HnswParams};
+use crate::model::{now_unix_nanos, SpaceId, SpaceInfo, StoredEpisode};
+
+/// A memory space. Shared as `Arc<Space>` between the engine's map, the
+/// commit thread, indexing tasks and recalls.
+pub struct Space {
+    id: SpaceId,
+    dimension: usize,
+    index: Hnsw,
+    /// Episodes and the fresh tier. A RwLock because recalls (many, short)
+    /// read while the commit thread (one) appends; parking_lot's lock does
+    /// not starve that writer. Never held across a long scan: recall copies
+    /// the fresh tier's handles out and scans them unlocked.
+    state: RwLock<SpaceState>,
+    /// Commit-thread bookkeeping (ids → sequence, last sequence). A Mutex
+    /// only the commit thread and recovery take, so it is never contended.
+    commit: Mutex<CommitMeta>,
+    /// Highest server sequence whose episode is visible to recall. Written
+    /// by the commit thread after the episode is in `state`.
+    visible_seq: AtomicU64,
+    deleted: AtomicBool,
+}
+
+/// The readable state of a space.
+pub struct SpaceState {
+    /// `episodes[seq - 1]`; `None` once forgotten. Sequences are dense from 1,
+    /// so lookup by sequence (the index's label) is a plain offset.
+    episodes: Vec<Option<Arc<StoredEpisode>>>,
+    live: u64,
+    /// Accepted, not yet in the index, by sequence.
+    fresh: BTreeMap<u64, Arc<StoredEpisode>>,
+}
+
+/// What only the commit thread reads and writes.
+#[derive(Default)]
+pub struct CommitMeta {
+    pub by_id: HashMap<String, u64>,
+    pub last_seq: u64,
+}
+
+impl SpaceState {
+    /// The live episode with this sequence, if any.
+    pub fn episode(&self, seq: u64) -> Option<&Arc<StoredEpisode>> {
+        let i = usize::try_from(seq.checked_sub(1)?).ok()?;
+        self.episodes.get(i)?.as_ref()
+    }
+
+    /// Handles to the fresh episodes with sequence <= `snapshot`.
+    pub fn fresh_up_to(&self, snapshot: u64) -> Vec<Arc<StoredEpisode>> {
+        self.fresh
+            .range(..=snapshot)
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    /// Every live episode, in sequence order.
+    pub fn live_episodes(&self) -> impl Iterator<Item = &Arc<StoredEpisode>> {
+        self.episodes.iter().flatten()
+    }
+
+    pub fn fresh_len(&self) -> usize {
+        self.fresh.len()
+    }
+}
+
+impl Space {
+    pub fn new(id: SpaceId, dimension: usize, params: HnswParams) -> Self {
+        Self::with_index(id, Hnsw::new(dimension, params))
+    }
+
+    /// A space around an index loaded from a snapshot.
+    pub fn with_index(id: SpaceId, index: Hnsw) -> Self {
+        Space {
+            id,
+            dimension: index.dim(),
+            index,
+            state: RwLock::new(SpaceState {
+                episodes: Vec::new(),
+                live: 0,
+                fresh: BTreeMap::new(),
+            }),
+            commit: Mutex::new(CommitMeta::default()),
+            visible_seq: AtomicU64::new(0),
+            deleted: AtomicBool::new(false),
+        }
+    }
+
+    pub fn id(&self) -> &SpaceId {
+        &self.id
+    }
+
+    pub fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    pub fn index(&self) -> &Hnsw {
+        &self.index
+    }
+
+    pub fn read(&self) -> RwLockReadGuard<'_, SpaceState> {
+        self.state.read()
+    }
+
+    /// The commit thread's bookkeeping.
+    pub fn commit_meta(&self) -> parking_lot::MutexGuard<'_, CommitMeta> {
+        self.commit.lock()
+    }
+
+    /// Highest sequence a recall starting now can see.
+    pub fn visible_sequence(&self) -> u64 {
+        self.visible_seq.load(Ordering::Acquire)
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::Release);
+    }
+
+    /// Makes a committed episode visible. Returns whether it still has to be
+    /// indexed (false when a loaded index already holds it).
+    ///
+    /// Sequences must arrive dense and in order; the commit thread and
+    /// recovery guarantee it.
+    pub(crate) fn apply_observe(&self, episode: Arc<StoredEpisode>) -> bool {
+        let seq = episode.server_sequence;
+        let needs_index = !self.index.contains(seq);
+        {
+            let mut st = self.state.write();
+            let expected = st.episodes.len() as u64 + 1;
+            assert!(
+                seq >= expected,
+                "space {}: sequence {seq} applied after {}",
+                self.id,
+                expected - 1
+            );
+            // A snapshot omits forgotten episodes, so a loaded space can
+            // have holes below its first replayed sequence.
+            st.episodes.resize(seq as usize - 1, None);
+            st.episodes.push(Some(episode.clone()));
+            st.live += 1;
+            if needs_index {
+                st.fresh.insert(seq, episode);
+            }
+        }
+        self.visible_seq.store(seq, Ordering::Release);
+        needs_index
+    }
+
+    /// Raises the visible sequence to a snapshot's last sequence, which may
+    /// be above the last live episode when the newest ones were forgotten.
+    pub(crate) fn restore_last_sequence(&self, last_seq: u64) {
+        let mut st = self.state.write();
+        if (st.episodes.len() as u64) < last_seq {
+            st.episodes.resize(last_seq as usize, None);
+        }
+        self.visible_seq.fetch_max(last_seq, Ordering::AcqRel);
+    }
+
+    /// Forgets an episode. Returns false when it was already gone.
+    pub(crate) fn apply_forget(&self, seq: u64) -> bool {
+        let mut st = self.state.write();
+        let Some(slot) = usize::try_from(seq.wrapping_sub(1))
+            .ok()
+            .and_then(|i| st.episodes.get_mut(i))
+        else {
+            return false;
+        };
+        if slot.take().is_none() {
+            return false;
+        }
+        st.live -= 1;
+        st.fresh.remove(&seq);
+        true
+    }
+
+    /// Whether the episode is still live (indexing skips forgotten ones).
+    pub fn is_live(&self, seq: u64) -> bool {
+        self.state.read().episode(seq).is_some()
+    }
+
+    /// Called by an indexing worker once the episode is in the index.
+    pub(crate) fn mark_indexed(&self, seq: u64) {
+        self.state.write().fresh.remove(&seq);
+    }
+
+    /// Counts and lag for `describe`.
+    pub fn info(&self) -> SpaceInfo {
+        let st = self.state.read();
+        let lag = st
+            .fresh
+            .values()
+            .next()
+            .map(|e| (now_unix_nanos() - e.committed_at_unix_nanos).max(0) as f64 / 1e9)
+            .unwrap_or(0.0);
+        SpaceInfo {
+            memory_space_id: self.id.to_string(),
+            dimension: self.dimension,
+            count: st.live,
+            indexed_count: st.live - st.fresh.len() as u64,
+            queue_depth: st.fresh.len() as u64,
+            last_sequence: self.visible_sequence(),
+            index_lag_seconds: lag,
+        }
+    }
+
+    /// Every live episode is in exactly one tier, and the index passes its
+    /// own graph checks (which include finding every stored vector).
+    ///
+    /// # Errors
+    /// A description of the first violation.
+    pub fn check_integrity(&self) -> Result<(), String> {
+        self.index.check_integrity()?;
+        let st = self.state.read();
+        for e in st.live_episodes() {
+            let seq = e.server_sequence;
+            let in_index = self.index.contains(seq);
+            let in_fresh = st.fresh.contains_key(&seq);
+            if in_index == in_fresh {
+                return Err(format!(
+                    "space {}: episode '{}' (sequence {seq}) is in the index: {in_index}, in the fresh tier: {in_fresh}; expected exactly one",
+                    self.id, e.id
+                ));
+            }
+        }
+        for seq in st.fresh.keys() {
+            if st.episode(*seq).is_none() {
+                return Err(format!(
+                    "space {}: fresh tier holds forgotten sequence {seq}",
+                    self.id
+                ));
+            }
+        }
+        Ok(())
+    }
+}

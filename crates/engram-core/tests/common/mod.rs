@@ -1,0 +1,119 @@
+//! Helpers shared by the engine's integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use engram_core::wal::SyncPolicy;
+use engram_core::{Cue, Engine, EngineConfig, EpisodeInput};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+pub fn config(dir: &Path) -> EngineConfig {
+    EngineConfig {
+        data_dir: dir.to_path_buf(),
+        workers: 2,
+        snapshot_interval_secs: 0,
+        ..EngineConfig::default()
+    }
+}
+
+pub fn config_with(dir: &Path, sync: SyncPolicy) -> EngineConfig {
+    let mut c = config(dir);
+    c.wal.sync = sync;
+    c
+}
+
+/// Waits for `cond` with a deadline, checking every few milliseconds.
+pub fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    let until = Instant::now() + deadline;
+    while !cond() {
+        assert!(
+            Instant::now() < until,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::park_timeout(Duration::from_millis(5));
+    }
+}
+
+pub fn wait_indexed(engine: &Engine) {
+    wait_for(
+        "the indexing queue to drain",
+        Duration::from_secs(120),
+        || engine.queue_depth() == 0,
+    );
+}
+
+pub fn random_vectors(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect())
+        .collect()
+}
+
+pub fn episode(id: &str, embedding: Vec<f32>) -> EpisodeInput {
+    EpisodeInput {
+        id: Some(id.to_owned()),
+        what: format!("text of {id}"),
+        embedding,
+        ..Default::default()
+    }
+}
+
+pub fn cue(embedding: &[f32], k: usize) -> Cue {
+    Cue {
+        embedding: embedding.to_vec(),
+        max_results: Some(k),
+        similarity_threshold: Some(-1.0),
+        when_from: None,
+        when_to: None,
+    }
+}
+
+/// The repository's shared data folder (`../shared` beside the checkout).
+pub fn shared_data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data")
+}
+
+/// Reads an fvecs file into (dimension, rows).
+pub fn read_fvecs(path: &Path) -> (usize, Vec<Vec<f32>>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let d = i32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+    let rec = 4 * (d + 1);
+    assert_eq!(
+        bytes.len() % rec,
+        0,
+        "{} is not an fvecs file",
+        path.display()
+    );
+    let rows = bytes
+        .chunks_exact(rec)
+        .map(|c| {
+            assert_eq!(i32::from_le_bytes(c[..4].try_into().unwrap()) as usize, d);
+            c[4..]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect()
+        })
+        .collect();
+    (d, rows)
+}
+
+pub fn read_ivecs(path: &Path) -> Vec<Vec<u32>> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let k = i32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+    bytes
+        .chunks_exact(4 * (k + 1))
+        .map(|c| {
+            c[4..]
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+                .collect()
+        })
+        .collect()
+}
+
+pub fn normalized(v: &[f32]) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter().map(|x| x / n).collect()
+}

@@ -1,0 +1,437 @@
+//! The engine end to end, in process: durability across restarts, read-after-ack
+//! visibility, recall correctness, admission control.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+use engram_core::wal::SyncPolicy;
+use engram_core::{Engine, Error};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_after_ack_with_indexing_paused() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    engine.pause_indexing();
+    let vecs = random_vectors(200, 24, 1);
+    for (i, v) in vecs.iter().enumerate() {
+        let done = engine
+            .remember("agent", episode(&format!("e{i}"), v.clone()))
+            .await
+            .unwrap();
+        assert_eq!(done.server_sequence, i as u64 + 1);
+        // The very next recall sees it, from the fresh tier.
+        let r = engine.recall("agent", cue(v, 1)).unwrap();
+        assert!(r.snapshot_sequence >= done.server_sequence);
+        let top = &r.memories[0];
+        assert_eq!(
+            top.episode.id,
+            format!("e{i}"),
+            "acked episode missing from the next recall"
+        );
+        assert!(
+            !top.indexed,
+            "indexing is paused, so it must come from the fresh tier"
+        );
+    }
+    assert_eq!(engine.describe_space("agent").unwrap().indexed_count, 0);
+    engine.resume_indexing();
+    wait_indexed(&engine);
+    let info = engine.describe_space("agent").unwrap();
+    assert_eq!(
+        (info.count, info.indexed_count, info.queue_depth),
+        (200, 200, 0)
+    );
+    for (i, v) in vecs.iter().enumerate() {
+        let top = &engine.recall("agent", cue(v, 1)).unwrap().memories[0];
+        assert_eq!(top.episode.id, format!("e{i}"));
+        assert!(top.indexed);
+    }
+    engine.check_integrity("agent").unwrap();
+    engine.shutdown();
+}
+
+/// Brute force over normalised vectors: ids of the top k.
+fn brute_force(base: &[(String, Vec<f32>)], q: &[f32], k: usize) -> Vec<String> {
+    let q = normalized(q);
+    let mut scored: Vec<(f32, usize)> = base
+        .iter()
+        .enumerate()
+        .map(|(i, (_, v))| (normalized(v).iter().zip(&q).map(|(a, b)| a * b).sum(), i))
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    scored
+        .iter()
+        .take(k)
+        .map(|(_, i)| base[*i].0.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_spaces_equal_brute_force_across_both_tiers() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    let vecs = random_vectors(400, 16, 2);
+    let mut base = Vec::new();
+    for (i, v) in vecs.iter().enumerate() {
+        if i == 250 {
+            // The rest stays in the fresh tier: recall must merge both.
+            wait_indexed(&engine);
+            engine.pause_indexing();
+        }
+        let id = format!("m{i}");
+        engine
+            .remember("small", episode(&id, v.clone()))
+            .await
+            .unwrap();
+        base.push((id, v.clone()));
+    }
+    let info = engine.describe_space("small").unwrap();
+    assert_eq!((info.indexed_count, info.queue_depth), (250, 150));
+    for q in random_vectors(60, 16, 3) {
+        let got: Vec<String> = engine
+            .recall("small", cue(&q, 20))
+            .unwrap()
+            .memories
+            .iter()
+            .map(|m| m.episode.id.clone())
+            .collect();
+        assert_eq!(got, brute_force(&base, &q, 20));
+    }
+    engine.resume_indexing();
+    engine.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minilm_recall_at_10_meets_target_at_default_settings() {
+    let data = shared_data().join("minilm-dev");
+    let (dim, base) = read_fvecs(&data.join("base.fvecs"));
+    let (_, queries) = read_fvecs(&data.join("query.fvecs"));
+    let gt = read_ivecs(&data.join("groundtruth.ivecs"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_with(dir.path(), SyncPolicy::None);
+    cfg.queue_capacity = base.len();
+    let engine = Engine::open(cfg).unwrap();
+    engine.create_space("minilm", Some(dim)).await.unwrap();
+    for (i, v) in base.iter().enumerate() {
+        engine
+            .remember("minilm", episode(&i.to_string(), v.clone()))
+            .await
+            .unwrap();
+    }
+    wait_indexed(&engine);
+    let mut hits = 0usize;
+    for (q, truth) in queries.iter().zip(&gt) {
+        let truth: HashSet<String> = truth[..10].iter().map(|i| i.to_string()).collect();
+        let r = engine.recall("minilm", cue(q, 10)).unwrap();
+        assert_eq!(r.memories.len(), 10);
+        hits += r
+            .memories
+            .iter()
+            .filter(|m| truth.contains(&m.episode.id))
+            .count();
+    }
+    let recall = hits as f64 / (10 * queries.len()) as f64;
+    println!("minilm-dev recall@10 at default settings: {recall:.4}");
+    assert!(recall >= 0.95, "recall@10 {recall:.4} is below 0.95");
+    engine.check_integrity("minilm").unwrap();
+    engine.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_and_restart_recovers_every_acked_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let vecs = random_vectors(600, 12, 4);
+    {
+        let engine = Engine::open(config(dir.path())).unwrap();
+        for (i, v) in vecs.iter().enumerate() {
+            engine
+                .remember("keep", episode(&format!("k{i}"), v.clone()))
+                .await
+                .unwrap();
+        }
+        for i in 0..20 {
+            engine.forget("keep", &format!("k{i}")).await.unwrap();
+        }
+        engine
+            .remember("gone", episode("x", vec![1.0; 12]))
+            .await
+            .unwrap();
+        engine.delete_space("gone").await.unwrap();
+        // No shutdown: the engine is dropped as a crash would leave it.
+    }
+    let engine = Engine::open(config(dir.path())).unwrap();
+    assert_eq!(engine.recovery_report().wal_records, 600 + 20 + 2 + 1 + 1);
+    let info = engine.describe_space("keep").unwrap();
+    assert_eq!((info.count, info.last_sequence), (580, 600));
+    assert!(matches!(
+        engine.describe_space("gone"),
+        Err(Error::SpaceNotFound(_))
+    ));
+    for (i, v) in vecs.iter().enumerate() {
+        let top = engine.recall("keep", cue(v, 1)).unwrap().memories.remove(0);
+        if i < 20 {
+            assert_ne!(
+                top.episode.id,
+                format!("k{i}"),
+                "a forgotten memory came back"
+            );
+        } else {
+            assert_eq!(top.episode.id, format!("k{i}"));
+            assert_eq!(top.episode.server_sequence, i as u64 + 1);
+        }
+    }
+    // Sequences continue; ids stay unique after recovery.
+    let again = engine
+        .remember("keep", episode("k100", vecs[100].clone()))
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.server_sequence, 101);
+    let next = engine
+        .remember("keep", episode("new", vec![0.5; 12]))
+        .await
+        .unwrap();
+    assert_eq!(next.server_sequence, 601);
+    wait_indexed(&engine);
+    engine.check_integrity("keep").unwrap();
+    engine.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_truncates_the_wal_and_recovery_replays_the_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let vecs = random_vectors(500, 8, 5);
+    let mut cfg = config(dir.path());
+    cfg.wal.segment_bytes = 16 * 1024;
+    {
+        let engine = Engine::open(cfg.clone()).unwrap();
+        for (i, v) in vecs[..300].iter().enumerate() {
+            engine
+                .remember("s", episode(&format!("a{i}"), v.clone()))
+                .await
+                .unwrap();
+        }
+        wait_indexed(&engine);
+        engine.forget("s", "a7").await.unwrap();
+        let wal_files = || std::fs::read_dir(dir.path().join("wal")).unwrap().count();
+        let before = wal_files();
+        assert!(
+            before > 2,
+            "tiny segments should have rotated, have {before}"
+        );
+        let e2 = engine.clone();
+        let path = tokio::task::spawn_blocking(move || e2.snapshot())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(path.is_some());
+        assert!(wal_files() < before, "snapshot did not truncate the WAL");
+        engine.pause_indexing();
+        for (i, v) in vecs[300..].iter().enumerate() {
+            engine
+                .remember("s", episode(&format!("b{i}"), v.clone()))
+                .await
+                .unwrap();
+        }
+        engine.forget("s", "b3").await.unwrap();
+    }
+    let engine = Engine::open(cfg).unwrap();
+    let report = engine.recovery_report().clone();
+    assert!(report.snapshot.is_some());
+    assert_eq!(report.snapshot_episodes, 299);
+    assert_eq!(report.wal_records, 201);
+    let info = engine.describe_space("s").unwrap();
+    assert_eq!((info.count, info.last_sequence), (498, 500));
+    wait_indexed(&engine);
+    for (i, v) in vecs.iter().enumerate() {
+        let id = if i < 300 {
+            format!("a{i}")
+        } else {
+            format!("b{}", i - 300)
+        };
+        let top = engine.recall("s", cue(v, 1)).unwrap().memories.remove(0);
+        if id == "a7" || id == "b3" {
+            assert_ne!(top.episode.id, id);
+        } else {
+            assert_eq!(top.episode.id, id);
+        }
+    }
+    engine.check_integrity("s").unwrap();
+    engine.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_a_queued_backlog_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let vecs = random_vectors(1000, 16, 6);
+    {
+        let engine = Engine::open(config(dir.path())).unwrap();
+        engine.pause_indexing();
+        for (i, v) in vecs.iter().enumerate() {
+            engine
+                .remember("q", episode(&i.to_string(), v.clone()))
+                .await
+                .unwrap();
+        }
+        assert_eq!(engine.queue_depth(), 1000);
+        let e2 = engine.clone();
+        tokio::task::spawn_blocking(move || e2.shutdown())
+            .await
+            .unwrap();
+        assert!(matches!(
+            engine.remember("q", episode("late", vecs[0].clone())).await,
+            Err(Error::ShuttingDown)
+        ));
+    }
+    let engine = Engine::open(config(dir.path())).unwrap();
+    assert_eq!(
+        engine.recovery_report().wal_records,
+        0,
+        "shutdown snapshot covers everything"
+    );
+    wait_indexed(&engine);
+    assert_eq!(engine.describe_space("q").unwrap().indexed_count, 1000);
+    for (i, v) in vecs.iter().enumerate() {
+        assert_eq!(
+            engine.recall("q", cue(v, 1)).unwrap().memories[0]
+                .episode
+                .id,
+            i.to_string()
+        );
+    }
+    engine.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_rejects_at_capacity_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.queue_capacity = 50;
+    let engine = Engine::open(cfg).unwrap();
+    engine.pause_indexing();
+    let vecs = random_vectors(60, 8, 7);
+    for (i, v) in vecs[..50].iter().enumerate() {
+        engine
+            .remember("o", episode(&i.to_string(), v.clone()))
+            .await
+            .unwrap();
+    }
+    match engine.remember("o", episode("x", vecs[50].clone())).await {
+        Err(Error::Overloaded {
+            depth,
+            capacity,
+            retry_after,
+        }) => {
+            assert_eq!((depth, capacity), (50, 50));
+            assert!(retry_after >= Duration::from_millis(50));
+        }
+        other => panic!("expected overload, got {other:?}"),
+    }
+    // Recalls are still served, and the rejected one was not stored.
+    assert_eq!(engine.describe_space("o").unwrap().count, 50);
+    assert_eq!(
+        engine.recall("o", cue(&vecs[3], 1)).unwrap().memories[0]
+            .episode
+            .id,
+        "3"
+    );
+    engine.resume_indexing();
+    wait_indexed(&engine);
+    engine
+        .remember("o", episode("x", vecs[50].clone()))
+        .await
+        .unwrap();
+    engine.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recalls_never_see_past_their_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(config_with(dir.path(), SyncPolicy::None)).unwrap();
+    let vecs = random_vectors(3000, 8, 8);
+    engine
+        .remember("iso", episode("seed", vecs[0].clone()))
+        .await
+        .unwrap();
+    let writer = {
+        let engine = engine.clone();
+        let vecs = vecs.clone();
+        tokio::spawn(async move {
+            for (i, v) in vecs.into_iter().enumerate().skip(1) {
+                engine
+                    .remember("iso", episode(&i.to_string(), v))
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut recalls = 0;
+    while !writer.is_finished() {
+        let r = engine
+            .recall("iso", cue(&vecs[recalls % vecs.len()], 50))
+            .unwrap();
+        for m in &r.memories {
+            assert!(m.episode.server_sequence <= r.snapshot_sequence);
+        }
+        recalls += 1;
+        tokio::task::yield_now().await;
+    }
+    writer.await.unwrap();
+    assert!(recalls > 10);
+    engine.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_rejected_and_harms_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    engine.create_space("b", Some(4)).await.unwrap();
+    engine
+        .remember("b", episode("ok", vec![1.0, 0.0, 0.0, 0.0]))
+        .await
+        .unwrap();
+    let code = |r: Result<engram_core::model::Remembered, Error>| r.unwrap_err().code();
+    assert_eq!(
+        code(engine.remember("b", episode("d", vec![1.0; 3])).await),
+        "dimension_mismatch"
+    );
+    assert_eq!(
+        code(
+            engine
+                .remember("b", episode("n", vec![f32::NAN, 0.0, 0.0, 1.0]))
+                .await
+        ),
+        "invalid_argument"
+    );
+    assert_eq!(
+        code(engine.remember("b", episode("z", vec![0.0; 4])).await),
+        "invalid_argument"
+    );
+    assert_eq!(
+        code(engine.remember("B!", episode("z", vec![1.0; 4])).await),
+        "invalid_argument"
+    );
+    assert!(matches!(
+        engine.create_space("b", Some(5)).await,
+        Err(Error::SpaceExists { .. })
+    ));
+    assert!(matches!(
+        engine.forget("b", "nope").await,
+        Err(Error::MemoryNotFound { .. })
+    ));
+    assert!(matches!(
+        engine.recall("nope", cue(&[1.0; 4], 1)),
+        Err(Error::SpaceNotFound(_))
+    ));
+    assert_eq!(
+        engine.queue_depth(),
+        0,
+        "rejections must give their queue place back"
+    );
+    let info = engine.describe_space("b").unwrap();
+    assert_eq!((info.count, info.last_sequence), (1, 1));
+    engine.shutdown();
+}

@@ -1,0 +1,229 @@
+//! Server configuration: defaults, then a TOML file, then the environment
+//! and flags (`ENGRAM_*` variables and `--flags` are the same settings; a
+//! flag wins over its variable). `engram config` prints the result.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use engram_core::wal::SyncPolicy;
+use engram_core::EngineConfig;
+use serde::{Deserialize, Serialize};
+
+/// Largest HTTP request body. A 64 KiB text plus an 8192-d embedding as JSON
+/// is well under 1 MiB; 4 MiB leaves room without letting one request pin
+/// much memory.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// How long shutdown waits for in-flight requests before closing them.
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// REST, health and (later) WebSocket and metrics. Port 0 picks a free port.
+    pub addr: SocketAddr,
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            addr: "127.0.0.1:8080".parse().expect("valid default address"),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// Operator and test controls. Off by default: they change how the server
+/// behaves under load and belong only on test or maintenance deployments.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Enables `POST /v1/admin/indexing/{pause,resume}` (hold indexing back,
+    /// e.g. to test read-after-ack or admission control). When false those
+    /// routes answer 403.
+    pub fault_injection: bool,
+}
+
+/// Everything `engram serve` runs with.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Seconds to wait for in-flight requests at shutdown.
+    pub shutdown_grace_secs: u64,
+    pub http: HttpConfig,
+    pub admin: AdminConfig,
+    pub engine: EngineConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
+            http: HttpConfig::default(),
+            admin: AdminConfig::default(),
+            engine: EngineConfig::default(),
+        }
+    }
+}
+
+/// Settings that flags and environment variables override.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct Overrides {
+    /// TOML configuration file.
+    #[arg(long, env = "ENGRAM_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory for the WAL and snapshots.
+    #[arg(long, env = "ENGRAM_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP listen address (REST, health).
+    #[arg(long, env = "ENGRAM_HTTP_ADDR", value_name = "HOST:PORT")]
+    pub http_addr: Option<SocketAddr>,
+    /// Indexing worker threads (0 = one per core).
+    #[arg(long, env = "ENGRAM_WORKERS", value_name = "N")]
+    pub workers: Option<usize>,
+    /// Bound on accepted-but-not-yet-indexed observations.
+    #[arg(long, env = "ENGRAM_QUEUE_CAPACITY", value_name = "N")]
+    pub queue_capacity: Option<usize>,
+    /// WAL sync policy.
+    #[arg(long, env = "ENGRAM_WAL_SYNC", value_name = "always|interval|none")]
+    pub wal_sync: Option<SyncPolicy>,
+    /// Seconds between periodic snapshots (0 = only at shutdown).
+    #[arg(long, env = "ENGRAM_SNAPSHOT_INTERVAL_SECS", value_name = "SECS")]
+    pub snapshot_interval_secs: Option<u64>,
+    /// Enable the admin fault-injection routes (tests only).
+    #[arg(long, env = "ENGRAM_FAULT_INJECTION", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub fault_injection: Option<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl ServerConfig {
+    /// Defaults ← file ← environment/flags.
+    ///
+    /// # Errors
+    /// An unreadable or invalid file, or values out of range.
+    pub fn load(o: &Overrides) -> Result<Self, ConfigError> {
+        let mut c = match &o.config {
+            Some(path) => Self::from_file(path)?,
+            None => ServerConfig::default(),
+        };
+        if let Some(v) = &o.data_dir {
+            c.engine.data_dir = v.clone();
+        }
+        if let Some(v) = o.http_addr {
+            c.http.addr = v;
+        }
+        if let Some(v) = o.workers {
+            c.engine.workers = v;
+        }
+        if let Some(v) = o.queue_capacity {
+            c.engine.queue_capacity = v;
+        }
+        if let Some(v) = o.wal_sync {
+            c.engine.wal.sync = v;
+        }
+        if let Some(v) = o.snapshot_interval_secs {
+            c.engine.snapshot_interval_secs = v;
+        }
+        if let Some(v) = o.fault_injection {
+            c.admin.fault_injection = v;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.engine.queue_capacity == 0 {
+            return bad("engine.queue_capacity must be at least 1");
+        }
+        if self.engine.index.m < 2
+            || self.engine.index.ef_construction == 0
+            || self.engine.index.ef_search == 0
+        {
+            return bad("engine.index needs m >= 2, ef_construction >= 1 and ef_search >= 1");
+        }
+        if self.http.max_body_bytes < 1024 {
+            return bad("http.max_body_bytes must be at least 1024");
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, for `engram config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the configuration serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let f = write("shutdown_grace_secs = 5\n[engine]\nqueue_capacity = 10\nworkers = 3\n[engine.wal]\nsync = \"interval\"\n");
+        let o = Overrides {
+            config: Some(f.path().to_owned()),
+            workers: Some(1),
+            ..Overrides::default()
+        };
+        let c = ServerConfig::load(&o).unwrap();
+        assert_eq!(c.shutdown_grace_secs, 5);
+        assert_eq!(c.engine.queue_capacity, 10);
+        assert_eq!(c.engine.workers, 1, "the flag wins");
+        assert_eq!(c.engine.wal.sync, SyncPolicy::Interval);
+        assert_eq!(c.http, HttpConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let f = write("[engine]\nqueue_capacty = 10\n");
+        let o = Overrides {
+            config: Some(f.path().to_owned()),
+            ..Overrides::default()
+        };
+        let e = ServerConfig::load(&o).unwrap_err().to_string();
+        assert!(e.contains("queue_capacty"), "{e}");
+        let o = Overrides {
+            queue_capacity: Some(0),
+            ..Overrides::default()
+        };
+        assert!(ServerConfig::load(&o).is_err());
+    }
+
+    #[test]
+    fn printed_config_reads_back_identically() {
+        let c = ServerConfig::default();
+        let back: ServerConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+    }
+}

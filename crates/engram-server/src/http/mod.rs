@@ -1,0 +1,168 @@
+//! The HTTP listener: REST for the unary operations, health endpoints.
+//! Handlers are thin adapters: parse, convert to engine types, call the
+//! engine, map the error (in `error`).
+
+mod error;
+mod rest;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use engram_core::Engine;
+use serde_json::json;
+
+pub use error::ApiError;
+
+/// Where the server is in its life; readiness follows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    Recovering = 0,
+    Ready = 1,
+    ShuttingDown = 2,
+}
+
+/// Shared by every handler. The engine appears once recovery finishes;
+/// until then every data route answers 503.
+#[derive(Clone, Default)]
+pub struct AppState {
+    inner: Arc<StateInner>,
+}
+
+#[derive(Default)]
+struct StateInner {
+    engine: OnceLock<Engine>,
+    phase: AtomicU8,
+    fault_injection: bool,
+}
+
+impl AppState {
+    pub fn new(fault_injection: bool) -> Self {
+        AppState {
+            inner: Arc::new(StateInner {
+                fault_injection,
+                ..StateInner::default()
+            }),
+        }
+    }
+
+    pub fn set_engine(&self, engine: Engine) {
+        let _ = self.inner.engine.set(engine);
+    }
+
+    pub fn set_phase(&self, phase: Phase) {
+        self.inner.phase.store(phase as u8, Ordering::Release);
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self.inner.phase.load(Ordering::Acquire) {
+            0 => Phase::Recovering,
+            1 => Phase::Ready,
+            _ => Phase::ShuttingDown,
+        }
+    }
+
+    /// The engine, once recovery has finished.
+    ///
+    /// # Errors
+    /// 503 while recovering.
+    pub fn engine(&self) -> Result<&Engine, ApiError> {
+        self.inner
+            .engine
+            .get()
+            .ok_or_else(|| ApiError::not_ready("recovering its data"))
+    }
+}
+
+/// Every HTTP route.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/v1/spaces", get(rest::list_spaces))
+        .route(
+            "/v1/spaces/:space_id",
+            put(rest::create_space)
+                .get(rest::describe_space)
+                .delete(rest::delete_space),
+        )
+        .route("/v1/spaces/:space_id/memories", post(rest::remember))
+        .route(
+            "/v1/spaces/:space_id/memories/:memory_id",
+            axum::routing::delete(rest::forget),
+        )
+        .route("/v1/spaces/:space_id/recall", post(rest::recall))
+        .route("/v1/admin/indexing/:action", post(admin_indexing))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+async fn live() -> impl IntoResponse {
+    Json(json!({"status": "live"}))
+}
+
+async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    match state.phase() {
+        Phase::Ready => (StatusCode::OK, Json(json!({"status": "ready"}))),
+        Phase::Recovering => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "recovering"})),
+        ),
+        Phase::ShuttingDown => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "shutting_down"})),
+        ),
+    }
+}
+
+/// `POST /v1/admin/indexing/{pause|resume}`, only with `admin.fault_injection`.
+async fn admin_indexing(
+    State(state): State<AppState>,
+    rest::PathParams(action): rest::PathParams<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !state.inner.fault_injection {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "admin routes are disabled; start the server with --fault-injection (admin.fault_injection = true) to enable them",
+        ));
+    }
+    let engine = state.engine()?;
+    match action.as_str() {
+        "pause" => engine.pause_indexing(),
+        "resume" => engine.resume_indexing(),
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("unknown indexing action '{other}'; expected 'pause' or 'resume'"),
+            ))
+        }
+    }
+    Ok(Json(
+        json!({"indexing": action, "queue_depth": engine.queue_depth()}),
+    ))
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not supported on {}", uri.path()),
+    )
+}

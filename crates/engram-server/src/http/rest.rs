@@ -1,0 +1,322 @@
+//! REST routes of SPEC 5.2. JSON bodies are shaped like the gRPC messages
+//! (snake_case); `when` fields are RFC 3339 timestamps.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::extract::{FromRequest, FromRequestParts, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use engram_core::model::Remembered;
+use engram_core::{Cue, EpisodeInput, RecalledMemory, SpaceInfo};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{ApiError, AppState};
+
+/// `axum::Json` whose rejections become our JSON errors.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct JsonBody<T>(pub T);
+
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct PathParams<T>(pub T);
+
+/// `Episode` as JSON.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EpisodeJson {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    when: Option<String>,
+    #[serde(default)]
+    what: String,
+    embedding: Vec<f32>,
+    #[serde(default)]
+    encoding_confidence: Option<f32>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+/// `Cue` as JSON.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CueJson {
+    embedding: Vec<f32>,
+    #[serde(default)]
+    max_results: Option<usize>,
+    #[serde(default)]
+    similarity_threshold: Option<f32>,
+    #[serde(default)]
+    when_from: Option<String>,
+    #[serde(default)]
+    when_to: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSpaceJson {
+    #[serde(default)]
+    dimension: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecallQuery {
+    #[serde(default)]
+    include_embeddings: bool,
+}
+
+fn parse_time(field: &'static str, s: &str) -> Result<i64, ApiError> {
+    let t = humantime::parse_rfc3339_weak(s).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            format!("invalid {field}: '{s}' is not an RFC 3339 timestamp ({e}); expected e.g. 2026-01-31T12:00:00Z"),
+        )
+    })?;
+    let d = t.duration_since(UNIX_EPOCH).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            format!("invalid {field}: '{s}' is before 1970"),
+        )
+    })?;
+    i64::try_from(d.as_nanos()).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            format!("invalid {field}: '{s}' is after 2262"),
+        )
+    })
+}
+
+fn format_time(nanos: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_nanos(nanos.max(0) as u64);
+    humantime::format_rfc3339_nanos(t).to_string()
+}
+
+impl EpisodeJson {
+    fn into_input(self) -> Result<EpisodeInput, ApiError> {
+        Ok(EpisodeInput {
+            id: self.id,
+            when_unix_nanos: self
+                .when
+                .as_deref()
+                .map(|w| parse_time("episode.when", w))
+                .transpose()?,
+            what: self.what,
+            embedding: self.embedding,
+            encoding_confidence: self.encoding_confidence,
+            tags: self.tags,
+            metadata: self.metadata,
+        })
+    }
+}
+
+impl CueJson {
+    fn into_cue(self) -> Result<Cue, ApiError> {
+        Ok(Cue {
+            embedding: self.embedding,
+            max_results: self.max_results,
+            similarity_threshold: self.similarity_threshold,
+            when_from: self
+                .when_from
+                .as_deref()
+                .map(|w| parse_time("cue.when_from", w))
+                .transpose()?,
+            when_to: self
+                .when_to
+                .as_deref()
+                .map(|w| parse_time("cue.when_to", w))
+                .transpose()?,
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct EpisodeOut<'a> {
+    id: &'a str,
+    when: String,
+    what: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    embedding: Option<&'a [f32]>,
+    encoding_confidence: f32,
+    tags: &'a [String],
+    metadata: &'a BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+struct RecalledOut<'a> {
+    episode: EpisodeOut<'a>,
+    similarity: f32,
+    confidence: f32,
+    server_sequence: u64,
+    indexed: bool,
+}
+
+fn recalled_out(m: &RecalledMemory, include_embeddings: bool) -> RecalledOut<'_> {
+    let e = &m.episode;
+    RecalledOut {
+        episode: EpisodeOut {
+            id: &e.id,
+            when: format_time(e.when_unix_nanos),
+            what: &e.what,
+            embedding: include_embeddings.then_some(&e.embedding[..]),
+            encoding_confidence: e.encoding_confidence,
+            tags: &e.tags,
+            metadata: &e.metadata,
+        },
+        similarity: m.similarity,
+        confidence: m.confidence,
+        server_sequence: e.server_sequence,
+        indexed: m.indexed,
+    }
+}
+
+fn space_json(info: &SpaceInfo) -> serde_json::Value {
+    json!({
+        "memory_space_id": info.memory_space_id,
+        "dimension": info.dimension,
+        "count": info.count,
+        "indexed_count": info.indexed_count,
+        "queue_depth": info.queue_depth,
+        "last_sequence": info.last_sequence,
+        "index_lag_seconds": info.index_lag_seconds,
+    })
+}
+
+fn remembered_json(r: &Remembered) -> serde_json::Value {
+    json!({
+        "memory_id": r.memory_id,
+        "server_sequence": r.server_sequence,
+        "committed_at": format_time(r.committed_at_unix_nanos),
+        "duplicate": r.duplicate,
+    })
+}
+
+/// `PUT /v1/spaces/{space_id}`: 201 when created, 200 when it already
+/// existed with the same dimension. An empty body means the default dimension.
+pub async fn create_space(
+    State(state): State<AppState>,
+    PathParams(space_id): PathParams<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let engine = state.engine()?;
+    let req: CreateSpaceJson = if body.is_empty() {
+        CreateSpaceJson::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            let code = if e.is_syntax() || e.is_eof() {
+                "malformed_json"
+            } else {
+                "invalid_argument"
+            };
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                code,
+                format!("the body is not a valid CreateSpace request: {e}"),
+            )
+        })?
+    };
+    let (info, created) = engine.create_space(&space_id, req.dimension).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(space_json(&info))).into_response())
+}
+
+/// `GET /v1/spaces`
+pub async fn list_spaces(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let spaces: Vec<_> = state
+        .engine()?
+        .list_spaces()
+        .iter()
+        .map(space_json)
+        .collect();
+    Ok(Json(json!({ "spaces": spaces })).into_response())
+}
+
+/// `GET /v1/spaces/{space_id}`
+pub async fn describe_space(
+    State(state): State<AppState>,
+    PathParams(space_id): PathParams<String>,
+) -> Result<Response, ApiError> {
+    let info = state.engine()?.describe_space(&space_id)?;
+    Ok(Json(space_json(&info)).into_response())
+}
+
+/// `DELETE /v1/spaces/{space_id}`
+pub async fn delete_space(
+    State(state): State<AppState>,
+    PathParams(space_id): PathParams<String>,
+) -> Result<Response, ApiError> {
+    state.engine()?.delete_space(&space_id).await?;
+    Ok(Json(json!({})).into_response())
+}
+
+/// `POST /v1/spaces/{space_id}/memories`: 201 with the memory id and server
+/// sequence once the observation is durable and visible; 200 with
+/// `"duplicate": true` when an episode with this id already exists.
+pub async fn remember(
+    State(state): State<AppState>,
+    PathParams(space_id): PathParams<String>,
+    JsonBody(episode): JsonBody<EpisodeJson>,
+) -> Result<Response, ApiError> {
+    let engine = state.engine()?;
+    let done = engine.remember(&space_id, episode.into_input()?).await?;
+    let status = if done.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(remembered_json(&done))).into_response())
+}
+
+/// `POST /v1/spaces/{space_id}/recall[?include_embeddings=true]`
+pub async fn recall(
+    State(state): State<AppState>,
+    PathParams(space_id): PathParams<String>,
+    query: Result<Query<RecallQuery>, axum::extract::rejection::QueryRejection>,
+    JsonBody(cue): JsonBody<CueJson>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query?;
+    let engine = state.engine()?.clone();
+    let cue = cue.into_cue()?;
+    // Search is CPU work: keep it off the async workers.
+    let result = tokio::task::spawn_blocking(move || engine.recall(&space_id, cue))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("recall task failed: {e}"),
+            )
+        })??;
+    let memories: Vec<_> = result
+        .memories
+        .iter()
+        .map(|m| recalled_out(m, query.include_embeddings))
+        .collect();
+    Ok(Json(json!({
+        "memories": memories,
+        "snapshot_sequence": result.snapshot_sequence,
+    }))
+    .into_response())
+}
+
+/// `DELETE /v1/spaces/{space_id}/memories/{memory_id}`
+pub async fn forget(
+    State(state): State<AppState>,
+    PathParams((space_id, memory_id)): PathParams<(String, String)>,
+) -> Result<Response, ApiError> {
+    state.engine()?.forget(&space_id, &memory_id).await?;
+    Ok(Json(json!({})).into_response())
+}

@@ -1,0 +1,12 @@
+//! The engram server: configuration, transports over the engine, lifecycle.
+//!
+//! - [`config`] — `ServerConfig`: defaults, TOML file, environment, flags.
+//! - [`http`] — REST routes and health endpoints (axum).
+//! - [`server`] — bind listeners, recover, serve, shut down in order.
+
+pub mod config;
+pub mod http;
+pub mod server;
+
+pub use config::ServerConfig;
+pub use server::serve;

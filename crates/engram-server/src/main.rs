@@ -1,0 +1,76 @@
+//! `engram`: the command line. `engram serve` runs the server; `engram
+//! config` prints the effective configuration.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use engram_server::config::{Overrides, ServerConfig};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "engram", version, about = "engram: a streaming memory server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (data under ./engram-data unless configured).
+    Serve(Overrides),
+    /// Print the effective configuration (defaults, file, environment, flags) as TOML.
+    Config(Overrides),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config(o) => {
+            let config = ServerConfig::load(&o)?;
+            print!("{}", config.to_toml());
+            Ok(())
+        }
+        Command::Serve(o) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    EnvFilter::try_from_env("ENGRAM_LOG")
+                        .unwrap_or_else(|_| EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .init();
+            let config = ServerConfig::load(&o)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("engram-rt")
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(engram_server::serve(config, shutdown_signal()))?;
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

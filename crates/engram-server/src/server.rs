@@ -1,0 +1,115 @@
+//! The server's life: bind every listener first (so health answers during
+//! recovery), recover the engine, become ready, serve, and on the shutdown
+//! signal: become unready, stop accepting, finish in-flight requests within
+//! the grace period, then shut the engine down (commit, snapshot, sync).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use engram_core::Engine;
+use tokio::net::TcpListener;
+
+use crate::config::ServerConfig;
+use crate::http::{self, AppState, Phase};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("binding the {listener} listener on {addr}: {source}")]
+    Bind {
+        listener: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("recovery failed: {0}")]
+    Recovery(#[from] engram_core::Error),
+    #[error("the {0} listener failed: {1}")]
+    Listener(&'static str, std::io::Error),
+}
+
+/// Runs the server until `shutdown` resolves, then shuts down in order.
+///
+/// # Errors
+/// A listener that cannot bind, or a recovery that fails.
+pub async fn serve(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let state = AppState::new(config.admin.fault_injection);
+    let listener = TcpListener::bind(config.http.addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            listener: "http",
+            addr: config.http.addr,
+            source,
+        })?;
+    let http_addr = listener
+        .local_addr()
+        .map_err(|e| ServeError::Listener("http", e))?;
+    tracing::info!(listener = "http", addr = %http_addr, "listening");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let app = http::router(state.clone(), config.http.max_body_bytes);
+    let mut stop_http = stop_rx.clone();
+    let http_task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_http.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    let signal_task = tokio::spawn({
+        let state = state.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: no longer ready, finishing in-flight requests");
+            state.set_phase(Phase::ShuttingDown);
+            let _ = stop_tx.send(true);
+        }
+    });
+
+    let engine_config = config.engine.clone();
+    tracing::info!(data_dir = %engine_config.data_dir.display(), "recovering");
+    let engine = match tokio::task::spawn_blocking(move || Engine::open(engine_config)).await {
+        Ok(Ok(engine)) => engine,
+        Ok(Err(e)) => {
+            signal_task.abort();
+            return Err(ServeError::Recovery(e));
+        }
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    };
+    let r = engine.recovery_report();
+    tracing::info!(
+        spaces = r.spaces,
+        snapshot = ?r.snapshot,
+        snapshot_episodes = r.snapshot_episodes,
+        wal_records = r.wal_records,
+        to_index = r.to_index,
+        took_ms = r.took.as_millis() as u64,
+        "recovery finished"
+    );
+    state.set_engine(engine.clone());
+    if state.phase() == Phase::Recovering {
+        state.set_phase(Phase::Ready);
+        tracing::info!("ready");
+    }
+
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let mut wait_stop = stop_rx;
+    let _ = wait_stop.wait_for(|s| *s).await;
+    match tokio::time::timeout(grace, http_task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "http listener ended with an error"),
+        Ok(Err(e)) => tracing::error!(error = %e, "http task panicked"),
+        Err(_) => tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "in-flight requests outlived the grace period"
+        ),
+    }
+    tokio::task::spawn_blocking(move || engine.shutdown())
+        .await
+        .ok();
+    tracing::info!("shutdown complete");
+    Ok(())
+}
