@@ -6,7 +6,7 @@
 //!    record to the WAL;
 //! 2. *sync* once for the whole batch, as the sync policy says;
 //! 3. *apply* each change to memory (visible to recall from here) and hand
-//!    new episodes to the indexer;
+//!    new episodes to the indexing queue;
 //! 4. *answer* every command of the batch, in order.
 //!
 //! So an ack never leaves before its record is durable (per policy) and
@@ -19,22 +19,36 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tokio::sync::oneshot;
 
-use crate::admission::Admission;
 use crate::error::{Error, Result};
 use crate::index::HnswParams;
-use crate::indexer::{IndexTask, Indexer};
+use crate::fault::Faults;
+use crate::indexer::{IndexTask, Queue};
+use crate::queue::Priority;
 use crate::model::{now_unix_nanos, Remembered, SpaceId, StoredEpisode, ValidEpisode};
 use crate::record::WalRecord;
 use crate::space::Space;
 use crate::wal::{Lsn, SyncPolicy, Wal};
 
-pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
+/// Where an answer goes: usually a oneshot to the caller; a stream session
+/// also records the answer (so a resumed session knows every outcome, even
+/// one whose caller went away).
+pub(crate) type Reply<T> = Box<dyn FnOnce(Result<T>) + Send>;
+
+/// A reply that sends to a oneshot channel.
+pub(crate) fn to_channel<T: Send + 'static>(tx: oneshot::Sender<Result<T>>) -> Reply<T> {
+    Box::new(move |r| {
+        // The caller may have gone away; the change is committed anyway.
+        let _ = tx.send(r);
+    })
+}
 
 /// What the commit thread is asked to do.
 pub(crate) enum Command {
     Observe {
         space: SpaceId,
         episode: ValidEpisode,
+        /// Its lane in the indexing queue, where a place was reserved for it.
+        priority: Priority,
         /// Create the space (with the episode's dimension) if it is missing.
         auto_create: bool,
         reply: Reply<Remembered>,
@@ -93,8 +107,8 @@ pub(crate) struct Committer {
     /// the current batch that readers cannot see yet.
     pub spaces: HashMap<SpaceId, Arc<Space>>,
     pub published: Arc<SpaceMap>,
-    pub indexer: Arc<Indexer>,
-    pub admission: Arc<Admission>,
+    pub queue: Arc<Queue>,
+    pub faults: Option<Arc<Faults>>,
     /// LSN at which the last snapshot was cut (nothing new since → skip).
     pub last_capture_lsn: Lsn,
     /// Set after a failed WAL write or sync: no further writes are taken.
@@ -105,7 +119,7 @@ pub(crate) struct Committer {
 
 /// A change prepared in this batch, waiting for sync before it applies.
 enum Prepared {
-    Observe(Arc<Space>, Arc<StoredEpisode>, Reply<Remembered>),
+    Observe(Arc<Space>, Arc<StoredEpisode>, Priority, Reply<Remembered>),
     Created(Arc<Space>, Reply<bool>),
     Forgotten(Arc<Space>, u64, Reply<()>),
     Deleted(Arc<Space>, Reply<()>),
@@ -124,8 +138,8 @@ impl Committer {
         max_batch: usize,
         params: HnswParams,
         published: Arc<SpaceMap>,
-        indexer: Arc<Indexer>,
-        admission: Arc<Admission>,
+        queue: Arc<Queue>,
+        faults: Option<Arc<Faults>>,
     ) -> Self {
         let last_capture_lsn = wal.next_lsn();
         Committer {
@@ -136,8 +150,8 @@ impl Committer {
             params,
             spaces: HashMap::new(),
             published,
-            indexer,
-            admission,
+            queue,
+            faults,
             last_capture_lsn,
             failed: None,
             dirty_since_sync: false,
@@ -164,7 +178,7 @@ impl Committer {
                         .insert(episode.id.clone(), episode.server_sequence);
                     meta.last_seq = episode.server_sequence;
                 }
-                self.apply_observe(&s, Arc::new(episode), true);
+                self.apply_observe(&s, Arc::new(episode), Priority::Normal, true);
             }
             WalRecord::Forget {
                 space,
@@ -197,15 +211,20 @@ impl Committer {
         *self.published.write() = self.spaces.clone();
     }
 
-    pub fn apply_observe(&self, space: &Arc<Space>, episode: Arc<StoredEpisode>, recovering: bool) {
-        if space.apply_observe(episode.clone()) {
-            if recovering {
-                self.admission.force_admit(1);
-            }
-            self.indexer.enqueue(IndexTask {
-                space: space.clone(),
-                episode,
-            });
+    /// Makes an episode visible and queues it for indexing. At recovery it
+    /// enters the queue without a reservation (nothing replayed is dropped,
+    /// even above capacity).
+    pub fn apply_observe(&self, space: &Arc<Space>, episode: Arc<StoredEpisode>, priority: Priority, recovering: bool) {
+        let needs_index = space.apply_observe(episode.clone());
+        let task = IndexTask {
+            space: space.clone(),
+            episode,
+        };
+        match (needs_index, recovering) {
+            (true, true) => self.queue.push_unreserved(space.id(), priority, task),
+            (true, false) => self.queue.push(space.id(), priority, task),
+            (false, true) => {}
+            (false, false) => self.queue.cancel(space.id(), priority),
         }
     }
 
@@ -249,11 +268,11 @@ impl Committer {
             match cmd {
                 Command::CaptureSnapshot { reply } => {
                     self.commit(&mut prepared);
-                    let _ = reply.send(self.capture());
+                    reply(self.capture());
                 }
                 Command::TruncateWal { before, reply } => {
                     self.commit(&mut prepared);
-                    let _ = reply.send(self.wal.truncate_before(before).map_err(Error::from));
+                    reply(self.wal.truncate_before(before).map_err(Error::from));
                 }
                 Command::Stop => keep_running = false,
                 other => self.prepare(other, &mut prepared),
@@ -268,16 +287,17 @@ impl Committer {
             let err = Error::Storage(format!(
                 "the write-ahead log failed earlier ({why}); no writes are accepted until the server is restarted"
             ));
-            fail(cmd, err, &self.admission);
+            fail(cmd, err, &self.queue);
             return;
         }
         match cmd {
             Command::Observe {
                 space,
                 episode,
+                priority,
                 auto_create,
                 reply,
-            } => self.prepare_observe(space, episode, auto_create, reply, out),
+            } => self.prepare_observe(space, episode, priority, auto_create, reply, out),
             Command::CreateSpace {
                 space,
                 dimension,
@@ -354,13 +374,14 @@ impl Committer {
         &mut self,
         space: SpaceId,
         ep: ValidEpisode,
+        priority: Priority,
         auto_create: bool,
         reply: Reply<Remembered>,
         out: &mut Vec<Prepared>,
     ) {
-        let admission = self.admission.clone();
+        let queue = self.queue.clone();
         let reject = |out: &mut Vec<Prepared>, reply, err| {
-            admission.release(0, 1);
+            queue.cancel(&space, priority);
             answer(out, reply, Err(err));
         };
         let s = match self.spaces.get(&space) {
@@ -368,8 +389,7 @@ impl Committer {
             None if auto_create => match self.create_space(space.clone(), ep.embedding.len()) {
                 Some(s) => {
                     // Readers see the new space once this batch is synced.
-                    let (tx, _) = oneshot::channel();
-                    out.push(Prepared::Created(s.clone(), tx));
+                    out.push(Prepared::Created(s.clone(), Box::new(|_| {})));
                     s
                 }
                 None => return reject(out, reply, self.storage_error()),
@@ -396,7 +416,7 @@ impl Committer {
                     committed_at_unix_nanos: original.unwrap_or_else(now_unix_nanos),
                     duplicate: true,
                 };
-                admission.release(0, 1);
+                queue.cancel(&space, priority);
                 return answer(out, reply, Ok(done));
             }
         }
@@ -412,7 +432,10 @@ impl Committer {
             server_sequence: seq,
             committed_at_unix_nanos: now_unix_nanos(),
         };
-        let record = WalRecord::Observe { space, episode };
+        let record = WalRecord::Observe {
+            space: space.clone(),
+            episode,
+        };
         if !self.append(&record) {
             drop(meta);
             return reject(out, reply, self.storage_error());
@@ -423,7 +446,7 @@ impl Committer {
         meta.last_seq = seq;
         meta.by_id.insert(episode.id.clone(), seq);
         drop(meta);
-        out.push(Prepared::Observe(s, Arc::new(episode), reply));
+        out.push(Prepared::Observe(s, Arc::new(episode), priority, reply));
     }
 
     fn create_space(&mut self, space: SpaceId, dimension: usize) -> Option<Arc<Space>> {
@@ -470,6 +493,9 @@ impl Committer {
         if prepared.is_empty() {
             return;
         }
+        if let Some(f) = &self.faults {
+            f.before_commit();
+        }
         if self.dirty_since_sync && self.failed.is_none() {
             let res = match self.policy {
                 SyncPolicy::Always => self.wal.sync().map(|_| {
@@ -490,13 +516,13 @@ impl Committer {
             for p in prepared.drain(..) {
                 let err = self.storage_error();
                 match p {
-                    Prepared::Observe(_, _, r) => {
-                        self.admission.release(0, 1);
-                        let _ = r.send(Err(err));
+                    Prepared::Observe(space, _, priority, r) => {
+                        self.queue.cancel(space.id(), priority);
+                        r(Err(err));
                     }
-                    Prepared::Created(_, r) => drop(r.send(Err(err))),
+                    Prepared::Created(_, r) => r(Err(err)),
                     Prepared::Forgotten(_, _, r) | Prepared::Deleted(_, r) => {
-                        drop(r.send(Err(err)))
+                        r(Err(err))
                     }
                     Prepared::Answer(f) => f(),
                 }
@@ -505,23 +531,23 @@ impl Committer {
         }
         for p in prepared.drain(..) {
             match p {
-                Prepared::Observe(space, episode, reply) => {
+                Prepared::Observe(space, episode, priority, reply) => {
                     let done = Remembered {
                         memory_id: episode.id.clone(),
                         server_sequence: episode.server_sequence,
                         committed_at_unix_nanos: episode.committed_at_unix_nanos,
                         duplicate: false,
                     };
-                    self.apply_observe(&space, episode, false);
-                    let _ = reply.send(Ok(done));
+                    self.apply_observe(&space, episode, priority, false);
+                    reply(Ok(done));
                 }
                 Prepared::Created(space, reply) => {
                     self.published.write().insert(space.id().clone(), space);
-                    let _ = reply.send(Ok(true));
+                    reply(Ok(true));
                 }
                 Prepared::Forgotten(space, seq, reply) => {
                     space.apply_forget(seq);
-                    let _ = reply.send(Ok(()));
+                    reply(Ok(()));
                 }
                 Prepared::Deleted(space, reply) => {
                     space.mark_deleted();
@@ -532,7 +558,7 @@ impl Committer {
                     {
                         published.remove(space.id());
                     }
-                    let _ = reply.send(Ok(()));
+                    reply(Ok(()));
                 }
                 Prepared::Answer(f) => f(),
             }
@@ -578,23 +604,25 @@ impl Committer {
 
 fn answer<T: Send + 'static>(out: &mut Vec<Prepared>, reply: Reply<T>, result: Result<T>) {
     out.push(Prepared::Answer(Box::new(move || {
-        let _ = reply.send(result);
+        reply(result);
     })));
 }
 
 /// Answers a command with an error without preparing it.
-fn fail(cmd: Command, err: Error, admission: &Admission) {
+fn fail(cmd: Command, err: Error, queue: &Queue) {
     match cmd {
-        Command::Observe { reply, .. } => {
-            admission.release(0, 1);
-            let _ = reply.send(Err(err));
+        Command::Observe {
+            reply, space, priority, ..
+        } => {
+            queue.cancel(&space, priority);
+            reply(Err(err));
         }
-        Command::CreateSpace { reply, .. } => drop(reply.send(Err(err))),
+        Command::CreateSpace { reply, .. } => reply(Err(err)),
         Command::Forget { reply, .. } | Command::DeleteSpace { reply, .. } => {
-            drop(reply.send(Err(err)))
+            reply(Err(err))
         }
-        Command::CaptureSnapshot { reply } => drop(reply.send(Err(err))),
-        Command::TruncateWal { reply, .. } => drop(reply.send(Err(err))),
+        Command::CaptureSnapshot { reply } => reply(Err(err)),
+        Command::TruncateWal { reply, .. } => reply(Err(err)),
         Command::Stop => {}
     }
 }

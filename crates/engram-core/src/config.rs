@@ -8,12 +8,15 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::index::HnswParams;
+use crate::queue::QueueConfig;
+use crate::session::SessionConfig;
 use crate::wal::SyncPolicy;
 
-/// Not-yet-indexed observations the server holds before admission control
-/// rejects new ones (SPEC 4). 100K × 768-d is ~300 MiB of vectors: a burst of
-/// tens of seconds at 2-core indexing rates, small enough to scan exactly.
-pub const DEFAULT_QUEUE_CAPACITY: usize = 100_000;
+/// Smallest and largest batch an indexing worker takes: one at a time
+/// keeps latency lowest under light load; 256 amortises queue locking under
+/// pressure while a batch still takes only tens of milliseconds at 768-d.
+pub const DEFAULT_MIN_BATCH: usize = 1;
+pub const DEFAULT_MAX_BATCH: usize = 256;
 /// With the `interval` policy, how often the WAL is fsynced.
 pub const DEFAULT_WAL_SYNC_INTERVAL: Duration = Duration::from_millis(10);
 /// WAL segment size: large enough that rotation is rare, small enough that
@@ -56,10 +59,14 @@ impl Default for WalConfig {
 pub struct EngineConfig {
     /// Where the WAL and snapshots live.
     pub data_dir: PathBuf,
-    /// Bound on accepted-but-not-yet-indexed observations, over all spaces.
-    pub queue_capacity: usize,
     /// Indexing worker threads; 0 means one per core.
     pub workers: usize,
+    /// Adaptive batch bounds of the indexing workers.
+    pub min_batch: usize,
+    pub max_batch: usize,
+    /// Enables `Engine::faults` (kill workers, slow indexing, delay
+    /// acceptance) for tests and drills. Never on in production.
+    pub fault_injection: bool,
     /// Create a space on its first observation instead of answering
     /// `space_not_found`.
     pub auto_create_spaces: bool,
@@ -68,6 +75,9 @@ pub struct EngineConfig {
     pub snapshot_interval_secs: u64,
     pub max_commit_batch: usize,
     pub commit_queue: usize,
+    /// The indexing queue: capacity, per-space share, backpressure levels.
+    pub queue: QueueConfig,
+    pub sessions: SessionConfig,
     pub wal: WalConfig,
     pub index: HnswParams,
 }
@@ -76,12 +86,16 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             data_dir: PathBuf::from("./engram-data"),
-            queue_capacity: DEFAULT_QUEUE_CAPACITY,
             workers: 0,
+            min_batch: DEFAULT_MIN_BATCH,
+            max_batch: DEFAULT_MAX_BATCH,
+            fault_injection: false,
             auto_create_spaces: true,
             snapshot_interval_secs: DEFAULT_SNAPSHOT_INTERVAL.as_secs(),
             max_commit_batch: DEFAULT_MAX_COMMIT_BATCH,
             commit_queue: DEFAULT_COMMIT_QUEUE,
+            queue: QueueConfig::default(),
+            sessions: SessionConfig::default(),
             wal: WalConfig::default(),
             index: HnswParams::default(),
         }

@@ -11,11 +11,14 @@ use crossbeam_channel::{Sender, TrySendError};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use crate::admission::Admission;
 use crate::commit::{Command, Committer, SpaceMap};
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
-use crate::indexer::Indexer;
+use crate::fault::Faults;
+use crate::indexer::{Indexer, Queue};
+use crate::queue::{IndexQueue, Priority, Rejected};
+use crate::recall::RecallStream;
+use crate::session::Registry;
 use crate::model::{
     Cue, EpisodeInput, RecallResult, Remembered, SpaceId, SpaceInfo, DEFAULT_DIMENSION,
     MAX_DIMENSION,
@@ -39,6 +42,19 @@ pub struct RecoveryReport {
     pub took: Duration,
 }
 
+/// An observation on its way through the commit thread; resolves to its answer.
+pub struct PendingRemember(oneshot::Receiver<Result<Remembered>>);
+
+impl std::future::Future for PendingRemember {
+    type Output = Result<Remembered>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(Error::ShuttingDown)))
+    }
+}
+
 /// The engine. Cheap to clone; every clone is the same engine.
 #[derive(Clone)]
 pub struct Engine {
@@ -50,8 +66,10 @@ struct Inner {
     spaces: Arc<SpaceMap>,
     commit_tx: Sender<Command>,
     commit_thread: Mutex<Option<JoinHandle<()>>>,
-    admission: Arc<Admission>,
+    queue: Arc<Queue>,
     indexer: Arc<Indexer>,
+    faults: Option<Arc<Faults>>,
+    sessions: Registry,
     shutting_down: AtomicBool,
     /// One snapshot at a time (periodic, on demand, at shutdown).
     snapshot_lock: Mutex<()>,
@@ -83,10 +101,15 @@ impl Engine {
                 config.data_dir.display()
             ))
         })?;
-        let admission = Arc::new(Admission::new(config.queue_capacity));
+        let workers = config.effective_workers();
+        let queue: Arc<Queue> = Arc::new(IndexQueue::new(config.queue.clone(), workers));
+        let faults = config.fault_injection.then(|| Arc::new(Faults::default()));
         let indexer = Arc::new(Indexer::start(
-            config.effective_workers(),
-            admission.clone(),
+            workers,
+            queue.clone(),
+            faults.clone(),
+            config.min_batch,
+            config.max_batch,
         ));
         let spaces: Arc<SpaceMap> = Arc::default();
         let mut report = RecoveryReport::default();
@@ -107,8 +130,8 @@ impl Engine {
             config.max_commit_batch,
             config.index.clone(),
             spaces.clone(),
-            indexer.clone(),
-            admission.clone(),
+            queue.clone(),
+            faults.clone(),
         );
         if let Some(loaded) = loaded {
             report.snapshot = Some(loaded.path);
@@ -125,7 +148,7 @@ impl Engine {
                 }
                 report.snapshot_episodes += ls.episodes.len();
                 for e in ls.episodes {
-                    committer.apply_observe(&space, Arc::new(e), true);
+                    committer.apply_observe(&space, Arc::new(e), Priority::Normal, true);
                 }
                 space.restore_last_sequence(ls.last_seq);
                 committer.restore_space(space);
@@ -139,7 +162,7 @@ impl Engine {
         // Replayed records are not in a snapshot yet: let the next one run.
         committer.last_capture_lsn = from_lsn;
         report.spaces = spaces.read().len();
-        report.to_index = admission.depth();
+        report.to_index = queue.depth();
 
         let (commit_tx, commit_rx) = crossbeam_channel::bounded(config.commit_queue.max(1));
         let commit_thread = std::thread::Builder::new()
@@ -150,12 +173,14 @@ impl Engine {
 
         let engine = Engine {
             inner: Arc::new(Inner {
+                sessions: Registry::new(config.sessions.clone()),
                 config,
                 spaces,
                 commit_tx,
                 commit_thread: Mutex::new(Some(commit_thread)),
-                admission,
+                queue,
                 indexer,
+                faults,
                 shutting_down: AtomicBool::new(false),
                 snapshot_lock: Mutex::new(()),
                 snapshotter: Mutex::new(None),
@@ -163,6 +188,7 @@ impl Engine {
             }),
         };
         engine.start_snapshotter();
+        engine.start_session_keeper();
         Ok(engine)
     }
 
@@ -197,16 +223,45 @@ impl Engine {
         *self.inner.snapshotter.lock() = Some((stop_tx, handle));
     }
 
+    /// One thread forwards backpressure changes to every attached session
+    /// and, once a second, closes idle sessions and forgets expired ones.
+    fn start_session_keeper(&self) {
+        let changes = self.inner.queue.subscribe();
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        std::thread::Builder::new()
+            .name("engram-sessions".into())
+            .spawn(move || {
+                let tick = crossbeam_channel::tick(Duration::from_secs(1));
+                loop {
+                    crossbeam_channel::select! {
+                        recv(changes) -> change => {
+                            let Ok(change) = change else { return };
+                            let Some(inner) = weak.upgrade() else { return };
+                            inner.sessions.broadcast(&change);
+                        }
+                        recv(tick) -> _ => {
+                            let Some(inner) = weak.upgrade() else { return };
+                            if inner.shutting_down.load(Ordering::Acquire) {
+                                return;
+                            }
+                            inner.sessions.sweep();
+                        }
+                    }
+                }
+            })
+            .expect("spawning the session keeper thread");
+    }
+
     fn send(&self, cmd: Command) -> Result<()> {
         match self.inner.commit_tx.try_send(cmd) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(cmd)) => {
-                if let Command::Observe { .. } = cmd {
-                    self.inner.admission.release(0, 1);
+                if let Command::Observe { space, priority, .. } = &cmd {
+                    self.inner.queue.cancel(space, *priority);
                 }
                 Err(Error::Overloaded {
-                    depth: self.inner.admission.depth(),
-                    capacity: self.inner.admission.capacity(),
+                    depth: self.inner.queue.depth(),
+                    capacity: self.inner.queue.capacity(),
                     retry_after: COMMIT_QUEUE_RETRY,
                 })
             }
@@ -214,9 +269,9 @@ impl Engine {
         }
     }
 
-    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command) -> Result<T> {
+    async fn call<T: Send + 'static>(&self, make: impl FnOnce(crate::commit::Reply<T>) -> Command) -> Result<T> {
         let (tx, rx) = oneshot::channel();
-        self.send(make(tx))?;
+        self.send(make(crate::commit::to_channel(tx)))?;
         rx.await.map_err(|_| Error::ShuttingDown)?
     }
 
@@ -244,6 +299,32 @@ impl Engine {
     /// [`Error::DimensionMismatch`], [`Error::Overloaded`] with a
     /// retry-after, [`Error::ShuttingDown`], [`Error::Storage`].
     pub async fn remember(&self, space: &str, input: EpisodeInput) -> Result<Remembered> {
+        self.submit_remember(space, input, Priority::Normal)?.await
+    }
+
+    /// The first half of [`Engine::remember`]: validates, admits and hands
+    /// the observation to the commit thread, without waiting. Answers come
+    /// back in submission order, so a stream can keep many in flight and
+    /// still ack in sequence order.
+    ///
+    /// # Errors
+    /// As [`Engine::remember`], for everything decided before commit.
+    pub fn submit_remember(&self, space: &str, input: EpisodeInput, priority: Priority) -> Result<PendingRemember> {
+        let (tx, rx) = oneshot::channel();
+        self.submit_remember_with(space, input, priority, crate::commit::to_channel(tx))?;
+        Ok(PendingRemember(rx))
+    }
+
+    /// Submits with a custom answer hook, run by the commit thread with the
+    /// answer (sessions record outcomes there). On `Err`, the hook was not
+    /// called and will not be.
+    pub(crate) fn submit_remember_with(
+        &self,
+        space: &str,
+        input: EpisodeInput,
+        priority: Priority,
+        reply: crate::commit::Reply<Remembered>,
+    ) -> Result<()> {
         let space = SpaceId::parse(space)?;
         let episode = input.validate()?;
         self.check_writable()?;
@@ -258,15 +339,22 @@ impl Engine {
             Err(e) if !self.inner.config.auto_create_spaces => return Err(e),
             _ => {}
         }
-        self.inner.admission.try_admit()?;
+        self.inner
+            .queue
+            .try_reserve(&space, priority)
+            .map_err(|r: Rejected| Error::Overloaded {
+                depth: r.depth,
+                capacity: r.capacity,
+                retry_after: r.retry_after,
+            })?;
         let auto_create = self.inner.config.auto_create_spaces;
-        self.call(|reply| Command::Observe {
+        self.send(Command::Observe {
             space,
             episode,
+            priority,
             auto_create,
             reply,
         })
-        .await
     }
 
     /// The most similar memories to the cue, as of now (CPU work: call it
@@ -366,16 +454,52 @@ impl Engine {
 
     /// Accepted observations not yet indexed, over all spaces.
     pub fn queue_depth(&self) -> usize {
-        self.inner.admission.depth()
+        self.inner.queue.depth()
     }
 
     pub fn queue_capacity(&self) -> usize {
-        self.inner.admission.capacity()
+        self.inner.queue.capacity()
     }
 
     /// Indexing-worker panics caught (and their tasks requeued) since start.
     pub fn worker_restarts(&self) -> u64 {
         self.inner.indexer.restarts()
+    }
+
+    /// The indexing queue (depths, level, drain rate, subscriptions).
+    pub fn queue(&self) -> &Queue {
+        &self.inner.queue
+    }
+
+    /// The indexing worker pool (per-worker counters).
+    pub fn indexer(&self) -> &Indexer {
+        &self.inner.indexer
+    }
+
+    /// Fault injection, when `fault_injection` is configured.
+    pub fn faults(&self) -> Option<&Faults> {
+        self.inner.faults.as_deref()
+    }
+
+    pub(crate) fn sessions(&self) -> &Registry {
+        &self.inner.sessions
+    }
+
+    /// Streams with a session attached right now.
+    pub fn active_sessions(&self) -> usize {
+        self.inner.sessions.active()
+    }
+
+    /// An incremental, snapshot-isolated recall: the snapshot point is
+    /// fixed now; iterate for batches of at most `batch_size` (CPU work
+    /// happens in `next`).
+    ///
+    /// # Errors
+    /// Validation errors, [`Error::SpaceNotFound`], [`Error::DimensionMismatch`].
+    pub fn recall_stream(&self, space: &str, cue: Cue, batch_size: usize) -> Result<RecallStream> {
+        let space = self.space(&SpaceId::parse(space)?)?;
+        let cue = cue.validate()?;
+        RecallStream::new(space, cue, self.inner.config.index.ef_search, batch_size)
     }
 
     /// Holds indexing back: observations stay in the fresh tier. For tests
@@ -396,7 +520,7 @@ impl Engine {
     pub fn snapshot(&self) -> Result<Option<PathBuf>> {
         let _one = self.inner.snapshot_lock.lock();
         let (tx, rx) = oneshot::channel();
-        self.send(Command::CaptureSnapshot { reply: tx })?;
+        self.send(Command::CaptureSnapshot { reply: crate::commit::to_channel(tx) })?;
         let Some(capture) = wait(rx)? else {
             return Ok(None);
         };
@@ -414,7 +538,7 @@ impl Engine {
                 .parse()
                 .unwrap_or(0)
         };
-        self.send(Command::TruncateWal { before, reply: tx })?;
+        self.send(Command::TruncateWal { before, reply: crate::commit::to_channel(tx) })?;
         let removed = wait(rx)?;
         tracing::info!(path = %path.display(), took_ms = started.elapsed().as_millis() as u64, wal_segments_removed = removed, "snapshot written");
         Ok(Some(path))

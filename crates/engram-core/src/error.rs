@@ -40,6 +40,10 @@ pub enum Error {
     #[error("memory '{memory_id}' not found in memory space '{space}'")]
     MemoryNotFound { space: String, memory_id: String },
 
+    /// No open or resumable session with this id.
+    #[error("session '{0}' does not exist or its resume window has passed; open a new session")]
+    SessionNotFound(String),
+
     /// Admission control: too many observations are waiting to be indexed.
     #[error("overloaded: {depth} observations are waiting to be indexed (capacity {capacity}); retry after {} ms", retry_after.as_millis())]
     Overloaded {
@@ -68,6 +72,7 @@ impl Error {
             Error::SpaceNotFound(_) => "space_not_found",
             Error::SpaceExists { .. } => "space_exists",
             Error::MemoryNotFound { .. } => "memory_not_found",
+            Error::SessionNotFound(_) => "session_not_found",
             Error::Overloaded { .. } => "overloaded",
             Error::ShuttingDown => "shutting_down",
             Error::Storage(_) => "storage_failure",

@@ -1,27 +1,30 @@
-//! Background indexing: worker threads that take committed episodes from
-//! the indexing queue and insert them into their space's HNSW index, then
-//! remove them from the fresh tier (in that order; see `recall`).
+//! The indexing worker pool: named threads that take batches from the
+//! indexing queue, insert them into their space's HNSW index, then remove
+//! them from the fresh tier (in that order; see `recall`).
 //!
-//! The queue is an unbounded channel whose length is bounded by admission
-//! control: a task exists only for an admitted observation, and admission
-//! stops at the configured capacity. Workers run on named OS threads, never
-//! on the async runtime. A panic while indexing is caught, logged, counted,
-//! and the task is put back so nothing is lost.
+//! - Each space has a home worker (by hash); a worker with nothing of its
+//!   own steals from the fullest space, so one hot space keeps every worker
+//!   busy (the index takes concurrent inserts).
+//! - Batch size adapts to pressure (`IndexQueue::batch_size`): small when
+//!   the queue is short, for latency; larger under pressure, for throughput.
+//! - Supervision: a panic while indexing is caught, logged and counted; the
+//!   worker restarts, and the part of the batch it had not finished is put
+//!   back at the front of its lanes, so nothing is lost.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::{Condvar, Mutex};
 
-use crate::admission::Admission;
-use crate::model::StoredEpisode;
+use crate::fault::Faults;
+use crate::model::{SpaceId, StoredEpisode};
+use crate::queue::{IndexQueue, Priority};
 use crate::space::Space;
 
-/// How often an idle worker wakes to notice a stop request.
+/// How long an idle worker waits for work before checking for stop.
 const IDLE_POLL: Duration = Duration::from_millis(50);
 
 /// One episode to index.
@@ -30,63 +33,79 @@ pub struct IndexTask {
     pub episode: Arc<StoredEpisode>,
 }
 
-/// The indexing queue and its workers.
+pub type Queue = IndexQueue<SpaceId, IndexTask>;
+
+/// Per-worker counters, read by metrics and tests.
+#[derive(Default)]
+pub struct WorkerStats {
+    pub processed: AtomicU64,
+    pub batches: AtomicU64,
+    pub stolen_batches: AtomicU64,
+    pub busy_nanos: AtomicU64,
+    pub restarts: AtomicU64,
+    /// Size of the last batch taken.
+    pub last_batch: AtomicUsize,
+}
+
+/// The pool.
 pub struct Indexer {
-    tx: Sender<IndexTask>,
     shared: Arc<Shared>,
     handles: Mutex<Vec<JoinHandle<()>>>,
 }
 
 struct Shared {
-    rx: Receiver<IndexTask>,
-    requeue: Sender<IndexTask>,
-    admission: Arc<Admission>,
+    queue: Arc<Queue>,
+    faults: Option<Arc<Faults>>,
+    stats: Vec<WorkerStats>,
+    min_batch: usize,
+    max_batch: usize,
     stop: AtomicBool,
-    /// Test and admin hook: while true, workers hold off (indexing "paused").
+    /// While true, workers hold off (indexing "paused"; admin and tests).
     paused: Mutex<bool>,
     resumed: Condvar,
-    restarts: AtomicU64,
-    indexed: AtomicU64,
 }
 
 impl Indexer {
-    /// Starts `workers` indexing threads.
-    pub fn start(workers: usize, admission: Arc<Admission>) -> Self {
-        let (tx, rx) = crossbeam_channel::unbounded();
+    /// Starts `workers` threads on `queue`.
+    pub fn start(
+        workers: usize,
+        queue: Arc<Queue>,
+        faults: Option<Arc<Faults>>,
+        min_batch: usize,
+        max_batch: usize,
+    ) -> Self {
+        let workers = workers.max(1);
         let shared = Arc::new(Shared {
-            rx,
-            requeue: tx.clone(),
-            admission,
+            queue,
+            faults,
+            stats: (0..workers).map(|_| WorkerStats::default()).collect(),
+            min_batch: min_batch.max(1),
+            max_batch: max_batch.max(min_batch.max(1)),
             stop: AtomicBool::new(false),
             paused: Mutex::new(false),
             resumed: Condvar::new(),
-            restarts: AtomicU64::new(0),
-            indexed: AtomicU64::new(0),
         });
-        let handles = (0..workers.max(1))
-            .map(|i| {
+        let handles = (0..workers)
+            .map(|id| {
                 let shared = shared.clone();
                 std::thread::Builder::new()
-                    .name(format!("engram-index-{i}"))
-                    .spawn(move || worker_loop(&shared))
+                    .name(format!("engram-index-{id}"))
+                    .spawn(move || supervise(&shared, id))
                     .expect("spawning an indexing thread")
             })
             .collect();
         Indexer {
-            tx,
             shared,
             handles: Mutex::new(handles),
         }
     }
 
-    pub fn enqueue(&self, task: IndexTask) {
-        // The receiver lives in `shared`, owned by self: send cannot fail.
-        let _ = self.tx.send(task);
+    pub fn workers(&self) -> usize {
+        self.shared.stats.len()
     }
 
-    /// Tasks waiting for a worker.
-    pub fn pending(&self) -> usize {
-        self.tx.len()
+    pub fn stats(&self) -> &[WorkerStats] {
+        &self.shared.stats
     }
 
     pub fn pause(&self) {
@@ -98,21 +117,22 @@ impl Indexer {
         self.shared.resumed.notify_all();
     }
 
-    /// Panics caught in workers so far.
+    /// Worker restarts after a panic, all workers.
     pub fn restarts(&self) -> u64 {
-        self.shared.restarts.load(Ordering::Relaxed)
+        self.shared.stats.iter().map(|s| s.restarts.load(Ordering::Relaxed)).sum()
     }
 
-    /// Episodes indexed since start.
+    /// Episodes indexed since start, all workers.
     pub fn indexed(&self) -> u64 {
-        self.shared.indexed.load(Ordering::Relaxed)
+        self.shared.stats.iter().map(|s| s.processed.load(Ordering::Relaxed)).sum()
     }
 
-    /// Asks the workers to stop after their current task and waits for
-    /// them. Tasks still queued are not lost: their episodes are in the WAL
-    /// and the snapshot's fresh tier, and are indexed again after restart.
+    /// Asks the workers to stop after their current batch and waits. Queued
+    /// tasks are not lost: their episodes are in the WAL and in the
+    /// snapshot's fresh tier, and are queued again at the next start.
     pub fn stop(&self) {
         self.shared.stop.store(true, Ordering::Release);
+        self.shared.queue.close();
         self.resume();
         for h in self.handles.lock().drain(..) {
             let _ = h.join();
@@ -120,15 +140,56 @@ impl Indexer {
     }
 }
 
-fn worker_loop(shared: &Shared) {
+/// The supervisor: runs the worker loop, and restarts it after a panic.
+fn supervise(shared: &Shared, id: usize) {
+    loop {
+        match catch_unwind(AssertUnwindSafe(|| worker_loop(shared, id))) {
+            Ok(()) => return,
+            Err(panic) => {
+                shared.stats[id].restarts.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(worker = id, panic = panic_message(&panic), "indexing worker panicked; restarting it");
+            }
+        }
+    }
+}
+
+/// Puts back the unfinished part of a batch if the worker dies holding it.
+struct BatchGuard<'a> {
+    queue: &'a Queue,
+    space: SpaceId,
+    tasks: std::vec::IntoIter<(Priority, IndexTask)>,
+    done: Vec<Priority>,
+    indexed: usize,
+}
+
+impl Drop for BatchGuard<'_> {
+    fn drop(&mut self) {
+        if !self.done.is_empty() {
+            self.queue.complete(&self.space, &self.done, self.indexed);
+        }
+        let rest: Vec<_> = self.tasks.by_ref().collect();
+        if !rest.is_empty() {
+            self.queue.requeue_front(&self.space, rest);
+        }
+    }
+}
+
+fn worker_loop(shared: &Shared, id: usize) {
+    let stats = &shared.stats[id];
     while !shared.stop.load(Ordering::Acquire) {
-        let task = match shared.rx.recv_timeout(IDLE_POLL) {
-            Ok(t) => t,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return,
+        let max = shared.queue.batch_size(shared.min_batch, shared.max_batch);
+        let Some(batch) = shared.queue.pop_batch(id, max, IDLE_POLL) else {
+            continue;
         };
-        // Checked after taking a task, so no insert starts once pause()
-        // has returned (a task taken just before waits here).
+        // Checked after taking work, so no insert starts once pause() has
+        // returned; the batch waits here, still counted in the queue.
+        let mut guard = BatchGuard {
+            queue: &shared.queue,
+            space: batch.space,
+            tasks: batch.tasks.into_iter(),
+            done: Vec::new(),
+            indexed: 0,
+        };
         {
             let mut paused = shared.paused.lock();
             while *paused && !shared.stop.load(Ordering::Acquire) {
@@ -136,27 +197,39 @@ fn worker_loop(shared: &Shared) {
             }
         }
         if shared.stop.load(Ordering::Acquire) {
-            // Not lost: the episode is in the WAL and the snapshot's fresh
-            // tier, and is queued again at the next start.
             return;
         }
-        match catch_unwind(AssertUnwindSafe(|| index_one(&task))) {
-            Ok(true) => {
-                shared.indexed.fetch_add(1, Ordering::Relaxed);
-                shared.admission.release(1, 0);
+        let started = Instant::now();
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        if batch.stolen {
+            stats.stolen_batches.fetch_add(1, Ordering::Relaxed);
+        }
+        stats.last_batch.store(guard.tasks.len(), Ordering::Relaxed);
+        if let Some(f) = &shared.faults {
+            f.before_batch(id);
+        }
+        while let Some((priority, task)) = guard.tasks.next() {
+            if let Some(f) = &shared.faults {
+                f.before_index();
             }
-            Ok(false) => shared.admission.release(0, 1),
-            Err(panic) => {
-                shared.restarts.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    space = %task.space.id(),
-                    sequence = task.episode.server_sequence,
-                    panic = panic_message(&panic),
-                    "indexing worker panicked; the task is queued again"
-                );
-                let _ = shared.requeue.send(task);
+            // On a panic inside, this task is lost to the guard; it is the
+            // one that failed, and it goes back first.
+            let indexed = match catch_unwind(AssertUnwindSafe(|| index_one(&task))) {
+                Ok(indexed) => indexed,
+                Err(panic) => {
+                    let rest: Vec<_> = std::iter::once((priority, task)).chain(guard.tasks.by_ref()).collect();
+                    guard.tasks = rest.into_iter();
+                    std::panic::resume_unwind(panic);
+                }
+            };
+            guard.done.push(priority);
+            if indexed {
+                guard.indexed += 1;
+                stats.processed.fetch_add(1, Ordering::Relaxed);
             }
         }
+        stats.busy_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        drop(guard);
     }
 }
 

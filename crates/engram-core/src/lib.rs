@@ -7,38 +7,46 @@
 //! - [`model`] — memory spaces, episodes, cues, and their validation.
 //! - [`engine`] — the cheap-to-clone [`Engine`] handle: open (recovery),
 //!   remember / recall / forget / spaces, shutdown.
-//! - [`admission`] — where observations are admitted: the bound on
-//!   not-yet-indexed observations, and the retry-after when it is reached.
+//! - [`queue`] — where observations are admitted (`try_reserve`): the
+//!   indexing queue with priority lanes, capacity, backpressure levels and
+//!   retry-after; workers take batches from it.
+//! - [`session`] — streaming sessions: sequence numbers, idle timeout,
+//!   close with drain, resume.
 //! - [`commit`] — the group-commit thread: assigns server sequences, appends
 //!   to the WAL and syncs it per policy, applies to memory, then acks.
 //! - [`wal`] — the segmented write-ahead log (bytes, checksums, fsync).
 //! - [`record`] — the typed records carried in the WAL.
 //! - [`space`] — one memory space: its episodes, the fresh (not yet indexed)
 //!   tier and its HNSW index.
-//! - [`indexer`] — background workers that move fresh episodes into HNSW.
+//! - [`indexer`] — the supervised worker pool that moves fresh episodes
+//!   into HNSW (home worker per space, stealing, adaptive batches).
+//! - [`fault`] — fault injection for tests (kill workers, slow indexing).
 //! - [`recall`] — snapshot point, HNSW search ∪ exact scan of the fresh tier,
-//!   merged top-k.
+//!   merged top-k; incremental recall in batches.
 //! - [`index`] — engram's own concurrent HNSW and the SIMD distance kernels.
 //! - [`snapshot`] — snapshot files that let the WAL be truncated, and their
 //!   loading at recovery.
 //! - [`config`] — engine configuration with documented defaults.
 
-pub mod admission;
 pub mod commit;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod fault;
 pub mod index;
 pub mod indexer;
 pub mod model;
+pub mod queue;
 pub mod recall;
 pub mod record;
+pub mod session;
 pub mod snapshot;
 pub mod space;
 pub mod wal;
 
 pub use config::EngineConfig;
 pub use engine::Engine;
+pub use queue::Priority;
 pub use error::{Error, Result};
 pub use model::{
     Cue, EpisodeInput, RecallResult, RecalledMemory, SpaceId, SpaceInfo, StoredEpisode,

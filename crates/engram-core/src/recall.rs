@@ -28,6 +28,11 @@ const EXHAUSTIVE_BELOW: usize = 1000;
 /// # Errors
 /// [`Error::DimensionMismatch`] when the cue does not fit the space.
 pub fn recall(space: &Space, cue: &ValidCue, ef: usize) -> Result<RecallResult> {
+    check_dimension(space, cue)?;
+    Ok(recall_at(space, cue, ef, space.visible_sequence()))
+}
+
+fn check_dimension(space: &Space, cue: &ValidCue) -> Result<()> {
     if cue.embedding.len() != space.dimension() {
         return Err(Error::DimensionMismatch {
             space: space.id().to_string(),
@@ -35,7 +40,12 @@ pub fn recall(space: &Space, cue: &ValidCue, ef: usize) -> Result<RecallResult> 
             got: cue.embedding.len(),
         });
     }
-    let snapshot = space.visible_sequence();
+    Ok(())
+}
+
+/// Recall as of a fixed snapshot point: only episodes with a server
+/// sequence at or below `snapshot` are candidates.
+fn recall_at(space: &Space, cue: &ValidCue, ef: usize, snapshot: u64) -> RecallResult {
     let k = cue.max_results;
 
     let fresh = space.read().fresh_up_to(snapshot);
@@ -72,10 +82,105 @@ pub fn recall(space: &Space, cue: &ValidCue, ef: usize) -> Result<RecallResult> 
         }
     }
 
-    Ok(RecallResult {
+    RecallResult {
         memories: merge_top_k(candidates, k),
         snapshot_sequence: snapshot,
-    })
+    }
+}
+
+/// One batch of an incremental recall.
+#[derive(Clone, Debug)]
+pub struct RecallBatch {
+    pub memories: Vec<RecalledMemory>,
+    /// False on the last batch. An empty result is one empty batch.
+    pub more: bool,
+    /// The same in every batch of one recall.
+    pub snapshot_sequence: u64,
+}
+
+/// An incremental, snapshot-isolated recall (SPEC 3.5). The snapshot point
+/// is fixed when it is created. The first batch comes from a search for
+/// just `batch_size` results, so it is ready before the full top-k is;
+/// the rest come from the full search at the same snapshot, best first,
+/// without repeating what was sent. Nothing committed after the snapshot
+/// appears in any batch.
+pub struct RecallStream {
+    space: Arc<Space>,
+    cue: ValidCue,
+    ef: usize,
+    batch_size: usize,
+    snapshot: u64,
+    sent: HashSet<u64>,
+    rest: Option<std::vec::IntoIter<RecalledMemory>>,
+    sent_count: usize,
+    done: bool,
+}
+
+impl RecallStream {
+    /// # Errors
+    /// [`Error::DimensionMismatch`].
+    pub fn new(space: Arc<Space>, cue: ValidCue, ef: usize, batch_size: usize) -> Result<Self> {
+        check_dimension(&space, &cue)?;
+        let snapshot = space.visible_sequence();
+        Ok(RecallStream {
+            space,
+            batch_size: batch_size.clamp(1, cue.max_results),
+            cue,
+            ef,
+            snapshot,
+            sent: HashSet::new(),
+            rest: None,
+            sent_count: 0,
+            done: false,
+        })
+    }
+
+    pub fn snapshot_sequence(&self) -> u64 {
+        self.snapshot
+    }
+}
+
+impl Iterator for RecallStream {
+    type Item = RecallBatch;
+
+    fn next(&mut self) -> Option<RecallBatch> {
+        if self.done {
+            return None;
+        }
+        let k = self.cue.max_results;
+        let memories = match &mut self.rest {
+            None if self.batch_size < k => {
+                let first_cue = ValidCue {
+                    max_results: self.batch_size,
+                    ..self.cue.clone()
+                };
+                let first = recall_at(&self.space, &first_cue, self.ef, self.snapshot).memories;
+                let full = recall_at(&self.space, &self.cue, self.ef, self.snapshot).memories;
+                self.sent.extend(first.iter().map(|m| m.episode.server_sequence));
+                let remaining: Vec<_> = full
+                    .into_iter()
+                    .filter(|m| !self.sent.contains(&m.episode.server_sequence))
+                    .take(k - first.len())
+                    .collect();
+                self.rest = Some(remaining.into_iter());
+                first
+            }
+            None => {
+                let all = recall_at(&self.space, &self.cue, self.ef, self.snapshot).memories;
+                self.rest = Some(Vec::new().into_iter());
+                all
+            }
+            Some(rest) => rest.by_ref().take(self.batch_size).collect(),
+        };
+        self.sent_count += memories.len();
+        let more = self.rest.as_ref().is_some_and(|r| r.len() > 0) && self.sent_count < k;
+        self.done = !more;
+        Some(RecallBatch {
+            memories,
+            more,
+            snapshot_sequence: self.snapshot,
+        })
+    }
 }
 
 /// Exact cosine over fresh episodes (all L2-normalised, so a dot product).

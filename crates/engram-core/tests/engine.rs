@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use engram_core::wal::SyncPolicy;
-use engram_core::{Engine, Error};
+use engram_core::{Engine, Error, Priority};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_after_ack_with_indexing_paused() {
@@ -112,7 +112,7 @@ async fn minilm_recall_at_10_meets_target_at_default_settings() {
     let gt = read_ivecs(&data.join("groundtruth.ivecs"));
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config_with(dir.path(), SyncPolicy::None);
-    cfg.queue_capacity = base.len();
+    cfg.queue.capacity = 2 * base.len();
     let engine = Engine::open(cfg).unwrap();
     engine.create_space("minilm", Some(dim)).await.unwrap();
     for (i, v) in base.iter().enumerate() {
@@ -309,41 +309,48 @@ async fn shutdown_with_a_queued_backlog_loses_nothing() {
 async fn admission_rejects_at_capacity_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
-    cfg.queue_capacity = 50;
+    cfg.queue.capacity = 50;
     let engine = Engine::open(cfg).unwrap();
     engine.pause_indexing();
     let vecs = random_vectors(60, 8, 7);
-    for (i, v) in vecs[..50].iter().enumerate() {
-        engine
-            .remember("o", episode(&i.to_string(), v.clone()))
-            .await
-            .unwrap();
+    // Normal priority may fill 90% of the queue...
+    for (i, v) in vecs[..45].iter().enumerate() {
+        engine.remember("o", episode(&i.to_string(), v.clone())).await.unwrap();
     }
-    match engine.remember("o", episode("x", vecs[50].clone())).await {
+    match engine.remember("o", episode("x", vecs[45].clone())).await {
         Err(Error::Overloaded {
             depth,
             capacity,
             retry_after,
         }) => {
-            assert_eq!((depth, capacity), (50, 50));
+            assert_eq!((depth, capacity), (45, 50));
             assert!(retry_after >= Duration::from_millis(50));
         }
         other => panic!("expected overload, got {other:?}"),
     }
-    // Recalls are still served, and the rejected one was not stored.
+    // ...high priority the last 10%, and never more.
+    for (i, v) in vecs[45..50].iter().enumerate() {
+        let id = format!("h{i}");
+        engine
+            .submit_remember("o", episode(&id, v.clone()), Priority::High)
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        engine.submit_remember("o", episode("h5", vecs[50].clone()), Priority::High),
+        Err(Error::Overloaded { .. })
+    ));
+    assert_eq!(engine.queue_depth(), 50);
+    // Recalls are still served, and the rejected ones were not stored.
     assert_eq!(engine.describe_space("o").unwrap().count, 50);
     assert_eq!(
-        engine.recall("o", cue(&vecs[3], 1)).unwrap().memories[0]
-            .episode
-            .id,
+        engine.recall("o", cue(&vecs[3], 1)).unwrap().memories[0].episode.id,
         "3"
     );
     engine.resume_indexing();
     wait_indexed(&engine);
-    engine
-        .remember("o", episode("x", vecs[50].clone()))
-        .await
-        .unwrap();
+    engine.remember("o", episode("x", vecs[50].clone())).await.unwrap();
     engine.shutdown();
 }
 

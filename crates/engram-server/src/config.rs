@@ -33,17 +33,6 @@ impl Default for HttpConfig {
     }
 }
 
-/// Operator and test controls. Off by default: they change how the server
-/// behaves under load and belong only on test or maintenance deployments.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdminConfig {
-    /// Enables `POST /v1/admin/indexing/{pause,resume}` (hold indexing back,
-    /// e.g. to test read-after-ack or admission control). When false those
-    /// routes answer 403.
-    pub fault_injection: bool,
-}
-
 /// Everything `engram serve` runs with.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -51,7 +40,6 @@ pub struct ServerConfig {
     /// Seconds to wait for in-flight requests at shutdown.
     pub shutdown_grace_secs: u64,
     pub http: HttpConfig,
-    pub admin: AdminConfig,
     pub engine: EngineConfig,
 }
 
@@ -60,7 +48,6 @@ impl Default for ServerConfig {
         ServerConfig {
             shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
             http: HttpConfig::default(),
-            admin: AdminConfig::default(),
             engine: EngineConfig::default(),
         }
     }
@@ -129,7 +116,7 @@ impl ServerConfig {
             c.engine.workers = v;
         }
         if let Some(v) = o.queue_capacity {
-            c.engine.queue_capacity = v;
+            c.engine.queue.capacity = v;
         }
         if let Some(v) = o.wal_sync {
             c.engine.wal.sync = v;
@@ -138,7 +125,7 @@ impl ServerConfig {
             c.engine.snapshot_interval_secs = v;
         }
         if let Some(v) = o.fault_injection {
-            c.admin.fault_injection = v;
+            c.engine.fault_injection = v;
         }
         c.validate()?;
         Ok(c)
@@ -157,8 +144,23 @@ impl ServerConfig {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
-        if self.engine.queue_capacity == 0 {
-            return bad("engine.queue_capacity must be at least 1");
+        let q = &self.engine.queue;
+        if q.capacity == 0 {
+            return bad("engine.queue.capacity must be at least 1");
+        }
+        if !(q.per_space_share > 0.0 && q.per_space_share <= 1.0) {
+            return bad("engine.queue.per_space_share must be in (0, 1]");
+        }
+        if !(0.0 < q.adaptive_at
+            && q.adaptive_at <= q.slow_down_at
+            && q.slow_down_clear_at <= q.slow_down_at
+            && q.slow_down_at <= q.reject_at
+            && q.reject_at <= 1.0)
+        {
+            return bad("engine.queue thresholds need 0 < adaptive_at <= slow_down_at <= reject_at <= 1 and slow_down_clear_at <= slow_down_at");
+        }
+        if self.engine.min_batch == 0 || self.engine.max_batch < self.engine.min_batch {
+            return bad("engine.min_batch must be at least 1 and engine.max_batch at least min_batch");
         }
         if self.engine.index.m < 2
             || self.engine.index.ef_construction == 0
@@ -190,7 +192,7 @@ mod tests {
 
     #[test]
     fn flags_override_the_file_which_overrides_defaults() {
-        let f = write("shutdown_grace_secs = 5\n[engine]\nqueue_capacity = 10\nworkers = 3\n[engine.wal]\nsync = \"interval\"\n");
+        let f = write("shutdown_grace_secs = 5\n[engine]\nworkers = 3\n[engine.queue]\ncapacity = 10\n[engine.wal]\nsync = \"interval\"\n");
         let o = Overrides {
             config: Some(f.path().to_owned()),
             workers: Some(1),
@@ -198,7 +200,7 @@ mod tests {
         };
         let c = ServerConfig::load(&o).unwrap();
         assert_eq!(c.shutdown_grace_secs, 5);
-        assert_eq!(c.engine.queue_capacity, 10);
+        assert_eq!(c.engine.queue.capacity, 10);
         assert_eq!(c.engine.workers, 1, "the flag wins");
         assert_eq!(c.engine.wal.sync, SyncPolicy::Interval);
         assert_eq!(c.http, HttpConfig::default());
@@ -206,13 +208,13 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_are_errors() {
-        let f = write("[engine]\nqueue_capacty = 10\n");
+        let f = write("[engine.queue]\ncapacty = 10\n");
         let o = Overrides {
             config: Some(f.path().to_owned()),
             ..Overrides::default()
         };
         let e = ServerConfig::load(&o).unwrap_err().to_string();
-        assert!(e.contains("queue_capacty"), "{e}");
+        assert!(e.contains("capacty"), "{e}");
         let o = Overrides {
             queue_capacity: Some(0),
             ..Overrides::default()

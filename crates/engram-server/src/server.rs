@@ -36,7 +36,7 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let state = AppState::new(config.admin.fault_injection);
+    let state = AppState::default();
     let listener = TcpListener::bind(config.http.addr)
         .await
         .map_err(|source| ServeError::Bind {

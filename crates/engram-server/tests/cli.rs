@@ -17,7 +17,7 @@ fn config_prints_defaults_with_env_and_flag_overrides() {
     );
     let text = String::from_utf8(out.stdout).unwrap();
     for needle in [
-        "queue_capacity = 1234",
+        "capacity = 1234",
         "workers = 3",
         "sync = \"none\"",
         "addr = \"127.0.0.1:8080\"",

@@ -51,7 +51,9 @@ impl From<Error> for ApiError {
             Error::InvalidArgument { .. } | Error::DimensionMismatch { .. } => {
                 StatusCode::BAD_REQUEST
             }
-            Error::SpaceNotFound(_) | Error::MemoryNotFound { .. } => StatusCode::NOT_FOUND,
+            Error::SpaceNotFound(_) | Error::MemoryNotFound { .. } | Error::SessionNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
             Error::SpaceExists { .. } => StatusCode::CONFLICT,
             Error::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,

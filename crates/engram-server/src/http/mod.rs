@@ -38,19 +38,9 @@ pub struct AppState {
 struct StateInner {
     engine: OnceLock<Engine>,
     phase: AtomicU8,
-    fault_injection: bool,
 }
 
 impl AppState {
-    pub fn new(fault_injection: bool) -> Self {
-        AppState {
-            inner: Arc::new(StateInner {
-                fault_injection,
-                ..StateInner::default()
-            }),
-        }
-    }
-
     pub fn set_engine(&self, engine: Engine) {
         let _ = self.inner.engine.set(engine);
     }
@@ -127,14 +117,14 @@ async fn admin_indexing(
     State(state): State<AppState>,
     rest::PathParams(action): rest::PathParams<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if !state.inner.fault_injection {
+    let engine = state.engine()?;
+    if engine.faults().is_none() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            "admin routes are disabled; start the server with --fault-injection (admin.fault_injection = true) to enable them",
+            "admin routes are disabled; start the server with --fault-injection (engine.fault_injection = true) to enable them",
         ));
     }
-    let engine = state.engine()?;
     match action.as_str() {
         "pause" => engine.pause_indexing(),
         "resume" => engine.resume_indexing(),

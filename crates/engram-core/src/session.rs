@@ -1,0 +1,561 @@
+//! Streaming sessions (SPEC 3.4, 3.7 and 4 "Sessions"): init → active ⇄
+//! paused → closed, per-session sequence numbers, idle timeout, close with
+//! drain, and resume within a window.
+//!
+//! A session numbers its observations 1, 2, 3, … . The observation that
+//! carries the expected number is answered and uses it, accepted or
+//! rejected; one with any other number is rejected as out of order and uses
+//! nothing. Every answer is recorded by the commit thread itself (not by
+//! the stream that asked), so when a client reconnects the session knows the
+//! outcome of everything it was sent, reports the last answered number, and
+//! replays recorded answers for numbers the client sends again: nothing is
+//! stored twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::model::{EpisodeInput, Remembered, SpaceId};
+use crate::queue::{LevelChange, Priority};
+
+/// A session with no message for this long is closed (heartbeats count).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A closed or dropped session can be resumed for this long.
+pub const DEFAULT_RESUME_WINDOW: Duration = Duration::from_secs(300);
+/// Answers kept per session for replay after a resume: more than a client
+/// keeps in flight (clients slow down long before).
+pub const REPLAY_WINDOW: usize = 4096;
+/// Sessions, open and resumable, that one server keeps.
+pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    pub idle_timeout_secs: u64,
+    pub resume_window_secs: u64,
+    pub max_sessions: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            idle_timeout_secs: DEFAULT_IDLE_TIMEOUT.as_secs(),
+            resume_window_secs: DEFAULT_RESUME_WINDOW.as_secs(),
+            max_sessions: DEFAULT_MAX_SESSIONS,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionPhase {
+    Active,
+    Paused,
+    Closing,
+    Closed,
+}
+
+/// Why an observation was rejected (a small fixed set: it is a metric label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// Admission control: retry after `retry_after`.
+    Overloaded,
+    /// The observation itself is bad (dimension, NaN, size, ...).
+    Invalid,
+    /// Not the expected sequence number (gap or duplicate).
+    OutOfOrder,
+    /// The session is closing, closed, or was taken over by a resume.
+    Closed,
+    /// The server is shutting down or cannot write.
+    Unavailable,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 5] = [
+        RejectReason::Overloaded,
+        RejectReason::Invalid,
+        RejectReason::OutOfOrder,
+        RejectReason::Closed,
+        RejectReason::Unavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Overloaded => "overloaded",
+            RejectReason::Invalid => "invalid",
+            RejectReason::OutOfOrder => "out_of_order",
+            RejectReason::Closed => "closed",
+            RejectReason::Unavailable => "unavailable",
+        }
+    }
+
+    fn of(e: &Error) -> (Self, Option<Duration>) {
+        match e {
+            Error::Overloaded { retry_after, .. } => (RejectReason::Overloaded, Some(*retry_after)),
+            Error::ShuttingDown | Error::Storage(_) => (RejectReason::Unavailable, None),
+            _ => (RejectReason::Invalid, None),
+        }
+    }
+}
+
+/// The answer to one observation.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Answer {
+    Accepted(Remembered),
+    Rejected {
+        reason: RejectReason,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// An answer with the client's sequence number.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ack {
+    pub sequence_number: u64,
+    pub answer: Answer,
+    /// True when this answers a number sent again after a resume: the
+    /// original answer, nothing done twice.
+    pub replayed: bool,
+}
+
+impl Ack {
+    pub fn is_accepted(&self) -> bool {
+        matches!(self.answer, Answer::Accepted(_))
+    }
+}
+
+/// What opening (or resuming) a session reports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Opened {
+    pub session_id: String,
+    /// The last sequence number answered (0 for a new session): resend from here + 1.
+    pub last_acked_sequence: u64,
+    pub resumed: bool,
+}
+
+/// What closing reports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Closed {
+    /// The last sequence number answered (accepted, or rejected with its number used).
+    pub final_sequence: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+}
+
+/// Something a stream should tell its client.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SessionEvent {
+    /// The backpressure level changed (SLOW_DOWN carries a suggested rate).
+    Pressure(LevelChange),
+    /// The session was idle longer than the idle timeout and is closed.
+    IdleTimeout,
+    /// Another stream resumed this session; this one should end.
+    TakenOver,
+}
+
+struct Shared {
+    id: String,
+    space: SpaceId,
+    state: Mutex<State>,
+    drained: Notify,
+}
+
+struct State {
+    phase: SessionPhase,
+    /// The next sequence number this session takes.
+    expected: u64,
+    accepted: u64,
+    rejected: u64,
+    in_flight: usize,
+    /// Recent answers by sequence number, for replay after a resume.
+    answers: BTreeMap<u64, Ack>,
+    /// Numbers up to this one may be replayed (set at resume).
+    replay_upto: u64,
+    /// Which stream holds the session (0: none).
+    holder: u64,
+    events: Option<mpsc::UnboundedSender<SessionEvent>>,
+    last_activity: Instant,
+    /// When it closed or lost its stream: the resume window runs from here.
+    released_at: Option<Instant>,
+}
+
+impl Shared {
+    fn record(&self, ack: Ack) {
+        let mut st = self.state.lock();
+        if ack.is_accepted() {
+            st.accepted += 1;
+        } else {
+            st.rejected += 1;
+        }
+        st.answers.insert(ack.sequence_number, ack);
+        while st.answers.len() > REPLAY_WINDOW {
+            st.answers.pop_first();
+        }
+        st.in_flight -= 1;
+        if st.in_flight == 0 {
+            self.drained.notify_waiters();
+        }
+    }
+
+    async fn wait_drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            if self.state.lock().in_flight == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// All sessions of the engine.
+pub(crate) struct Registry {
+    config: SessionConfig,
+    sessions: Mutex<HashMap<String, Arc<Shared>>>,
+    next_holder: AtomicU64,
+}
+
+impl Registry {
+    pub fn new(config: SessionConfig) -> Self {
+        Registry {
+            config,
+            sessions: Mutex::new(HashMap::new()),
+            next_holder: AtomicU64::new(1),
+        }
+    }
+
+    /// Streams attached right now.
+    pub fn active(&self) -> usize {
+        self.sessions.lock().values().filter(|s| s.state.lock().holder != 0).count()
+    }
+
+    /// Tells every attached stream about a backpressure change.
+    pub fn broadcast(&self, change: &LevelChange) {
+        for s in self.sessions.lock().values() {
+            if let Some(tx) = &s.state.lock().events {
+                let _ = tx.send(SessionEvent::Pressure(change.clone()));
+            }
+        }
+    }
+
+    /// Closes idle sessions and forgets ones past their resume window.
+    pub fn sweep(&self) {
+        let idle = Duration::from_secs(self.config.idle_timeout_secs);
+        let window = Duration::from_secs(self.config.resume_window_secs);
+        self.sessions.lock().retain(|_, s| {
+            let mut st = s.state.lock();
+            if st.holder != 0 && st.phase != SessionPhase::Closed && st.last_activity.elapsed() > idle {
+                st.phase = SessionPhase::Closed;
+                st.released_at = Some(Instant::now());
+                if let Some(tx) = st.events.take() {
+                    let _ = tx.send(SessionEvent::IdleTimeout);
+                }
+                st.holder = 0;
+            }
+            let expired = st.holder == 0 && st.released_at.is_some_and(|t| t.elapsed() > window);
+            !(expired && st.in_flight == 0)
+        });
+    }
+}
+
+/// One stream's hold on a session. Dropping it releases the session, which
+/// stays resumable for the resume window.
+pub struct Session {
+    engine: Engine,
+    shared: Arc<Shared>,
+    holder: u64,
+    events: Option<mpsc::UnboundedReceiver<SessionEvent>>,
+}
+
+/// The answer to one observation, once known. Answers resolve in the
+/// order their observations were submitted.
+pub enum PendingAck {
+    Ready(Option<Ack>),
+    Waiting(oneshot::Receiver<Ack>),
+}
+
+impl std::future::Future for PendingAck {
+    type Output = Ack;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Ack> {
+        match self.get_mut() {
+            PendingAck::Ready(ack) => std::task::Poll::Ready(ack.take().expect("PendingAck polled after completion")),
+            PendingAck::Waiting(rx) => std::pin::Pin::new(rx).poll(cx).map(|r| {
+                r.unwrap_or_else(|_| Ack {
+                    sequence_number: 0,
+                    answer: Answer::Rejected {
+                        reason: RejectReason::Unavailable,
+                        message: "the server stopped before answering".into(),
+                        retry_after: None,
+                    },
+                    replayed: false,
+                })
+            }),
+        }
+    }
+}
+
+impl Engine {
+    /// Opens a new session on `space`, or resumes `resume_session_id`
+    /// (waiting until everything it was sent is answered, so the reported
+    /// last sequence is exact). A resumed session taken from another stream
+    /// ends that stream ([`SessionEvent::TakenOver`]).
+    ///
+    /// # Errors
+    /// Invalid space id; [`Error::SpaceNotFound`] when auto-creation is off;
+    /// [`Error::SessionNotFound`] for an unknown or expired session id;
+    /// [`Error::InvalidArgument`] when resuming with another space;
+    /// [`Error::Overloaded`] at the session limit; [`Error::ShuttingDown`].
+    pub async fn open_session(&self, space: &str, resume_session_id: Option<&str>) -> Result<(Session, Opened)> {
+        let space = SpaceId::parse(space)?;
+        if self.is_shutting_down() {
+            return Err(Error::ShuttingDown);
+        }
+        if !self.config().auto_create_spaces && self.describe_space(space.as_str()).is_err() {
+            return Err(Error::SpaceNotFound(space.to_string()));
+        }
+        let registry = self.sessions();
+        let holder = registry.next_holder.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (shared, resumed) = match resume_session_id.filter(|s| !s.is_empty()) {
+            Some(id) => {
+                let shared = registry
+                    .sessions
+                    .lock()
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| Error::SessionNotFound(id.to_owned()))?;
+                if shared.space != space {
+                    return Err(Error::invalid(
+                        "resume_session_id",
+                        format!("session '{id}' belongs to memory space '{}', not '{space}'", shared.space),
+                    ));
+                }
+                shared.wait_drained().await;
+                (shared, true)
+            }
+            None => {
+                let mut sessions = registry.sessions.lock();
+                if sessions.len() >= registry.config.max_sessions {
+                    return Err(Error::Overloaded {
+                        depth: sessions.len(),
+                        capacity: registry.config.max_sessions,
+                        retry_after: Duration::from_secs(1),
+                    });
+                }
+                let id = uuid::Uuid::new_v4().to_string();
+                let shared = Arc::new(Shared {
+                    id: id.clone(),
+                    space,
+                    state: Mutex::new(State {
+                        phase: SessionPhase::Active,
+                        expected: 1,
+                        accepted: 0,
+                        rejected: 0,
+                        in_flight: 0,
+                        answers: BTreeMap::new(),
+                        replay_upto: 0,
+                        holder: 0,
+                        events: None,
+                        last_activity: Instant::now(),
+                        released_at: None,
+                    }),
+                    drained: Notify::new(),
+                });
+                sessions.insert(id, shared.clone());
+                (shared, false)
+            }
+        };
+        let last = {
+            let mut st = shared.state.lock();
+            if let Some(old) = st.events.replace(tx) {
+                let _ = old.send(SessionEvent::TakenOver);
+            }
+            st.holder = holder;
+            st.phase = SessionPhase::Active;
+            st.released_at = None;
+            st.last_activity = Instant::now();
+            st.replay_upto = st.expected - 1;
+            st.expected - 1
+        };
+        let opened = Opened {
+            session_id: shared.id.clone(),
+            last_acked_sequence: last,
+            resumed,
+        };
+        Ok((
+            Session {
+                engine: self.clone(),
+                shared,
+                holder,
+                events: Some(rx),
+            },
+            opened,
+        ))
+    }
+}
+
+impl Session {
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    pub fn space(&self) -> &SpaceId {
+        &self.shared.space
+    }
+
+    pub fn phase(&self) -> SessionPhase {
+        self.shared.state.lock().phase
+    }
+
+    /// The next sequence number this session expects.
+    pub fn expected_sequence(&self) -> u64 {
+        self.shared.state.lock().expected
+    }
+
+    /// Events for this stream (backpressure, idle timeout, take-over). Once.
+    pub fn take_events(&mut self) -> Option<mpsc::UnboundedReceiver<SessionEvent>> {
+        self.events.take()
+    }
+
+    /// Any client message keeps the session from idling out.
+    pub fn heartbeat(&self) {
+        self.shared.state.lock().last_activity = Instant::now();
+    }
+
+    /// Client flow control. Observations are still taken while paused; the
+    /// transport stops sending recall batches to a paused stream.
+    pub fn pause(&self) -> SessionPhase {
+        self.set_phase_if_open(SessionPhase::Paused)
+    }
+
+    pub fn resume(&self) -> SessionPhase {
+        self.set_phase_if_open(SessionPhase::Active)
+    }
+
+    fn set_phase_if_open(&self, to: SessionPhase) -> SessionPhase {
+        let mut st = self.shared.state.lock();
+        st.last_activity = Instant::now();
+        if matches!(st.phase, SessionPhase::Active | SessionPhase::Paused) {
+            st.phase = to;
+        }
+        st.phase
+    }
+
+    fn reject(&self, seq: u64, reason: RejectReason, message: String, retry_after: Option<Duration>) -> Ack {
+        Ack {
+            sequence_number: seq,
+            answer: Answer::Rejected {
+                reason,
+                message,
+                retry_after,
+            },
+            replayed: false,
+        }
+    }
+
+    /// Submits observation number `seq`. The sequence check happens now;
+    /// the answer resolves once the observation is committed (or at once
+    /// for a rejection). Await answers in submission order.
+    pub fn observe(&self, seq: u64, input: EpisodeInput, priority: Priority) -> PendingAck {
+        let mut st = self.shared.state.lock();
+        st.last_activity = Instant::now();
+        if matches!(st.phase, SessionPhase::Closing | SessionPhase::Closed) {
+            drop(st);
+            let msg = "the session is closed; resume it or open a new one".to_owned();
+            return PendingAck::Ready(Some(self.reject(seq, RejectReason::Closed, msg, None)));
+        }
+        if st.holder != self.holder {
+            drop(st);
+            let msg = "this session was resumed by another stream".to_owned();
+            return PendingAck::Ready(Some(self.reject(seq, RejectReason::Closed, msg, None)));
+        }
+        if seq < st.expected && seq <= st.replay_upto {
+            if let Some(ack) = st.answers.get(&seq) {
+                let mut ack = ack.clone();
+                ack.replayed = true;
+                return PendingAck::Ready(Some(ack));
+            }
+        }
+        if seq != st.expected {
+            let expected = st.expected;
+            st.rejected += 1;
+            drop(st);
+            let what = if seq < expected { "a duplicate" } else { "a gap" };
+            let msg = format!("sequence number {seq} is {what}: expected {expected}; nothing was stored");
+            return PendingAck::Ready(Some(self.reject(seq, RejectReason::OutOfOrder, msg, None)));
+        }
+        st.expected += 1;
+        st.in_flight += 1;
+        drop(st);
+
+        let (tx, rx) = oneshot::channel();
+        let shared = self.shared.clone();
+        let hook: crate::commit::Reply<Remembered> = Box::new(move |r: Result<Remembered>| {
+            let ack = Ack {
+                sequence_number: seq,
+                answer: match r {
+                    Ok(done) => Answer::Accepted(done),
+                    Err(e) => {
+                        let (reason, retry_after) = RejectReason::of(&e);
+                        Answer::Rejected {
+                            reason,
+                            message: e.to_string(),
+                            retry_after,
+                        }
+                    }
+                },
+                replayed: false,
+            };
+            shared.record(ack.clone());
+            let _ = tx.send(ack);
+        });
+        match self
+            .engine
+            .submit_remember_with(self.shared.space.as_str(), input, priority, hook)
+        {
+            Ok(()) => PendingAck::Waiting(rx),
+            Err(e) => {
+                let (reason, retry_after) = RejectReason::of(&e);
+                let ack = self.reject(seq, reason, e.to_string(), retry_after);
+                self.shared.record(ack.clone());
+                PendingAck::Ready(Some(ack))
+            }
+        }
+    }
+
+    /// Closes the session. With `drain`, waits until everything it was
+    /// sent is answered; the result counts every answer.
+    pub async fn close(&self, drain: bool) -> Closed {
+        self.shared.state.lock().phase = SessionPhase::Closing;
+        if drain {
+            self.shared.wait_drained().await;
+        }
+        let mut st = self.shared.state.lock();
+        st.phase = SessionPhase::Closed;
+        st.released_at = Some(Instant::now());
+        Closed {
+            final_sequence: st.expected - 1,
+            accepted: st.accepted,
+            rejected: st.rejected,
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let mut st = self.shared.state.lock();
+        if st.holder == self.holder {
+            st.holder = 0;
+            st.events = None;
+            st.released_at.get_or_insert_with(Instant::now);
+        }
+    }
+}
