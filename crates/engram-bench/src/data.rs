@@ -26,11 +26,18 @@ impl<T> Matrix<T> {
 fn read_records<T>(path: &Path, decode: impl Fn([u8; 4]) -> T) -> Result<Matrix<T>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     if bytes.len() < 4 {
-        bail!("{}: {} bytes, too short for a vecs file", path.display(), bytes.len());
+        bail!(
+            "{}: {} bytes, too short for a vecs file",
+            path.display(),
+            bytes.len()
+        );
     }
     let dim = i32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
     if dim <= 0 {
-        bail!("{}: first record has dimension {dim}, expected a positive number", path.display());
+        bail!(
+            "{}: first record has dimension {dim}, expected a positive number",
+            path.display()
+        );
     }
     let dim = dim as usize;
     let record = 4 * (dim + 1);
@@ -45,9 +52,16 @@ fn read_records<T>(path: &Path, decode: impl Fn([u8; 4]) -> T) -> Result<Matrix<
     for (i, rec) in bytes.chunks_exact(record).enumerate() {
         let d = i32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]);
         if d as i64 != dim as i64 {
-            bail!("{}: record {i} has dimension {d}, the file starts with {dim}", path.display());
+            bail!(
+                "{}: record {i} has dimension {d}, the file starts with {dim}",
+                path.display()
+            );
         }
-        data.extend(rec[4..].chunks_exact(4).map(|c| decode([c[0], c[1], c[2], c[3]])));
+        data.extend(
+            rec[4..]
+                .chunks_exact(4)
+                .map(|c| decode([c[0], c[1], c[2], c[3]])),
+        );
     }
     Ok(Matrix { dim, data })
 }
@@ -59,10 +73,21 @@ pub fn read_fvecs(path: &Path) -> Result<Matrix<f32>> {
 /// Reads an ivecs file of ids, checking each id is in `0..limit`.
 pub fn read_ivecs_ids(path: &Path, limit: usize) -> Result<Matrix<usize>> {
     let raw = read_records(path, i32::from_le_bytes)?;
-    if let Some((pos, bad)) = raw.data.iter().enumerate().find(|(_, &v)| v < 0 || v as usize >= limit) {
-        bail!("{}: value {bad} at position {pos} is not an id in 0..{limit}", path.display());
+    if let Some((pos, bad)) = raw
+        .data
+        .iter()
+        .enumerate()
+        .find(|(_, &v)| v < 0 || v as usize >= limit)
+    {
+        bail!(
+            "{}: value {bad} at position {pos} is not an id in 0..{limit}",
+            path.display()
+        );
     }
-    Ok(Matrix { dim: raw.dim, data: raw.data.into_iter().map(|v| v as usize).collect() })
+    Ok(Matrix {
+        dim: raw.dim,
+        data: raw.data.into_iter().map(|v| v as usize).collect(),
+    })
 }
 
 #[cfg(test)]

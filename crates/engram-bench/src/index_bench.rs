@@ -71,7 +71,11 @@ pub fn run(args: &IndexArgs) -> Result<()> {
     let queries = read_fvecs(&args.data.join("query.fvecs"))?;
     let gt = read_ivecs_ids(&args.data.join("groundtruth.ivecs"), base.rows())?;
     if queries.dim != base.dim {
-        bail!("query dimension {} differs from base dimension {}", queries.dim, base.dim);
+        bail!(
+            "query dimension {} differs from base dimension {}",
+            queries.dim,
+            base.dim
+        );
     }
     if gt.rows() != queries.rows() || gt.dim < K {
         bail!(
@@ -82,7 +86,11 @@ pub fn run(args: &IndexArgs) -> Result<()> {
         );
     }
     let (n, dim) = (base.rows(), base.dim);
-    let params = HnswParams { m: args.m, ef_construction: args.efc, ..HnswParams::default() };
+    let params = HnswParams {
+        m: args.m,
+        ef_construction: args.efc,
+        ..HnswParams::default()
+    };
     let index = Hnsw::new(dim, params);
 
     let next = AtomicUsize::new(0);
@@ -111,7 +119,10 @@ pub fn run(args: &IndexArgs) -> Result<()> {
             let res = index.search(queries.row(qi), K, ef.max(K), &|_| true);
             lat.push(t.elapsed().as_secs_f64() * 1e6);
             let truth = &gt.row(qi)[..K];
-            hits += res.iter().filter(|(l, _)| truth.contains(&(*l as usize))).count();
+            hits += res
+                .iter()
+                .filter(|(l, _)| truth.contains(&(*l as usize)))
+                .count();
         }
         lat.sort_by(f64::total_cmp);
         SearchRow {
@@ -153,7 +164,8 @@ pub fn run(args: &IndexArgs) -> Result<()> {
     let json = serde_json::to_string(&report)?;
     println!("{json}");
     if let Some(path) = &args.json_out {
-        std::fs::write(path, format!("{json}\n")).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, format!("{json}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     if report.integrity != "ok" {
         bail!("integrity check failed: {}", report.integrity);
@@ -174,7 +186,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn simd_kernel() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             return "avx2+fma";
         }
     }

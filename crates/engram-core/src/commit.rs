@@ -20,11 +20,11 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
-use crate::index::HnswParams;
 use crate::fault::Faults;
+use crate::index::HnswParams;
 use crate::indexer::{IndexTask, Queue};
-use crate::queue::Priority;
 use crate::model::{now_unix_nanos, Remembered, SpaceId, StoredEpisode, ValidEpisode};
+use crate::queue::Priority;
 use crate::record::WalRecord;
 use crate::space::Space;
 use crate::wal::{Lsn, SyncPolicy, Wal};
@@ -214,7 +214,13 @@ impl Committer {
     /// Makes an episode visible and queues it for indexing. At recovery it
     /// enters the queue without a reservation (nothing replayed is dropped,
     /// even above capacity).
-    pub fn apply_observe(&self, space: &Arc<Space>, episode: Arc<StoredEpisode>, priority: Priority, recovering: bool) {
+    pub fn apply_observe(
+        &self,
+        space: &Arc<Space>,
+        episode: Arc<StoredEpisode>,
+        priority: Priority,
+        recovering: bool,
+    ) {
         let needs_index = space.apply_observe(episode.clone());
         let task = IndexTask {
             space: space.clone(),
@@ -521,9 +527,7 @@ impl Committer {
                         r(Err(err));
                     }
                     Prepared::Created(_, r) => r(Err(err)),
-                    Prepared::Forgotten(_, _, r) | Prepared::Deleted(_, r) => {
-                        r(Err(err))
-                    }
+                    Prepared::Forgotten(_, _, r) | Prepared::Deleted(_, r) => r(Err(err)),
                     Prepared::Answer(f) => f(),
                 }
             }
@@ -612,15 +616,16 @@ fn answer<T: Send + 'static>(out: &mut Vec<Prepared>, reply: Reply<T>, result: R
 fn fail(cmd: Command, err: Error, queue: &Queue) {
     match cmd {
         Command::Observe {
-            reply, space, priority, ..
+            reply,
+            space,
+            priority,
+            ..
         } => {
             queue.cancel(&space, priority);
             reply(Err(err));
         }
         Command::CreateSpace { reply, .. } => reply(Err(err)),
-        Command::Forget { reply, .. } | Command::DeleteSpace { reply, .. } => {
-            reply(Err(err))
-        }
+        Command::Forget { reply, .. } | Command::DeleteSpace { reply, .. } => reply(Err(err)),
         Command::CaptureSnapshot { reply } => reply(Err(err)),
         Command::TruncateWal { reply, .. } => reply(Err(err)),
         Command::Stop => {}

@@ -16,14 +16,14 @@ use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 use crate::fault::Faults;
 use crate::indexer::{Indexer, Queue};
-use crate::queue::{IndexQueue, Priority, Rejected};
-use crate::recall::RecallStream;
-use crate::session::Registry;
 use crate::model::{
     Cue, EpisodeInput, RecallResult, Remembered, SpaceId, SpaceInfo, DEFAULT_DIMENSION,
     MAX_DIMENSION,
 };
+use crate::queue::{IndexQueue, Priority, Rejected};
+use crate::recall::RecallStream;
 use crate::record::WalRecord;
+use crate::session::Registry;
 use crate::space::Space;
 use crate::wal::{Wal, WalOptions};
 use crate::{recall, snapshot};
@@ -48,7 +48,10 @@ pub struct PendingRemember(oneshot::Receiver<Result<Remembered>>);
 impl std::future::Future for PendingRemember {
     type Output = Result<Remembered>;
 
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
         std::pin::Pin::new(&mut self.0)
             .poll(cx)
             .map(|r| r.unwrap_or(Err(Error::ShuttingDown)))
@@ -256,7 +259,10 @@ impl Engine {
         match self.inner.commit_tx.try_send(cmd) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(cmd)) => {
-                if let Command::Observe { space, priority, .. } = &cmd {
+                if let Command::Observe {
+                    space, priority, ..
+                } = &cmd
+                {
                     self.inner.queue.cancel(space, *priority);
                 }
                 Err(Error::Overloaded {
@@ -269,7 +275,10 @@ impl Engine {
         }
     }
 
-    async fn call<T: Send + 'static>(&self, make: impl FnOnce(crate::commit::Reply<T>) -> Command) -> Result<T> {
+    async fn call<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(crate::commit::Reply<T>) -> Command,
+    ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         self.send(make(crate::commit::to_channel(tx)))?;
         rx.await.map_err(|_| Error::ShuttingDown)?
@@ -309,7 +318,12 @@ impl Engine {
     ///
     /// # Errors
     /// As [`Engine::remember`], for everything decided before commit.
-    pub fn submit_remember(&self, space: &str, input: EpisodeInput, priority: Priority) -> Result<PendingRemember> {
+    pub fn submit_remember(
+        &self,
+        space: &str,
+        input: EpisodeInput,
+        priority: Priority,
+    ) -> Result<PendingRemember> {
         let (tx, rx) = oneshot::channel();
         self.submit_remember_with(space, input, priority, crate::commit::to_channel(tx))?;
         Ok(PendingRemember(rx))
@@ -520,7 +534,9 @@ impl Engine {
     pub fn snapshot(&self) -> Result<Option<PathBuf>> {
         let _one = self.inner.snapshot_lock.lock();
         let (tx, rx) = oneshot::channel();
-        self.send(Command::CaptureSnapshot { reply: crate::commit::to_channel(tx) })?;
+        self.send(Command::CaptureSnapshot {
+            reply: crate::commit::to_channel(tx),
+        })?;
         let Some(capture) = wait(rx)? else {
             return Ok(None);
         };
@@ -538,7 +554,10 @@ impl Engine {
                 .parse()
                 .unwrap_or(0)
         };
-        self.send(Command::TruncateWal { before, reply: crate::commit::to_channel(tx) })?;
+        self.send(Command::TruncateWal {
+            before,
+            reply: crate::commit::to_channel(tx),
+        })?;
         let removed = wait(rx)?;
         tracing::info!(path = %path.display(), took_ms = started.elapsed().as_millis() as u64, wal_segments_removed = removed, "snapshot written");
         Ok(Some(path))

@@ -29,7 +29,8 @@ impl Faults {
     /// so the batch must be indexed again by the restarted worker).
     pub fn kill_worker(&self, worker: usize) {
         *self.armed.lock() += 1;
-        self.kill_mask.fetch_or(1u64 << (worker % 64), Ordering::AcqRel);
+        self.kill_mask
+            .fetch_or(1u64 << (worker % 64), Ordering::AcqRel);
     }
 
     /// Whichever worker takes the next batch panics.
@@ -40,12 +41,14 @@ impl Faults {
 
     /// Sleeps this long before indexing each observation (0 = off).
     pub fn set_index_delay(&self, delay: Duration) {
-        self.index_delay_us.store(delay.as_micros() as u64, Ordering::Release);
+        self.index_delay_us
+            .store(delay.as_micros() as u64, Ordering::Release);
     }
 
     /// Sleeps this long before each group commit (0 = off): acks slow down.
     pub fn set_accept_delay(&self, delay: Duration) {
-        self.accept_delay_us.store(delay.as_micros() as u64, Ordering::Release);
+        self.accept_delay_us
+            .store(delay.as_micros() as u64, Ordering::Release);
     }
 
     /// Kills armed so far.

@@ -119,12 +119,20 @@ impl Indexer {
 
     /// Worker restarts after a panic, all workers.
     pub fn restarts(&self) -> u64 {
-        self.shared.stats.iter().map(|s| s.restarts.load(Ordering::Relaxed)).sum()
+        self.shared
+            .stats
+            .iter()
+            .map(|s| s.restarts.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Episodes indexed since start, all workers.
     pub fn indexed(&self) -> u64 {
-        self.shared.stats.iter().map(|s| s.processed.load(Ordering::Relaxed)).sum()
+        self.shared
+            .stats
+            .iter()
+            .map(|s| s.processed.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Asks the workers to stop after their current batch and waits. Queued
@@ -147,7 +155,11 @@ fn supervise(shared: &Shared, id: usize) {
             Ok(()) => return,
             Err(panic) => {
                 shared.stats[id].restarts.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(worker = id, panic = panic_message(&panic), "indexing worker panicked; restarting it");
+                tracing::error!(
+                    worker = id,
+                    panic = panic_message(&panic),
+                    "indexing worker panicked; restarting it"
+                );
             }
         }
     }
@@ -217,7 +229,9 @@ fn worker_loop(shared: &Shared, id: usize) {
             let indexed = match catch_unwind(AssertUnwindSafe(|| index_one(&task))) {
                 Ok(indexed) => indexed,
                 Err(panic) => {
-                    let rest: Vec<_> = std::iter::once((priority, task)).chain(guard.tasks.by_ref()).collect();
+                    let rest: Vec<_> = std::iter::once((priority, task))
+                        .chain(guard.tasks.by_ref())
+                        .collect();
                     guard.tasks = rest.into_iter();
                     std::panic::resume_unwind(panic);
                 }
@@ -228,7 +242,9 @@ fn worker_loop(shared: &Shared, id: usize) {
                 stats.processed.fetch_add(1, Ordering::Relaxed);
             }
         }
-        stats.busy_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        stats
+            .busy_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         drop(guard);
     }
 }

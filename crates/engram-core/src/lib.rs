@@ -46,8 +46,8 @@ pub mod wal;
 
 pub use config::EngineConfig;
 pub use engine::Engine;
-pub use queue::Priority;
 pub use error::{Error, Result};
 pub use model::{
     Cue, EpisodeInput, RecallResult, RecalledMemory, SpaceId, SpaceInfo, StoredEpisode,
 };
+pub use queue::Priority;

@@ -460,6 +460,16 @@ fn retry_after_for(excess: usize, rate: Option<f64>) -> Duration {
     }
 }
 
+/// A caller broke the reserve → push or cancel → pop → complete or requeue
+/// protocol: a bug. It fails tests (debug assertions); in production it is
+/// logged and the counts are kept consistent, rather than panicking an
+/// indexing worker over bookkeeping.
+#[track_caller]
+fn misuse(what: &str) {
+    debug_assert!(false, "indexing queue misuse: {what}");
+    tracing::error!("indexing queue misuse: {what}");
+}
+
 fn level_from_u8(v: u8) -> Level {
     Level::ALL[usize::from(v)]
 }
@@ -579,25 +589,14 @@ where
     pub fn cancel(&self, space: &K, priority: Priority) {
         let mut st = self.state.lock();
         let p = priority.index();
-        let Some(entry) = st.spaces.get_mut(space) else {
-            debug_assert!(false, "cancel without a reservation");
-            tracing::error!(
-                priority = priority.as_str(),
-                "indexing queue: cancel without a reservation"
-            );
-            return;
-        };
-        if entry.reserved[p] == 0 {
-            debug_assert!(false, "cancel without a reservation");
-            tracing::error!(
-                priority = priority.as_str(),
-                "indexing queue: cancel without a reservation"
-            );
-            return;
-        }
-        entry.reserved[p] -= 1;
-        if entry.depth() == 0 {
-            st.spaces.remove(space);
+        match st.spaces.get_mut(space) {
+            Some(entry) if entry.reserved[p] > 0 => {
+                entry.reserved[p] -= 1;
+                if entry.depth() == 0 {
+                    st.spaces.remove(space);
+                }
+            }
+            _ => return misuse("cancel without a reservation"),
         }
         st.by_priority[p] -= 1;
         self.depth_changed(&mut st);
@@ -633,11 +632,7 @@ where
             if entry.reserved[p] > 0 {
                 entry.reserved[p] -= 1;
             } else {
-                debug_assert!(false, "push without a reservation");
-                tracing::error!(
-                    priority = priority.as_str(),
-                    "indexing queue: push without a reservation"
-                );
+                misuse("push without a reservation");
                 added = true;
             }
         }
@@ -781,12 +776,7 @@ where
         }
         let n_freed: usize = freed.iter().sum();
         if n_freed != priorities.len() {
-            debug_assert!(false, "complete of tasks that are not in flight");
-            tracing::error!(
-                expected = priorities.len(),
-                found = n_freed,
-                "indexing queue: complete of tasks that are not in flight"
-            );
+            misuse("complete of tasks that are not in flight");
         }
         for (d, f) in st.by_priority.iter_mut().zip(freed) {
             *d -= f;
@@ -832,8 +822,7 @@ where
         }
         st.queued += n;
         if added != [0; 3] {
-            debug_assert!(false, "requeue of tasks that are not in flight");
-            tracing::error!("indexing queue: requeue of tasks that are not in flight");
+            misuse("requeue of tasks that are not in flight");
             for (d, a) in st.by_priority.iter_mut().zip(added) {
                 *d += a;
             }

@@ -156,7 +156,8 @@ impl Iterator for RecallStream {
                 };
                 let first = recall_at(&self.space, &first_cue, self.ef, self.snapshot).memories;
                 let full = recall_at(&self.space, &self.cue, self.ef, self.snapshot).memories;
-                self.sent.extend(first.iter().map(|m| m.episode.server_sequence));
+                self.sent
+                    .extend(first.iter().map(|m| m.episode.server_sequence));
                 let remaining: Vec<_> = full
                     .into_iter()
                     .filter(|m| !self.sent.contains(&m.episode.server_sequence))

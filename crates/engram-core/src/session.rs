@@ -233,7 +233,11 @@ impl Registry {
 
     /// Streams attached right now.
     pub fn active(&self) -> usize {
-        self.sessions.lock().values().filter(|s| s.state.lock().holder != 0).count()
+        self.sessions
+            .lock()
+            .values()
+            .filter(|s| s.state.lock().holder != 0)
+            .count()
     }
 
     /// Tells every attached stream about a backpressure change.
@@ -251,7 +255,10 @@ impl Registry {
         let window = Duration::from_secs(self.config.resume_window_secs);
         self.sessions.lock().retain(|_, s| {
             let mut st = s.state.lock();
-            if st.holder != 0 && st.phase != SessionPhase::Closed && st.last_activity.elapsed() > idle {
+            if st.holder != 0
+                && st.phase != SessionPhase::Closed
+                && st.last_activity.elapsed() > idle
+            {
                 st.phase = SessionPhase::Closed;
                 st.released_at = Some(Instant::now());
                 if let Some(tx) = st.events.take() {
@@ -284,9 +291,14 @@ pub enum PendingAck {
 impl std::future::Future for PendingAck {
     type Output = Ack;
 
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Ack> {
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Ack> {
         match self.get_mut() {
-            PendingAck::Ready(ack) => std::task::Poll::Ready(ack.take().expect("PendingAck polled after completion")),
+            PendingAck::Ready(ack) => {
+                std::task::Poll::Ready(ack.take().expect("PendingAck polled after completion"))
+            }
             PendingAck::Waiting(rx) => std::pin::Pin::new(rx).poll(cx).map(|r| {
                 r.unwrap_or_else(|_| Ack {
                     sequence_number: 0,
@@ -313,7 +325,11 @@ impl Engine {
     /// [`Error::SessionNotFound`] for an unknown or expired session id;
     /// [`Error::InvalidArgument`] when resuming with another space;
     /// [`Error::Overloaded`] at the session limit; [`Error::ShuttingDown`].
-    pub async fn open_session(&self, space: &str, resume_session_id: Option<&str>) -> Result<(Session, Opened)> {
+    pub async fn open_session(
+        &self,
+        space: &str,
+        resume_session_id: Option<&str>,
+    ) -> Result<(Session, Opened)> {
         let space = SpaceId::parse(space)?;
         if self.is_shutting_down() {
             return Err(Error::ShuttingDown);
@@ -335,7 +351,10 @@ impl Engine {
                 if shared.space != space {
                     return Err(Error::invalid(
                         "resume_session_id",
-                        format!("session '{id}' belongs to memory space '{}', not '{space}'", shared.space),
+                        format!(
+                            "session '{id}' belongs to memory space '{}', not '{space}'",
+                            shared.space
+                        ),
                     ));
                 }
                 shared.wait_drained().await;
@@ -449,7 +468,13 @@ impl Session {
         st.phase
     }
 
-    fn reject(&self, seq: u64, reason: RejectReason, message: String, retry_after: Option<Duration>) -> Ack {
+    fn reject(
+        &self,
+        seq: u64,
+        reason: RejectReason,
+        message: String,
+        retry_after: Option<Duration>,
+    ) -> Ack {
         Ack {
             sequence_number: seq,
             answer: Answer::Rejected {
@@ -488,8 +513,13 @@ impl Session {
             let expected = st.expected;
             st.rejected += 1;
             drop(st);
-            let what = if seq < expected { "a duplicate" } else { "a gap" };
-            let msg = format!("sequence number {seq} is {what}: expected {expected}; nothing was stored");
+            let what = if seq < expected {
+                "a duplicate"
+            } else {
+                "a gap"
+            };
+            let msg =
+                format!("sequence number {seq} is {what}: expected {expected}; nothing was stored");
             return PendingAck::Ready(Some(self.reject(seq, RejectReason::OutOfOrder, msg, None)));
         }
         st.expected += 1;

@@ -315,7 +315,10 @@ async fn admission_rejects_at_capacity_and_recovers() {
     let vecs = random_vectors(60, 8, 7);
     // Normal priority may fill 90% of the queue...
     for (i, v) in vecs[..45].iter().enumerate() {
-        engine.remember("o", episode(&i.to_string(), v.clone())).await.unwrap();
+        engine
+            .remember("o", episode(&i.to_string(), v.clone()))
+            .await
+            .unwrap();
     }
     match engine.remember("o", episode("x", vecs[45].clone())).await {
         Err(Error::Overloaded {
@@ -345,12 +348,17 @@ async fn admission_rejects_at_capacity_and_recovers() {
     // Recalls are still served, and the rejected ones were not stored.
     assert_eq!(engine.describe_space("o").unwrap().count, 50);
     assert_eq!(
-        engine.recall("o", cue(&vecs[3], 1)).unwrap().memories[0].episode.id,
+        engine.recall("o", cue(&vecs[3], 1)).unwrap().memories[0]
+            .episode
+            .id,
         "3"
     );
     engine.resume_indexing();
     wait_indexed(&engine);
-    engine.remember("o", episode("x", vecs[50].clone())).await.unwrap();
+    engine
+        .remember("o", episode("x", vecs[50].clone()))
+        .await
+        .unwrap();
     engine.shutdown();
 }
 

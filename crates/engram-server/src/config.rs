@@ -160,7 +160,9 @@ impl ServerConfig {
             return bad("engine.queue thresholds need 0 < adaptive_at <= slow_down_at <= reject_at <= 1 and slow_down_clear_at <= slow_down_at");
         }
         if self.engine.min_batch == 0 || self.engine.max_batch < self.engine.min_batch {
-            return bad("engine.min_batch must be at least 1 and engine.max_batch at least min_batch");
+            return bad(
+                "engine.min_batch must be at least 1 and engine.max_batch at least min_batch",
+            );
         }
         if self.engine.index.m < 2
             || self.engine.index.ef_construction == 0

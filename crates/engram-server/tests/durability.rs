@@ -242,3 +242,79 @@ async fn sigterm_under_load_shuts_down_in_order_and_keeps_everything() {
     let seen = ledger.lock().unwrap().clone();
     verify(&server, &seen).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_10k_queued_restarts_with_all_10k_within_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(dir.path(), &["--fault-injection"]);
+    server.wait_ready().await;
+    let client = reqwest::Client::new();
+    let (s, _) = call(
+        &client,
+        Method::POST,
+        &server.url("/v1/admin/indexing/pause"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let next_id = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let (client, url, next_id) = (
+            client.clone(),
+            server.url("/v1/spaces/crash/memories"),
+            next_id.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let id = next_id.fetch_add(1, Ordering::Relaxed);
+                if id >= 10_000 {
+                    return;
+                }
+                let (s, b) = call(
+                    &client,
+                    Method::POST,
+                    &url,
+                    Some(episode(&format!("m{id}"), &vector_for(id))),
+                )
+                .await;
+                assert_eq!(s, 201, "{b}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (_, info) = call(&client, Method::GET, &server.url("/v1/spaces/crash"), None).await;
+    assert_eq!(
+        (info["count"].as_u64(), info["queue_depth"].as_u64()),
+        (Some(10_000), Some(10_000)),
+        "{info}"
+    );
+
+    let grace = Duration::from_secs(30);
+    let started = std::time::Instant::now();
+    let (status, server) = tokio::task::spawn_blocking(move || (server.terminate(grace), server))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    println!("shutdown with 10K queued took {took:?}");
+    assert!(
+        status.success(),
+        "exit status {status:?}:\n{}",
+        server.log_text()
+    );
+    assert!(
+        took < grace,
+        "shutdown took {took:?}, over the {grace:?} grace period"
+    );
+    drop(server);
+
+    let server = ServerProcess::start(dir.path(), &[]);
+    server.wait_ready().await;
+    let ledger = Ledger {
+        acked: (0..10_000).collect(),
+        in_doubt: BTreeSet::new(),
+    };
+    verify(&server, &ledger).await;
+}

@@ -478,7 +478,13 @@ async fn read_after_ack_and_429_with_retry_after_while_indexing_is_held() {
     let server = ServerProcess::start(dir.path(), &["--fault-injection", "--queue-capacity", "30"]);
     server.wait_ready().await;
     let c = reqwest::Client::new();
-    let (s, _) = call(&c, Method::POST, &server.url("/v1/admin/indexing/pause"), None).await;
+    let (s, _) = call(
+        &c,
+        Method::POST,
+        &server.url("/v1/admin/indexing/pause"),
+        None,
+    )
+    .await;
     assert_eq!(s, 200);
     // Admission rejects normal-priority writes from 90% of capacity: 27 of 30.
     let vecs = random_vectors(28, 16, 11);
@@ -512,7 +518,11 @@ async fn read_after_ack_and_429_with_retry_after_while_indexing_is_held() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 429);
-    let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(retry >= 1);
     let b: Value = resp.json().await.unwrap();
     assert_eq!(b["code"], "overloaded");

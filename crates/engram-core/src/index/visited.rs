@@ -50,7 +50,7 @@ pub(super) struct Scratch {
 }
 
 impl Scratch {
-    pub(super) fn new() -> Self {
+    fn new() -> Self {
         Scratch {
             tags: Vec::new(),
             epoch: 0,

@@ -1,0 +1,468 @@
+//! The streaming engine's acceptance tests: overload and backpressure,
+//! the hot-space worker balance, worker crashes, snapshot isolation, and
+//! sessions (sequence numbers, drain, resume, idle timeout).
+
+mod common;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::*;
+use engram_core::queue::Level;
+use engram_core::session::{Answer, RejectReason, SessionEvent};
+use engram_core::wal::SyncPolicy;
+use engram_core::{Engine, EngineConfig, Priority};
+
+fn streaming_config(dir: &std::path::Path) -> EngineConfig {
+    let mut c = config_with(dir, SyncPolicy::None);
+    c.fault_injection = true;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_slows_down_rejects_with_retry_after_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = streaming_config(dir.path());
+    cfg.queue.capacity = 2000;
+    let engine = Engine::open(cfg).unwrap();
+    // Indexing capacity: 2 workers x 2 ms per observation = ~1,000/s.
+    engine
+        .faults()
+        .unwrap()
+        .set_index_delay(Duration::from_millis(2));
+    let (mut session, opened) = engine.open_session("hot", None).await.unwrap();
+    assert_eq!(opened.last_acked_sequence, 0);
+    let mut events = session.take_events().unwrap();
+
+    // The producer offers ~6,000/s for 2.5 s, pipelining up to 256 in flight.
+    let vecs = random_vectors(15_000, 16, 21);
+    let started = Instant::now();
+    let mut pace = tokio::time::interval(Duration::from_millis(5));
+    let mut pending = VecDeque::new();
+    let mut accepted: Vec<(String, usize)> = Vec::new();
+    let mut rejected_overload = 0;
+    let mut max_depth = 0;
+    for (i, v) in vecs.iter().enumerate() {
+        if i % 30 == 0 {
+            pace.tick().await;
+        }
+        let seq = i as u64 + 1;
+        pending.push_back((
+            i,
+            session.observe(seq, episode(&format!("o{i}"), v.clone()), Priority::Normal),
+        ));
+        max_depth = max_depth.max(engine.queue_depth());
+        // Answers come back in sequence order.
+        while pending.len() > 256 || (i + 1 == vecs.len() && !pending.is_empty()) {
+            let (idx, ack) = pending.pop_front().unwrap();
+            let ack = ack.await;
+            assert_eq!(
+                ack.sequence_number,
+                idx as u64 + 1,
+                "acks out of sequence order"
+            );
+            match ack.answer {
+                Answer::Accepted(r) => accepted.push((r.memory_id, idx)),
+                Answer::Rejected {
+                    reason: RejectReason::Overloaded,
+                    retry_after,
+                    ..
+                } => {
+                    let retry_after = retry_after.unwrap();
+                    assert!(
+                        retry_after >= Duration::from_millis(50)
+                            && retry_after <= Duration::from_secs(30)
+                    );
+                    rejected_overload += 1;
+                }
+                other => panic!("unexpected answer {other:?}"),
+            }
+        }
+    }
+    let produce_rate = vecs.len() as f64 / started.elapsed().as_secs_f64();
+    let drain_rate = engine.queue().drain_rate();
+    println!(
+        "offered {produce_rate:.0}/s, drained {drain_rate:.0}/s, {rejected_overload} rejected, max depth {max_depth}"
+    );
+    assert!(drain_rate > 0.0, "the drain rate was never measured");
+    assert!(
+        produce_rate >= 5.0 * drain_rate,
+        "producer must outrun indexing 5x: {produce_rate:.0} vs {drain_rate:.0}"
+    );
+    assert!(max_depth <= 2000, "depth {max_depth} exceeded capacity");
+    assert!(rejected_overload > 0, "admission control never rejected");
+
+    let mut levels = Vec::new();
+    let mut suggested = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        if let SessionEvent::Pressure(change) = e {
+            levels.push(change.level);
+            if change.level == Level::SlowDown {
+                assert!(
+                    change.pressure >= 0.7,
+                    "SLOW_DOWN below the 70% clear mark: {change:?}"
+                );
+                suggested.push(change.suggested_rate);
+            }
+            if change.level == Level::Overloaded {
+                assert!(change.pressure >= 0.9 - 1e-9, "{change:?}");
+            }
+        }
+    }
+    assert!(
+        levels.contains(&Level::SlowDown),
+        "no SLOW_DOWN event: {levels:?}"
+    );
+    assert!(
+        levels.contains(&Level::Overloaded),
+        "no overload event: {levels:?}"
+    );
+    assert!(
+        suggested.iter().any(|r| *r > 0.0 && *r <= drain_rate * 2.0),
+        "SLOW_DOWN never suggested a rate derived from the drain rate: {suggested:?}"
+    );
+
+    // The producer stops: the queue drains and every accepted one is recalled.
+    engine.faults().unwrap().set_index_delay(Duration::ZERO);
+    wait_indexed(&engine);
+    assert_eq!(engine.queue().level(), Level::Normal);
+    let info = engine.describe_space("hot").unwrap();
+    assert_eq!(info.count as usize, accepted.len());
+    for (id, idx) in &accepted {
+        let top = &engine.recall("hot", cue(&vecs[*idx], 1)).unwrap().memories[0];
+        assert_eq!(&top.episode.id, id);
+    }
+    engine.check_integrity("hot").unwrap();
+    let closed = session.close(true).await;
+    assert_eq!(closed.final_sequence, vecs.len() as u64);
+    assert_eq!(closed.accepted as usize, accepted.len());
+    assert_eq!(closed.rejected as usize, rejected_overload);
+    engine.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_hot_space_keeps_every_worker_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = streaming_config(dir.path());
+    cfg.workers = 2;
+    cfg.queue.capacity = 100_000;
+    let engine = Engine::open(cfg).unwrap();
+    engine.pause_indexing();
+    let dim = 64;
+    let spaces = [("hot", 10_000), ("cool-a", 1_000), ("cool-b", 1_000)];
+    for (space, n) in spaces {
+        for (i, v) in random_vectors(n, dim, n as u64).into_iter().enumerate() {
+            engine
+                .remember(space, episode(&format!("{space}-{i}"), v))
+                .await
+                .unwrap();
+        }
+    }
+    // Everything is queued; now let the workers at it.
+    engine.resume_indexing();
+    wait_indexed(&engine);
+    let stats = engine.indexer().stats();
+    let counts: Vec<u64> = stats
+        .iter()
+        .map(|s| s.processed.load(Ordering::Relaxed))
+        .collect();
+    let stolen: Vec<u64> = stats
+        .iter()
+        .map(|s| s.stolen_batches.load(Ordering::Relaxed))
+        .collect();
+    println!("per-worker processed {counts:?}, stolen batches {stolen:?}");
+    let (lo, hi) = (
+        *counts.iter().min().unwrap() as f64,
+        *counts.iter().max().unwrap() as f64,
+    );
+    assert_eq!(counts.iter().sum::<u64>(), 12_000);
+    assert!(lo >= 0.8 * hi, "workers unbalanced: {counts:?}");
+    assert!(
+        stolen.iter().sum::<u64>() > 0,
+        "no worker stole from the hot space"
+    );
+    for (space, _) in spaces {
+        engine.check_integrity(space).unwrap();
+    }
+    engine.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_workers_restart_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = streaming_config(dir.path());
+    cfg.workers = 2;
+    let engine = Engine::open(cfg).unwrap();
+    let faults = engine.faults().unwrap();
+    let vecs = random_vectors(10_000, 32, 31);
+    let (session, _) = engine.open_session("crashy", None).await.unwrap();
+    let mut pending = VecDeque::new();
+    for (i, v) in vecs.iter().enumerate() {
+        if i % 1000 == 500 {
+            // Both workers, explicitly, and whichever comes next.
+            faults.kill_worker(0);
+            faults.kill_worker(1);
+            faults.kill_any_worker();
+        }
+        pending.push_back(session.observe(
+            i as u64 + 1,
+            episode(&i.to_string(), v.clone()),
+            Priority::Normal,
+        ));
+        if pending.len() > 128 {
+            assert!(pending.pop_front().unwrap().await.is_accepted());
+        }
+    }
+    for p in pending {
+        assert!(p.await.is_accepted());
+    }
+    wait_indexed(&engine);
+    let stats = engine.indexer().stats();
+    let restarts: Vec<u64> = stats
+        .iter()
+        .map(|s| s.restarts.load(Ordering::Relaxed))
+        .collect();
+    println!(
+        "restarts per worker {restarts:?}, kills armed {}",
+        faults.kills_armed()
+    );
+    assert!(
+        restarts.iter().all(|r| *r >= 1),
+        "every worker must have died and restarted: {restarts:?}"
+    );
+    assert_eq!(engine.worker_restarts(), restarts.iter().sum::<u64>());
+    let info = engine.describe_space("crashy").unwrap();
+    assert_eq!((info.count, info.indexed_count), (10_000, 10_000));
+    engine.check_integrity("crashy").unwrap();
+    for (i, v) in vecs.iter().enumerate().step_by(7) {
+        assert_eq!(
+            engine.recall("crashy", cue(v, 1)).unwrap().memories[0]
+                .episode
+                .id,
+            i.to_string()
+        );
+    }
+    engine.shutdown();
+}
+
+/// Exact top-k over the given (seq, vector) pairs.
+fn exact(items: &[(u64, Vec<f32>)], q: &[f32], k: usize) -> Vec<u64> {
+    let q = normalized(q);
+    let mut s: Vec<(f32, u64)> = items
+        .iter()
+        .map(|(seq, v)| (normalized(v).iter().zip(&q).map(|(a, b)| a * b).sum(), *seq))
+        .collect();
+    s.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    s.into_iter().take(k).map(|(_, seq)| seq).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recalls_are_snapshot_isolated_and_exact_on_small_spaces() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(streaming_config(dir.path())).unwrap();
+    // Slow indexing so both tiers hold data while recalls run.
+    engine
+        .faults()
+        .unwrap()
+        .set_index_delay(Duration::from_micros(300));
+    let vecs = random_vectors(800, 12, 41);
+    let writer = {
+        let engine = engine.clone();
+        let vecs = vecs.clone();
+        tokio::spawn(async move {
+            let mut seq_of = HashMap::new();
+            for (i, v) in vecs.into_iter().enumerate() {
+                let r = engine
+                    .remember("iso", episode(&i.to_string(), v))
+                    .await
+                    .unwrap();
+                seq_of.insert(r.server_sequence, i);
+            }
+            seq_of
+        })
+    };
+    let queries = random_vectors(50, 12, 42);
+    let mut observed = Vec::new();
+    let mut n = 0;
+    while !writer.is_finished() {
+        let q = &queries[n % queries.len()];
+        n += 1;
+        let engine2 = engine.clone();
+        let q2 = q.clone();
+        let batches: Vec<_> = tokio::task::spawn_blocking(move || {
+            match engine2.recall_stream("iso", cue(&q2, 25), 7) {
+                Ok(stream) => stream.collect(),
+                Err(_) => Vec::new(), // the space does not exist yet
+            }
+        })
+        .await
+        .unwrap();
+        if batches.is_empty() {
+            continue;
+        }
+        let snapshot = batches[0].snapshot_sequence;
+        assert!(batches.iter().all(|b| b.snapshot_sequence == snapshot));
+        assert!(batches[..batches.len() - 1]
+            .iter()
+            .all(|b| b.more && b.memories.len() <= 7));
+        assert!(!batches.last().unwrap().more);
+        let seqs: Vec<u64> = batches
+            .iter()
+            .flat_map(|b| b.memories.iter().map(|m| m.episode.server_sequence))
+            .collect();
+        assert!(
+            seqs.iter().all(|s| *s <= snapshot),
+            "a recall saw past its snapshot {snapshot}: {seqs:?}"
+        );
+        observed.push((q.clone(), snapshot, seqs));
+    }
+    let seq_of = writer.await.unwrap();
+    assert!(
+        observed.len() >= 10,
+        "too few recalls ran: {}",
+        observed.len()
+    );
+    let mut distinct = HashSet::new();
+    for (q, snapshot, seqs) in &observed {
+        distinct.insert(*snapshot);
+        let visible: Vec<(u64, Vec<f32>)> = (1..=*snapshot)
+            .map(|s| (s, vecs[seq_of[&s]].clone()))
+            .collect();
+        assert_eq!(
+            seqs,
+            &exact(&visible, q, 25),
+            "recall at snapshot {snapshot} differs from exact search"
+        );
+    }
+    assert!(
+        distinct.len() >= 5,
+        "recalls should have seen several snapshots: {distinct:?}"
+    );
+    engine.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_number_close_and_resume_without_storing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(streaming_config(dir.path())).unwrap();
+    let vecs = random_vectors(10, 8, 51);
+    let ep = |i: usize| engram_core::EpisodeInput {
+        what: format!("obs {i}"),
+        embedding: vecs[i].clone(),
+        ..Default::default()
+    };
+    let (s1, opened) = engine.open_session("sess", None).await.unwrap();
+    assert!(!opened.resumed);
+    assert!(s1.observe(1, ep(0), Priority::Normal).await.is_accepted());
+    // A gap and a duplicate are rejected as out of order and use nothing.
+    for bad in [3, 1] {
+        let ack = s1.observe(bad, ep(1), Priority::Normal).await;
+        assert!(
+            matches!(
+                ack.answer,
+                Answer::Rejected {
+                    reason: RejectReason::OutOfOrder,
+                    ..
+                }
+            ),
+            "{ack:?}"
+        );
+    }
+    // An invalid observation uses its number, and the stream goes on.
+    let bad = engram_core::EpisodeInput {
+        embedding: vec![f32::NAN; 8],
+        ..Default::default()
+    };
+    let ack = s1.observe(2, bad, Priority::Normal).await;
+    assert!(matches!(
+        ack.answer,
+        Answer::Rejected {
+            reason: RejectReason::Invalid,
+            ..
+        }
+    ));
+    let a3 = s1.observe(3, ep(2), Priority::High).await;
+    let a4 = s1.observe(4, ep(3), Priority::Low).await;
+    assert!(a3.is_accepted() && a4.is_accepted());
+    let id = s1.id().to_owned();
+    drop(s1); // the connection drops
+
+    // Resume: the last answered number is reported; numbers sent again are
+    // answered from the record, and nothing is stored twice.
+    let (s2, opened) = engine.open_session("sess", Some(&id)).await.unwrap();
+    assert!(opened.resumed);
+    assert_eq!(opened.last_acked_sequence, 4);
+    let again = s2.observe(3, ep(2), Priority::Normal).await;
+    assert!(again.replayed);
+    assert_eq!(again.answer, a3.answer);
+    assert!(s2.observe(5, ep(4), Priority::Normal).await.is_accepted());
+    assert_eq!(engine.describe_space("sess").unwrap().count, 4);
+    // Resuming with another space, or an unknown id, is refused.
+    assert!(engine.open_session("other", Some(&id)).await.is_err());
+    assert!(engine
+        .open_session("sess", Some("no-such-session"))
+        .await
+        .is_err());
+
+    // Close with drain reports the final sequence and the counts.
+    let closed = s2.close(true).await;
+    assert_eq!(closed.final_sequence, 5);
+    assert_eq!((closed.accepted, closed.rejected), (4, 3));
+    let after = s2.observe(6, ep(5), Priority::Normal).await;
+    assert!(matches!(
+        after.answer,
+        Answer::Rejected {
+            reason: RejectReason::Closed,
+            ..
+        }
+    ));
+    drop(s2);
+    // A closed session can be resumed within the window.
+    let (s3, opened) = engine.open_session("sess", Some(&id)).await.unwrap();
+    assert_eq!(opened.last_acked_sequence, 5);
+    assert!(s3.observe(6, ep(5), Priority::Normal).await.is_accepted());
+    engine.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_time_out_and_heartbeats_keep_them_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = streaming_config(dir.path());
+    cfg.sessions.idle_timeout_secs = 1;
+    let engine = Engine::open(cfg).unwrap();
+    let (mut idle, _) = engine.open_session("idle", None).await.unwrap();
+    let (mut busy, _) = engine.open_session("idle", None).await.unwrap();
+    let mut idle_events = idle.take_events().unwrap();
+    let mut busy_events = busy.take_events().unwrap();
+    let timed_out = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut beat = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                e = idle_events.recv() => if e == Some(SessionEvent::IdleTimeout) { break },
+                _ = beat.tick() => busy.heartbeat(),
+            }
+        }
+    })
+    .await;
+    assert!(timed_out.is_ok(), "the idle session never timed out");
+    assert!(!matches!(
+        busy_events.try_recv(),
+        Ok(SessionEvent::IdleTimeout)
+    ));
+    let ack = idle
+        .observe(1, episode("x", vec![1.0; 4]), Priority::Normal)
+        .await;
+    assert!(matches!(
+        ack.answer,
+        Answer::Rejected {
+            reason: RejectReason::Closed,
+            ..
+        }
+    ));
+    assert!(busy
+        .observe(1, episode("y", vec![1.0; 4]), Priority::Normal)
+        .await
+        .is_accepted());
+    engine.shutdown();
+}
