@@ -107,5 +107,16 @@ fn two_producers_two_workers(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, single_thread, two_producers_two_workers);
+criterion_group! {
+    name = benches;
+    // Each iteration is ~0.1-0.5 ms, so short windows give stable numbers
+    // and keep the whole run to seconds. Plots are off: drawing them takes
+    // ~10 s per benchmark on a small machine; the estimates are still written
+    // under target/criterion/ and compared with the previous run.
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .without_plots();
+    targets = single_thread, two_producers_two_workers
+}
 criterion_main!(benches);

@@ -361,6 +361,59 @@ impl<K, T> State<K, T> {
     }
 }
 
+impl<K: Clone + Eq + Hash, T> State<K, T> {
+    /// Up to `max` queued tasks of one space for `worker`: see
+    /// [`IndexQueue::pop_batch`].
+    fn take_batch(&mut self, worker: usize, max: usize) -> Option<Batch<K, T>> {
+        let State {
+            spaces,
+            home_ready,
+            queued,
+            ..
+        } = self;
+        // Home spaces in rotation: the one served goes to the back.
+        while let Some(key) = home_ready[worker].pop_front() {
+            let Some(entry) = spaces.get_mut(&key) else {
+                debug_assert!(false, "listed space has no entry");
+                continue;
+            };
+            let tasks = entry.take(max);
+            if tasks.is_empty() {
+                debug_assert!(false, "listed space has no queued task");
+                continue;
+            }
+            if entry.queued() > 0 {
+                home_ready[worker].push_back(key.clone());
+            }
+            *queued -= tasks.len();
+            return Some(Batch {
+                space: key,
+                tasks,
+                stolen: false,
+            });
+        }
+        // Nothing at home: steal from the fullest space. A scan of the active
+        // spaces, done only by an idle worker, which has time for it.
+        let (key, entry) = spaces
+            .iter_mut()
+            .filter(|(_, e)| e.queued() > 0)
+            .max_by_key(|(_, e)| e.queued())?;
+        let tasks = entry.take(max);
+        if entry.queued() == 0 {
+            let home = &mut home_ready[entry.home];
+            if let Some(i) = home.iter().position(|k| k == key) {
+                home.remove(i);
+            }
+        }
+        *queued -= tasks.len();
+        Some(Batch {
+            space: key.clone(),
+            tasks,
+            stolen: entry.home != worker,
+        })
+    }
+}
+
 /// One space's share of the queue. Removed from the map when its depth is 0.
 struct SpaceLanes<T> {
     home: usize,
@@ -675,7 +728,7 @@ where
             if st.closed {
                 return None;
             }
-            if let Some(batch) = self.take_batch(&mut st, worker, max) {
+            if let Some(batch) = st.take_batch(worker, max) {
                 return Some(batch);
             }
             if timeout.is_zero() {
@@ -700,59 +753,10 @@ where
                 return if st.closed {
                     None
                 } else {
-                    self.take_batch(&mut st, worker, max)
+                    st.take_batch(worker, max)
                 };
             }
         }
-    }
-
-    fn take_batch(&self, st: &mut State<K, T>, worker: usize, max: usize) -> Option<Batch<K, T>> {
-        let State {
-            spaces,
-            home_ready,
-            queued,
-            ..
-        } = st;
-        // Home spaces in rotation: the one served goes to the back.
-        while let Some(key) = home_ready[worker].pop_front() {
-            let Some(entry) = spaces.get_mut(&key) else {
-                debug_assert!(false, "listed space has no entry");
-                continue;
-            };
-            let tasks = entry.take(max);
-            if tasks.is_empty() {
-                debug_assert!(false, "listed space has no queued task");
-                continue;
-            }
-            if entry.queued() > 0 {
-                home_ready[worker].push_back(key.clone());
-            }
-            *queued -= tasks.len();
-            return Some(Batch {
-                space: key,
-                tasks,
-                stolen: false,
-            });
-        }
-        // Nothing at home: steal from the fullest space. A scan of the active
-        // spaces, done only by an idle worker, which has time for it.
-        let (key, entry) = spaces
-            .iter_mut()
-            .filter(|(_, e)| e.queued() > 0)
-            .max_by_key(|(_, e)| e.queued())?;
-        let tasks = entry.take(max);
-        if entry.queued() == 0 {
-            let home = &mut home_ready[entry.home];
-            if let Some(i) = home.iter().position(|k| k == key) {
-                home.remove(i);
-            }
-        }
-        *queued -= tasks.len();
-        Some(Batch {
-            space: key.clone(),
-            tasks,
-            stolen: entry.home != worker,
-        })
     }
 
     /// A worker finished a batch of `batch_space` whose tasks had these
@@ -1237,14 +1241,7 @@ mod tests {
             ]
         );
         assert_eq!(q.level(), Level::Normal);
-        let c = LevelChange {
-            level: Level::Normal,
-            depth: 0,
-            capacity: 10,
-            pressure: 0.0,
-            suggested_rate: 0.0,
-        };
-        assert_eq!(c.level.as_str(), "normal");
+        // The dropped subscriber is gone; the live one stays.
         assert_eq!(q.state.lock().subscribers.len(), 1);
     }
 
@@ -1539,6 +1536,61 @@ mod tests {
             Priority::ALL.map(Priority::as_str),
             ["high", "normal", "low"]
         );
+        assert_eq!(
+            Level::ALL.map(Level::as_str),
+            ["normal", "adaptive", "slow_down", "overloaded"]
+        );
+    }
+
+    #[test]
+    fn blocking_workers_take_every_task_exactly_once() {
+        const PER_PRODUCER: u64 = 3_000;
+        let q = Q::new(config(64), 3);
+        let done = AtomicU64::new(0);
+        let mut taken: Vec<u64> = std::thread::scope(|s| {
+            for producer in 0..2u64 {
+                let q = &q;
+                s.spawn(move || {
+                    for i in 0..PER_PRODUCER {
+                        let space = (producer * 4 + i % 4) as u32;
+                        let p = Priority::ALL[(i % 3) as usize];
+                        // Full: wait as a writer would, bounded.
+                        let deadline = Instant::now() + Duration::from_secs(10);
+                        while q.try_reserve(&space, p).is_err() {
+                            assert!(Instant::now() < deadline, "queue never drained");
+                            std::thread::yield_now();
+                        }
+                        q.push(&space, p, producer * PER_PRODUCER + i);
+                    }
+                });
+            }
+            let workers: Vec<_> = (0..3)
+                .map(|w| {
+                    let (q, done) = (&q, &done);
+                    s.spawn(move || {
+                        let mut mine = Vec::new();
+                        while let Some(b) = q.pop_batch(w, 1 + w * 7, Duration::from_secs(10)) {
+                            mine.extend(b.tasks.iter().map(|t| t.1));
+                            finish(q, &b);
+                            done.fetch_add(b.tasks.len() as u64, Ordering::AcqRel);
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            wait_for("all tasks to complete", || {
+                done.load(Ordering::Acquire) == 2 * PER_PRODUCER
+            });
+            q.close();
+            workers
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        taken.sort_unstable();
+        assert!(taken.iter().copied().eq(0..2 * PER_PRODUCER));
+        assert_eq!((q.depth(), q.queued(), q.active_spaces()), (0, 0, 0));
+        assert_eq!(q.level(), Level::Normal);
     }
 
     // ---- concurrent property test ----------------------------------------
@@ -1716,12 +1768,13 @@ mod tests {
     /// At a quiescent point: depth = reserved + pushed - completed, exactly,
     /// per space and per lane; queued = that minus reserved and in flight.
     fn check_counts(sh: &Shared, ws: &[Worker]) -> Result<(), String> {
-        let mut depth = vec![[0i64; 3]; SPACES];
+        let mut depth = [[0i64; 3]; SPACES];
         let mut queued = 0i64;
         for (s, lanes) in sh.pushed.iter().enumerate() {
             for (l, n) in lanes.iter().enumerate() {
-                depth[s][l] += n.load(Ordering::Acquire) as i64;
-                queued += n.load(Ordering::Acquire) as i64;
+                let n = n.load(Ordering::Acquire) as i64;
+                depth[s][l] += n;
+                queued += n;
             }
         }
         for w in ws {

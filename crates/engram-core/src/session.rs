@@ -486,27 +486,41 @@ impl Session {
         }
     }
 
-    /// Submits observation number `seq`. The sequence check happens now;
-    /// the answer resolves once the observation is committed (or at once
-    /// for a rejection). Await answers in submission order.
-    pub fn observe(&self, seq: u64, input: EpisodeInput, priority: Priority) -> PendingAck {
+    /// Answers observation number `seq` as invalid without submitting it
+    /// (the transport could not even decode it into an episode). The
+    /// sequence rules apply as for [`Session::observe`]: the expected
+    /// number is used, any other is out of order.
+    pub fn observe_invalid(&self, seq: u64, message: String) -> PendingAck {
+        match self.check_sequence(seq) {
+            Err(ack) => PendingAck::Ready(Some(ack)),
+            Ok(()) => {
+                let ack = self.reject(seq, RejectReason::Invalid, message, None);
+                self.shared.record(ack.clone());
+                PendingAck::Ready(Some(ack))
+            }
+        }
+    }
+
+    /// Applies the sequence rules: Ok when `seq` is the expected number
+    /// (which it then uses, with one answer in flight), else the answer.
+    fn check_sequence(&self, seq: u64) -> std::result::Result<(), Ack> {
         let mut st = self.shared.state.lock();
         st.last_activity = Instant::now();
         if matches!(st.phase, SessionPhase::Closing | SessionPhase::Closed) {
             drop(st);
             let msg = "the session is closed; resume it or open a new one".to_owned();
-            return PendingAck::Ready(Some(self.reject(seq, RejectReason::Closed, msg, None)));
+            return Err(self.reject(seq, RejectReason::Closed, msg, None));
         }
         if st.holder != self.holder {
             drop(st);
             let msg = "this session was resumed by another stream".to_owned();
-            return PendingAck::Ready(Some(self.reject(seq, RejectReason::Closed, msg, None)));
+            return Err(self.reject(seq, RejectReason::Closed, msg, None));
         }
         if seq < st.expected && seq <= st.replay_upto {
             if let Some(ack) = st.answers.get(&seq) {
                 let mut ack = ack.clone();
                 ack.replayed = true;
-                return PendingAck::Ready(Some(ack));
+                return Err(ack);
             }
         }
         if seq != st.expected {
@@ -520,12 +534,20 @@ impl Session {
             };
             let msg =
                 format!("sequence number {seq} is {what}: expected {expected}; nothing was stored");
-            return PendingAck::Ready(Some(self.reject(seq, RejectReason::OutOfOrder, msg, None)));
+            return Err(self.reject(seq, RejectReason::OutOfOrder, msg, None));
         }
         st.expected += 1;
         st.in_flight += 1;
-        drop(st);
+        Ok(())
+    }
 
+    /// Submits observation number `seq`. The sequence check happens now;
+    /// the answer resolves once the observation is committed (or at once
+    /// for a rejection). Await answers in submission order.
+    pub fn observe(&self, seq: u64, input: EpisodeInput, priority: Priority) -> PendingAck {
+        if let Err(ack) = self.check_sequence(seq) {
+            return PendingAck::Ready(Some(ack));
+        }
         let (tx, rx) = oneshot::channel();
         let shared = self.shared.clone();
         let hook: crate::commit::Reply<Remembered> = Box::new(move |r: Result<Remembered>| {

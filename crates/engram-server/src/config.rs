@@ -33,12 +33,35 @@ impl Default for HttpConfig {
     }
 }
 
+/// Largest gRPC message the server accepts: one observation (64 KiB text,
+/// an 8192-d embedding) is well under 1 MiB.
+pub const DEFAULT_GRPC_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    /// engram.v1 Streaming and Memory, health, reflection. Port 0 picks a free port.
+    pub addr: SocketAddr,
+    /// Larger messages end their stream (or call) with RESOURCE_EXHAUSTED.
+    pub max_message_bytes: usize,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            addr: "127.0.0.1:50051".parse().expect("valid default address"),
+            max_message_bytes: DEFAULT_GRPC_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
 /// Everything `engram serve` runs with.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Seconds to wait for in-flight requests at shutdown.
     pub shutdown_grace_secs: u64,
+    pub grpc: GrpcConfig,
     pub http: HttpConfig,
     pub engine: EngineConfig,
 }
@@ -47,6 +70,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
+            grpc: GrpcConfig::default(),
             http: HttpConfig::default(),
             engine: EngineConfig::default(),
         }
@@ -62,6 +86,9 @@ pub struct Overrides {
     /// Directory for the WAL and snapshots.
     #[arg(long, env = "ENGRAM_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// gRPC listen address (engram.v1, health, reflection).
+    #[arg(long, env = "ENGRAM_GRPC_ADDR", value_name = "HOST:PORT")]
+    pub grpc_addr: Option<SocketAddr>,
     /// HTTP listen address (REST, health).
     #[arg(long, env = "ENGRAM_HTTP_ADDR", value_name = "HOST:PORT")]
     pub http_addr: Option<SocketAddr>,
@@ -108,6 +135,9 @@ impl ServerConfig {
         };
         if let Some(v) = &o.data_dir {
             c.engine.data_dir = v.clone();
+        }
+        if let Some(v) = o.grpc_addr {
+            c.grpc.addr = v;
         }
         if let Some(v) = o.http_addr {
             c.http.addr = v;
@@ -169,6 +199,9 @@ impl ServerConfig {
             || self.engine.index.ef_search == 0
         {
             return bad("engine.index needs m >= 2, ef_construction >= 1 and ef_search >= 1");
+        }
+        if self.grpc.max_message_bytes < 1024 {
+            return bad("grpc.max_message_bytes must be at least 1024");
         }
         if self.http.max_body_bytes < 1024 {
             return bad("http.max_body_bytes must be at least 1024");

@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use engram_core::Engine;
 use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::ServerConfig;
+use crate::grpc;
 use crate::http::{self, AppState, Phase};
 
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +51,28 @@ pub async fn serve(
         .map_err(|e| ServeError::Listener("http", e))?;
     tracing::info!(listener = "http", addr = %http_addr, "listening");
 
+    let grpc_listener = TcpListener::bind(config.grpc.addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            listener: "grpc",
+            addr: config.grpc.addr,
+            source,
+        })?;
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .map_err(|e| ServeError::Listener("grpc", e))?;
+    tracing::info!(listener = "grpc", addr = %grpc_addr, "listening");
+
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (grpc_router, health) = grpc::router(state.clone(), config.grpc.max_message_bytes).await;
+    let mut stop_grpc = stop_rx.clone();
+    let grpc_task = tokio::spawn(async move {
+        grpc_router
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+                let _ = stop_grpc.wait_for(|s| *s).await;
+            })
+            .await
+    });
     let app = http::router(state.clone(), config.http.max_body_bytes);
     let mut stop_http = stop_rx.clone();
     let http_task = tokio::spawn(async move {
@@ -61,10 +84,12 @@ pub async fn serve(
     });
     let signal_task = tokio::spawn({
         let state = state.clone();
+        let health = health.clone();
         async move {
             shutdown.await;
             tracing::info!("shutdown requested: no longer ready, finishing in-flight requests");
             state.set_phase(Phase::ShuttingDown);
+            grpc::set_serving(&health, false).await;
             let _ = stop_tx.send(true);
         }
     });
@@ -92,20 +117,31 @@ pub async fn serve(
     state.set_engine(engine.clone());
     if state.phase() == Phase::Recovering {
         state.set_phase(Phase::Ready);
+        grpc::set_serving(&health, true).await;
         tracing::info!("ready");
     }
 
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let mut wait_stop = stop_rx;
     let _ = wait_stop.wait_for(|s| *s).await;
-    match tokio::time::timeout(grace, http_task).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::error!(error = %e, "http listener ended with an error"),
-        Ok(Err(e)) => tracing::error!(error = %e, "http task panicked"),
-        Err(_) => tracing::warn!(
+    let listeners = async {
+        let (http, grpc) = tokio::join!(http_task, grpc_task);
+        match http {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "http listener ended with an error"),
+            Err(e) => tracing::error!(error = %e, "http task panicked"),
+        }
+        match grpc {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "grpc listener ended with an error"),
+            Err(e) => tracing::error!(error = %e, "grpc task panicked"),
+        }
+    };
+    if tokio::time::timeout(grace, listeners).await.is_err() {
+        tracing::warn!(
             grace_secs = grace.as_secs(),
             "in-flight requests outlived the grace period"
-        ),
+        );
     }
     tokio::task::spawn_blocking(move || engine.shutdown())
         .await

@@ -16,7 +16,8 @@ async fn default_run_keeps_data_in_engram_data_and_becomes_ready() {
         std::process::Command::new(env!("CARGO_BIN_EXE_engram"))
             .arg("serve")
             .current_dir(cwd.path())
-            .env("ENGRAM_HTTP_ADDR", "127.0.0.1:0"),
+            .env("ENGRAM_HTTP_ADDR", "127.0.0.1:0")
+            .env("ENGRAM_GRPC_ADDR", "127.0.0.1:0"),
     );
     server.wait_ready().await;
     let client = reqwest::Client::new();

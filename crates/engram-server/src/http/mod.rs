@@ -58,6 +58,11 @@ impl AppState {
     }
 
     /// The engine, once recovery has finished.
+    pub fn ready_engine(&self) -> Option<&Engine> {
+        self.inner.engine.get()
+    }
+
+    /// The engine, once recovery has finished.
     ///
     /// # Errors
     /// 503 while recovering.

@@ -14,6 +14,8 @@ use serde_json::{json, Value};
 pub struct ServerProcess {
     child: Child,
     pub addr: SocketAddr,
+    /// The gRPC listener's address.
+    pub grpc: SocketAddr,
     pub base: String,
     pub log: Arc<Mutex<Vec<String>>>,
 }
@@ -29,6 +31,8 @@ impl ServerProcess {
             data_dir.to_str().unwrap(),
             "--http-addr",
             "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
         ];
         args.extend_from_slice(extra);
         Self::spawn(Command::new(env!("CARGO_BIN_EXE_engram")).args(&args))
@@ -37,7 +41,7 @@ impl ServerProcess {
     /// Starts the binary as given (cwd, env and args set by the caller).
     pub fn spawn(cmd: &mut Command) -> Self {
         for (k, _) in std::env::vars() {
-            if k.starts_with("ENGRAM_") && k != "ENGRAM_HTTP_ADDR" {
+            if k.starts_with("ENGRAM_") && k != "ENGRAM_HTTP_ADDR" && k != "ENGRAM_GRPC_ADDR" {
                 cmd.env_remove(k);
             }
         }
@@ -55,29 +59,42 @@ impl ServerProcess {
             let log = log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if line.contains("listening") && line.contains("listener=\"http\"") {
-                        if let Some(addr) = line
-                            .split("addr=")
-                            .nth(1)
-                            .and_then(|s| s.split_whitespace().next())
-                        {
-                            let _ = tx.send(addr.parse::<SocketAddr>().expect("listener address"));
+                    if line.contains("listening") {
+                        for listener in ["http", "grpc"] {
+                            if line.contains(&format!("listener=\"{listener}\"")) {
+                                if let Some(addr) = line
+                                    .split("addr=")
+                                    .nth(1)
+                                    .and_then(|s| s.split_whitespace().next())
+                                {
+                                    let _ = tx.send((
+                                        listener,
+                                        addr.parse::<SocketAddr>().expect("listener address"),
+                                    ));
+                                }
+                            }
                         }
                     }
                     log.lock().unwrap().push(line);
                 }
             });
         }
-        let addr = rx.recv_timeout(START_DEADLINE).unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!(
-                "server did not log its HTTP address; log:\n{}",
-                log.lock().unwrap().join("\n")
-            )
-        });
+        let mut addrs = std::collections::HashMap::new();
+        while addrs.len() < 2 {
+            let Ok((listener, addr)) = rx.recv_timeout(START_DEADLINE) else {
+                let _ = child.kill();
+                panic!(
+                    "server did not log its listener addresses; log:\n{}",
+                    log.lock().unwrap().join("\n")
+                )
+            };
+            addrs.insert(listener, addr);
+        }
+        let (addr, grpc) = (addrs["http"], addrs["grpc"]);
         ServerProcess {
             child,
             addr,
+            grpc,
             base: format!("http://{addr}"),
             log,
         }

@@ -1,0 +1,131 @@
+//! Conversions between wire messages and engine types.
+
+use std::sync::Arc;
+
+use engram_core::model::Remembered;
+use engram_core::{Cue, EpisodeInput, Priority, RecalledMemory, SpaceInfo, StoredEpisode};
+use engram_proto::v1 as pb;
+use prost_types::Timestamp;
+use tonic::Status;
+
+/// Unix nanoseconds from a protobuf Timestamp.
+///
+/// # Errors
+/// INVALID_ARGUMENT for out-of-range nanos or a time before 1970 or after 2262.
+pub fn nanos(field: &str, t: &Timestamp) -> Result<i64, Status> {
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(Status::invalid_argument(format!(
+            "invalid {field}: nanos {} is outside 0..999999999",
+            t.nanos
+        )));
+    }
+    t.seconds
+        .checked_mul(1_000_000_000)
+        .and_then(|s| s.checked_add(i64::from(t.nanos)))
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| {
+            Status::invalid_argument(format!("invalid {field}: must be between 1970 and 2262"))
+        })
+}
+
+pub fn timestamp(nanos: i64) -> Timestamp {
+    Timestamp {
+        seconds: nanos.div_euclid(1_000_000_000),
+        nanos: nanos.rem_euclid(1_000_000_000) as i32,
+    }
+}
+
+/// # Errors
+/// INVALID_ARGUMENT for a bad timestamp.
+pub fn episode_input(e: pb::Episode) -> Result<EpisodeInput, Status> {
+    Ok(EpisodeInput {
+        id: Some(e.id).filter(|s| !s.is_empty()),
+        when_unix_nanos: e
+            .when
+            .as_ref()
+            .map(|t| nanos("episode.when", t))
+            .transpose()?,
+        what: e.what,
+        embedding: e.embedding,
+        encoding_confidence: e.encoding_confidence,
+        tags: e.tags,
+        metadata: e.metadata.into_iter().collect(),
+    })
+}
+
+/// # Errors
+/// INVALID_ARGUMENT for a missing cue or a bad timestamp.
+pub fn cue(c: Option<pb::Cue>) -> Result<Cue, Status> {
+    let c =
+        c.ok_or_else(|| Status::invalid_argument("missing cue: expected a Cue with an embedding"))?;
+    Ok(Cue {
+        embedding: c.embedding,
+        max_results: (c.max_results > 0).then_some(c.max_results as usize),
+        similarity_threshold: Some(c.similarity_threshold),
+        when_from: c
+            .when_from
+            .as_ref()
+            .map(|t| nanos("cue.when_from", t))
+            .transpose()?,
+        when_to: c
+            .when_to
+            .as_ref()
+            .map(|t| nanos("cue.when_to", t))
+            .transpose()?,
+    })
+}
+
+pub fn priority(p: i32) -> Priority {
+    match pb::Priority::try_from(p) {
+        Ok(pb::Priority::High) => Priority::High,
+        Ok(pb::Priority::Low) => Priority::Low,
+        _ => Priority::Normal,
+    }
+}
+
+pub fn episode(e: &Arc<StoredEpisode>, include_embeddings: bool) -> pb::Episode {
+    pb::Episode {
+        id: e.id.clone(),
+        when: Some(timestamp(e.when_unix_nanos)),
+        what: e.what.clone(),
+        embedding: if include_embeddings {
+            e.embedding.to_vec()
+        } else {
+            Vec::new()
+        },
+        encoding_confidence: Some(e.encoding_confidence),
+        tags: e.tags.clone(),
+        metadata: e.metadata.clone().into_iter().collect(),
+    }
+}
+
+pub fn recalled(m: &RecalledMemory, include_embeddings: bool) -> pb::RecalledMemory {
+    pb::RecalledMemory {
+        episode: Some(episode(&m.episode, include_embeddings)),
+        similarity: m.similarity,
+        confidence: m.confidence,
+        server_sequence: m.episode.server_sequence,
+        indexed: m.indexed,
+    }
+}
+
+pub fn space_info(i: &SpaceInfo) -> pb::SpaceInfo {
+    pb::SpaceInfo {
+        memory_space_id: i.memory_space_id.clone(),
+        dimension: i.dimension as u32,
+        count: i.count,
+        indexed_count: i.indexed_count,
+        queue_depth: i.queue_depth,
+        last_sequence: i.last_sequence,
+        index_lag_seconds: i.index_lag_seconds,
+    }
+}
+
+pub fn remembered(r: &Remembered) -> pb::RememberResponse {
+    pb::RememberResponse {
+        memory_id: r.memory_id.clone(),
+        server_sequence: r.server_sequence,
+        committed_at: Some(timestamp(r.committed_at_unix_nanos)),
+        duplicate: r.duplicate,
+    }
+}

@@ -1,0 +1,130 @@
+//! `engram.v1.Memory`: the unary operations, thin adapters over the engine.
+
+use engram_core::Engine;
+use engram_proto::v1 as pb;
+use engram_proto::v1::memory_server::Memory;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::status::{not_ready, status};
+use crate::http::AppState;
+
+pub struct MemoryService {
+    pub state: AppState,
+}
+
+impl MemoryService {
+    fn engine(&self) -> Result<Engine, Status> {
+        self.state.ready_engine().cloned().ok_or_else(not_ready)
+    }
+}
+
+#[tonic::async_trait]
+impl Memory for MemoryService {
+    async fn remember(
+        &self,
+        req: Request<pb::RememberRequest>,
+    ) -> Result<Response<pb::RememberResponse>, Status> {
+        let req = req.into_inner();
+        let episode = req.episode.ok_or_else(|| {
+            Status::invalid_argument("missing episode: expected an Episode with an embedding")
+        })?;
+        let input = convert::episode_input(episode)?;
+        let engine = self.engine()?;
+        let done = engine
+            .submit_remember(&req.memory_space_id, input, convert::priority(req.priority))
+            .map_err(status)?
+            .await
+            .map_err(status)?;
+        Ok(Response::new(convert::remembered(&done)))
+    }
+
+    async fn recall(
+        &self,
+        req: Request<pb::RecallRequest>,
+    ) -> Result<Response<pb::RecallResponse>, Status> {
+        let req = req.into_inner();
+        let cue = convert::cue(req.cue)?;
+        let engine = self.engine()?;
+        let space = req.memory_space_id;
+        let result = tokio::task::spawn_blocking(move || engine.recall(&space, cue))
+            .await
+            .map_err(|e| Status::internal(format!("recall task failed: {e}")))?
+            .map_err(status)?;
+        Ok(Response::new(pb::RecallResponse {
+            memories: result
+                .memories
+                .iter()
+                .map(|m| convert::recalled(m, req.include_embeddings))
+                .collect(),
+            more: false,
+            snapshot_sequence: result.snapshot_sequence,
+        }))
+    }
+
+    async fn forget(
+        &self,
+        req: Request<pb::ForgetRequest>,
+    ) -> Result<Response<pb::ForgetResponse>, Status> {
+        let req = req.into_inner();
+        self.engine()?
+            .forget(&req.memory_space_id, &req.memory_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ForgetResponse {}))
+    }
+
+    async fn create_space(
+        &self,
+        req: Request<pb::CreateSpaceRequest>,
+    ) -> Result<Response<pb::CreateSpaceResponse>, Status> {
+        let req = req.into_inner();
+        let dimension = (req.dimension > 0).then_some(req.dimension as usize);
+        let (info, created) = self
+            .engine()?
+            .create_space(&req.memory_space_id, dimension)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::CreateSpaceResponse {
+            space: Some(convert::space_info(&info)),
+            created,
+        }))
+    }
+
+    async fn list_spaces(
+        &self,
+        _req: Request<pb::ListSpacesRequest>,
+    ) -> Result<Response<pb::ListSpacesResponse>, Status> {
+        let spaces = self
+            .engine()?
+            .list_spaces()
+            .iter()
+            .map(convert::space_info)
+            .collect();
+        Ok(Response::new(pb::ListSpacesResponse { spaces }))
+    }
+
+    async fn describe_space(
+        &self,
+        req: Request<pb::DescribeSpaceRequest>,
+    ) -> Result<Response<pb::DescribeSpaceResponse>, Status> {
+        let info = self
+            .engine()?
+            .describe_space(&req.into_inner().memory_space_id)
+            .map_err(status)?;
+        Ok(Response::new(pb::DescribeSpaceResponse {
+            space: Some(convert::space_info(&info)),
+        }))
+    }
+
+    async fn delete_space(
+        &self,
+        req: Request<pb::DeleteSpaceRequest>,
+    ) -> Result<Response<pb::DeleteSpaceResponse>, Status> {
+        self.engine()?
+            .delete_space(&req.into_inner().memory_space_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DeleteSpaceResponse {}))
+    }
+}

@@ -1,0 +1,34 @@
+//! The one place where engine errors become gRPC statuses.
+
+use engram_core::Error;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+pub fn status(e: Error) -> Status {
+    let code = match &e {
+        Error::InvalidArgument { .. } | Error::DimensionMismatch { .. } => Code::InvalidArgument,
+        Error::SpaceNotFound(_) | Error::MemoryNotFound { .. } | Error::SessionNotFound(_) => {
+            Code::NotFound
+        }
+        Error::SpaceExists { .. } => Code::AlreadyExists,
+        Error::Overloaded { retry_after, .. } => {
+            // RetryInfo tells clients this is our admission control, not one
+            // of gRPC's own resource limits.
+            return Status::with_error_details(
+                Code::ResourceExhausted,
+                e.to_string(),
+                ErrorDetails::with_retry_info(Some(*retry_after)),
+            );
+        }
+        Error::ShuttingDown => Code::Unavailable,
+        Error::Storage(_) => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}
+
+/// Before recovery has finished.
+pub fn not_ready() -> Status {
+    Status::unavailable(
+        "the server is recovering its data; retry when grpc.health.v1 reports SERVING",
+    )
+}
