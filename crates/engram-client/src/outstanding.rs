@@ -35,8 +35,8 @@ pub(crate) enum AckOutcome {
 enum State {
     /// Needs a (new) wire number; listed in `waiting`.
     Waiting,
-    /// Sent under this wire number in the current session; listed in `on_wire`.
-    OnWire(u64),
+    /// Sent in the current session; listed (with its wire number) in `on_wire`.
+    OnWire,
     /// Answered; handed to the caller once everything before it is.
     Done(Answer),
 }
@@ -81,6 +81,7 @@ impl<P> Outstanding<P> {
     }
 
     /// Entries not yet handed to the caller.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
@@ -124,7 +125,7 @@ impl<P> Outstanding<P> {
         self.next_wire += 1;
         let i = self.index(seq);
         let e = &mut self.entries[i];
-        e.state = State::OnWire(wire);
+        e.state = State::OnWire;
         self.on_wire.push_back((wire, seq));
         Some(observation(wire, e))
     }
