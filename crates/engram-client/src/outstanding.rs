@@ -38,7 +38,7 @@ enum State {
     /// Sent in the current session; listed (with its wire number) in `on_wire`.
     OnWire,
     /// Answered; handed to the caller once everything before it is.
-    Done(Answer),
+    Done(Box<Answer>),
 }
 
 #[derive(Debug)]
@@ -161,7 +161,7 @@ impl<P> Outstanding<P> {
         let i = self.index(seq);
         let e = &mut self.entries[i];
         if status == AckStatus::AckAccepted {
-            e.state = State::Done(Answer::Accepted(Ack {
+            e.state = State::Done(Box::new(Answer::Accepted(Ack {
                 sequence_number: seq,
                 memory_id: ack.memory_id.clone(),
                 server_sequence: ack.server_sequence,
@@ -170,7 +170,7 @@ impl<P> Outstanding<P> {
                 replayed: ack.replayed,
                 wire_sequence: wire,
                 retries: e.retries,
-            }));
+            })));
             return Ok(AckOutcome::Answered);
         }
         if reason.is_retryable() && e.retries < self.retry.max_retries {
@@ -184,14 +184,14 @@ impl<P> Outstanding<P> {
                 delay,
             });
         }
-        e.state = State::Done(Answer::Rejected(Rejection {
+        e.state = State::Done(Box::new(Answer::Rejected(Rejection {
             sequence_number: seq,
             reason,
             message: ack.message.clone(),
             retry_after: (ack.retry_after_ms > 0).then(|| std::time::Duration::from_millis(ack.retry_after_ms)),
             retries: e.retries,
             episode: e.episode.clone(),
-        }));
+        })));
         Ok(AckOutcome::Answered)
     }
 
@@ -202,7 +202,7 @@ impl<P> Outstanding<P> {
         }
         let e = self.entries.pop_front()?;
         match e.state {
-            State::Done(answer) => Some((answer, e.permit)),
+            State::Done(answer) => Some((*answer, e.permit)),
             _ => unreachable!("checked above"),
         }
     }
@@ -292,15 +292,15 @@ fn observation<P>(wire: u64, e: &Entry<P>) -> Observation {
     }
 }
 
-fn closed<P>(e: &Entry<P>, message: &str) -> Answer {
-    Answer::Rejected(Rejection {
+fn closed<P>(e: &Entry<P>, message: &str) -> Box<Answer> {
+    Box::new(Answer::Rejected(Rejection {
         sequence_number: e.seq,
         reason: RejectReason::Closed,
         message: message.to_owned(),
         retry_after: None,
         retries: e.retries,
         episode: e.episode.clone(),
-    })
+    }))
 }
 
 #[cfg(test)]

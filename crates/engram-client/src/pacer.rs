@@ -110,7 +110,7 @@ mod tests {
         let mut now = t0;
         let mut sent = 0;
         while now < t0 + Duration::from_secs(1) {
-            if p.ready_at().map_or(true, |at| at <= now) {
+            if p.ready_at().unwrap_or(now) <= now {
                 p.on_sent(now);
                 sent += 1;
             }

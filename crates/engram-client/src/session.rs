@@ -371,7 +371,7 @@ impl Session {
     /// time, the overload hold and the pacer.
     fn gate(&self) -> Option<Instant> {
         let at = self.out.next_send_at()?;
-        Some([Some(at), self.hold_until, self.pacer.ready_at()].into_iter().flatten().max()?)
+        [Some(at), self.hold_until, self.pacer.ready_at()].into_iter().flatten().max()
     }
 
     /// The time to wake up for the next send, if there is one to wait for.

@@ -109,24 +109,20 @@ impl Source {
     async fn next(&mut self) -> Result<Option<Inbound>, Status> {
         match self {
             Source::Observe(s) => Ok(s.message().await?.map(Inbound::Observe)),
-            Source::Flow(s) => loop {
+            Source::Flow(s) => {
                 let Some(f) = s.message().await? else {
                     return Ok(None);
                 };
                 match f.request {
-                    Some(pb::flow_request::Request::Observe(o)) => {
-                        return Ok(Some(Inbound::Observe(o)))
-                    }
+                    Some(pb::flow_request::Request::Observe(o)) => Ok(Some(Inbound::Observe(o))),
                     Some(pb::flow_request::Request::Recall(r)) => {
-                        return Ok(Some(Inbound::Recall(f.request_id, r)))
+                        Ok(Some(Inbound::Recall(f.request_id, r)))
                     }
-                    None => {
-                        return Err(Status::invalid_argument(
-                            "FlowRequest without a request: expected 'observe' or 'recall'",
-                        ))
-                    }
+                    None => Err(Status::invalid_argument(
+                        "FlowRequest without a request: expected 'observe' or 'recall'",
+                    )),
                 }
-            },
+            }
         }
     }
 }
