@@ -70,28 +70,32 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
 
     let started = Instant::now();
     let mut rng = rand::thread_rng();
+    // Recall by the first observation's embedding: once its ack is out, it
+    // is the top hit (similarity 1) in every recall that follows.
+    let probe = random_unit_vector(&mut rng);
     for i in 0..OBSERVATIONS {
-        let embedding = random_unit_vector(&mut rng);
-        sender.send(episode(format!("observation {i}"), embedding.clone())).await?;
+        let embedding = if i == 0 { probe.clone() } else { random_unit_vector(&mut rng) };
+        sender.send(episode(format!("observation {i}"), embedding)).await?;
         if (i + 1) % RECALL_EVERY == 0 {
-            // Recall by the episode just sent: it shows up once its ack is out.
             let recalled = client
-                .recall_stream(SPACE, cue(embedding, 5))
+                .recall_stream(SPACE, cue(probe.clone(), 5))
                 .await?
                 .collect_all()
                 .await?;
-            let top = recalled.memories.first().map(|m| {
-                let what = m.episode.as_ref().map_or("", |e| e.what.as_str()).to_owned();
-                (what, m.similarity)
-            });
+            let top = recalled.memories.first().map_or_else(
+                || "-".to_owned(),
+                |m| {
+                    let what = m.episode.as_ref().map_or("", |e| e.what.as_str());
+                    format!("{what:?} (similarity {:.3}, indexed {})", m.similarity, m.indexed)
+                },
+            );
             println!(
-                "sent {:>4} | in flight {:>4} | recall: {} memories in {} batch(es), snapshot_sequence {}, top {:?}",
+                "sent {:>4} | in flight {:>4} | recall: {} memories in {} batch(es), snapshot_sequence {:>4}, top {top}",
                 i + 1,
                 sender.in_flight(),
                 recalled.memories.len(),
                 recalled.batches,
                 recalled.snapshot_sequence,
-                top
             );
         }
     }

@@ -41,7 +41,7 @@ pub enum ClientError {
         message: String,
     },
     /// Any other status the server (or tonic) answered with.
-    #[error("server answered {code:?}: {message}")]
+    #[error("gRPC status {code:?}: {message}")]
     Status { code: Code, message: String },
     /// The observe session is closed (by [`ObserveSender::close`](crate::ObserveSender::close)
     /// or because it failed); the reason says which.

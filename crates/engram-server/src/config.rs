@@ -174,20 +174,8 @@ impl ServerConfig {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
-        let q = &self.engine.queue;
-        if q.capacity == 0 {
-            return bad("engine.queue.capacity must be at least 1");
-        }
-        if !(q.per_space_share > 0.0 && q.per_space_share <= 1.0) {
-            return bad("engine.queue.per_space_share must be in (0, 1]");
-        }
-        if !(0.0 < q.adaptive_at
-            && q.adaptive_at <= q.slow_down_at
-            && q.slow_down_clear_at <= q.slow_down_at
-            && q.slow_down_at <= q.reject_at
-            && q.reject_at <= 1.0)
-        {
-            return bad("engine.queue thresholds need 0 < adaptive_at <= slow_down_at <= reject_at <= 1 and slow_down_clear_at <= slow_down_at");
+        if let Err(e) = self.engine.queue.validate() {
+            return Err(ConfigError::Invalid(format!("engine.queue: {e}")));
         }
         if self.engine.min_batch == 0 || self.engine.max_batch < self.engine.min_batch {
             return bad(

@@ -93,6 +93,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         )
         .route("/v1/spaces/:space_id/recall", post(rest::recall))
         .route("/v1/admin/indexing/:action", post(admin_indexing))
+        .route("/v1/admin/faults", post(admin_faults))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -144,6 +145,56 @@ async fn admin_indexing(
     Ok(Json(
         json!({"indexing": action, "queue_depth": engine.queue_depth()}),
     ))
+}
+
+/// Body of `POST /v1/admin/faults`; every field optional.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultsJson {
+    /// Kill this indexing worker at its next batch.
+    #[serde(default)]
+    kill_worker: Option<usize>,
+    /// Kill whichever worker takes the next batch, this many times.
+    #[serde(default)]
+    kill_any: Option<u32>,
+    /// Sleep before indexing each observation (0 turns it off).
+    #[serde(default)]
+    index_delay_ms: Option<u64>,
+    /// Sleep before each group commit (0 turns it off).
+    #[serde(default)]
+    accept_delay_ms: Option<u64>,
+}
+
+/// `POST /v1/admin/faults`, only with `engine.fault_injection`.
+async fn admin_faults(
+    State(state): State<AppState>,
+    rest::JsonBody(body): rest::JsonBody<FaultsJson>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let engine = state.engine()?;
+    let Some(faults) = engine.faults() else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "admin routes are disabled; start the server with --fault-injection (engine.fault_injection = true) to enable them",
+        ));
+    };
+    if let Some(w) = body.kill_worker {
+        faults.kill_worker(w);
+    }
+    for _ in 0..body.kill_any.unwrap_or(0) {
+        faults.kill_any_worker();
+    }
+    if let Some(ms) = body.index_delay_ms {
+        faults.set_index_delay(std::time::Duration::from_millis(ms));
+    }
+    if let Some(ms) = body.accept_delay_ms {
+        faults.set_accept_delay(std::time::Duration::from_millis(ms));
+    }
+    Ok(Json(json!({
+        "kills_armed": faults.kills_armed(),
+        "worker_restarts": engine.worker_restarts(),
+        "queue_depth": engine.queue_depth(),
+    })))
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
