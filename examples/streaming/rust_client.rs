@@ -61,7 +61,10 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
                 }
                 Answer::Rejected(r) => {
                     rejected += 1;
-                    eprintln!("  rejected #{}: {:?}: {}", r.sequence_number, r.reason, r.message);
+                    eprintln!(
+                        "  rejected #{}: {:?}: {}",
+                        r.sequence_number, r.reason, r.message
+                    );
                 }
             }
         }
@@ -74,8 +77,14 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     // is the top hit (similarity 1) in every recall that follows.
     let probe = random_unit_vector(&mut rng);
     for i in 0..OBSERVATIONS {
-        let embedding = if i == 0 { probe.clone() } else { random_unit_vector(&mut rng) };
-        sender.send(episode(format!("observation {i}"), embedding)).await?;
+        let embedding = if i == 0 {
+            probe.clone()
+        } else {
+            random_unit_vector(&mut rng)
+        };
+        sender
+            .send(episode(format!("observation {i}"), embedding))
+            .await?;
         if (i + 1) % RECALL_EVERY == 0 {
             let recalled = client
                 .recall_stream(SPACE, cue(probe.clone(), 5))
@@ -86,7 +95,10 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
                 || "-".to_owned(),
                 |m| {
                     let what = m.episode.as_ref().map_or("", |e| e.what.as_str());
-                    format!("{what:?} (similarity {:.3}, indexed {})", m.similarity, m.indexed)
+                    format!(
+                        "{what:?} (similarity {:.3}, indexed {})",
+                        m.similarity, m.indexed
+                    )
                 },
             );
             println!(
@@ -112,14 +124,21 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
         OBSERVATIONS as f64 / secs
     );
     if accepted != OBSERVATIONS {
-        return Err(format!("expected {OBSERVATIONS} accepted observations, got {accepted}").into());
+        return Err(
+            format!("expected {OBSERVATIONS} accepted observations, got {accepted}").into(),
+        );
     }
     Ok(())
 }
 
 fn random_unit_vector(rng: &mut impl Rng) -> Vec<f32> {
     let mut v: Vec<f32> = (0..DIMENSION).map(|_| rng.gen_range(-1.0..1.0)).collect();
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
+    let norm = v
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::MIN_POSITIVE);
     v.iter_mut().for_each(|x| *x /= norm);
     v
 }

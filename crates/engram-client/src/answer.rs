@@ -136,8 +136,14 @@ mod tests {
 
     #[test]
     fn wire_reasons_map_and_unknown_ones_are_kept() {
-        assert_eq!(RejectReason::from_wire(Reason::RejectOverloaded as i32), RejectReason::Overloaded);
-        assert_eq!(RejectReason::from_wire(Reason::RejectInvalid as i32), RejectReason::Invalid);
+        assert_eq!(
+            RejectReason::from_wire(Reason::RejectOverloaded as i32),
+            RejectReason::Overloaded
+        );
+        assert_eq!(
+            RejectReason::from_wire(Reason::RejectInvalid as i32),
+            RejectReason::Invalid
+        );
         assert_eq!(RejectReason::from_wire(0), RejectReason::Other(0));
         assert_eq!(RejectReason::from_wire(99), RejectReason::Other(99));
         assert!(RejectReason::Overloaded.is_retryable());

@@ -13,7 +13,10 @@ pub(crate) struct Backoff {
 
 impl Backoff {
     pub(crate) fn new(policy: BackoffPolicy) -> Self {
-        Backoff { policy, attempts: 0 }
+        Backoff {
+            policy,
+            attempts: 0,
+        }
     }
 
     /// Attempts handed out so far.

@@ -4,8 +4,9 @@
 use engram_proto::v1::memory_client::MemoryClient as GrpcMemory;
 use engram_proto::v1::streaming_client::StreamingClient as GrpcStreaming;
 use engram_proto::v1::{
-    CreateSpaceRequest, CreateSpaceResponse, Cue, DeleteSpaceRequest, DescribeSpaceRequest, Episode, ForgetRequest,
-    ListSpacesRequest, Priority, RecallRequest, RecallResponse, RememberRequest, RememberResponse, SpaceInfo,
+    CreateSpaceRequest, CreateSpaceResponse, Cue, DeleteSpaceRequest, DescribeSpaceRequest,
+    Episode, ForgetRequest, ListSpacesRequest, Priority, RecallRequest, RecallResponse,
+    RememberRequest, RememberResponse, SpaceInfo,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -142,14 +143,20 @@ impl StreamingClient {
     /// [`recall_stream`](Self::recall_stream) with every field of the
     /// request under the caller's control (batch size, embeddings).
     pub async fn recall_stream_with(&self, request: RecallRequest) -> Result<RecallStream> {
-        let inner = self.streaming.clone().recall_stream(request).await?.into_inner();
+        let inner = self
+            .streaming
+            .clone()
+            .recall_stream(request)
+            .await?
+            .into_inner();
         Ok(RecallStream::new(inner))
     }
 
     /// Stores one episode (unary). Over capacity this fails with
     /// [`ClientError::Overloaded`] and its `retry_after`; it is not retried.
     pub async fn remember(&self, space: &str, episode: Episode) -> Result<RememberResponse> {
-        self.remember_with_priority(space, episode, Priority::Normal).await
+        self.remember_with_priority(space, episode, Priority::Normal)
+            .await
     }
 
     /// [`remember`](Self::remember) with an indexing priority.
@@ -195,12 +202,23 @@ impl StreamingClient {
             memory_space_id: space.to_owned(),
             dimension,
         };
-        Ok(self.memory.clone().create_space(request).await?.into_inner())
+        Ok(self
+            .memory
+            .clone()
+            .create_space(request)
+            .await?
+            .into_inner())
     }
 
     /// Every space with its counts.
     pub async fn list_spaces(&self) -> Result<Vec<SpaceInfo>> {
-        Ok(self.memory.clone().list_spaces(ListSpacesRequest {}).await?.into_inner().spaces)
+        Ok(self
+            .memory
+            .clone()
+            .list_spaces(ListSpacesRequest {})
+            .await?
+            .into_inner()
+            .spaces)
     }
 
     /// Dimension, count, indexed count, queue depth and index lag of a space.
@@ -214,7 +232,11 @@ impl StreamingClient {
             .await?
             .into_inner()
             .space
-            .ok_or_else(|| ClientError::Protocol(format!("DescribeSpace for {space:?} answered without a space")))
+            .ok_or_else(|| {
+                ClientError::Protocol(format!(
+                    "DescribeSpace for {space:?} answered without a space"
+                ))
+            })
     }
 
     /// Deletes a space and everything in it.
@@ -239,13 +261,20 @@ impl StreamingClient {
 }
 
 fn endpoint(url: String, options: &ClientOptions) -> Result<Endpoint> {
-    let full = if url.contains("://") { url.clone() } else { format!("http://{url}") };
-    let endpoint = Endpoint::from_shared(full).map_err(|source| ClientError::InvalidUrl { url, source })?;
+    let full = if url.contains("://") {
+        url.clone()
+    } else {
+        format!("http://{url}")
+    };
+    let endpoint =
+        Endpoint::from_shared(full).map_err(|source| ClientError::InvalidUrl { url, source })?;
     Ok(configure(endpoint, options))
 }
 
 fn configure(endpoint: Endpoint, options: &ClientOptions) -> Endpoint {
-    let endpoint = endpoint.connect_timeout(options.connect_timeout).tcp_nodelay(true);
+    let endpoint = endpoint
+        .connect_timeout(options.connect_timeout)
+        .tcp_nodelay(true);
     match options.keepalive_interval {
         Some(interval) => endpoint
             .http2_keep_alive_interval(interval)
@@ -277,7 +306,9 @@ mod tests {
     #[tokio::test]
     async fn connecting_to_nothing_is_a_transport_error() {
         // Port 1 on loopback: nothing listens there.
-        let err = StreamingClient::connect("http://127.0.0.1:1").await.unwrap_err();
+        let err = StreamingClient::connect("http://127.0.0.1:1")
+            .await
+            .unwrap_err();
         assert!(matches!(err, ClientError::Transport(_)), "{err:?}");
     }
 }

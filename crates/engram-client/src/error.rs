@@ -50,7 +50,10 @@ pub enum ClientError {
     /// The stream broke and every reconnect attempt allowed by
     /// [`BackoffPolicy`](crate::BackoffPolicy) failed.
     #[error("gave up reconnecting after {attempts} attempts; last error: {last}")]
-    ReconnectFailed { attempts: u32, last: Box<ClientError> },
+    ReconnectFailed {
+        attempts: u32,
+        last: Box<ClientError>,
+    },
     /// The server said something the protocol does not allow (an ack out of
     /// order, a missing init_ack, ...). A bug on one side; not retried.
     #[error("protocol error: {0}")]
@@ -93,7 +96,11 @@ impl ClientError {
             ClientError::Transport(_) => true,
             ClientError::Status { code, .. } => matches!(
                 code,
-                Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled | Code::DeadlineExceeded
+                Code::Unavailable
+                    | Code::Unknown
+                    | Code::Internal
+                    | Code::Cancelled
+                    | Code::DeadlineExceeded
             ),
             _ => false,
         }
@@ -145,7 +152,16 @@ mod tests {
     #[test]
     fn resource_exhausted_without_retry_info_is_a_plain_status() {
         let e = ClientError::from(tonic::Status::resource_exhausted("message too large"));
-        assert!(matches!(e, ClientError::Status { code: Code::ResourceExhausted, .. }), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                ClientError::Status {
+                    code: Code::ResourceExhausted,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
         assert_eq!(e.retry_after(), None);
     }
 
@@ -155,17 +171,39 @@ mod tests {
             ClientError::from(tonic::Status::invalid_argument("bad")),
             ClientError::InvalidArgument(m) if m == "bad"
         ));
-        assert!(matches!(ClientError::from(tonic::Status::not_found("x")), ClientError::NotFound(_)));
-        assert_eq!(ClientError::from(tonic::Status::aborted("x")).code(), Some(Code::Aborted));
+        assert!(matches!(
+            ClientError::from(tonic::Status::not_found("x")),
+            ClientError::NotFound(_)
+        ));
+        assert_eq!(
+            ClientError::from(tonic::Status::aborted("x")).code(),
+            Some(Code::Aborted)
+        );
     }
 
     #[test]
     fn transient_errors_are_the_transport_ones() {
-        for code in [Code::Unavailable, Code::Unknown, Code::Internal, Code::Cancelled] {
-            assert!(ClientError::from(tonic::Status::new(code, "")).is_transient(), "{code:?}");
+        for code in [
+            Code::Unavailable,
+            Code::Unknown,
+            Code::Internal,
+            Code::Cancelled,
+        ] {
+            assert!(
+                ClientError::from(tonic::Status::new(code, "")).is_transient(),
+                "{code:?}"
+            );
         }
-        for code in [Code::InvalidArgument, Code::NotFound, Code::Aborted, Code::PermissionDenied] {
-            assert!(!ClientError::from(tonic::Status::new(code, "")).is_transient(), "{code:?}");
+        for code in [
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::Aborted,
+            Code::PermissionDenied,
+        ] {
+            assert!(
+                !ClientError::from(tonic::Status::new(code, "")).is_transient(),
+                "{code:?}"
+            );
         }
         assert!(!ClientError::Protocol("x".into()).is_transient());
     }

@@ -191,7 +191,11 @@ impl ObserveSender {
 
     /// Like [`send`](Self::send), with an indexing priority (HIGH may use
     /// the last 10% of the server's queue).
-    pub async fn send_with_priority(&self, mut episode: Episode, priority: Priority) -> Result<u64> {
+    pub async fn send_with_priority(
+        &self,
+        mut episode: Episode,
+        priority: Priority,
+    ) -> Result<u64> {
         if let Some(reason) = self.ended() {
             return Err(ClientError::Closed(reason));
         }
@@ -243,7 +247,13 @@ impl ObserveSender {
     /// close (the `AckStream` carries the cause).
     pub async fn close(self, drain: bool) -> Result<StreamClosed> {
         let (reply, answer) = oneshot::channel();
-        if self.inner.close.send(CloseCommand { drain, reply }).await.is_err() {
+        if self
+            .inner
+            .close
+            .send(CloseCommand { drain, reply })
+            .await
+            .is_err()
+        {
             return self.already_closed();
         }
         match answer.await {
@@ -303,7 +313,10 @@ impl ObserveSender {
     }
 
     fn closed_error(&self) -> ClientError {
-        ClientError::Closed(self.ended().unwrap_or_else(|| "the session has ended".into()))
+        ClientError::Closed(
+            self.ended()
+                .unwrap_or_else(|| "the session has ended".into()),
+        )
     }
 
     fn already_closed(&self) -> Result<StreamClosed> {

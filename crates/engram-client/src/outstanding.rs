@@ -97,7 +97,14 @@ impl<P> Outstanding<P> {
 
     /// Adds a new observation with caller number `seq`, to be sent as soon
     /// as the session may. Caller numbers must come in order, +1 each.
-    pub(crate) fn push(&mut self, seq: u64, episode: Episode, priority: i32, permit: P, now: Instant) {
+    pub(crate) fn push(
+        &mut self,
+        seq: u64,
+        episode: Episode,
+        priority: i32,
+        permit: P,
+        now: Instant,
+    ) {
         if let Some(last) = self.entries.back() {
             debug_assert_eq!(seq, last.seq + 1, "caller numbers must be contiguous");
         }
@@ -133,7 +140,11 @@ impl<P> Outstanding<P> {
     /// Applies the server's ack. An ack that does not answer the oldest
     /// observation on the wire, or an out-of-order rejection, means the two
     /// sides disagree on numbering: a protocol error.
-    pub(crate) fn on_ack(&mut self, ack: &ObservationAck, now: Instant) -> Result<AckOutcome, String> {
+    pub(crate) fn on_ack(
+        &mut self,
+        ack: &ObservationAck,
+        now: Instant,
+    ) -> Result<AckOutcome, String> {
         let Some(&(wire, seq)) = self.on_wire.front() else {
             return Err(format!(
                 "ack for sequence {} but no observation is waiting for one",
@@ -149,7 +160,9 @@ impl<P> Outstanding<P> {
         let status = AckStatus::try_from(ack.status).unwrap_or(AckStatus::AckUnspecified);
         let reason = RejectReason::from_wire(ack.reason);
         if status == AckStatus::AckUnspecified {
-            return Err(format!("ack for sequence {wire} has no status (expected ACCEPTED or REJECTED)"));
+            return Err(format!(
+                "ack for sequence {wire} has no status (expected ACCEPTED or REJECTED)"
+            ));
         }
         if status == AckStatus::AckRejected && reason == RejectReason::OutOfOrder {
             return Err(format!(
@@ -188,7 +201,8 @@ impl<P> Outstanding<P> {
             sequence_number: seq,
             reason,
             message: ack.message.clone(),
-            retry_after: (ack.retry_after_ms > 0).then(|| std::time::Duration::from_millis(ack.retry_after_ms)),
+            retry_after: (ack.retry_after_ms > 0)
+                .then(|| std::time::Duration::from_millis(ack.retry_after_ms)),
             retries: e.retries,
             episode: e.episode.clone(),
         })));
@@ -360,11 +374,15 @@ mod tests {
     }
 
     fn send_all(o: &mut Out) -> Vec<u64> {
-        std::iter::from_fn(|| o.take_next()).map(|obs| obs.sequence_number).collect()
+        std::iter::from_fn(|| o.take_next())
+            .map(|obs| obs.sequence_number)
+            .collect()
     }
 
     fn answers(o: &mut Out) -> Vec<Answer> {
-        std::iter::from_fn(|| o.pop_answered()).map(|(a, ())| a).collect()
+        std::iter::from_fn(|| o.pop_answered())
+            .map(|(a, ())| a)
+            .collect()
     }
 
     #[test]
@@ -379,7 +397,14 @@ mod tests {
         let a = answers(&mut o);
         assert_eq!(a.len(), 2);
         let first = a[0].accepted().unwrap();
-        assert_eq!((first.sequence_number, first.wire_sequence, first.server_sequence), (1, 1, 10));
+        assert_eq!(
+            (
+                first.sequence_number,
+                first.wire_sequence,
+                first.server_sequence
+            ),
+            (1, 1, 10)
+        );
         assert_eq!(first.memory_id, "m10");
         assert_eq!(o.len(), 1);
         o.on_ack(&accepted(3, 12), now).unwrap();
@@ -392,8 +417,13 @@ mod tests {
         let now = Instant::now();
         let mut o = pushed(2, now);
         send_all(&mut o);
-        assert!(o.on_ack(&accepted(2, 1), now).unwrap_err().contains("oldest unanswered observation is 1"));
-        assert!(o.on_ack(&rejected(1, Reason::RejectOutOfOrder, 0), now).is_err());
+        assert!(o
+            .on_ack(&accepted(2, 1), now)
+            .unwrap_err()
+            .contains("oldest unanswered observation is 1"));
+        assert!(o
+            .on_ack(&rejected(1, Reason::RejectOutOfOrder, 0), now)
+            .is_err());
         let mut empty = Out::new(policy(1));
         assert!(empty.on_ack(&accepted(1, 1), now).is_err());
         let mut o = pushed(1, now);
@@ -410,7 +440,9 @@ mod tests {
         let t0 = Instant::now();
         let mut o = pushed(3, t0);
         assert_eq!(send_all(&mut o), vec![1, 2, 3]);
-        let out = o.on_ack(&rejected(1, Reason::RejectOverloaded, 250), t0).unwrap();
+        let out = o
+            .on_ack(&rejected(1, Reason::RejectOverloaded, 250), t0)
+            .unwrap();
         assert_eq!(
             out,
             AckOutcome::Retrying {
@@ -432,7 +464,10 @@ mod tests {
         let seqs: Vec<u64> = a.iter().map(Answer::sequence_number).collect();
         assert_eq!(seqs, vec![1, 2, 3]);
         let first = a[0].accepted().unwrap();
-        assert_eq!((first.wire_sequence, first.retries, first.server_sequence), (4, 1, 3));
+        assert_eq!(
+            (first.wire_sequence, first.retries, first.server_sequence),
+            (4, 1, 3)
+        );
     }
 
     #[test]
@@ -442,12 +477,17 @@ mod tests {
         o.push(1, ep(1), 0, (), now);
         for wire in 1..=2 {
             assert_eq!(o.take_next().unwrap().sequence_number, wire);
-            let out = o.on_ack(&rejected(wire, Reason::RejectOverloaded, 0), now).unwrap();
+            let out = o
+                .on_ack(&rejected(wire, Reason::RejectOverloaded, 0), now)
+                .unwrap();
             assert!(matches!(out, AckOutcome::Retrying { retry, delay, .. }
                 if retry == wire as u32 && delay == Duration::from_millis(100)));
         }
         assert_eq!(o.take_next().unwrap().sequence_number, 3);
-        assert_eq!(o.on_ack(&rejected(3, Reason::RejectOverloaded, 40), now), Ok(AckOutcome::Answered));
+        assert_eq!(
+            o.on_ack(&rejected(3, Reason::RejectOverloaded, 40), now),
+            Ok(AckOutcome::Answered)
+        );
         let a = answers(&mut o);
         let r = a[0].rejected().unwrap();
         assert_eq!(r.reason, RejectReason::Overloaded);
@@ -461,7 +501,8 @@ mod tests {
         let now = Instant::now();
         let mut o = pushed(2, now);
         send_all(&mut o);
-        o.on_ack(&rejected(1, Reason::RejectInvalid, 0), now).unwrap();
+        o.on_ack(&rejected(1, Reason::RejectInvalid, 0), now)
+            .unwrap();
         o.on_ack(&accepted(2, 1), now).unwrap();
         let a = answers(&mut o);
         assert_eq!(a[0].rejected().unwrap().reason, RejectReason::Invalid);
@@ -476,7 +517,12 @@ mod tests {
         o.on_ack(&accepted(1, 1), now).unwrap();
         o.on_ack(&accepted(2, 2), now).unwrap();
         // The server answered 3 and 4 but those acks were lost with the stream.
-        let resend: Vec<u64> = o.resume(4).unwrap().iter().map(|x| x.sequence_number).collect();
+        let resend: Vec<u64> = o
+            .resume(4)
+            .unwrap()
+            .iter()
+            .map(|x| x.sequence_number)
+            .collect();
         assert_eq!(resend, vec![3, 4, 5]);
         // Replays answer them; numbering continues after 5.
         let mut replay = accepted(3, 3);
@@ -497,7 +543,10 @@ mod tests {
         o.on_ack(&accepted(1, 1), now).unwrap();
         assert!(o.resume(4).unwrap_err().contains("sent only up to 3"));
         // We hold the answer to 1; a server that says it answered nothing forgot it.
-        assert!(o.resume(0).unwrap_err().contains("already has answers up to 1"));
+        assert!(o
+            .resume(0)
+            .unwrap_err()
+            .contains("already has answers up to 1"));
         assert_eq!(o.resume(1).unwrap().len(), 2);
         assert_eq!(o.resume(3).unwrap().len(), 2);
     }
@@ -508,7 +557,8 @@ mod tests {
         let mut o = pushed(4, now);
         send_all(&mut o);
         o.on_ack(&accepted(1, 1), now).unwrap();
-        o.on_ack(&rejected(2, Reason::RejectOverloaded, 500), now).unwrap();
+        o.on_ack(&rejected(2, Reason::RejectOverloaded, 500), now)
+            .unwrap();
         o.restart_session(now);
         assert_eq!(o.highest_sent(), 0);
         // 3 and 4 go first (ready now); 2 waits for its retry time.
@@ -516,7 +566,10 @@ mod tests {
         let sent: Vec<(u64, String)> = std::iter::from_fn(|| o.take_next())
             .map(|x| (x.sequence_number, x.episode.unwrap().id))
             .collect();
-        assert_eq!(sent, vec![(1, "e2".into()), (2, "e3".into()), (3, "e4".into())]);
+        assert_eq!(
+            sent,
+            vec![(1, "e2".into()), (2, "e3".into()), (3, "e4".into())]
+        );
     }
 
     #[test]
@@ -530,7 +583,10 @@ mod tests {
         let a = answers(&mut o);
         assert!(a[0].is_accepted());
         assert_eq!(a[1].rejected().unwrap().reason, RejectReason::Closed);
-        assert_eq!(a[2].rejected().unwrap().message, "closed before it was sent");
+        assert_eq!(
+            a[2].rejected().unwrap().message,
+            "closed before it was sent"
+        );
 
         let mut o = pushed(2, now);
         send_all(&mut o);

@@ -12,7 +12,8 @@ use engram_proto::v1::observe_response::Response;
 use engram_proto::v1::stream_status::State as WireState;
 use engram_proto::v1::streaming_client::StreamingClient as GrpcStreaming;
 use engram_proto::v1::{
-    FlowControl, ObserveRequest, ObserveResponse, StreamClose, StreamClosed, StreamInit, StreamInitAck, StreamStatus,
+    FlowControl, ObserveRequest, ObserveResponse, StreamClose, StreamClosed, StreamInit,
+    StreamInitAck, StreamStatus,
 };
 use tokio::sync::{broadcast, mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{sleep_until, Instant, MissedTickBehavior};
@@ -24,8 +25,8 @@ use crate::answer::Answer;
 use crate::backoff::Backoff;
 use crate::error::{ClientError, Result};
 use crate::observe::{
-    lock, AckStream, CloseCommand, Delivery, ObserveCommand, ObserveSender, SenderParts, SessionEvent, SessionState,
-    Shared,
+    lock, AckStream, CloseCommand, Delivery, ObserveCommand, ObserveSender, SenderParts,
+    SessionEvent, SessionState, Shared,
 };
 use crate::options::ClientOptions;
 use crate::outstanding::{AckOutcome, Outstanding};
@@ -60,10 +61,15 @@ pub(crate) async fn open(
         resume_session_id: resume.unwrap_or_default().to_owned(),
         enable_backpressure: options.enable_backpressure,
     });
-    tx.try_send(ObserveRequest { request: Some(init) })
-        .expect("a fresh channel has room for init");
+    tx.try_send(ObserveRequest {
+        request: Some(init),
+    })
+    .expect("a fresh channel has room for init");
     let handshake = async {
-        let mut inbound = grpc.observe_stream(ReceiverStream::new(rx)).await?.into_inner();
+        let mut inbound = grpc
+            .observe_stream(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
         match inbound.message().await? {
             Some(ObserveResponse {
                 response: Some(Response::InitAck(ack)),
@@ -129,6 +135,7 @@ pub(crate) fn spawn(
         session_id: String::new(),
         closing: None,
         intake_open: true,
+        close_open: true,
         last_write: Instant::now(),
     };
     task.on_opened(&conn.ack);
@@ -179,8 +186,10 @@ struct Session {
     hold_until: Option<Instant>,
     session_id: String,
     closing: Option<Closing>,
-    /// False once every `ObserveSender` is gone.
+    /// False once every `ObserveSender` is gone and their observations taken.
     intake_open: bool,
+    /// False once every `ObserveSender` is gone.
+    close_open: bool,
     last_write: Instant,
 }
 
@@ -200,7 +209,8 @@ impl Session {
 
     /// Runs one stream until it ends.
     async fn drive(&mut self, conn: &mut Opened) -> End {
-        let period = (self.options.heartbeat_interval / 2).max(std::time::Duration::from_millis(10));
+        let period =
+            (self.options.heartbeat_interval / 2).max(std::time::Duration::from_millis(10));
         let mut heartbeat = tokio::time::interval(period);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -215,7 +225,7 @@ impl Session {
             let event = tokio::select! {
                 biased;
                 m = conn.inbound.message() => Event::Inbound(m),
-                c = self.close_rx.recv(), if self.intake_open => Event::Close(c),
+                c = self.close_rx.recv(), if self.close_open => Event::Close(c),
                 o = self.observe_rx.recv(), if self.intake_open => Event::Observe(o),
                 _ = sleep_until(send_at.unwrap_or(now)), if send_at.is_some() => Event::SendTime,
                 _ = heartbeat.tick() => Event::Heartbeat,
@@ -250,8 +260,10 @@ impl Session {
                         }
                     }
                 }
-                Event::Observe(None) | Event::Close(None) => {
-                    // Every sender is gone: drain and close.
+                // Every sender is gone; observations they sent may still be
+                // queued, so only the end of that queue means "drain and close".
+                Event::Close(None) => self.close_open = false,
+                Event::Observe(None) => {
                     self.intake_open = false;
                     if self.closing.is_none() {
                         self.closing = Some(Closing {
@@ -267,7 +279,11 @@ impl Session {
                     if now.duration_since(self.last_write) >= self.options.heartbeat_interval {
                         let flow = Request::Flow(FlowControl {
                             action: Action::BufferStatus as i32,
-                            buffer_remaining: self.permits.available_permits().min(u32::MAX as usize) as u32,
+                            buffer_remaining: self
+                                .permits
+                                .available_permits()
+                                .min(u32::MAX as usize)
+                                as u32,
                         });
                         // A full buffer means traffic is flowing: no heartbeat needed.
                         let _ = self.write(conn, flow);
@@ -278,10 +294,12 @@ impl Session {
     }
 
     fn take_observation(&mut self, cmd: ObserveCommand, now: Instant) {
-        self.out.push(cmd.seq, cmd.episode, cmd.priority, cmd.permit, now);
+        self.out
+            .push(cmd.seq, cmd.episode, cmd.priority, cmd.permit, now);
         if self.closing.as_ref().is_some_and(|c| c.sent || !c.drain) {
             // Raced with a close: it cannot be sent any more.
-            self.out.reject_waiting("the session was closed before this observation was sent");
+            self.out
+                .reject_waiting("the session was closed before this observation was sent");
             self.deliver();
         }
     }
@@ -298,8 +316,9 @@ impl Session {
             closing.drain = false;
         }
         if !closing.drain {
-            self.out
-                .reject_waiting("the session was closed (without drain) before this observation was sent");
+            self.out.reject_waiting(
+                "the session was closed (without drain) before this observation was sent",
+            );
             self.deliver();
         }
     }
@@ -360,7 +379,10 @@ impl Session {
             return Ok(());
         }
         while self.gate().is_some_and(|at| at <= now) {
-            let obs = self.out.take_next().expect("gate implies a waiting observation");
+            let obs = self
+                .out
+                .take_next()
+                .expect("gate implies a waiting observation");
             self.pacer.on_sent(now);
             self.write(conn, Request::Observation(obs))?;
         }
@@ -371,7 +393,10 @@ impl Session {
     /// time, the overload hold and the pacer.
     fn gate(&self) -> Option<Instant> {
         let at = self.out.next_send_at()?;
-        [Some(at), self.hold_until, self.pacer.ready_at()].into_iter().flatten().max()
+        [Some(at), self.hold_until, self.pacer.ready_at()]
+            .into_iter()
+            .flatten()
+            .max()
     }
 
     /// The time to wake up for the next send, if there is one to wait for.
@@ -400,7 +425,9 @@ impl Session {
     /// Queues one message on the stream. A stream the transport already
     /// dropped is not an error here: reading it reports why.
     fn write(&mut self, conn: &Opened, request: Request) -> Result<()> {
-        match conn.tx.try_send(ObserveRequest { request: Some(request) }) {
+        match conn.tx.try_send(ObserveRequest {
+            request: Some(request),
+        }) {
             Ok(()) => {
                 self.last_write = Instant::now();
                 Ok(())
@@ -426,7 +453,10 @@ impl Session {
         // Never full (one slot per permit, plus one for the final error);
         // closed only when the caller dropped the AckStream, and then the
         // answer is not wanted.
-        let _ = self.acks.try_send(Delivery { item, _permit: permit });
+        let _ = self.acks.try_send(Delivery {
+            item,
+            _permit: permit,
+        });
     }
 
     fn emit(&self, event: SessionEvent) {
@@ -476,7 +506,14 @@ impl Session {
             }
             wait = true;
             let resume = (!self.session_id.is_empty()).then(|| self.session_id.clone());
-            let conn = match open(&mut self.grpc, &self.space, resume.as_deref(), &self.options).await {
+            let conn = match open(
+                &mut self.grpc,
+                &self.space,
+                resume.as_deref(),
+                &self.options,
+            )
+            .await
+            {
                 Ok(conn) => conn,
                 Err(ClientError::NotFound(message)) if resume.is_some() => {
                     tracing::warn!(%message, "the server lost the session; opening a new one");
@@ -541,13 +578,22 @@ impl Session {
 
     /// The session closed: answer what is left, end the AckStream.
     fn finish(mut self, closed: StreamClosed) {
+        // Sends that raced with the close are answered too, never dropped.
+        self.observe_rx.close();
+        let now = Instant::now();
+        while let Ok(cmd) = self.observe_rx.try_recv() {
+            self.out
+                .push(cmd.seq, cmd.episode, cmd.priority, cmd.permit, now);
+        }
         self.out
             .reject_all("the session was closed before this observation was answered");
         self.deliver();
         {
             let mut ended = lock(&self.shared);
             ended.closed = Some(closed);
-            ended.reason.get_or_insert_with(|| "the session is closed".into());
+            ended
+                .reason
+                .get_or_insert_with(|| "the session is closed".into());
         }
         self.stop();
         let replies = self.closing.take().map(|c| c.replies).unwrap_or_default();

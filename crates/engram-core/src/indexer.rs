@@ -170,15 +170,10 @@ struct BatchGuard<'a> {
     queue: &'a Queue,
     space: SpaceId,
     tasks: std::vec::IntoIter<(Priority, IndexTask)>,
-    done: Vec<Priority>,
-    indexed: usize,
 }
 
 impl Drop for BatchGuard<'_> {
     fn drop(&mut self) {
-        if !self.done.is_empty() {
-            self.queue.complete(&self.space, &self.done, self.indexed);
-        }
         let rest: Vec<_> = self.tasks.by_ref().collect();
         if !rest.is_empty() {
             self.queue.requeue_front(&self.space, rest);
@@ -199,8 +194,6 @@ fn worker_loop(shared: &Shared, id: usize) {
             queue: &shared.queue,
             space: batch.space,
             tasks: batch.tasks.into_iter(),
-            done: Vec::new(),
-            indexed: 0,
         };
         {
             let mut paused = shared.paused.lock();
@@ -224,28 +217,23 @@ fn worker_loop(shared: &Shared, id: usize) {
             if let Some(f) = &shared.faults {
                 f.before_index();
             }
-            // On a panic inside, this task is lost to the guard; it is the
-            // one that failed, and it goes back first.
             let indexed = match catch_unwind(AssertUnwindSafe(|| index_one(&task))) {
                 Ok(indexed) => indexed,
                 Err(panic) => {
-                    let rest: Vec<_> = std::iter::once((priority, task))
-                        .chain(guard.tasks.by_ref())
-                        .collect();
+                    // The failed task goes back first, then the rest.
+                    let rest: Vec<_> = std::iter::once((priority, task)).chain(guard.tasks.by_ref()).collect();
                     guard.tasks = rest.into_iter();
                     std::panic::resume_unwind(panic);
                 }
             };
-            guard.done.push(priority);
+            // Completed one by one, so the depth (and with it backpressure
+            // and the drain rate) moves smoothly, not in batch-sized steps.
+            shared.queue.complete(&guard.space, &[priority], usize::from(indexed));
             if indexed {
-                guard.indexed += 1;
                 stats.processed.fetch_add(1, Ordering::Relaxed);
             }
         }
-        stats
-            .busy_nanos
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        drop(guard);
+        stats.busy_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
 }
 

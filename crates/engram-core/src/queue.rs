@@ -55,6 +55,9 @@ pub const MIN_RETRY_AFTER: Duration = Duration::from_millis(50);
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Retry-after while no drain rate has been measured yet (first second).
 pub const UNKNOWN_RATE_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How much of the first window must have passed before its count is
+/// used as a provisional drain rate.
+const PROVISIONAL_AFTER: Duration = Duration::from_millis(100);
 /// Length of one drain-rate measurement window.
 const RATE_WINDOW: Duration = Duration::from_secs(1);
 /// Weight of the newest window in the smoothed drain rate: half keeps the
@@ -490,10 +493,17 @@ impl DrainMeter {
         self.in_window += indexed as u64;
     }
 
-    /// None until the first window has closed.
+    /// The smoothed rate; before the first window has closed, a provisional
+    /// one from the open window once it spans [`PROVISIONAL_AFTER`] and
+    /// has seen work (so the first SLOW_DOWN already carries a rate);
+    /// None before that.
     fn rate(&mut self, now: Instant) -> Option<f64> {
         self.roll(now);
-        self.rate
+        self.rate.or_else(|| {
+            let elapsed = now.saturating_duration_since(self.window_start);
+            (elapsed >= PROVISIONAL_AFTER && self.in_window > 0)
+                .then(|| self.in_window as f64 / elapsed.as_secs_f64())
+        })
     }
 }
 
@@ -929,7 +939,10 @@ where
     /// `min + round((max - min) * (pressure - adaptive_at) / (1 - adaptive_at))`,
     /// capped at `max_batch`.
     pub fn batch_size(&self, min_batch: usize, max_batch: usize) -> usize {
-        let max_batch = max_batch.max(min_batch);
+        // Never more than a worker's fair share of a small queue, so one
+        // batch cannot swallow the whole backlog while the others idle.
+        let fair = (self.config.capacity / (2 * self.workers().max(1))).max(1);
+        let max_batch = max_batch.min(fair).max(min_batch);
         let pressure = self.pressure();
         let a = self.config.adaptive_at;
         if pressure < a {
@@ -1274,8 +1287,10 @@ mod tests {
         // The meter, with synthetic time.
         let t0 = Instant::now();
         let mut m = DrainMeter::new(t0);
+        assert_eq!(m.rate(t0 + Duration::from_millis(500)), None, "no work seen yet");
         m.record(t0, 50);
-        assert_eq!(m.rate(t0 + Duration::from_millis(500)), None);
+        assert_eq!(m.rate(t0 + Duration::from_millis(50)), None, "too early for a provisional rate");
+        assert_eq!(m.rate(t0 + Duration::from_millis(500)), Some(100.0), "provisional rate");
         m.record(t0 + Duration::from_millis(900), 50);
         assert_eq!(m.rate(t0 + Duration::from_secs(1)), Some(100.0));
         m.record(t0 + Duration::from_millis(1500), 300);
@@ -1320,12 +1335,13 @@ mod tests {
             }
             last = b;
         }
-        assert_eq!(q.batch_size(4, 64), 64);
+        assert_eq!(q.batch_size(4, 64), 50, "capped at half the capacity per worker");
+        assert_eq!(q.batch_size(4, 40), 40);
         assert_eq!(q.batch_size(10, 1), 10);
         for _ in 0..25 {
             q.cancel(&1, Priority::High);
         }
-        assert_eq!(q.batch_size(4, 64), 34);
+        assert_eq!(q.batch_size(4, 40), 22);
     }
 
     #[test]

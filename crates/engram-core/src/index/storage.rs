@@ -1,21 +1,27 @@
-//! Growable node storage for the HNSW graph: vectors, link lists, labels,
-//! levels and one lock per node.
+//! Growable node storage for the HNSW graph: vectors, quantized codes, link
+//! lists, labels, levels and one lock per node.
 //!
 //! Nodes live in *segments* whose sizes double (1024, 2048, 4096, ... nodes),
 //! found through a fixed directory of 23 pointers. A node id maps to
 //! (segment, offset) with one `leading_zeros`, segments never move once
 //! allocated, and adding a segment never blocks readers: there is no global
 //! lock on the read path and no pause when the index grows. The price is
-//! that the last segment is up to half empty; its vector and link arrays are
-//! allocated without being touched, so the operating system only commits the
-//! pages that nodes actually use.
+//! that the last segment is up to half empty; its large arrays are allocated
+//! without being touched, so the operating system only commits the pages
+//! that nodes actually use.
 //!
-//! Within a segment the data is stored by kind (all vectors contiguously,
-//! 64-byte aligned, then all level-0 link lists), so a search that scans a
-//! neighbour's vector reads whole cache lines of vector data.
+//! Within a segment the data is stored by kind, each row 64-byte aligned:
+//! - the exact `f32` vectors (inserts, re-ranking, snapshots);
+//! - the *code rows* searches traverse with: a 16-byte header (label, scale)
+//!   and the vector quantized to `i8` (see `distance::quantize`). A 768-d
+//!   row is 832 bytes instead of 3,072, and graph search is bound by memory
+//!   traffic, so a query touches a quarter of the memory. The label sits in
+//!   the row's first cache line, which the search loads anyway, so filters
+//!   cost no extra cache miss;
+//! - the level-0 link lists.
 //!
 //! # Concurrency contract
-//! - A node's vector, label and level are written once by the inserting
+//! - A node's vector, code row and level are written once by the inserting
 //!   thread ([`NodeStore::init`]) *before* its id is published in any link
 //!   list; they are immutable afterwards.
 //! - Link lists are arrays of `AtomicU32`: slot 0 holds the count, then the
@@ -28,25 +34,27 @@
 
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
-use std::sync::atomic::{
-    AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
-};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
+
+use super::distance::{prefetch, quantize};
 
 /// log2 of the first segment's size.
 const BASE_SHIFT: u32 = 10;
 /// Enough segments to address every `u32` id.
 const MAX_SEGMENTS: usize = 23;
-/// Vector rows start on cache-line boundaries (for dims that are multiples
-/// of 16, every row is then cache-line aligned).
-const VECTOR_ALIGN: usize = 64;
+const CACHE_LINE: usize = 64;
+/// Code row header: label (u64), scale (f32), 4 bytes unused.
+const CODE_HEADER: usize = 16;
 
 /// Largest number of nodes the store can address.
 pub(super) const MAX_NODES: u64 = u32::MAX as u64 - (1 << BASE_SHIFT);
 
 pub(super) struct NodeStore {
     dim: usize,
+    /// Bytes per code row (header + codes, rounded up to a cache line).
+    code_stride: usize,
     /// Words per level-0 list: count + `cap0` ids.
     stride0: usize,
     /// Words per upper-level list: count + `cap_upper` ids.
@@ -57,13 +65,51 @@ pub(super) struct NodeStore {
     upper_words: AtomicUsize,
 }
 
+/// A node's quantized vector: `vector ≈ scale * codes`.
+pub(super) struct Code<'a> {
+    pub scale: f32,
+    pub codes: &'a [i8],
+}
+
+/// An owned, cache-line aligned heap block.
+struct RawBuf {
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+impl RawBuf {
+    /// `zeroed`: all bytes zero (lazily, for large blocks: fresh pages).
+    /// Otherwise uninitialised; callers write before they read.
+    fn new(bytes: usize, zeroed: bool) -> Self {
+        let layout = Layout::from_size_align(bytes.max(1), CACHE_LINE).expect("segment layout");
+        // SAFETY: the layout has non-zero size.
+        let p = unsafe {
+            if zeroed {
+                alloc::alloc_zeroed(layout)
+            } else {
+                alloc::alloc(layout)
+            }
+        };
+        let ptr = NonNull::new(p).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+        RawBuf { ptr, layout }
+    }
+}
+
+impl Drop for RawBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout, freed once.
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
 struct Segment {
     cap: usize,
-    vectors: NonNull<f32>,
-    vectors_layout: Layout,
-    links0: NonNull<AtomicU32>,
-    links0_layout: Layout,
-    labels: Box<[AtomicU64]>,
+    /// `cap * dim` f32, uninitialised until `init`.
+    vectors: RawBuf,
+    /// `cap * code_stride` bytes, uninitialised until `init`.
+    codes: RawBuf,
+    /// `cap * stride0` zeroed `AtomicU32`.
+    links0: RawBuf,
     levels: Box<[AtomicU8]>,
     /// Per node: `level * stride_upper` words for levels 1..=level, or null.
     upper: Box<[AtomicPtr<AtomicU32>]>,
@@ -75,9 +121,9 @@ struct Segment {
 
 // SAFETY: the raw pointers in `NodeStore`/`Segment` own heap memory that is
 // only freed in `Drop`. Shared access follows the contract in the module
-// docs: vectors are written once before publication (happens-before every
-// reader through the Release/Acquire link stores), everything else is atomic
-// or behind a `Mutex`.
+// docs: vectors and code rows are written once before publication
+// (happens-before every reader through the Release/Acquire link stores),
+// everything else is atomic or behind a `Mutex`.
 unsafe impl Send for NodeStore {}
 unsafe impl Sync for NodeStore {}
 
@@ -92,6 +138,7 @@ impl NodeStore {
     pub(super) fn new(dim: usize, cap0: usize, cap_upper: usize) -> Self {
         NodeStore {
             dim,
+            code_stride: (CODE_HEADER + dim).div_ceil(CACHE_LINE) * CACHE_LINE,
             stride0: 1 + cap0,
             stride_upper: 1 + cap_upper,
             segments: std::array::from_fn(|_| AtomicPtr::new(std::ptr::null_mut())),
@@ -108,11 +155,19 @@ impl NodeStore {
         }
         let _g = self.grow.lock();
         if self.segments[seg].load(Ordering::Acquire).is_null() {
-            let s = Box::new(Segment::new(
-                1usize << (BASE_SHIFT as usize + seg),
-                self.dim,
-                self.stride0,
-            ));
+            let cap = 1usize << (BASE_SHIFT as usize + seg);
+            let s = Box::new(Segment {
+                cap,
+                vectors: RawBuf::new(cap * self.dim * 4, false),
+                codes: RawBuf::new(cap * self.code_stride, false),
+                // All-zero bytes are valid `AtomicU32`s.
+                links0: RawBuf::new(cap * self.stride0 * 4, true),
+                levels: (0..cap).map(|_| AtomicU8::new(0)).collect(),
+                upper: (0..cap).map(|_| AtomicPtr::new(std::ptr::null_mut())).collect(),
+                locks: (0..cap).map(|_| Mutex::new(())).collect(),
+                ready: (0..cap).map(|_| AtomicBool::new(false)).collect(),
+                in_links: (0..cap).map(|_| AtomicU32::new(0)).collect(),
+            });
             self.segments[seg].store(Box::into_raw(s), Ordering::Release);
         }
     }
@@ -127,26 +182,36 @@ impl NodeStore {
         (unsafe { &*p }, off)
     }
 
+    #[inline(always)]
+    fn code_row(&self, id: u32) -> *const u8 {
+        let (s, off) = self.slot(id);
+        // SAFETY: `off < cap`, so the row is inside the allocation.
+        unsafe { s.codes.ptr.as_ptr().add(off * self.code_stride) }
+    }
+
     /// Writes a freshly reserved node.
     ///
     /// # Safety
     /// `id` must have been reserved by the caller (after [`Self::ensure`]),
     /// `init` must be called once per id, and the id must not yet appear in
-    /// any link list or entry point, so no other thread reads the vector
+    /// any link list or entry point, so no other thread reads the node
     /// while it is written.
     pub(super) unsafe fn init(&self, id: u32, label: u64, level: usize, vector: &[f32]) {
         assert_eq!(vector.len(), self.dim);
         let (s, off) = self.slot(id);
-        // SAFETY: `off < s.cap`, the row is inside the allocation, and by the
-        // caller's contract no one else accesses it yet.
+        let mut codes = vec![0i8; self.dim];
+        let scale = quantize(vector, &mut codes);
+        // SAFETY: `off < s.cap`, both rows are inside their allocations, and
+        // by the caller's contract no one else accesses them yet.
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                vector.as_ptr(),
-                s.vectors.as_ptr().add(off * self.dim),
-                self.dim,
-            );
+            let v = s.vectors.ptr.as_ptr().cast::<f32>().add(off * self.dim);
+            std::ptr::copy_nonoverlapping(vector.as_ptr(), v, self.dim);
+            let row = s.codes.ptr.as_ptr().add(off * self.code_stride);
+            row.cast::<[u8; 8]>().write(label.to_le_bytes());
+            row.add(8).cast::<[u8; 4]>().write(scale.to_le_bytes());
+            row.add(12).cast::<[u8; 4]>().write([0; 4]);
+            std::ptr::copy_nonoverlapping(codes.as_ptr(), row.add(CODE_HEADER).cast::<i8>(), self.dim);
         }
-        s.labels[off].store(label, Ordering::Relaxed);
         s.levels[off].store(level as u8, Ordering::Relaxed);
         if level > 0 {
             let words = level * self.stride_upper;
@@ -157,14 +222,62 @@ impl NodeStore {
         self.links(id, 0)[0].store(0, Ordering::Release);
     }
 
-    /// The vector of an initialised node.
+    // The accessors below take ids of initialised nodes only: ids reach
+    // callers through link lists or the entry point, which are published
+    // after `init`, and the rows they read are never written again.
+
+    /// The exact vector of a node.
     #[inline(always)]
     pub(super) fn vector(&self, id: u32) -> &[f32] {
         let (s, off) = self.slot(id);
-        // SAFETY: callers only pass ids of initialised nodes (ids reach them
-        // through link lists or the entry point, which are published after
-        // `init`); the row is inside the allocation and never written again.
-        unsafe { std::slice::from_raw_parts(s.vectors.as_ptr().add(off * self.dim), self.dim) }
+        // SAFETY: see above; the row is inside the allocation.
+        unsafe {
+            std::slice::from_raw_parts(s.vectors.ptr.as_ptr().cast::<f32>().add(off * self.dim), self.dim)
+        }
+    }
+
+    /// The quantized vector of a node.
+    #[inline(always)]
+    pub(super) fn code(&self, id: u32) -> Code<'_> {
+        let row = self.code_row(id);
+        // SAFETY: see above; header and codes are inside the row.
+        unsafe {
+            Code {
+                scale: f32::from_le_bytes(row.add(8).cast::<[u8; 4]>().read()),
+                codes: std::slice::from_raw_parts(row.add(CODE_HEADER).cast::<i8>(), self.dim),
+            }
+        }
+    }
+
+    #[inline(always)]
+    pub(super) fn label(&self, id: u32) -> u64 {
+        // SAFETY: see above; the label is the row's first 8 bytes.
+        u64::from_le_bytes(unsafe { self.code_row(id).cast::<[u8; 8]>().read() })
+    }
+
+    /// Hints the CPU to load the node's code row.
+    #[inline(always)]
+    pub(super) fn prefetch_code(&self, id: u32) {
+        let row = self.code_row(id);
+        // SAFETY: the whole row is inside the allocation.
+        prefetch(unsafe { std::slice::from_raw_parts(row, self.code_stride) });
+    }
+
+    /// Hints the CPU to load the first `lines` cache lines of the vector.
+    #[inline(always)]
+    pub(super) fn prefetch_vector(&self, id: u32, lines: usize) {
+        let v = self.vector(id);
+        let bytes = (lines * CACHE_LINE).min(v.len() * 4);
+        // SAFETY: `bytes` is within the vector.
+        prefetch(unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), bytes) });
+    }
+
+    /// Hints the CPU to load the node's level-0 list.
+    #[inline(always)]
+    pub(super) fn prefetch_links0(&self, id: u32) {
+        let l = self.links(id, 0);
+        // SAFETY: the list's words are inside the allocation.
+        prefetch(unsafe { std::slice::from_raw_parts(l.as_ptr().cast::<u8>(), l.len() * 4) });
     }
 
     /// The link list of `id` at `level`: word 0 is the count, then the ids.
@@ -175,7 +288,10 @@ impl NodeStore {
         if level == 0 {
             // SAFETY: the level-0 array has `cap * stride0` zeroed words.
             return unsafe {
-                std::slice::from_raw_parts(s.links0.as_ptr().add(off * self.stride0), self.stride0)
+                std::slice::from_raw_parts(
+                    s.links0.ptr.as_ptr().cast::<AtomicU32>().add(off * self.stride0),
+                    self.stride0,
+                )
             };
         }
         if level > usize::from(s.levels[off].load(Ordering::Relaxed)) {
@@ -187,15 +303,7 @@ impl NodeStore {
         }
         // SAFETY: `p` owns `node_level * stride_upper` words and
         // `level <= node_level`.
-        unsafe {
-            std::slice::from_raw_parts(p.add((level - 1) * self.stride_upper), self.stride_upper)
-        }
-    }
-
-    #[inline(always)]
-    pub(super) fn label(&self, id: u32) -> u64 {
-        let (s, off) = self.slot(id);
-        s.labels[off].load(Ordering::Relaxed)
+        unsafe { std::slice::from_raw_parts(p.add((level - 1) * self.stride_upper), self.stride_upper) }
     }
 
     #[inline(always)]
@@ -215,6 +323,12 @@ impl NodeStore {
         s.ready[off].store(true, Ordering::Release);
     }
 
+    /// True once the node's insert has completed.
+    pub(super) fn is_ready(&self, id: u32) -> bool {
+        let (s, off) = self.slot(id);
+        s.ready[off].load(Ordering::Acquire)
+    }
+
     /// Number of level-0 lists that link to this node.
     #[inline]
     pub(super) fn in_links(&self, id: u32) -> &AtomicU32 {
@@ -222,26 +336,20 @@ impl NodeStore {
         &s.in_links[off]
     }
 
-    /// True once the node's insert has completed.
-    pub(super) fn is_ready(&self, id: u32) -> bool {
-        let (s, off) = self.slot(id);
-        s.ready[off].load(Ordering::Acquire)
-    }
-
-    /// Bytes held for the first `n` nodes: their vectors and level-0 lists
-    /// (the untouched tail of the last segment is not committed memory and
-    /// is not counted), the per-node bookkeeping of every allocated segment,
-    /// and the upper-level lists.
+    /// Bytes held for the first `n` nodes: their vectors, code rows and
+    /// level-0 lists (the untouched tail of the last segment is not
+    /// committed memory and is not counted), the per-node bookkeeping of
+    /// every allocated segment, and the upper-level lists.
     pub(super) fn memory_bytes(&self, n: usize) -> usize {
-        let per_node = self.dim * 4 + self.stride0 * 4;
+        let per_node = self.dim * 4 + self.code_stride + self.stride0 * 4;
+        let per_slot = 1 + 8 + std::mem::size_of::<Mutex<()>>() + 1 + 4;
         let mut small = 0;
         for seg in &self.segments {
             let p = seg.load(Ordering::Acquire);
             if !p.is_null() {
                 // SAFETY: see `slot`.
                 let s = unsafe { &*p };
-                small += s.cap * (8 + 1 + 8 + std::mem::size_of::<Mutex<()>>() + 1 + 4)
-                    + std::mem::size_of::<Segment>();
+                small += s.cap * per_slot + std::mem::size_of::<Segment>();
             }
         }
         n * per_node + small + self.upper_words.load(Ordering::Relaxed) * 4
@@ -252,67 +360,20 @@ impl Drop for NodeStore {
     fn drop(&mut self) {
         for seg in &self.segments {
             let p = seg.load(Ordering::Acquire);
-            if !p.is_null() {
-                // SAFETY: created by `Box::into_raw` in `ensure`, freed once.
-                let s = unsafe { Box::from_raw(p) };
-                for (off, u) in s.upper.iter().enumerate() {
-                    let q = u.load(Ordering::Acquire);
-                    if !q.is_null() {
-                        let words =
-                            usize::from(s.levels[off].load(Ordering::Relaxed)) * self.stride_upper;
-                        // SAFETY: created in `init` from a boxed slice of
-                        // exactly `level * stride_upper` words.
-                        drop(unsafe {
-                            Box::from_raw(std::ptr::slice_from_raw_parts_mut(q, words))
-                        });
-                    }
-                }
-                drop(s);
+            if p.is_null() {
+                continue;
             }
-        }
-    }
-}
-
-impl Segment {
-    fn new(cap: usize, dim: usize, stride0: usize) -> Self {
-        // Not zeroed: rows are written by `init` before anyone reads them,
-        // and untouched pages of a large allocation are never committed.
-        let vectors_layout = Layout::from_size_align((cap * dim).max(1) * 4, VECTOR_ALIGN)
-            .expect("vector segment layout");
-        // SAFETY: the layout has non-zero size.
-        let vectors = NonNull::new(unsafe { alloc::alloc(vectors_layout) }.cast::<f32>())
-            .unwrap_or_else(|| alloc::handle_alloc_error(vectors_layout));
-        // Zeroed (all-zero bytes are valid `AtomicU32`s); large zeroed
-        // allocations come from fresh pages, so this is lazy too.
-        let links0_layout = Layout::array::<AtomicU32>(cap * stride0).expect("link segment layout");
-        // SAFETY: the layout has non-zero size (`cap`, `stride0` >= 1).
-        let links0 =
-            NonNull::new(unsafe { alloc::alloc_zeroed(links0_layout) }.cast::<AtomicU32>())
-                .unwrap_or_else(|| alloc::handle_alloc_error(links0_layout));
-        Segment {
-            cap,
-            vectors,
-            vectors_layout,
-            links0,
-            links0_layout,
-            labels: (0..cap).map(|_| AtomicU64::new(0)).collect(),
-            levels: (0..cap).map(|_| AtomicU8::new(0)).collect(),
-            upper: (0..cap)
-                .map(|_| AtomicPtr::new(std::ptr::null_mut()))
-                .collect(),
-            locks: (0..cap).map(|_| Mutex::new(())).collect(),
-            ready: (0..cap).map(|_| AtomicBool::new(false)).collect(),
-            in_links: (0..cap).map(|_| AtomicU32::new(0)).collect(),
-        }
-    }
-}
-
-impl Drop for Segment {
-    fn drop(&mut self) {
-        // SAFETY: both allocations were made in `new` with these layouts.
-        unsafe {
-            alloc::dealloc(self.vectors.as_ptr().cast(), self.vectors_layout);
-            alloc::dealloc(self.links0.as_ptr().cast(), self.links0_layout);
+            // SAFETY: created by `Box::into_raw` in `ensure`, freed once.
+            let s = unsafe { Box::from_raw(p) };
+            for (off, u) in s.upper.iter().enumerate() {
+                let q = u.load(Ordering::Acquire);
+                if !q.is_null() {
+                    let words = usize::from(s.levels[off].load(Ordering::Relaxed)) * self.stride_upper;
+                    // SAFETY: created in `init` from a boxed slice of exactly
+                    // `level * stride_upper` words.
+                    drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(q, words)) });
+                }
+            }
         }
     }
 }

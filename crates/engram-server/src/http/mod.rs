@@ -94,6 +94,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/spaces/:space_id/recall", post(rest::recall))
         .route("/v1/admin/indexing/:action", post(admin_indexing))
         .route("/v1/admin/faults", post(admin_faults))
+        .route("/v1/admin/spaces/:space_id/integrity", post(admin_integrity))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -195,6 +196,29 @@ async fn admin_faults(
         "worker_restarts": engine.worker_restarts(),
         "queue_depth": engine.queue_depth(),
     })))
+}
+
+/// `POST /v1/admin/spaces/{space_id}/integrity`: the index integrity check
+/// (graph invariants, every stored vector findable, every live memory in
+/// exactly one tier). Read-only but CPU-heavy (seconds for 100K vectors),
+/// hence POST and not part of health checks. 200 `{"ok": true}`, or 500
+/// with code `integrity_violation` and the first violation.
+async fn admin_integrity(
+    State(state): State<AppState>,
+    rest::PathParams(space_id): rest::PathParams<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let engine = state.engine()?.clone();
+    if let Err(e) = engine.describe_space(&space_id) {
+        return Err(e.into());
+    }
+    let started = std::time::Instant::now();
+    let result = tokio::task::spawn_blocking(move || engine.check_integrity(&space_id))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("integrity task failed: {e}")))?;
+    match result {
+        Ok(()) => Ok(Json(json!({"ok": true, "took_ms": started.elapsed().as_millis() as u64}))),
+        Err(violation) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "integrity_violation", violation)),
+    }
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
