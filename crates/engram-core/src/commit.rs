@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::fault::Faults;
+use crate::metrics::Metrics;
 use crate::index::HnswParams;
 use crate::indexer::{IndexTask, Queue};
 use crate::model::{now_unix_nanos, Remembered, SpaceId, StoredEpisode, ValidEpisode};
@@ -109,6 +110,7 @@ pub(crate) struct Committer {
     pub published: Arc<SpaceMap>,
     pub queue: Arc<Queue>,
     pub faults: Option<Arc<Faults>>,
+    pub metrics: Option<Arc<Metrics>>,
     /// LSN at which the last snapshot was cut (nothing new since → skip).
     pub last_capture_lsn: Lsn,
     /// Set after a failed WAL write or sync: no further writes are taken.
@@ -152,6 +154,7 @@ impl Committer {
             published,
             queue,
             faults,
+            metrics: None,
             last_capture_lsn,
             failed: None,
             dirty_since_sync: false,
@@ -164,6 +167,7 @@ impl Committer {
         match record {
             WalRecord::CreateSpace { space, dimension } => {
                 let s = Arc::new(Space::new(space.clone(), dimension, self.params.clone()));
+                self.attach_metrics(&s);
                 self.spaces.insert(space, s);
             }
             WalRecord::Observe { space, episode } => {
@@ -203,7 +207,24 @@ impl Committer {
 
     /// Adds a space loaded from a snapshot.
     pub fn restore_space(&mut self, space: Arc<Space>) {
+        self.attach_metrics(&space);
         self.spaces.insert(space.id().clone(), space);
+    }
+
+    fn attach_metrics(&self, space: &Space) {
+        if let Some(m) = &self.metrics {
+            space.attach_metrics(m.space(space.id()));
+        }
+    }
+
+    /// Syncs the WAL, timing it for the metrics.
+    fn timed_sync(&mut self) -> crate::wal::Result<()> {
+        let started = Instant::now();
+        let r = self.wal.sync();
+        if let Some(m) = &self.metrics {
+            m.wal_sync().observe(started.elapsed().as_secs_f64());
+        }
+        r
     }
 
     /// Makes the commit thread's view the readers' view (end of recovery).
@@ -463,6 +484,7 @@ impl Committer {
             return None;
         }
         let s = Arc::new(Space::new(space.clone(), dimension, self.params.clone()));
+        self.attach_metrics(&s);
         self.spaces.insert(space, s.clone());
         Some(s)
     }
@@ -504,7 +526,7 @@ impl Committer {
         }
         if self.dirty_since_sync && self.failed.is_none() {
             let res = match self.policy {
-                SyncPolicy::Always => self.wal.sync().map(|_| {
+                SyncPolicy::Always => self.timed_sync().map(|_| {
                     self.dirty_since_sync = false;
                     self.last_sync = Instant::now();
                 }),
@@ -571,7 +593,7 @@ impl Committer {
 
     fn interval_sync(&mut self) {
         if self.dirty_since_sync && self.policy == SyncPolicy::Interval && self.failed.is_none() {
-            match self.wal.sync() {
+            match self.timed_sync() {
                 Ok(()) => {
                     self.dirty_since_sync = false;
                     self.last_sync = Instant::now();

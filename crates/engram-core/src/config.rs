@@ -67,6 +67,11 @@ pub struct EngineConfig {
     /// Enables `Engine::faults` (kill workers, slow indexing, delay
     /// acceptance) for tests and drills. Never on in production.
     pub fault_injection: bool,
+    /// Record Prometheus metrics (served on `/metrics`). Off only to
+    /// measure what recording costs.
+    pub metrics: bool,
+    /// Distinct `space_id` label values before the `_overflow` label.
+    pub metrics_max_spaces: usize,
     /// Create a space on its first observation instead of answering
     /// `space_not_found`.
     pub auto_create_spaces: bool,
@@ -90,6 +95,8 @@ impl Default for EngineConfig {
             min_batch: DEFAULT_MIN_BATCH,
             max_batch: DEFAULT_MAX_BATCH,
             fault_injection: false,
+            metrics: true,
+            metrics_max_spaces: crate::metrics::DEFAULT_MAX_SPACE_LABELS,
             auto_create_spaces: true,
             snapshot_interval_secs: DEFAULT_SNAPSHOT_INTERVAL.as_secs(),
             max_commit_batch: DEFAULT_MAX_COMMIT_BATCH,

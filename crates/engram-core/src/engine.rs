@@ -16,6 +16,8 @@ use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 use crate::fault::Faults;
 use crate::indexer::{Indexer, Queue};
+use crate::metrics::{Metrics, ScrapeState};
+use crate::session::RejectReason;
 use crate::model::{
     Cue, EpisodeInput, RecallResult, Remembered, SpaceId, SpaceInfo, DEFAULT_DIMENSION,
     MAX_DIMENSION,
@@ -72,6 +74,7 @@ struct Inner {
     queue: Arc<Queue>,
     indexer: Arc<Indexer>,
     faults: Option<Arc<Faults>>,
+    metrics: Option<Arc<Metrics>>,
     sessions: Registry,
     shutting_down: AtomicBool,
     /// One snapshot at a time (periodic, on demand, at shutdown).
@@ -107,10 +110,12 @@ impl Engine {
         let workers = config.effective_workers();
         let queue: Arc<Queue> = Arc::new(IndexQueue::new(config.queue.clone(), workers));
         let faults = config.fault_injection.then(|| Arc::new(Faults::default()));
+        let metrics = config.metrics.then(|| Arc::new(Metrics::new(config.metrics_max_spaces)));
         let indexer = Arc::new(Indexer::start(
             workers,
             queue.clone(),
             faults.clone(),
+            metrics.clone(),
             config.min_batch,
             config.max_batch,
         ));
@@ -136,6 +141,7 @@ impl Engine {
             queue.clone(),
             faults.clone(),
         );
+        committer.metrics = metrics.clone();
         if let Some(loaded) = loaded {
             report.snapshot = Some(loaded.path);
             for ls in loaded.spaces {
@@ -184,6 +190,7 @@ impl Engine {
                 queue,
                 indexer,
                 faults,
+                metrics,
                 shutting_down: AtomicBool::new(false),
                 snapshot_lock: Mutex::new(()),
                 snapshotter: Mutex::new(None),
@@ -235,11 +242,21 @@ impl Engine {
             .name("engram-sessions".into())
             .spawn(move || {
                 let tick = crossbeam_channel::tick(Duration::from_secs(1));
+                let mut was_slowing = false;
                 loop {
                     crossbeam_channel::select! {
                         recv(changes) -> change => {
                             let Ok(change) = change else { return };
                             let Some(inner) = weak.upgrade() else { return };
+                            let slowing = change.level >= crate::queue::Level::SlowDown;
+                            if slowing && !was_slowing {
+                                if let Some(m) = &inner.metrics {
+                                    for (space, _) in inner.queue.depths() {
+                                        m.backpressure_activation(&space);
+                                    }
+                                }
+                            }
+                            was_slowing = slowing;
                             inner.sessions.broadcast(&change);
                         }
                         recv(tick) -> _ => {
@@ -339,10 +356,26 @@ impl Engine {
         priority: Priority,
         reply: crate::commit::Reply<Remembered>,
     ) -> Result<()> {
+        let result = self.submit_inner(space, input, priority, reply);
+        if let (Err(e), Some(m)) = (&result, &self.inner.metrics) {
+            if let Ok(id) = SpaceId::parse(space) {
+                m.rejected(&id, RejectReason::of(e).0);
+            }
+        }
+        result
+    }
+
+    fn submit_inner(
+        &self,
+        space: &str,
+        input: EpisodeInput,
+        priority: Priority,
+        reply: crate::commit::Reply<Remembered>,
+    ) -> Result<()> {
         let space = SpaceId::parse(space)?;
         let episode = input.validate()?;
         self.check_writable()?;
-        match self.space(&space) {
+        let existing = match self.space(&space) {
             Ok(s) if s.dimension() != episode.embedding.len() => {
                 return Err(Error::DimensionMismatch {
                     space: space.to_string(),
@@ -351,8 +384,9 @@ impl Engine {
                 })
             }
             Err(e) if !self.inner.config.auto_create_spaces => return Err(e),
-            _ => {}
-        }
+            Ok(s) => Some(s),
+            Err(_) => None,
+        };
         self.inner
             .queue
             .try_reserve(&space, priority)
@@ -361,6 +395,36 @@ impl Engine {
                 capacity: r.capacity,
                 retry_after: r.retry_after,
             })?;
+        let reply = match &self.inner.metrics {
+            None => reply,
+            Some(m) => {
+                // Recorded when the answer is known, on the commit thread.
+                let m = m.clone();
+                let id = existing.is_none().then(|| space.clone());
+                let started = Instant::now();
+                Box::new(move |r: Result<Remembered>| {
+                    let handles;
+                    let sm = match (&existing, &id) {
+                        (Some(s), _) => s.metrics(),
+                        (None, Some(id)) => {
+                            handles = m.space(id);
+                            Some(&handles)
+                        }
+                        (None, None) => None,
+                    };
+                    if let Some(sm) = sm {
+                        match &r {
+                            Ok(_) => {
+                                sm.accepted(priority);
+                                sm.observation_latency.observe(started.elapsed().as_secs_f64());
+                            }
+                            Err(e) => sm.rejected(RejectReason::of(e).0),
+                        }
+                    }
+                    reply(r)
+                })
+            }
+        };
         let auto_create = self.inner.config.auto_create_spaces;
         self.send(Command::Observe {
             space,
@@ -371,15 +435,62 @@ impl Engine {
         })
     }
 
+    /// Counts a rejection decided outside the engine's submit path (the
+    /// session's sequence rules).
+    pub(crate) fn record_rejection(&self, space: &SpaceId, reason: RejectReason) {
+        if let Some(m) = &self.inner.metrics {
+            m.rejected(space, reason);
+        }
+    }
+
+    /// The Prometheus text exposition of every metric, or None when
+    /// metrics are off.
+    pub fn render_metrics(&self) -> Option<String> {
+        let m = self.inner.metrics.as_ref()?;
+        let spaces: Vec<_> = self.inner.spaces.read().values().cloned().collect();
+        let state = ScrapeState {
+            queue_capacity: self.inner.queue.capacity(),
+            backpressure_active: self.inner.queue.level() >= crate::queue::Level::SlowDown,
+            active_sessions: self.inner.sessions.active(),
+            queue_depths: self.inner.queue.depths(),
+            spaces: spaces
+                .iter()
+                .map(|s| {
+                    let info = s.info();
+                    (
+                        s.id().clone(),
+                        s.index().len(),
+                        s.index().memory_bytes(),
+                        info.index_lag_seconds,
+                        s.fresh_bytes(),
+                    )
+                })
+                .collect(),
+            worker_busy_nanos: self
+                .inner
+                .indexer
+                .stats()
+                .iter()
+                .map(|w| w.busy_nanos.load(Ordering::Relaxed))
+                .collect(),
+        };
+        Some(m.render(state))
+    }
+
     /// The most similar memories to the cue, as of now (CPU work: call it
     /// from a blocking-capable thread, not an async worker).
     ///
     /// # Errors
     /// Validation errors, [`Error::SpaceNotFound`], [`Error::DimensionMismatch`].
     pub fn recall(&self, space: &str, cue: Cue) -> Result<RecallResult> {
+        let started = Instant::now();
         let space = self.space(&SpaceId::parse(space)?)?;
         let cue = cue.validate()?;
-        recall::recall(&space, &cue, self.inner.config.index.ef_search)
+        let result = recall::recall(&space, &cue, self.inner.config.index.ef_search);
+        if let Some(m) = space.metrics() {
+            m.recall_latency.observe(started.elapsed().as_secs_f64());
+        }
+        result
     }
 
     /// Forgets a memory by id.

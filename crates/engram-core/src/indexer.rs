@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::fault::Faults;
+use crate::metrics::Metrics;
 use crate::model::{SpaceId, StoredEpisode};
 use crate::queue::{IndexQueue, Priority};
 use crate::space::Space;
@@ -56,6 +57,7 @@ pub struct Indexer {
 struct Shared {
     queue: Arc<Queue>,
     faults: Option<Arc<Faults>>,
+    metrics: Option<Arc<Metrics>>,
     stats: Vec<WorkerStats>,
     min_batch: usize,
     max_batch: usize,
@@ -71,13 +73,18 @@ impl Indexer {
         workers: usize,
         queue: Arc<Queue>,
         faults: Option<Arc<Faults>>,
+        metrics: Option<Arc<Metrics>>,
         min_batch: usize,
         max_batch: usize,
     ) -> Self {
         let workers = workers.max(1);
+        if let Some(m) = &metrics {
+            (0..workers).for_each(|w| m.init_worker(w));
+        }
         let shared = Arc::new(Shared {
             queue,
             faults,
+            metrics,
             stats: (0..workers).map(|_| WorkerStats::default()).collect(),
             min_batch: min_batch.max(1),
             max_batch: max_batch.max(min_batch.max(1)),
@@ -155,6 +162,9 @@ fn supervise(shared: &Shared, id: usize) {
             Ok(()) => return,
             Err(panic) => {
                 shared.stats[id].restarts.fetch_add(1, Ordering::Relaxed);
+                if let Some(m) = &shared.metrics {
+                    m.worker_restart(id);
+                }
                 tracing::error!(
                     worker = id,
                     panic = panic_message(&panic),
@@ -183,6 +193,7 @@ impl Drop for BatchGuard<'_> {
 
 fn worker_loop(shared: &Shared, id: usize) {
     let stats = &shared.stats[id];
+    let batch_sizes = shared.metrics.as_ref().map(|m| m.batch_size(id));
     while !shared.stop.load(Ordering::Acquire) {
         let max = shared.queue.batch_size(shared.min_batch, shared.max_batch);
         let Some(batch) = shared.queue.pop_batch(id, max, IDLE_POLL) else {
@@ -210,6 +221,9 @@ fn worker_loop(shared: &Shared, id: usize) {
             stats.stolen_batches.fetch_add(1, Ordering::Relaxed);
         }
         stats.last_batch.store(guard.tasks.len(), Ordering::Relaxed);
+        if let Some(h) = &batch_sizes {
+            h.observe(guard.tasks.len() as f64);
+        }
         if let Some(f) = &shared.faults {
             f.before_batch(id);
         }

@@ -21,6 +21,7 @@
 //! - [`indexer`] — the supervised worker pool that moves fresh episodes
 //!   into HNSW (home worker per space, stealing, adaptive batches).
 //! - [`fault`] — fault injection for tests (kill workers, slow indexing).
+//! - [`metrics`] — Prometheus metrics, recorded on the real paths.
 //! - [`recall`] — snapshot point, HNSW search ∪ exact scan of the fresh tier,
 //!   merged top-k; incremental recall in batches.
 //! - [`index`] — engram's own concurrent HNSW and the SIMD distance kernels.
@@ -35,6 +36,7 @@ pub mod error;
 pub mod fault;
 pub mod index;
 pub mod indexer;
+pub mod metrics;
 pub mod model;
 pub mod queue;
 pub mod recall;

@@ -876,6 +876,22 @@ where
             .map_or(0, SpaceLanes::depth)
     }
 
+    /// Depth of every space with work, per priority (reserved + queued +
+    /// in flight), for metrics. One lock, one pass.
+    pub fn depths(&self) -> Vec<(K, [usize; 3])> {
+        let st = self.state.lock();
+        st.spaces
+            .iter()
+            .map(|(k, e)| {
+                let mut d = [0; 3];
+                for (i, slot) in d.iter_mut().enumerate() {
+                    *slot = e.lanes[i].len() + e.reserved[i] + e.in_flight[i];
+                }
+                (k.clone(), d)
+            })
+            .collect()
+    }
+
     /// Depth per priority, indexed by [`Priority::index`].
     pub fn depth_by_priority(&self) -> [usize; 3] {
         self.state.lock().by_priority

@@ -114,6 +114,7 @@ pub struct RecallStream {
     rest: Option<std::vec::IntoIter<RecalledMemory>>,
     sent_count: usize,
     done: bool,
+    started: std::time::Instant,
 }
 
 impl RecallStream {
@@ -132,6 +133,7 @@ impl RecallStream {
             rest: None,
             sent_count: 0,
             done: false,
+            started: std::time::Instant::now(),
         })
     }
 
@@ -176,6 +178,11 @@ impl Iterator for RecallStream {
         self.sent_count += memories.len();
         let more = self.rest.as_ref().is_some_and(|r| r.len() > 0) && self.sent_count < k;
         self.done = !more;
+        if self.done {
+            if let Some(m) = self.space.metrics() {
+                m.recall_latency.observe(self.started.elapsed().as_secs_f64());
+            }
+        }
         Some(RecallBatch {
             memories,
             more,

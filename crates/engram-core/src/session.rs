@@ -95,7 +95,7 @@ impl RejectReason {
         }
     }
 
-    fn of(e: &Error) -> (Self, Option<Duration>) {
+    pub(crate) fn of(e: &Error) -> (Self, Option<Duration>) {
         match e {
             Error::Overloaded { retry_after, .. } => (RejectReason::Overloaded, Some(*retry_after)),
             Error::ShuttingDown | Error::Storage(_) => (RejectReason::Unavailable, None),
@@ -494,6 +494,7 @@ impl Session {
         match self.check_sequence(seq) {
             Err(ack) => PendingAck::Ready(Some(ack)),
             Ok(()) => {
+                self.engine.record_rejection(&self.shared.space, RejectReason::Invalid);
                 let ack = self.reject(seq, RejectReason::Invalid, message, None);
                 self.shared.record(ack.clone());
                 PendingAck::Ready(Some(ack))
@@ -509,11 +510,13 @@ impl Session {
         if matches!(st.phase, SessionPhase::Closing | SessionPhase::Closed) {
             drop(st);
             let msg = "the session is closed; resume it or open a new one".to_owned();
+            self.engine.record_rejection(&self.shared.space, RejectReason::Closed);
             return Err(self.reject(seq, RejectReason::Closed, msg, None));
         }
         if st.holder != self.holder {
             drop(st);
             let msg = "this session was resumed by another stream".to_owned();
+            self.engine.record_rejection(&self.shared.space, RejectReason::Closed);
             return Err(self.reject(seq, RejectReason::Closed, msg, None));
         }
         if seq < st.expected && seq <= st.replay_upto {

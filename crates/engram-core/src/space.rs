@@ -9,9 +9,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use std::sync::OnceLock;
+
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 use crate::index::{Hnsw, HnswParams};
+use crate::metrics::SpaceMetrics;
 use crate::model::{now_unix_nanos, SpaceId, SpaceInfo, StoredEpisode};
 
 /// A memory space. Shared as `Arc<Space>` between the engine's map, the
@@ -32,6 +35,8 @@ pub struct Space {
     /// by the commit thread after the episode is in `state`.
     visible_seq: AtomicU64,
     deleted: AtomicBool,
+    /// Metric handles, resolved once when the space is registered.
+    metrics: OnceLock<SpaceMetrics>,
 }
 
 /// The readable state of a space.
@@ -95,6 +100,7 @@ impl Space {
             commit: Mutex::new(CommitMeta::default()),
             visible_seq: AtomicU64::new(0),
             deleted: AtomicBool::new(false),
+            metrics: OnceLock::new(),
         }
     }
 
@@ -104,6 +110,20 @@ impl Space {
 
     pub fn dimension(&self) -> usize {
         self.dimension
+    }
+
+    /// Metric handles, when metrics are on.
+    pub fn metrics(&self) -> Option<&SpaceMetrics> {
+        self.metrics.get()
+    }
+
+    pub(crate) fn attach_metrics(&self, m: SpaceMetrics) {
+        let _ = self.metrics.set(m);
+    }
+
+    /// Bytes of embeddings in the fresh tier (for the queue memory metric).
+    pub fn fresh_bytes(&self) -> usize {
+        self.state.read().fresh.len() * self.dimension * std::mem::size_of::<f32>()
     }
 
     pub fn index(&self) -> &Hnsw {

@@ -85,7 +85,12 @@ pub fn dot_i8(a: &[f32], b: &[i8]) -> f32 {
             acc[i] += x[i] * f32::from(y[i]);
         }
     }
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * f32::from(*y)).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * f32::from(*y))
+        .sum();
     acc.iter().sum::<f32>() + tail
 }
 
@@ -281,9 +286,20 @@ mod tests {
             let mut codes = vec![0i8; len];
             let scale = quantize(&b, &mut codes);
             let approx = dot_i8(&a, &codes) * scale;
-            assert!((approx - dot(&a, &b)).abs() < 5e-3, "len {len}: {approx} vs {}", dot(&a, &b));
-            let exact_codes: f64 = a.iter().zip(&codes).map(|(x, c)| f64::from(*x) * f64::from(*c)).sum();
-            assert!((f64::from(dot_i8(&a, &codes)) - exact_codes).abs() < 1e-3 * (len as f64).sqrt(), "len {len}");
+            assert!(
+                (approx - dot(&a, &b)).abs() < 5e-3,
+                "len {len}: {approx} vs {}",
+                dot(&a, &b)
+            );
+            let exact_codes: f64 = a
+                .iter()
+                .zip(&codes)
+                .map(|(x, c)| f64::from(*x) * f64::from(*c))
+                .sum();
+            assert!(
+                (f64::from(dot_i8(&a, &codes)) - exact_codes).abs() < 1e-3 * (len as f64).sqrt(),
+                "len {len}"
+            );
         }
         let mut z = vec![5i8; 3];
         assert_eq!(quantize(&[0.0, 0.0, 0.0], &mut z), 0.0);

@@ -1,7 +1,8 @@
 //! engram's vector index: a concurrent HNSW graph over cosine similarity.
 //!
 //! - [`distance`]: SIMD inner product and normalisation.
-//! - [`hnsw`]: the graph ([`Hnsw`]) — insert, search, integrity check.
+//! - [`hnsw`]: the graph ([`Hnsw`]) — insert and search.
+//! - `integrity`: `Hnsw::check_integrity`, the graph invariant checks.
 //! - `storage`: growable per-node storage (vectors, links, locks).
 //! - `visited`: pooled per-search scratch (visited tags, heaps).
 //! - `persist`: the snapshot format (`Hnsw::write_to` / `Hnsw::read_from`).
@@ -10,6 +11,7 @@
 
 pub mod distance;
 pub mod hnsw;
+mod integrity;
 mod persist;
 mod storage;
 mod visited;

@@ -163,7 +163,9 @@ impl NodeStore {
                 // All-zero bytes are valid `AtomicU32`s.
                 links0: RawBuf::new(cap * self.stride0 * 4, true),
                 levels: (0..cap).map(|_| AtomicU8::new(0)).collect(),
-                upper: (0..cap).map(|_| AtomicPtr::new(std::ptr::null_mut())).collect(),
+                upper: (0..cap)
+                    .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+                    .collect(),
                 locks: (0..cap).map(|_| Mutex::new(())).collect(),
                 ready: (0..cap).map(|_| AtomicBool::new(false)).collect(),
                 in_links: (0..cap).map(|_| AtomicU32::new(0)).collect(),
@@ -210,7 +212,11 @@ impl NodeStore {
             row.cast::<[u8; 8]>().write(label.to_le_bytes());
             row.add(8).cast::<[u8; 4]>().write(scale.to_le_bytes());
             row.add(12).cast::<[u8; 4]>().write([0; 4]);
-            std::ptr::copy_nonoverlapping(codes.as_ptr(), row.add(CODE_HEADER).cast::<i8>(), self.dim);
+            std::ptr::copy_nonoverlapping(
+                codes.as_ptr(),
+                row.add(CODE_HEADER).cast::<i8>(),
+                self.dim,
+            );
         }
         s.levels[off].store(level as u8, Ordering::Relaxed);
         if level > 0 {
@@ -232,7 +238,10 @@ impl NodeStore {
         let (s, off) = self.slot(id);
         // SAFETY: see above; the row is inside the allocation.
         unsafe {
-            std::slice::from_raw_parts(s.vectors.ptr.as_ptr().cast::<f32>().add(off * self.dim), self.dim)
+            std::slice::from_raw_parts(
+                s.vectors.ptr.as_ptr().cast::<f32>().add(off * self.dim),
+                self.dim,
+            )
         }
     }
 
@@ -289,7 +298,11 @@ impl NodeStore {
             // SAFETY: the level-0 array has `cap * stride0` zeroed words.
             return unsafe {
                 std::slice::from_raw_parts(
-                    s.links0.ptr.as_ptr().cast::<AtomicU32>().add(off * self.stride0),
+                    s.links0
+                        .ptr
+                        .as_ptr()
+                        .cast::<AtomicU32>()
+                        .add(off * self.stride0),
                     self.stride0,
                 )
             };
@@ -303,7 +316,9 @@ impl NodeStore {
         }
         // SAFETY: `p` owns `node_level * stride_upper` words and
         // `level <= node_level`.
-        unsafe { std::slice::from_raw_parts(p.add((level - 1) * self.stride_upper), self.stride_upper) }
+        unsafe {
+            std::slice::from_raw_parts(p.add((level - 1) * self.stride_upper), self.stride_upper)
+        }
     }
 
     #[inline(always)]
@@ -368,7 +383,8 @@ impl Drop for NodeStore {
             for (off, u) in s.upper.iter().enumerate() {
                 let q = u.load(Ordering::Acquire);
                 if !q.is_null() {
-                    let words = usize::from(s.levels[off].load(Ordering::Relaxed)) * self.stride_upper;
+                    let words =
+                        usize::from(s.levels[off].load(Ordering::Relaxed)) * self.stride_upper;
                     // SAFETY: created in `init` from a boxed slice of exactly
                     // `level * stride_upper` words.
                     drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(q, words)) });

@@ -79,6 +79,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
         .route("/v1/spaces", get(rest::list_spaces))
         .route(
             "/v1/spaces/:space_id",
@@ -218,6 +219,23 @@ async fn admin_integrity(
     match result {
         Ok(()) => Ok(Json(json!({"ok": true, "took_ms": started.elapsed().as_millis() as u64}))),
         Err(violation) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "integrity_violation", violation)),
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(state): State<AppState>) -> Result<axum::response::Response, ApiError> {
+    let engine = state.engine()?;
+    match engine.render_metrics() {
+        Some(text) => Ok((
+            [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            text,
+        )
+            .into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "metrics are disabled (engine.metrics = false)",
+        )),
     }
 }
 

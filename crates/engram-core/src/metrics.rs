@@ -1,0 +1,385 @@
+//! Prometheus metrics, recorded where the work happens: admission and
+//! rejections (`engine`, `session`), group commit and WAL sync (`commit`),
+//! indexing workers (`indexer`), recall (`engine`, `recall`). Gauges that
+//! describe state (queue depth, index size, utilization) are computed when
+//! scraped, so the hot paths pay only for counters and histograms, through
+//! handles resolved once per space (`SpaceMetrics`).
+//!
+//! Names and labels follow SPEC 6 exactly; `docs/operations/
+//! streaming-monitoring.md` explains each one. `space_id` values are
+//! capped: past `max_spaces` distinct spaces the label is `_overflow`.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::model::SpaceId;
+use crate::queue::Priority;
+use crate::session::RejectReason;
+
+/// The label of spaces beyond the cardinality cap.
+pub const OVERFLOW_LABEL: &str = "_overflow";
+/// Distinct `space_id` label values before overflow.
+pub const DEFAULT_MAX_SPACE_LABELS: usize = 100;
+
+/// Latency buckets (seconds): fine below 10 ms where acks and recalls
+/// live, and 0.2 exactly for the P99 > 200 ms alerts.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+const SYNC_BUCKETS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0];
+
+/// Every metric of the server.
+pub struct Metrics {
+    registry: Registry,
+    observations: IntCounterVec,
+    rejected: IntCounterVec,
+    backpressure_activations: IntCounterVec,
+    queue_depth: IntGaugeVec,
+    worker_utilization: prometheus::GaugeVec,
+    active_sessions: IntGauge,
+    observation_latency: HistogramVec,
+    recall_latency: HistogramVec,
+    batch_size: HistogramVec,
+    queue_capacity: IntGauge,
+    backpressure_active: IntGauge,
+    worker_restarts: IntCounterVec,
+    index_vectors: IntGaugeVec,
+    index_memory: IntGaugeVec,
+    queue_memory: IntGauge,
+    index_lag: prometheus::GaugeVec,
+    wal_sync: Histogram,
+    labels: Mutex<Labels>,
+    utilization: Mutex<Vec<(Instant, u64)>>,
+}
+
+struct Labels {
+    max: usize,
+    given: HashMap<SpaceId, String>,
+}
+
+/// Hot-path handles of one space, resolved once.
+pub struct SpaceMetrics {
+    pub label: String,
+    accepted: [IntCounter; 3],
+    rejected: [IntCounter; 5],
+    pub observation_latency: Histogram,
+    pub recall_latency: Histogram,
+}
+
+impl SpaceMetrics {
+    pub fn accepted(&self, p: Priority) {
+        self.accepted[p.index()].inc();
+    }
+
+    pub fn rejected(&self, r: RejectReason) {
+        self.rejected[reason_index(r)].inc();
+    }
+}
+
+fn reason_index(r: RejectReason) -> usize {
+    RejectReason::ALL.iter().position(|x| *x == r).expect("every reason is listed")
+}
+
+/// What a scrape reads from the engine to set the state gauges.
+pub struct ScrapeState {
+    pub queue_capacity: usize,
+    pub backpressure_active: bool,
+    pub active_sessions: usize,
+    /// (space, per-priority depth)
+    pub queue_depths: Vec<(SpaceId, [usize; 3])>,
+    /// (space, vectors in the index, index bytes, oldest fresh age s, fresh bytes)
+    pub spaces: Vec<(SpaceId, usize, usize, f64, usize)>,
+    /// Busy nanoseconds so far, per worker.
+    pub worker_busy_nanos: Vec<u64>,
+}
+
+impl Metrics {
+    pub fn new(max_space_labels: usize) -> Self {
+        let registry = Registry::new();
+        let reg = |c: Box<dyn prometheus::core::Collector>| registry.register(c).expect("metric names are unique");
+        macro_rules! make {
+            ($kind:ty, $opts:expr, $labels:expr) => {{
+                let m = <$kind>::new($opts, $labels).expect("valid metric");
+                reg(Box::new(m.clone()));
+                m
+            }};
+            ($kind:ty, $opts:expr) => {{
+                let m = <$kind>::with_opts($opts).expect("valid metric");
+                reg(Box::new(m.clone()));
+                m
+            }};
+        }
+        let hist = |name: &str, help: &str, buckets: &[f64]| HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        let m = Metrics {
+            observations: make!(
+                IntCounterVec,
+                Opts::new("engram_streaming_observations_total", "Observations accepted (durable and visible)."),
+                &["space_id", "priority"]
+            ),
+            rejected: make!(
+                IntCounterVec,
+                Opts::new("engram_streaming_observations_rejected_total", "Observations rejected, by reason."),
+                &["space_id", "reason"]
+            ),
+            backpressure_activations: make!(
+                IntCounterVec,
+                Opts::new(
+                    "engram_streaming_backpressure_activations_total",
+                    "Times SLOW_DOWN began while the space had queued observations."
+                ),
+                &["space_id"]
+            ),
+            queue_depth: make!(
+                IntGaugeVec,
+                Opts::new("engram_streaming_queue_depth", "Observations accepted but not yet indexed."),
+                &["space_id", "priority"]
+            ),
+            worker_utilization: make!(
+                prometheus::GaugeVec,
+                Opts::new(
+                    "engram_streaming_worker_utilization",
+                    "Fraction of time the indexing worker was busy since the previous scrape (0-1)."
+                ),
+                &["worker_id"]
+            ),
+            active_sessions: make!(
+                IntGauge,
+                Opts::new("engram_streaming_active_sessions_total", "Streams with a session attached.")
+            ),
+            observation_latency: make!(
+                HistogramVec,
+                hist(
+                    "engram_streaming_observation_latency_seconds",
+                    "From submission to the ack (durable and visible).",
+                    LATENCY_BUCKETS
+                ),
+                &["space_id"]
+            ),
+            recall_latency: make!(
+                HistogramVec,
+                hist("engram_streaming_recall_latency_seconds", "Time to compute a recall.", LATENCY_BUCKETS),
+                &["space_id"]
+            ),
+            batch_size: make!(
+                HistogramVec,
+                hist("engram_streaming_batch_size", "Observations per indexing batch.", BATCH_BUCKETS),
+                &["worker_id"]
+            ),
+            queue_capacity: make!(
+                IntGauge,
+                Opts::new("engram_streaming_queue_capacity", "The indexing queue's capacity.")
+            ),
+            backpressure_active: make!(
+                IntGauge,
+                Opts::new("engram_streaming_backpressure_active", "1 while SLOW_DOWN or overload is in force.")
+            ),
+            worker_restarts: make!(
+                IntCounterVec,
+                Opts::new("engram_streaming_worker_restarts_total", "Indexing worker restarts after a panic."),
+                &["worker_id"]
+            ),
+            index_vectors: make!(
+                IntGaugeVec,
+                Opts::new("engram_index_vectors", "Vectors in the space's HNSW index."),
+                &["space_id"]
+            ),
+            index_memory: make!(
+                IntGaugeVec,
+                Opts::new("engram_index_memory_bytes", "Memory of the space's HNSW index."),
+                &["space_id"]
+            ),
+            queue_memory: make!(
+                IntGauge,
+                Opts::new("engram_queue_memory_bytes", "Bytes of embeddings waiting to be indexed.")
+            ),
+            index_lag: make!(
+                prometheus::GaugeVec,
+                Opts::new(
+                    "engram_streaming_index_lag_seconds",
+                    "Age of the oldest observation not yet indexed (0 when none)."
+                ),
+                &["space_id"]
+            ),
+            wal_sync: make!(
+                Histogram,
+                hist("engram_wal_sync_duration_seconds", "Duration of one WAL fsync (group commit).", SYNC_BUCKETS)
+            ),
+            labels: Mutex::new(Labels {
+                max: max_space_labels,
+                given: HashMap::new(),
+            }),
+            utilization: Mutex::new(Vec::new()),
+            registry,
+        };
+        #[cfg(target_os = "linux")]
+        m.registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("process metrics register once");
+        m
+    }
+
+    /// The `space_id` label for a space: its id, or `_overflow` past the cap.
+    pub fn label(&self, space: &SpaceId) -> String {
+        let mut l = self.labels.lock();
+        if let Some(label) = l.given.get(space) {
+            return label.clone();
+        }
+        let label = if l.given.len() < l.max {
+            space.to_string()
+        } else {
+            OVERFLOW_LABEL.to_owned()
+        };
+        l.given.insert(space.clone(), label.clone());
+        label
+    }
+
+    pub fn space(&self, space: &SpaceId) -> SpaceMetrics {
+        let label = self.label(space);
+        SpaceMetrics {
+            accepted: Priority::ALL.map(|p| self.observations.with_label_values(&[&label, p.as_str()])),
+            rejected: RejectReason::ALL.map(|r| self.rejected.with_label_values(&[&label, r.as_str()])),
+            observation_latency: self.observation_latency.with_label_values(&[&label]),
+            recall_latency: self.recall_latency.with_label_values(&[&label]),
+            label,
+        }
+    }
+
+    /// A rejection of an observation for a space that may not exist yet.
+    pub fn rejected(&self, space: &SpaceId, reason: RejectReason) {
+        let label = self.label(space);
+        self.rejected.with_label_values(&[&label, reason.as_str()]).inc();
+    }
+
+    /// Creates a worker's series at zero, so dashboards and the
+    /// worker-crashed alert see every worker from the start.
+    pub fn init_worker(&self, worker: usize) {
+        let w = worker.to_string();
+        self.worker_restarts.with_label_values(&[&w]);
+        self.batch_size.with_label_values(&[&w]);
+        self.worker_utilization.with_label_values(&[&w]).set(0.0);
+    }
+
+    pub fn batch_size(&self, worker: usize) -> Histogram {
+        self.batch_size.with_label_values(&[&worker.to_string()])
+    }
+
+    pub fn worker_restart(&self, worker: usize) {
+        self.worker_restarts.with_label_values(&[&worker.to_string()]).inc();
+    }
+
+    pub fn backpressure_activation(&self, space: &SpaceId) {
+        let label = self.label(space);
+        self.backpressure_activations.with_label_values(&[&label]).inc();
+    }
+
+    pub fn wal_sync(&self) -> &Histogram {
+        &self.wal_sync
+    }
+
+    /// Sets the state gauges and renders everything in the Prometheus text format.
+    pub fn render(&self, s: ScrapeState) -> String {
+        self.queue_capacity.set(s.queue_capacity as i64);
+        self.backpressure_active.set(i64::from(s.backpressure_active));
+        self.active_sessions.set(s.active_sessions as i64);
+        // Spaces that drained since the last scrape read 0, not their last value.
+        self.queue_depth.reset();
+        let mut memory_labels = HashMap::new();
+        for (space, depths) in &s.queue_depths {
+            let label = self.label(space);
+            for p in Priority::ALL {
+                self.queue_depth
+                    .with_label_values(&[&label, p.as_str()])
+                    .add(depths[p.index()] as i64);
+            }
+        }
+        self.index_vectors.reset();
+        self.index_memory.reset();
+        self.index_lag.reset();
+        let mut fresh_bytes = 0;
+        for (space, vectors, bytes, lag, fresh) in &s.spaces {
+            let label = self.label(space);
+            self.index_vectors.with_label_values(&[&label]).add(*vectors as i64);
+            self.index_memory.with_label_values(&[&label]).add(*bytes as i64);
+            let lag_gauge = self.index_lag.with_label_values(&[&label]);
+            let worst = memory_labels.entry(label).or_insert(0.0f64);
+            *worst = worst.max(*lag);
+            lag_gauge.set(*worst);
+            fresh_bytes += fresh;
+        }
+        self.queue_memory.set(fresh_bytes as i64);
+        let now = Instant::now();
+        let mut prev = self.utilization.lock();
+        prev.resize(s.worker_busy_nanos.len(), (now, 0));
+        for (w, busy) in s.worker_busy_nanos.iter().enumerate() {
+            let (at, was) = prev[w];
+            let wall = now.duration_since(at).as_nanos() as f64;
+            let u = if wall > 0.0 { (busy.saturating_sub(was)) as f64 / wall } else { 0.0 };
+            self.worker_utilization
+                .with_label_values(&[&w.to_string()])
+                .set(u.clamp(0.0, 1.0));
+            prev[w] = (now, *busy);
+        }
+        drop(prev);
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn space_labels_are_capped() {
+        let m = Metrics::new(2);
+        let id = |s: &str| SpaceId::parse(s).unwrap();
+        assert_eq!(m.label(&id("a")), "a");
+        assert_eq!(m.label(&id("b")), "b");
+        assert_eq!(m.label(&id("c")), OVERFLOW_LABEL);
+        assert_eq!(m.label(&id("a")), "a");
+    }
+
+    #[test]
+    fn render_has_every_spec_metric() {
+        let m = Metrics::new(10);
+        let s = m.space(&SpaceId::parse("x").unwrap());
+        s.accepted(Priority::Normal);
+        s.rejected(RejectReason::Overloaded);
+        s.observation_latency.observe(0.001);
+        s.recall_latency.observe(0.002);
+        m.batch_size(0).observe(4.0);
+        m.backpressure_activation(&SpaceId::parse("x").unwrap());
+        let text = m.render(ScrapeState {
+            queue_capacity: 100,
+            backpressure_active: false,
+            active_sessions: 1,
+            queue_depths: vec![(SpaceId::parse("x").unwrap(), [0, 3, 0])],
+            spaces: vec![(SpaceId::parse("x").unwrap(), 10, 4096, 0.5, 300)],
+            worker_busy_nanos: vec![0, 0],
+        });
+        for (kind, name) in [
+            ("counter", "engram_streaming_observations_total"),
+            ("counter", "engram_streaming_observations_rejected_total"),
+            ("counter", "engram_streaming_backpressure_activations_total"),
+            ("gauge", "engram_streaming_queue_depth"),
+            ("gauge", "engram_streaming_worker_utilization"),
+            ("gauge", "engram_streaming_active_sessions_total"),
+            ("histogram", "engram_streaming_observation_latency_seconds"),
+            ("histogram", "engram_streaming_recall_latency_seconds"),
+            ("histogram", "engram_streaming_batch_size"),
+        ] {
+            assert!(text.contains(&format!("# TYPE {name} {kind}")), "{name} {kind} missing:\n{text}");
+        }
+        assert!(text.contains(r#"engram_streaming_queue_depth{priority="normal",space_id="x"} 3"#), "{text}");
+    }
+}
