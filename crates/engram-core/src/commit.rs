@@ -21,9 +21,9 @@ use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::fault::Faults;
-use crate::metrics::Metrics;
 use crate::index::HnswParams;
 use crate::indexer::{IndexTask, Queue};
+use crate::metrics::Metrics;
 use crate::model::{now_unix_nanos, Remembered, SpaceId, StoredEpisode, ValidEpisode};
 use crate::queue::Priority;
 use crate::record::WalRecord;

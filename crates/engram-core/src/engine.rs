@@ -17,7 +17,6 @@ use crate::error::{Error, Result};
 use crate::fault::Faults;
 use crate::indexer::{Indexer, Queue};
 use crate::metrics::{Metrics, ScrapeState};
-use crate::session::RejectReason;
 use crate::model::{
     Cue, EpisodeInput, RecallResult, Remembered, SpaceId, SpaceInfo, DEFAULT_DIMENSION,
     MAX_DIMENSION,
@@ -26,6 +25,7 @@ use crate::queue::{IndexQueue, Priority, Rejected};
 use crate::recall::RecallStream;
 use crate::record::WalRecord;
 use crate::session::Registry;
+use crate::session::RejectReason;
 use crate::space::Space;
 use crate::wal::{Wal, WalOptions};
 use crate::{recall, snapshot};
@@ -76,6 +76,8 @@ struct Inner {
     faults: Option<Arc<Faults>>,
     metrics: Option<Arc<Metrics>>,
     sessions: Registry,
+    /// Held while the engine lives: one process per data directory.
+    _lock: std::fs::File,
     shutting_down: AtomicBool,
     /// One snapshot at a time (periodic, on demand, at shutdown).
     snapshot_lock: Mutex<()>,
@@ -107,10 +109,13 @@ impl Engine {
                 config.data_dir.display()
             ))
         })?;
+        let lock = lock_data_dir(&config.data_dir)?;
         let workers = config.effective_workers();
         let queue: Arc<Queue> = Arc::new(IndexQueue::new(config.queue.clone(), workers));
         let faults = config.fault_injection.then(|| Arc::new(Faults::default()));
-        let metrics = config.metrics.then(|| Arc::new(Metrics::new(config.metrics_max_spaces)));
+        let metrics = config
+            .metrics
+            .then(|| Arc::new(Metrics::new(config.metrics_max_spaces)));
         let indexer = Arc::new(Indexer::start(
             workers,
             queue.clone(),
@@ -183,6 +188,7 @@ impl Engine {
         let engine = Engine {
             inner: Arc::new(Inner {
                 sessions: Registry::new(config.sessions.clone()),
+                _lock: lock,
                 config,
                 spaces,
                 commit_tx,
@@ -416,7 +422,8 @@ impl Engine {
                         match &r {
                             Ok(_) => {
                                 sm.accepted(priority);
-                                sm.observation_latency.observe(started.elapsed().as_secs_f64());
+                                sm.observation_latency
+                                    .observe(started.elapsed().as_secs_f64());
                             }
                             Err(e) => sm.rejected(RejectReason::of(e).0),
                         }
@@ -699,6 +706,26 @@ impl Engine {
         if let Some(h) = self.inner.commit_thread.lock().take() {
             let _ = h.join();
         }
+    }
+}
+
+/// Takes an exclusive lock on `<data_dir>/LOCK`, so two servers never share
+/// a WAL. The OS releases it when the process exits, however it exits.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File> {
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::Storage(format!("opening {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Storage(format!(
+            "data directory {} is in use by another engram process (its LOCK file is held); stop it or use another --data-dir",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::Storage(format!("locking {}: {e}", path.display()))),
     }
 }
 

@@ -235,19 +235,25 @@ fn worker_loop(shared: &Shared, id: usize) {
                 Ok(indexed) => indexed,
                 Err(panic) => {
                     // The failed task goes back first, then the rest.
-                    let rest: Vec<_> = std::iter::once((priority, task)).chain(guard.tasks.by_ref()).collect();
+                    let rest: Vec<_> = std::iter::once((priority, task))
+                        .chain(guard.tasks.by_ref())
+                        .collect();
                     guard.tasks = rest.into_iter();
                     std::panic::resume_unwind(panic);
                 }
             };
             // Completed one by one, so the depth (and with it backpressure
             // and the drain rate) moves smoothly, not in batch-sized steps.
-            shared.queue.complete(&guard.space, &[priority], usize::from(indexed));
+            shared
+                .queue
+                .complete(&guard.space, &[priority], usize::from(indexed));
             if indexed {
                 stats.processed.fetch_add(1, Ordering::Relaxed);
             }
         }
-        stats.busy_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        stats
+            .busy_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
 }
 

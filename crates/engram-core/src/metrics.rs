@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::model::SpaceId;
@@ -32,8 +32,12 @@ pub const DEFAULT_MAX_SPACE_LABELS: usize = 100;
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
-const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
-const SYNC_BUCKETS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0];
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+const SYNC_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+];
 
 /// Every metric of the server.
 pub struct Metrics {
@@ -84,7 +88,10 @@ impl SpaceMetrics {
 }
 
 fn reason_index(r: RejectReason) -> usize {
-    RejectReason::ALL.iter().position(|x| *x == r).expect("every reason is listed")
+    RejectReason::ALL
+        .iter()
+        .position(|x| *x == r)
+        .expect("every reason is listed")
 }
 
 /// What a scrape reads from the engine to set the state gauges.
@@ -103,7 +110,9 @@ pub struct ScrapeState {
 impl Metrics {
     pub fn new(max_space_labels: usize) -> Self {
         let registry = Registry::new();
-        let reg = |c: Box<dyn prometheus::core::Collector>| registry.register(c).expect("metric names are unique");
+        let reg = |c: Box<dyn prometheus::core::Collector>| {
+            registry.register(c).expect("metric names are unique")
+        };
         macro_rules! make {
             ($kind:ty, $opts:expr, $labels:expr) => {{
                 let m = <$kind>::new($opts, $labels).expect("valid metric");
@@ -116,16 +125,24 @@ impl Metrics {
                 m
             }};
         }
-        let hist = |name: &str, help: &str, buckets: &[f64]| HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        let hist = |name: &str, help: &str, buckets: &[f64]| {
+            HistogramOpts::new(name, help).buckets(buckets.to_vec())
+        };
         let m = Metrics {
             observations: make!(
                 IntCounterVec,
-                Opts::new("engram_streaming_observations_total", "Observations accepted (durable and visible)."),
+                Opts::new(
+                    "engram_streaming_observations_total",
+                    "Observations accepted (durable and visible)."
+                ),
                 &["space_id", "priority"]
             ),
             rejected: make!(
                 IntCounterVec,
-                Opts::new("engram_streaming_observations_rejected_total", "Observations rejected, by reason."),
+                Opts::new(
+                    "engram_streaming_observations_rejected_total",
+                    "Observations rejected, by reason."
+                ),
                 &["space_id", "reason"]
             ),
             backpressure_activations: make!(
@@ -138,7 +155,10 @@ impl Metrics {
             ),
             queue_depth: make!(
                 IntGaugeVec,
-                Opts::new("engram_streaming_queue_depth", "Observations accepted but not yet indexed."),
+                Opts::new(
+                    "engram_streaming_queue_depth",
+                    "Observations accepted but not yet indexed."
+                ),
                 &["space_id", "priority"]
             ),
             worker_utilization: make!(
@@ -151,7 +171,10 @@ impl Metrics {
             ),
             active_sessions: make!(
                 IntGauge,
-                Opts::new("engram_streaming_active_sessions_total", "Streams with a session attached.")
+                Opts::new(
+                    "engram_streaming_active_sessions_total",
+                    "Streams with a session attached."
+                )
             ),
             observation_latency: make!(
                 HistogramVec,
@@ -164,25 +187,42 @@ impl Metrics {
             ),
             recall_latency: make!(
                 HistogramVec,
-                hist("engram_streaming_recall_latency_seconds", "Time to compute a recall.", LATENCY_BUCKETS),
+                hist(
+                    "engram_streaming_recall_latency_seconds",
+                    "Time to compute a recall.",
+                    LATENCY_BUCKETS
+                ),
                 &["space_id"]
             ),
             batch_size: make!(
                 HistogramVec,
-                hist("engram_streaming_batch_size", "Observations per indexing batch.", BATCH_BUCKETS),
+                hist(
+                    "engram_streaming_batch_size",
+                    "Observations per indexing batch.",
+                    BATCH_BUCKETS
+                ),
                 &["worker_id"]
             ),
             queue_capacity: make!(
                 IntGauge,
-                Opts::new("engram_streaming_queue_capacity", "The indexing queue's capacity.")
+                Opts::new(
+                    "engram_streaming_queue_capacity",
+                    "The indexing queue's capacity."
+                )
             ),
             backpressure_active: make!(
                 IntGauge,
-                Opts::new("engram_streaming_backpressure_active", "1 while SLOW_DOWN or overload is in force.")
+                Opts::new(
+                    "engram_streaming_backpressure_active",
+                    "1 while SLOW_DOWN or overload is in force."
+                )
             ),
             worker_restarts: make!(
                 IntCounterVec,
-                Opts::new("engram_streaming_worker_restarts_total", "Indexing worker restarts after a panic."),
+                Opts::new(
+                    "engram_streaming_worker_restarts_total",
+                    "Indexing worker restarts after a panic."
+                ),
                 &["worker_id"]
             ),
             index_vectors: make!(
@@ -192,12 +232,18 @@ impl Metrics {
             ),
             index_memory: make!(
                 IntGaugeVec,
-                Opts::new("engram_index_memory_bytes", "Memory of the space's HNSW index."),
+                Opts::new(
+                    "engram_index_memory_bytes",
+                    "Memory of the space's HNSW index."
+                ),
                 &["space_id"]
             ),
             queue_memory: make!(
                 IntGauge,
-                Opts::new("engram_queue_memory_bytes", "Bytes of embeddings waiting to be indexed.")
+                Opts::new(
+                    "engram_queue_memory_bytes",
+                    "Bytes of embeddings waiting to be indexed."
+                )
             ),
             index_lag: make!(
                 prometheus::GaugeVec,
@@ -209,7 +255,11 @@ impl Metrics {
             ),
             wal_sync: make!(
                 Histogram,
-                hist("engram_wal_sync_duration_seconds", "Duration of one WAL fsync (group commit).", SYNC_BUCKETS)
+                hist(
+                    "engram_wal_sync_duration_seconds",
+                    "Duration of one WAL fsync (group commit).",
+                    SYNC_BUCKETS
+                )
             ),
             labels: Mutex::new(Labels {
                 max: max_space_labels,
@@ -220,7 +270,9 @@ impl Metrics {
         };
         #[cfg(target_os = "linux")]
         m.registry
-            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
             .expect("process metrics register once");
         m
     }
@@ -243,8 +295,10 @@ impl Metrics {
     pub fn space(&self, space: &SpaceId) -> SpaceMetrics {
         let label = self.label(space);
         SpaceMetrics {
-            accepted: Priority::ALL.map(|p| self.observations.with_label_values(&[&label, p.as_str()])),
-            rejected: RejectReason::ALL.map(|r| self.rejected.with_label_values(&[&label, r.as_str()])),
+            accepted: Priority::ALL
+                .map(|p| self.observations.with_label_values(&[&label, p.as_str()])),
+            rejected: RejectReason::ALL
+                .map(|r| self.rejected.with_label_values(&[&label, r.as_str()])),
             observation_latency: self.observation_latency.with_label_values(&[&label]),
             recall_latency: self.recall_latency.with_label_values(&[&label]),
             label,
@@ -254,7 +308,9 @@ impl Metrics {
     /// A rejection of an observation for a space that may not exist yet.
     pub fn rejected(&self, space: &SpaceId, reason: RejectReason) {
         let label = self.label(space);
-        self.rejected.with_label_values(&[&label, reason.as_str()]).inc();
+        self.rejected
+            .with_label_values(&[&label, reason.as_str()])
+            .inc();
     }
 
     /// Creates a worker's series at zero, so dashboards and the
@@ -271,12 +327,16 @@ impl Metrics {
     }
 
     pub fn worker_restart(&self, worker: usize) {
-        self.worker_restarts.with_label_values(&[&worker.to_string()]).inc();
+        self.worker_restarts
+            .with_label_values(&[&worker.to_string()])
+            .inc();
     }
 
     pub fn backpressure_activation(&self, space: &SpaceId) {
         let label = self.label(space);
-        self.backpressure_activations.with_label_values(&[&label]).inc();
+        self.backpressure_activations
+            .with_label_values(&[&label])
+            .inc();
     }
 
     pub fn wal_sync(&self) -> &Histogram {
@@ -286,7 +346,8 @@ impl Metrics {
     /// Sets the state gauges and renders everything in the Prometheus text format.
     pub fn render(&self, s: ScrapeState) -> String {
         self.queue_capacity.set(s.queue_capacity as i64);
-        self.backpressure_active.set(i64::from(s.backpressure_active));
+        self.backpressure_active
+            .set(i64::from(s.backpressure_active));
         self.active_sessions.set(s.active_sessions as i64);
         // Spaces that drained since the last scrape read 0, not their last value.
         self.queue_depth.reset();
@@ -305,8 +366,12 @@ impl Metrics {
         let mut fresh_bytes = 0;
         for (space, vectors, bytes, lag, fresh) in &s.spaces {
             let label = self.label(space);
-            self.index_vectors.with_label_values(&[&label]).add(*vectors as i64);
-            self.index_memory.with_label_values(&[&label]).add(*bytes as i64);
+            self.index_vectors
+                .with_label_values(&[&label])
+                .add(*vectors as i64);
+            self.index_memory
+                .with_label_values(&[&label])
+                .add(*bytes as i64);
             let lag_gauge = self.index_lag.with_label_values(&[&label]);
             let worst = memory_labels.entry(label).or_insert(0.0f64);
             *worst = worst.max(*lag);
@@ -320,7 +385,11 @@ impl Metrics {
         for (w, busy) in s.worker_busy_nanos.iter().enumerate() {
             let (at, was) = prev[w];
             let wall = now.duration_since(at).as_nanos() as f64;
-            let u = if wall > 0.0 { (busy.saturating_sub(was)) as f64 / wall } else { 0.0 };
+            let u = if wall > 0.0 {
+                (busy.saturating_sub(was)) as f64 / wall
+            } else {
+                0.0
+            };
             self.worker_utilization
                 .with_label_values(&[&w.to_string()])
                 .set(u.clamp(0.0, 1.0));
@@ -378,8 +447,14 @@ mod tests {
             ("histogram", "engram_streaming_recall_latency_seconds"),
             ("histogram", "engram_streaming_batch_size"),
         ] {
-            assert!(text.contains(&format!("# TYPE {name} {kind}")), "{name} {kind} missing:\n{text}");
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}")),
+                "{name} {kind} missing:\n{text}"
+            );
         }
-        assert!(text.contains(r#"engram_streaming_queue_depth{priority="normal",space_id="x"} 3"#), "{text}");
+        assert!(
+            text.contains(r#"engram_streaming_queue_depth{priority="normal",space_id="x"} 3"#),
+            "{text}"
+        );
     }
 }

@@ -1303,10 +1303,22 @@ mod tests {
         // The meter, with synthetic time.
         let t0 = Instant::now();
         let mut m = DrainMeter::new(t0);
-        assert_eq!(m.rate(t0 + Duration::from_millis(500)), None, "no work seen yet");
+        assert_eq!(
+            m.rate(t0 + Duration::from_millis(500)),
+            None,
+            "no work seen yet"
+        );
         m.record(t0, 50);
-        assert_eq!(m.rate(t0 + Duration::from_millis(50)), None, "too early for a provisional rate");
-        assert_eq!(m.rate(t0 + Duration::from_millis(500)), Some(100.0), "provisional rate");
+        assert_eq!(
+            m.rate(t0 + Duration::from_millis(50)),
+            None,
+            "too early for a provisional rate"
+        );
+        assert_eq!(
+            m.rate(t0 + Duration::from_millis(500)),
+            Some(100.0),
+            "provisional rate"
+        );
         m.record(t0 + Duration::from_millis(900), 50);
         assert_eq!(m.rate(t0 + Duration::from_secs(1)), Some(100.0));
         m.record(t0 + Duration::from_millis(1500), 300);
@@ -1351,7 +1363,11 @@ mod tests {
             }
             last = b;
         }
-        assert_eq!(q.batch_size(4, 64), 50, "capped at half the capacity per worker");
+        assert_eq!(
+            q.batch_size(4, 64),
+            50,
+            "capped at half the capacity per worker"
+        );
         assert_eq!(q.batch_size(4, 40), 40);
         assert_eq!(q.batch_size(10, 1), 10);
         for _ in 0..25 {

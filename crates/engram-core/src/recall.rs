@@ -180,7 +180,8 @@ impl Iterator for RecallStream {
         self.done = !more;
         if self.done {
             if let Some(m) = self.space.metrics() {
-                m.recall_latency.observe(self.started.elapsed().as_secs_f64());
+                m.recall_latency
+                    .observe(self.started.elapsed().as_secs_f64());
             }
         }
         Some(RecallBatch {

@@ -494,7 +494,8 @@ impl Session {
         match self.check_sequence(seq) {
             Err(ack) => PendingAck::Ready(Some(ack)),
             Ok(()) => {
-                self.engine.record_rejection(&self.shared.space, RejectReason::Invalid);
+                self.engine
+                    .record_rejection(&self.shared.space, RejectReason::Invalid);
                 let ack = self.reject(seq, RejectReason::Invalid, message, None);
                 self.shared.record(ack.clone());
                 PendingAck::Ready(Some(ack))
@@ -510,13 +511,15 @@ impl Session {
         if matches!(st.phase, SessionPhase::Closing | SessionPhase::Closed) {
             drop(st);
             let msg = "the session is closed; resume it or open a new one".to_owned();
-            self.engine.record_rejection(&self.shared.space, RejectReason::Closed);
+            self.engine
+                .record_rejection(&self.shared.space, RejectReason::Closed);
             return Err(self.reject(seq, RejectReason::Closed, msg, None));
         }
         if st.holder != self.holder {
             drop(st);
             let msg = "this session was resumed by another stream".to_owned();
-            self.engine.record_rejection(&self.shared.space, RejectReason::Closed);
+            self.engine
+                .record_rejection(&self.shared.space, RejectReason::Closed);
             return Err(self.reject(seq, RejectReason::Closed, msg, None));
         }
         if seq < st.expected && seq <= st.replay_upto {

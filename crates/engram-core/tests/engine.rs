@@ -450,3 +450,22 @@ async fn bad_input_is_rejected_and_harms_nothing() {
     assert_eq!((info.count, info.last_sequence), (1, 1));
     engine.shutdown();
 }
+
+#[test]
+fn a_data_directory_serves_one_engine_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Engine::open(config(dir.path())).unwrap();
+    let second = Engine::open(config(dir.path()))
+        .err()
+        .expect("a second engine on the same directory must fail");
+    assert_eq!(second.code(), "storage_failure");
+    assert!(
+        second
+            .to_string()
+            .contains("in use by another engram process"),
+        "{second}"
+    );
+    first.shutdown();
+    drop(first);
+    Engine::open(config(dir.path())).unwrap().shutdown();
+}

@@ -154,12 +154,14 @@ async fn integration_streaming_workflow_10k_observations() {
     assert_eq!((closed.final_sequence, closed.accepted), (N, N));
 
     let info = wait_indexed(&client, SPACE, Duration::from_secs(120)).await;
+    eprintln!("indexed after {:?}", started.elapsed());
     assert_eq!(info.count, N, "{info:?}");
     assert!(info.last_sequence >= N, "{info:?}");
     let items = (0..N as usize)
         .map(|i| (format!("wf-{i}"), data[i].1.clone()))
         .collect();
     let missing = not_top1(&client, SPACE, items, 4).await;
+    eprintln!("recalled all after {:?}", started.elapsed());
     assert!(
         missing.is_empty(),
         "{} of {N} not top-1 for their own embedding, e.g. {:?}",
@@ -167,6 +169,7 @@ async fn integration_streaming_workflow_10k_observations() {
         &missing[..missing.len().min(5)]
     );
     assert_integrity(&server, SPACE).await;
+    eprintln!("integrity checked after {:?}", started.elapsed());
 }
 
 /// SPEC 7.2: three clients on their own connections stream 5K each into

@@ -358,6 +358,33 @@ mod tests {
     }
 
     #[test]
+    fn snapshots_taken_during_inserts_are_consistent() {
+        let vectors = random_unit_vectors(2000, 16, 16);
+        let h = Hnsw::new(16, HnswParams::default());
+        let snaps = std::thread::scope(|s| {
+            for t in 0..2 {
+                let (h, vectors) = (&h, &vectors);
+                s.spawn(move || {
+                    for i in (t..vectors.len()).step_by(2) {
+                        assert!(h.insert(i as u64, &vectors[i]));
+                    }
+                });
+            }
+            s.spawn(|| (0..4).map(|_| snapshot(&h)).collect::<Vec<_>>())
+                .join()
+                .unwrap()
+        });
+        for buf in snaps {
+            let r = Hnsw::read_from(&mut buf.as_slice()).unwrap();
+            r.check_integrity().unwrap();
+            for label in r.labels() {
+                let v = &vectors[label as usize];
+                assert_eq!(r.search(v, 1, 64, &|_| true)[0].0, label);
+            }
+        }
+    }
+
+    #[test]
     fn empty_index_round_trips() {
         let h = Hnsw::new(7, HnswParams::default());
         let r = Hnsw::read_from(&mut snapshot(&h).as_slice()).unwrap();
