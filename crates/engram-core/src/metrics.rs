@@ -349,8 +349,15 @@ impl Metrics {
         self.backpressure_active
             .set(i64::from(s.backpressure_active));
         self.active_sessions.set(s.active_sessions as i64);
-        // Spaces that drained since the last scrape read 0, not their last value.
+        // Every known space reads 0 when drained (not its last value, and
+        // not missing: alerts and panels need the series).
         self.queue_depth.reset();
+        for (space, ..) in &s.spaces {
+            let label = self.label(space);
+            for p in Priority::ALL {
+                self.queue_depth.with_label_values(&[&label, p.as_str()]);
+            }
+        }
         let mut memory_labels = HashMap::new();
         for (space, depths) in &s.queue_depths {
             let label = self.label(space);

@@ -72,9 +72,10 @@ fn parse_exposition(text: &str) -> BTreeMap<String, Family> {
             .as_deref()
             .unwrap_or_else(|| panic!("sample before any # TYPE line: {line}"));
         let family = families.get_mut(family_name).unwrap();
-        let suffix = sample.name.strip_prefix(family_name).unwrap_or_else(|| {
-            panic!("sample {line} is not of family {family_name}")
-        });
+        let suffix = sample
+            .name
+            .strip_prefix(family_name)
+            .unwrap_or_else(|| panic!("sample {line} is not of family {family_name}"));
         let allowed: &[&str] = if family.kind == "histogram" {
             &["_bucket", "_sum", "_count"]
         } else {
@@ -113,7 +114,11 @@ fn parse_sample(line: &str) -> Sample {
                 }
                 key.push(c);
             }
-            assert_eq!(chars.next().map(|(_, c)| c), Some('"'), "label {key} in {line}");
+            assert_eq!(
+                chars.next().map(|(_, c)| c),
+                Some('"'),
+                "label {key} in {line}"
+            );
             let mut value = String::new();
             loop {
                 match chars.next().expect("unterminated label value").1 {
@@ -271,7 +276,12 @@ impl Expected {
     fn count_rest(&mut self, space: &str, status: u16, body: &Value) {
         match status {
             201 => *self.accepted.entry((space.into(), "normal")).or_default() += 1,
-            429 => *self.rejected.entry((space.into(), "overloaded")).or_default() += 1,
+            429 => {
+                *self
+                    .rejected
+                    .entry((space.into(), "overloaded"))
+                    .or_default() += 1
+            }
             _ => panic!("POST memories to {space}: {status} {body}"),
         }
     }
@@ -347,10 +357,7 @@ async fn stream(
     let (sender, mut acks) = client.observe_stream(space).await.expect("observe_stream");
     for (i, (embedding, priority)) in items.iter().enumerate() {
         let e = engram_client::episode(format!("{space} {i}"), embedding.clone());
-        sender
-            .send_with_priority(e, *priority)
-            .await
-            .expect("send");
+        sender.send_with_priority(e, *priority).await.expect("send");
     }
     for (_, priority) in items {
         let answer = acks
@@ -408,7 +415,12 @@ async fn every_spec_metric_is_exported_with_its_type_and_labels() {
     let mut alpha: Vec<_> = vectors[..18]
         .iter()
         .enumerate()
-        .map(|(i, v)| (v.clone(), [Priority::Normal, Priority::High, Priority::Low][i % 3]))
+        .map(|(i, v)| {
+            (
+                v.clone(),
+                [Priority::Normal, Priority::High, Priority::Low][i % 3],
+            )
+        })
         .collect();
     alpha.insert(5, (vec![0.5; DIM + 1], Priority::Normal));
     let beta: Vec<_> = vectors[18..]
@@ -433,7 +445,10 @@ async fn every_spec_metric_is_exported_with_its_type_and_labels() {
     //    rejected (429); the queue depth gauge shows what waits.
     admin(&http, &server, "/v1/admin/indexing/pause", json!({})).await;
     let mut queued = 0;
-    for (i, v) in random_vectors(QUEUE_CAPACITY + 5, DIM, 8).iter().enumerate() {
+    for (i, v) in random_vectors(QUEUE_CAPACITY + 5, DIM, 8)
+        .iter()
+        .enumerate()
+    {
         let (status, body) = call(
             &http,
             Method::POST,
@@ -445,26 +460,37 @@ async fn every_spec_metric_is_exported_with_its_type_and_labels() {
         queued += u64::from(status == 201);
     }
     assert!(
-        expected.rejected.get(&("beta".into(), "overloaded")).copied().unwrap_or(0) >= 1,
+        expected
+            .rejected
+            .get(&("beta".into(), "overloaded"))
+            .copied()
+            .unwrap_or(0)
+            >= 1,
         "normal priority is rejected from 90% of the queue: {expected:?}"
     );
-    let paused = wait_for(
-        "a backpressure activation for beta",
-        DEADLINE,
-        || async {
-            let s = Scrape::take(&http, &server).await;
-            let n = s.sum(
-                "engram_streaming_backpressure_activations_total",
-                &[("space_id", "beta")],
-            );
-            if n >= 1.0 {
-                Ok(s)
-            } else {
-                Err(format!("activations {n}"))
-            }
-        },
-    )
+    let paused = wait_for("a backpressure activation for beta", DEADLINE, || async {
+        let s = Scrape::take(&http, &server).await;
+        let n = s.sum(
+            "engram_streaming_backpressure_activations_total",
+            &[("space_id", "beta")],
+        );
+        if n >= 1.0 {
+            Ok(s)
+        } else {
+            Err(format!("activations {n}"))
+        }
+    })
     .await;
+    paused.family(
+        "engram_streaming_queue_depth",
+        "gauge",
+        &["space_id", "priority"],
+    );
+    let priorities = paused.label_values("engram_streaming_queue_depth", "priority");
+    assert!(
+        priorities.iter().all(|p| PRIORITIES.contains(&p.as_str())),
+        "queue_depth priorities {priorities:?}"
+    );
     assert_eq!(
         paused.sum(
             "engram_streaming_queue_depth",
@@ -473,7 +499,10 @@ async fn every_spec_metric_is_exported_with_its_type_and_labels() {
         queued as f64,
         "queue depth while indexing is paused"
     );
-    assert_eq!(paused.sum("engram_streaming_queue_depth", &[]), queued as f64);
+    assert_eq!(
+        paused.sum("engram_streaming_queue_depth", &[]),
+        queued as f64
+    );
     assert_eq!(
         paused.sum("engram_streaming_backpressure_active", &[]),
         1.0,
@@ -525,9 +554,11 @@ async fn every_spec_metric_is_exported_with_its_type_and_labels() {
     wait_drained(&http, &server, &["alpha", "beta"]).await;
     wait_for("the sessions to be released", DEADLINE, || async {
         let s = Scrape::take(&http, &server).await;
-        match s.sum("engram_streaming_active_sessions_total", &[]) {
-            n if n == 0.0 => Ok(()),
-            n => Err(format!("{n} active")),
+        let n = s.sum("engram_streaming_active_sessions_total", &[]);
+        if n == 0.0 {
+            Ok(())
+        } else {
+            Err(format!("{n} active"))
         }
     })
     .await;
@@ -555,7 +586,11 @@ async fn every_spec_metric_is_exported_with_its_type_and_labels() {
         m.label_values("engram_streaming_observations_total", "space_id"),
         spaces
     );
-    in_set("engram_streaming_observations_total", "priority", &PRIORITIES);
+    in_set(
+        "engram_streaming_observations_total",
+        "priority",
+        &PRIORITIES,
+    );
     for space in ["alpha", "beta"] {
         for priority in PRIORITIES {
             let want = expected
@@ -627,19 +662,6 @@ async fn every_spec_metric_is_exported_with_its_type_and_labels() {
             "engram_streaming_backpressure_activations_total",
             &[("space_id", "beta")]
         ) >= 1.0
-    );
-
-    m.family(
-        "engram_streaming_queue_depth",
-        "gauge",
-        &["space_id", "priority"],
-    );
-    in_set("engram_streaming_queue_depth", "priority", &PRIORITIES);
-    in_set("engram_streaming_queue_depth", "space_id", &["alpha", "beta"]);
-    assert_eq!(
-        m.sum("engram_streaming_queue_depth", &[]),
-        0.0,
-        "the queue drained"
     );
 
     let utilization = m.family(
@@ -734,6 +756,26 @@ async fn every_spec_metric_is_exported_with_its_type_and_labels() {
         m.sum("engram_streaming_queue_capacity", &[]),
         QUEUE_CAPACITY as f64
     );
+
+    // Last, so a failure here does not hide the checks above: the gauge
+    // must read 0 for a drained queue, not vanish (an idle server would
+    // otherwise export no `engram_streaming_queue_depth` at all, and the
+    // dashboard's queue depth panel would have no data).
+    m.family(
+        "engram_streaming_queue_depth",
+        "gauge",
+        &["space_id", "priority"],
+    );
+    in_set("engram_streaming_queue_depth", "priority", &PRIORITIES);
+    assert_eq!(
+        m.label_values("engram_streaming_queue_depth", "space_id"),
+        spaces
+    );
+    assert_eq!(
+        m.sum("engram_streaming_queue_depth", &[]),
+        0.0,
+        "the queue drained"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -758,9 +800,11 @@ async fn space_id_cardinality_is_capped() {
     }
     let m = wait_for("the four vectors to be indexed", DEADLINE, || async {
         let m = Scrape::take(&http, &server).await;
-        match m.sum("engram_index_vectors", &[]) {
-            n if n == 4.0 => Ok(m),
-            n => Err(format!("{n} indexed")),
+        let n = m.sum("engram_index_vectors", &[]);
+        if n == 4.0 {
+            Ok(m)
+        } else {
+            Err(format!("{n} indexed"))
         }
     })
     .await;
@@ -787,7 +831,10 @@ async fn space_id_cardinality_is_capped() {
     );
     for space in ["s1", "s2"] {
         assert_eq!(
-            m.sum("engram_streaming_observations_total", &[("space_id", space)]),
+            m.sum(
+                "engram_streaming_observations_total",
+                &[("space_id", space)]
+            ),
             1.0
         );
     }
