@@ -24,6 +24,9 @@ pub struct IndexArgs {
     m: usize,
     #[arg(long, default_value_t = 100)]
     efc: usize,
+    /// Seed of the level draw (default: the index's default seed).
+    #[arg(long)]
+    seed: Option<u64>,
     /// Beam widths to measure (each is max(ef, 10), as in the baseline).
     #[arg(long, num_args = 1.., default_values_t = [16, 32, 64, 128])]
     ef: Vec<usize>,
@@ -50,6 +53,7 @@ struct Report {
     #[serde(rename = "M")]
     m: usize,
     ef_construction: usize,
+    seed: u64,
     threads: usize,
     build_s: f64,
     build_vectors_per_s: f64,
@@ -86,10 +90,12 @@ pub fn run(args: &IndexArgs) -> Result<()> {
         );
     }
     let (n, dim) = (base.rows(), base.dim);
+    let defaults = HnswParams::default();
     let params = HnswParams {
         m: args.m,
         ef_construction: args.efc,
-        ..HnswParams::default()
+        seed: args.seed.unwrap_or(defaults.seed),
+        ..defaults
     };
     let index = Hnsw::new(dim, params);
 
@@ -151,6 +157,7 @@ pub fn run(args: &IndexArgs) -> Result<()> {
         dim,
         m: args.m,
         ef_construction: args.efc,
+        seed: index.params().seed,
         threads: args.threads,
         build_s,
         build_vectors_per_s: n as f64 / build_s,

@@ -225,8 +225,9 @@ impl Session {
             let event = tokio::select! {
                 biased;
                 m = conn.inbound.message() => Event::Inbound(m),
-                c = self.close_rx.recv(), if self.close_open => Event::Close(c),
+                // Intake before close: a drain must cover every send that returned before it.
                 o = self.observe_rx.recv(), if self.intake_open => Event::Observe(o),
+                c = self.close_rx.recv(), if self.close_open => Event::Close(c),
                 _ = sleep_until(send_at.unwrap_or(now)), if send_at.is_some() => Event::SendTime,
                 _ = heartbeat.tick() => Event::Heartbeat,
             };

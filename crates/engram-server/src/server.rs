@@ -64,7 +64,12 @@ pub async fn serve(
     tracing::info!(listener = "grpc", addr = %grpc_addr, "listening");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (grpc_router, health) = grpc::router(state.clone(), config.grpc.max_message_bytes).await;
+    let (grpc_router, health) = grpc::router(
+        state.clone(),
+        config.grpc.max_message_bytes,
+        stop_rx.clone(),
+    )
+    .await;
     let mut stop_grpc = stop_rx.clone();
     let grpc_task = tokio::spawn(async move {
         grpc_router

@@ -223,10 +223,10 @@ async fn inject(
         let wake = burst_end.map_or(next, |b| b.min(next)).min(until);
         tokio::time::sleep_until(wake).await;
         let now = Instant::now();
-        if burst_end.is_some_and(|b| b <= now) || now >= until {
-            if burst_end.take().is_some() {
-                faults(server, json!({"index_delay_ms": 0})).await;
-            }
+        // A burst ends at its time, and at the latest with the chaos.
+        if burst_end.is_some_and(|b| b <= now || now >= until) {
+            burst_end = None;
+            faults(server, json!({"index_delay_ms": 0})).await;
         }
         if now >= until {
             return chaos;

@@ -5,10 +5,12 @@
 //!   then on each of its levels run a beam search (`ef_construction`), pick
 //!   up to `M` neighbours with the diversity heuristic, link to them, and add
 //!   a back link in each neighbour (re-running the heuristic when the
-//!   neighbour's list is full). Inserts score with exact `f32` vectors. Two
-//!   additions to hnswlib: all of a node's lists are written before any back
-//!   link makes it reachable, and pruning never removes a node's last
-//!   level-0 in-link (hnswlib can orphan nodes that way).
+//!   neighbour's list is full). The beam search runs on the `i8` codes (see
+//!   below) and its `ef_construction` results are re-scored exactly; the
+//!   heuristic and pruning use exact `f32` vectors. Two additions to
+//!   hnswlib: all of a node's lists are written before any back link makes
+//!   it reachable, and pruning never removes a node's last level-0 in-link
+//!   (hnswlib can orphan nodes that way).
 //! - Search: greedy descent to level 0, then a beam search of width
 //!   `max(ef, k)` on the `i8` codes (a quarter of the memory traffic of
 //!   `f32`), then the best `2k` (at least `k + 10`) are re-scored exactly,
@@ -33,17 +35,16 @@ use super::distance::{dot, dot_i8};
 use super::storage::{NodeStore, MAX_NODES};
 use super::visited::{Keyed, Scratch, ScratchPool};
 
-/// Links per node on upper levels; level 0 allows twice as many. 16 is the
-/// hnswlib default and the knee of the recall/memory curve for 384-768-d
-/// text embeddings.
+/// Links per node on upper levels; level 0 allows twice as many. hnswlib's
+/// default and the benchmark setting (SPEC 8).
 pub const DEFAULT_M: usize = 16;
-/// Beam width while inserting; 100 reaches the recall ceiling of M=16 graphs
-/// on our data sets at about half the build cost of 200.
+/// Beam width while inserting; the benchmark setting (SPEC 8).
 pub const DEFAULT_EF_CONSTRUCTION: usize = 100;
 /// Beam width for searches: the smallest value that gives recall@10 >= 0.95
 /// on both minilm-dev and the 100K x 768-d clustered set. 32 is enough on
-/// minilm-dev (0.96) but gives 0.94-0.96 on the clustered set depending on
-/// the level draw; 40 gives 0.96-0.97 there (see `docs/design/index.md`).
+/// minilm-dev (0.96) but gives 0.94-0.97 on the clustered set depending on
+/// the level draw (0.94 with the default seed); 40 gives 0.96-0.98 there
+/// (see `docs/design/index.md`).
 pub const DEFAULT_EF_SEARCH: usize = 40;
 /// Seed for level assignment; fixed so that the same inserts build the same
 /// level structure on every run.
@@ -53,8 +54,8 @@ pub const DEFAULT_SEED: u64 = 0x656e_6772_616d_0001;
 pub(super) const MAX_LEVEL: usize = 31;
 pub(super) const NO_ENTRY: u64 = u64::MAX;
 
-/// Cache lines of each neighbour's `f32` vector requested before an insert
-/// scores them (the hardware prefetcher streams the rest of the row).
+/// Cache lines of each `f32` vector requested before a batch of exact
+/// re-scoring (the hardware prefetcher streams the rest of the row).
 const EXACT_PREFETCH_LINES: usize = 8;
 
 /// A search re-scores its approximate best `k + max(k, RERANK_MIN_EXTRA)`
@@ -62,44 +63,21 @@ const EXACT_PREFETCH_LINES: usize = 8;
 /// `ef` (measured), at a fraction of the cost.
 const RERANK_MIN_EXTRA: usize = 10;
 
-/// How a beam search scores nodes against its query.
-pub(super) trait Metric {
-    fn sim(&self, id: u32) -> f32;
-    /// Starts loading what `sim(id)` will read.
-    fn prefetch(&self, id: u32);
-}
-
-/// Exact similarity on the `f32` vectors: inserts use it, so the graph is
-/// the same as one built without quantization.
-pub(super) struct Exact<'a> {
+/// Approximate similarity on the `i8` code rows: searches and inserts
+/// traverse with it (a quarter of the memory traffic of `f32`) and re-score
+/// what they keep exactly.
+pub(super) struct Quantized<'a> {
     pub store: &'a NodeStore,
     pub q: &'a [f32],
 }
 
-impl Metric for Exact<'_> {
-    #[inline(always)]
-    fn sim(&self, id: u32) -> f32 {
-        dot(self.q, self.store.vector(id))
-    }
-    #[inline(always)]
-    fn prefetch(&self, id: u32) {
-        self.store.prefetch_vector(id, EXACT_PREFETCH_LINES);
-    }
-}
-
-/// Approximate similarity on the `i8` code rows: queries traverse with it
-/// (a quarter of the memory traffic) and re-rank their best exactly.
-struct Quantized<'a> {
-    store: &'a NodeStore,
-    q: &'a [f32],
-}
-
-impl Metric for Quantized<'_> {
+impl Quantized<'_> {
     #[inline(always)]
     fn sim(&self, id: u32) -> f32 {
         let c = self.store.code(id);
         dot_i8(self.q, c.codes) * c.scale
     }
+    /// Starts loading what `sim(id)` will read.
     #[inline(always)]
     fn prefetch(&self, id: u32) {
         self.store.prefetch_code(id);
@@ -372,7 +350,7 @@ impl Hnsw {
 
     /// Greedy descent from the entry point down to `level + 1`; returns the
     /// node to start a beam search on `level` from.
-    pub(super) fn descend<M: Metric>(&self, m: &M, level: usize) -> Option<u32> {
+    pub(super) fn descend(&self, m: &Quantized, level: usize) -> Option<u32> {
         let (mut cur, top) = unpack_entry(self.entry.load(Ordering::Acquire))?;
         let mut cur_sim = m.sim(cur);
         for l in (level + 1..=top).rev() {
@@ -403,9 +381,9 @@ impl Hnsw {
     /// all unvisited neighbours of a node are prefetched before the first is
     /// scored, and the next candidate's level-0 list while the current one's
     /// neighbours are scored.
-    fn search_layer<M: Metric, F: Fn(u32) -> bool>(
+    fn search_layer<F: Fn(u32) -> bool>(
         &self,
-        m: &M,
+        m: &Quantized,
         entry: u32,
         ef: usize,
         level: usize,
@@ -505,9 +483,10 @@ impl Hnsw {
         // Raising the top level: keep other inserts from reading the entry
         // point until this node is linked (hnswlib does the same).
         let top_guard = (level > top).then_some(top_guard);
-        let metric = Exact {
+        let q = self.store.vector(id);
+        let metric = Quantized {
             store: &self.store,
-            q: self.store.vector(id),
+            q,
         };
         let mut cur = self.descend(&metric, level).unwrap_or(entry);
         let mut s = self.pool.get();
@@ -533,8 +512,15 @@ impl Hnsw {
                 selected,
                 ..
             } = &mut *s;
+            // Traversal was on codes; neighbour selection is exact.
             pairs.clear();
-            pairs.extend(results.drain().map(|r| (-r.key, r.id)));
+            pairs.extend(results.drain().map(|r| (0.0, r.id)));
+            for &(_, n) in pairs.iter() {
+                self.store.prefetch_vector(n, EXACT_PREFETCH_LINES);
+            }
+            for p in pairs.iter_mut() {
+                p.0 = dot(q, self.store.vector(p.1));
+            }
             pairs.sort_unstable_by(by_similarity_desc);
             self.select_neighbours(pairs, self.params.m, selected);
             chosen[l].extend_from_slice(selected);

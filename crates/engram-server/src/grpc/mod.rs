@@ -24,7 +24,11 @@ pub const SERVICES: [&str; 2] = ["engram.v1.Streaming", "engram.v1.Memory"];
 
 /// Builds the gRPC router and the health reporter (NOT_SERVING until
 /// [`set_serving`] says otherwise).
-pub async fn router(state: AppState, max_message_bytes: usize) -> (Router, HealthReporter) {
+pub async fn router(
+    state: AppState,
+    max_message_bytes: usize,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> (Router, HealthReporter) {
     let (reporter, health) = tonic_health::server::health_reporter();
     set_serving(&reporter, false).await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -40,6 +44,7 @@ pub async fn router(state: AppState, max_message_bytes: usize) -> (Router, Healt
     let streaming = StreamingServer::new(streaming::StreamingService {
         state: state.clone(),
         max_message_bytes,
+        shutdown,
     })
     .max_decoding_message_size(max_message_bytes)
     .max_encoding_message_size(usize::MAX);

@@ -38,6 +38,9 @@ const MAX_IN_FLIGHT: usize = 4096;
 pub struct StreamingService {
     pub state: AppState,
     pub max_message_bytes: usize,
+    /// Becomes true when the server shuts down: streams stop taking
+    /// observations, answer what they hold and end with UNAVAILABLE.
+    pub shutdown: watch::Receiver<bool>,
 }
 
 impl StreamingService {
@@ -58,7 +61,12 @@ impl Streaming for StreamingService {
     ) -> Result<Response<Self::ObserveStreamStream>, Status> {
         let engine = self.engine()?;
         let (tx, rx) = mpsc::channel(OUTBOUND);
-        let driver = Driver::new(engine, Sink::Observe(tx), self.max_message_bytes);
+        let driver = Driver::new(
+            engine,
+            Sink::Observe(tx),
+            self.max_message_bytes,
+            self.shutdown.clone(),
+        );
         tokio::spawn(driver.run(Source::Observe(req.into_inner())));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -88,7 +96,12 @@ impl Streaming for StreamingService {
     ) -> Result<Response<Self::MemoryFlowStream>, Status> {
         let engine = self.engine()?;
         let (tx, rx) = mpsc::channel(OUTBOUND);
-        let driver = Driver::new(engine, Sink::Flow(tx), self.max_message_bytes);
+        let driver = Driver::new(
+            engine,
+            Sink::Flow(tx),
+            self.max_message_bytes,
+            self.shutdown.clone(),
+        );
         tokio::spawn(driver.run(Source::Flow(req.into_inner())));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -275,10 +288,16 @@ struct Driver {
     backpressure: bool,
     paused: watch::Sender<bool>,
     last_state: State,
+    shutdown: watch::Receiver<bool>,
 }
 
 impl Driver {
-    fn new(engine: Engine, sink: Sink, max_message_bytes: usize) -> Self {
+    fn new(
+        engine: Engine,
+        sink: Sink,
+        max_message_bytes: usize,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         Driver {
             engine,
             sink,
@@ -289,10 +308,12 @@ impl Driver {
             backpressure: false,
             paused: watch::channel(false).0,
             last_state: State::Active,
+            shutdown,
         }
     }
 
     async fn run(mut self, mut source: Source) {
+        let mut shutdown = self.shutdown.clone();
         loop {
             let reading = self.pending.len() < MAX_IN_FLIGHT;
             tokio::select! {
@@ -301,6 +322,21 @@ impl Driver {
                     if !self.sink.observe(ack_response(ack)).await {
                         return;
                     }
+                }
+                _ = async { drop(shutdown.wait_for(|s| *s).await) } => {
+                    // Stop intake: answer what was taken, then tell the
+                    // client to come back (its session resumes after restart
+                    // only if it reconnects to a server that kept it; the
+                    // client then resends, and episode ids dedupe).
+                    if self.flush_acks().await {
+                        self.send_status(State::Closing, "the server is shutting down").await;
+                    }
+                    self.sink
+                        .fail(Status::unavailable(
+                            "the server is shutting down; reconnect and resume (unacknowledged observations must be resent)",
+                        ))
+                        .await;
+                    return;
                 }
                 Some(ev) = next_event(&mut self.events) => {
                     if !self.on_event(ev).await {

@@ -95,7 +95,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/spaces/:space_id/recall", post(rest::recall))
         .route("/v1/admin/indexing/:action", post(admin_indexing))
         .route("/v1/admin/faults", post(admin_faults))
-        .route("/v1/admin/spaces/:space_id/integrity", post(admin_integrity))
+        .route(
+            "/v1/admin/spaces/:space_id/integrity",
+            post(admin_integrity),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -215,10 +218,22 @@ async fn admin_integrity(
     let started = std::time::Instant::now();
     let result = tokio::task::spawn_blocking(move || engine.check_integrity(&space_id))
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("integrity task failed: {e}")))?;
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("integrity task failed: {e}"),
+            )
+        })?;
     match result {
-        Ok(()) => Ok(Json(json!({"ok": true, "took_ms": started.elapsed().as_millis() as u64}))),
-        Err(violation) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "integrity_violation", violation)),
+        Ok(()) => Ok(Json(
+            json!({"ok": true, "took_ms": started.elapsed().as_millis() as u64}),
+        )),
+        Err(violation) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "integrity_violation",
+            violation,
+        )),
     }
 }
 
@@ -227,7 +242,10 @@ async fn metrics(State(state): State<AppState>) -> Result<axum::response::Respon
     let engine = state.engine()?;
     match engine.render_metrics() {
         Some(text) => Ok((
-            [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
             text,
         )
             .into_response()),
