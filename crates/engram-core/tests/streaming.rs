@@ -160,9 +160,22 @@ async fn one_hot_space_keeps_every_worker_busy() {
         }
     }
     // Everything is queued; now let the workers at it.
+    let busy_before: Vec<u64> = engine
+        .indexer()
+        .stats()
+        .iter()
+        .map(|s| s.busy_nanos.load(Ordering::Relaxed))
+        .collect();
+    let started = Instant::now();
     engine.resume_indexing();
     wait_indexed(&engine);
+    let wall = started.elapsed().as_nanos() as f64;
     let stats = engine.indexer().stats();
+    let busy: Vec<f64> = stats
+        .iter()
+        .zip(&busy_before)
+        .map(|(s, b)| (s.busy_nanos.load(Ordering::Relaxed) - b) as f64 / wall)
+        .collect();
     let counts: Vec<u64> = stats
         .iter()
         .map(|s| s.processed.load(Ordering::Relaxed))
@@ -171,13 +184,21 @@ async fn one_hot_space_keeps_every_worker_busy() {
         .iter()
         .map(|s| s.stolen_batches.load(Ordering::Relaxed))
         .collect();
-    println!("per-worker processed {counts:?}, stolen batches {stolen:?}");
+    println!(
+        "per-worker processed {counts:?}, busy fraction {busy:.2?}, stolen batches {stolen:?}"
+    );
     let (lo, hi) = (
         *counts.iter().min().unwrap() as f64,
         *counts.iter().max().unwrap() as f64,
     );
     assert_eq!(counts.iter().sum::<u64>(), 12_000);
-    assert!(lo >= 0.8 * hi, "workers unbalanced: {counts:?}");
+    // The bar: counts within 20% of each other, or every worker
+    // over 80% busy while the backlog lasted (on a loaded machine a worker
+    // can get less CPU, yet still never be idle).
+    assert!(
+        lo >= 0.8 * hi || busy.iter().all(|b| *b > 0.8),
+        "workers neither balanced nor all busy: processed {counts:?}, busy {busy:.2?}"
+    );
     assert!(
         stolen.iter().sum::<u64>() > 0,
         "no worker stole from the hot space"

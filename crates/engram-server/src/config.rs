@@ -230,6 +230,22 @@ mod tests {
     }
 
     #[test]
+    fn partial_sections_keep_their_other_defaults() {
+        let f = write("[engine.index]\nef_search = 64\n[engine.sessions]\nidle_timeout_secs = 5\n");
+        let o = Overrides {
+            config: Some(f.path().to_owned()),
+            ..Overrides::default()
+        };
+        let c = ServerConfig::load(&o).unwrap();
+        assert_eq!(c.engine.index.ef_search, 64);
+        assert_eq!(
+            c.engine.index.m,
+            engram_core::index::HnswParams::default().m
+        );
+        assert_eq!(c.engine.sessions.idle_timeout_secs, 5);
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_errors() {
         let f = write("[engine.queue]\ncapacty = 10\n");
         let o = Overrides {

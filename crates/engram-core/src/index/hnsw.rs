@@ -86,6 +86,7 @@ impl Quantized<'_> {
 
 /// Build and search parameters of an [`Hnsw`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct HnswParams {
     /// Links per node on upper levels (level 0: `2 * m`). At least 2.
     pub m: usize,
