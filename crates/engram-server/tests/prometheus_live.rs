@@ -126,7 +126,10 @@ impl Prometheus {
 
     async fn wait_ready(&mut self, http: &reqwest::Client) {
         let until = Instant::now() + PROMETHEUS_READY;
+        // Poll with a deadline (asserted below), one probe per tick.
+        let mut poll = tokio::time::interval(Duration::from_millis(100));
         loop {
+            poll.tick().await;
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("prometheus exited ({status}); log:\n{}", self.log_tail());
             }
@@ -140,7 +143,6 @@ impl Prometheus {
                 "prometheus not ready within {PROMETHEUS_READY:?}; log:\n{}",
                 self.log_tail()
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -271,13 +273,15 @@ where
     Fut: std::future::Future<Output = Result<T, String>>,
 {
     let until = Instant::now() + deadline;
+    let mut poll = tokio::time::interval(Duration::from_millis(250));
     loop {
+        poll.tick().await;
         match probe().await {
             Ok(v) => return v,
             Err(last) if Instant::now() >= until => {
                 panic!("timed out after {deadline:?} waiting for {what}: {last}")
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            Err(_) => {}
         }
     }
 }
@@ -497,7 +501,9 @@ async fn live_prometheus_alerts_fire_and_every_panel_has_data() {
     // hence the polling).
     let until = Instant::now() + PANEL_DEADLINE;
     let mut pending: Vec<&PanelQuery> = queries.iter().collect();
+    let mut poll = tokio::time::interval(Duration::from_millis(500));
     loop {
+        poll.tick().await;
         let mut why = Vec::new();
         let mut still = Vec::new();
         for q in pending {
@@ -515,7 +521,6 @@ async fn live_prometheus_alerts_fire_and_every_panel_has_data() {
             "after {PANEL_DEADLINE:?}, dashboard queries without data:\n{}",
             why.join("\n")
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let panels_after = overloaded_at.elapsed();
     let depth_in_prometheus = prometheus
