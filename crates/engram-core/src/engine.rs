@@ -348,21 +348,25 @@ impl Engine {
         priority: Priority,
     ) -> Result<PendingRemember> {
         let (tx, rx) = oneshot::channel();
-        self.submit_remember_with(space, input, priority, crate::commit::to_channel(tx))?;
+        let reply = crate::commit::to_channel(tx);
+        self.submit_remember_with(space, input, priority, Instant::now(), reply)?;
         Ok(PendingRemember(rx))
     }
 
     /// Submits with a custom answer hook, run by the commit thread with the
-    /// answer (sessions record outcomes there). On `Err`, the hook was not
-    /// called and will not be.
+    /// answer (sessions record outcomes there). `received` is when the
+    /// observation arrived (the start of its latency; sessions pass the
+    /// clock reading they already took). On `Err`, the hook was not called
+    /// and will not be.
     pub(crate) fn submit_remember_with(
         &self,
         space: &str,
         input: EpisodeInput,
         priority: Priority,
+        received: Instant,
         reply: crate::commit::Reply<Remembered>,
     ) -> Result<()> {
-        let result = self.submit_inner(space, input, priority, reply);
+        let result = self.submit_inner(space, input, priority, received, reply);
         if let (Err(e), Some(m)) = (&result, &self.inner.metrics) {
             if let Ok(id) = SpaceId::parse(space) {
                 m.rejected(&id, RejectReason::of(e).0);
@@ -376,12 +380,13 @@ impl Engine {
         space: &str,
         input: EpisodeInput,
         priority: Priority,
+        received: Instant,
         reply: crate::commit::Reply<Remembered>,
     ) -> Result<()> {
         let space = SpaceId::parse(space)?;
         let episode = input.validate()?;
         self.check_writable()?;
-        let existing = match self.space(&space) {
+        match self.space(&space) {
             Ok(s) if s.dimension() != episode.embedding.len() => {
                 return Err(Error::DimensionMismatch {
                     space: space.to_string(),
@@ -390,9 +395,9 @@ impl Engine {
                 })
             }
             Err(e) if !self.inner.config.auto_create_spaces => return Err(e),
-            Ok(s) => Some(s),
-            Err(_) => None,
-        };
+            // A missing space is created by the commit thread.
+            Ok(_) | Err(_) => {}
+        }
         self.inner
             .queue
             .try_reserve(&space, priority)
@@ -401,43 +406,13 @@ impl Engine {
                 capacity: r.capacity,
                 retry_after: r.retry_after,
             })?;
-        let reply = match &self.inner.metrics {
-            None => reply,
-            Some(m) => {
-                // Recorded when the answer is known, on the commit thread.
-                let m = m.clone();
-                let id = existing.is_none().then(|| space.clone());
-                let started = Instant::now();
-                Box::new(move |r: Result<Remembered>| {
-                    let handles;
-                    let sm = match (&existing, &id) {
-                        (Some(s), _) => s.metrics(),
-                        (None, Some(id)) => {
-                            handles = m.space(id);
-                            Some(&handles)
-                        }
-                        (None, None) => None,
-                    };
-                    if let Some(sm) = sm {
-                        match &r {
-                            Ok(_) => {
-                                sm.accepted(priority);
-                                sm.observation_latency
-                                    .observe(started.elapsed().as_secs_f64());
-                            }
-                            Err(e) => sm.rejected(RejectReason::of(e).0),
-                        }
-                    }
-                    reply(r)
-                })
-            }
-        };
         let auto_create = self.inner.config.auto_create_spaces;
         self.send(Command::Observe {
             space,
             episode,
             priority,
             auto_create,
+            admitted: self.inner.metrics.is_some().then_some(received),
             reply,
         })
     }

@@ -85,6 +85,13 @@ impl SpaceMetrics {
     pub fn rejected(&self, r: RejectReason) {
         self.rejected[reason_index(r)].inc();
     }
+
+    /// Counts `n` accepted observations of one priority at once.
+    pub fn accepted_many(&self, p: Priority, n: u64) {
+        if n > 0 {
+            self.accepted[p.index()].inc_by(n);
+        }
+    }
 }
 
 fn reason_index(r: RejectReason) -> usize {

@@ -493,7 +493,7 @@ impl Session {
     pub fn observe_invalid(&self, seq: u64, message: String) -> PendingAck {
         match self.check_sequence(seq) {
             Err(ack) => PendingAck::Ready(Some(ack)),
-            Ok(()) => {
+            Ok(_) => {
                 self.engine
                     .record_rejection(&self.shared.space, RejectReason::Invalid);
                 let ack = self.reject(seq, RejectReason::Invalid, message, None);
@@ -505,9 +505,11 @@ impl Session {
 
     /// Applies the sequence rules: Ok when `seq` is the expected number
     /// (which it then uses, with one answer in flight), else the answer.
-    fn check_sequence(&self, seq: u64) -> std::result::Result<(), Ack> {
+    /// Ok carries when the observation arrived (its latency starts there).
+    fn check_sequence(&self, seq: u64) -> std::result::Result<Instant, Ack> {
+        let now = Instant::now();
         let mut st = self.shared.state.lock();
-        st.last_activity = Instant::now();
+        st.last_activity = now;
         if matches!(st.phase, SessionPhase::Closing | SessionPhase::Closed) {
             drop(st);
             let msg = "the session is closed; resume it or open a new one".to_owned();
@@ -544,16 +546,17 @@ impl Session {
         }
         st.expected += 1;
         st.in_flight += 1;
-        Ok(())
+        Ok(now)
     }
 
     /// Submits observation number `seq`. The sequence check happens now;
     /// the answer resolves once the observation is committed (or at once
     /// for a rejection). Await answers in submission order.
     pub fn observe(&self, seq: u64, input: EpisodeInput, priority: Priority) -> PendingAck {
-        if let Err(ack) = self.check_sequence(seq) {
-            return PendingAck::Ready(Some(ack));
-        }
+        let received = match self.check_sequence(seq) {
+            Ok(at) => at,
+            Err(ack) => return PendingAck::Ready(Some(ack)),
+        };
         let (tx, rx) = oneshot::channel();
         let shared = self.shared.clone();
         let hook: crate::commit::Reply<Remembered> = Box::new(move |r: Result<Remembered>| {
@@ -575,9 +578,10 @@ impl Session {
             shared.record(ack.clone());
             let _ = tx.send(ack);
         });
+        let space = self.shared.space.as_str();
         match self
             .engine
-            .submit_remember_with(self.shared.space.as_str(), input, priority, hook)
+            .submit_remember_with(space, input, priority, received, hook)
         {
             Ok(()) => PendingAck::Waiting(rx),
             Err(e) => {

@@ -469,3 +469,98 @@ fn a_data_directory_serves_one_engine_at_a_time() {
     drop(first);
     Engine::open(config(dir.path())).unwrap().shutdown();
 }
+
+/// The value of one sample line of the text exposition, e.g.
+/// `engram_streaming_observations_total{priority="normal",space_id="m"}`.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+}
+
+/// Acceptances are recorded by the commit thread in chunks: every ack must
+/// already be counted when the caller sees it (no scrape can lag an ack),
+/// across chunk boundaries, for pipelined batches, duplicates included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_ack_is_counted_before_the_caller_sees_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    let total = |e: &Engine, p: &str| {
+        sample(
+            &e.render_metrics().unwrap(),
+            &format!("engram_streaming_observations_total{{priority=\"{p}\",space_id=\"m\"}}"),
+        )
+    };
+    let latency_count = |e: &Engine| {
+        sample(
+            &e.render_metrics().unwrap(),
+            "engram_streaming_observation_latency_seconds_count{space_id=\"m\"}",
+        )
+    };
+    let vecs = random_vectors(1000, 8, 7);
+    // One at a time: the space is created by the first; each is counted.
+    for (i, v) in vecs[..10].iter().enumerate() {
+        engine
+            .remember("m", episode(&format!("a{i}"), v.clone()))
+            .await
+            .unwrap();
+        assert_eq!(total(&engine, "normal"), (i + 1) as f64);
+        assert_eq!(latency_count(&engine), (i + 1) as f64);
+    }
+    // Pipelined, so commit batches hold many answer chunks; mixed lanes.
+    let mut pending = Vec::new();
+    for (i, v) in vecs[10..].iter().enumerate() {
+        let p = if i % 3 == 0 {
+            Priority::High
+        } else {
+            Priority::Normal
+        };
+        let input = episode(&format!("b{i}"), v.clone());
+        pending.push((p, engine.submit_remember("m", input, p).unwrap()));
+    }
+    let (mut high, mut normal) = (0.0, 10.0);
+    for (p, ack) in pending {
+        ack.await.unwrap();
+        match p {
+            Priority::High => high += 1.0,
+            _ => normal += 1.0,
+        }
+        // Counted no later than answered (chunks publish before answering).
+        assert!(total(&engine, "high") >= high);
+        assert!(total(&engine, "normal") >= normal);
+    }
+    assert_eq!(
+        (total(&engine, "high"), total(&engine, "normal")),
+        (330.0, 670.0)
+    );
+    assert_eq!(latency_count(&engine), 1000.0);
+    // An idempotent retry is answered ACCEPTED (duplicate) and counted so.
+    let again = engine
+        .remember("m", episode("a0", vecs[0].clone()))
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(total(&engine, "normal"), 671.0);
+    assert_eq!(latency_count(&engine), 1001.0);
+    let sum = sample(
+        &engine.render_metrics().unwrap(),
+        "engram_streaming_observation_latency_seconds_sum{space_id=\"m\"}",
+    );
+    assert!(sum > 0.0 && sum < 1001.0 * 10.0, "latency sum {sum}");
+    // A rejection (wrong dimension for the space) counts as rejected with
+    // its reason, not as accepted.
+    let err = engine
+        .remember("m", episode("bad", vec![1.0; 9]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::DimensionMismatch { .. }), "{err:?}");
+    assert_eq!(total(&engine, "normal"), 671.0);
+    assert_eq!(
+        sample(
+            &engine.render_metrics().unwrap(),
+            "engram_streaming_observations_rejected_total{reason=\"invalid\",space_id=\"m\"}"
+        ),
+        1.0
+    );
+    engine.shutdown();
+}
