@@ -48,7 +48,7 @@ python3 scripts/check-dashboard.py | tee "$log_dir/dashboard.log"
 # `ci` profile, which keeps debug assertions and overflow checks.
 step "cargo test (profile ci)"
 set +e
-cargo test --workspace --profile ci 2>&1 | tee "$log_dir/cargo.log"
+cargo test --workspace --profile ci --no-fail-fast 2>&1 | tee "$log_dir/cargo.log"
 status=${PIPESTATUS[0]}
 set -e
 [ "$status" -eq 0 ] || { echo "cargo test failed (exit $status)" >&2; exit "$status"; }

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use engram_core::index::{Hnsw, HnswParams};
 use serde::Serialize;
 
-use crate::data::{read_fvecs, read_ivecs_ids};
+use engram_testdata::{read_fvecs, read_ivecs_ids};
 
 #[derive(clap::Args, Debug)]
 pub struct IndexArgs {

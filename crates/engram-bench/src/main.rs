@@ -2,10 +2,9 @@
 //!
 //! - `index` ([`index_bench`]): engram's HNSW on an fvecs data set, measured
 //!   like `../shared/tools/hnsw_baseline.py run` measures hnswlib
-//!   (`scripts/bench_index.sh` runs both and reports the ratios).
-//! - [`data`]: fvecs / ivecs readers.
+//!   (`scripts/bench_index.sh` runs both and reports the ratios); the data
+//!   set readers are in `engram-testdata`.
 
-mod data;
 mod index_bench;
 
 use clap::{Parser, Subcommand};

@@ -8,7 +8,6 @@
 //!
 //! `cargo bench -p engram-core --bench indexing`
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -18,22 +17,13 @@ use engram_core::{Engine, EngineConfig, EpisodeInput};
 const N: usize = 4000;
 
 fn vectors() -> Vec<Vec<f32>> {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/minilm-dev/base.fvecs");
-    if let Ok(bytes) = std::fs::read(&path) {
-        let d = i32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
-        return bytes
-            .chunks_exact(4 * (d + 1))
-            .take(N)
-            .map(|c| {
-                c[4..]
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                    .collect()
-            })
-            .collect();
+    if let Some(data) = engram_testdata::minilm_dev(N) {
+        return data.into_iter().map(|(_, v)| v).collect();
     }
-    eprintln!("{} not found: using random vectors", path.display());
+    eprintln!(
+        "{}/minilm-dev not found: using random vectors",
+        engram_testdata::shared_data().display()
+    );
     let mut x = 0x9e37_79b9_u32;
     (0..N)
         .map(|_| {

@@ -19,7 +19,6 @@
 //! `cargo bench -p engram-core --bench metrics_overhead [-- PAIRS] [indexed|acked]`
 
 use std::collections::VecDeque;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use engram_core::config::WalConfig;
@@ -56,20 +55,13 @@ impl Workload {
 }
 
 fn vectors() -> Vec<Vec<f32>> {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/minilm-dev/base.fvecs");
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let d = i32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
-    bytes
-        .chunks_exact(4 * (d + 1))
-        .take(N)
-        .map(|c| {
-            c[4..]
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect()
-        })
-        .collect()
+    let data = engram_testdata::minilm_dev(N).unwrap_or_else(|| {
+        panic!(
+            "{}/minilm-dev not found: this benchmark needs the real vectors",
+            engram_testdata::shared_data().display()
+        )
+    });
+    data.into_iter().map(|(_, v)| v).collect()
 }
 
 /// One round; returns observations per second.

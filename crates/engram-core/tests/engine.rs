@@ -109,7 +109,7 @@ async fn minilm_recall_at_10_meets_target_at_default_settings() {
     let data = shared_data().join("minilm-dev");
     let (dim, base) = read_fvecs(&data.join("base.fvecs"));
     let (_, queries) = read_fvecs(&data.join("query.fvecs"));
-    let gt = read_ivecs(&data.join("groundtruth.ivecs"));
+    let gt = read_ivecs(&data.join("groundtruth.ivecs"), base.len());
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config_with(dir.path(), SyncPolicy::None);
     cfg.queue.capacity = 2 * base.len();
@@ -408,6 +408,8 @@ async fn bad_input_is_rejected_and_harms_nothing() {
         .remember("b", episode("ok", vec![1.0, 0.0, 0.0, 0.0]))
         .await
         .unwrap();
+    // From here the queue is empty, so any place left is a rejection's.
+    wait_indexed(&engine);
     let code = |r: Result<engram_core::model::Remembered, Error>| r.unwrap_err().code();
     assert_eq!(
         code(engine.remember("b", episode("d", vec![1.0; 3])).await),

@@ -9,7 +9,6 @@ mod e2e_support;
 mod support;
 
 use std::collections::{BTreeSet, HashSet};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,34 +25,17 @@ use tokio::time::{Instant, MissedTickBehavior};
 /// The first `n` MiniLM vectors and texts of the shared data set, or, where
 /// it is not present, random vectors with made-up texts.
 fn minilm_or_random(n: usize) -> Vec<(String, Vec<f32>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/minilm-dev");
-    let (Ok(raw), Ok(text)) = (
-        std::fs::read(dir.join("base.fvecs")),
-        std::fs::read_to_string(dir.join("base.txt")),
-    ) else {
-        eprintln!("{} not found: using random vectors", dir.display());
+    let Some(data) = engram_testdata::minilm_dev(n) else {
+        eprintln!("minilm-dev not found: using random vectors");
         return (0..n as u64)
             .map(|i| (format!("random text {i}"), vector(1, i, DIM)))
             .collect();
     };
-    let record = 4 * (DIM + 1);
     assert!(
-        raw.len() >= n * record,
-        "base.fvecs holds fewer than {n} vectors"
+        data.iter().all(|(_, v)| v.len() == DIM),
+        "minilm-dev dimension"
     );
-    raw.chunks_exact(record)
-        .zip(text.lines())
-        .take(n)
-        .map(|(rec, what)| {
-            let dim = i32::from_le_bytes(rec[..4].try_into().unwrap());
-            assert_eq!(dim as usize, DIM, "base.fvecs dimension");
-            let v = rec[4..]
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect();
-            (what.to_owned(), v)
-        })
-        .collect()
+    data
 }
 
 /// The accepted memory with the highest server sequence so far.

@@ -1,7 +1,7 @@
 //! Helpers shared by the engine's integration tests.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use engram_core::wal::SyncPolicy;
@@ -70,47 +70,20 @@ pub fn cue(embedding: &[f32], k: usize) -> Cue {
     }
 }
 
-/// The repository's shared data folder (`../shared` beside the checkout).
-pub fn shared_data() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data")
-}
+#[allow(unused_imports)] // not every test binary reads the data set
+pub use engram_testdata::shared_data;
 
 /// Reads an fvecs file into (dimension, rows).
 pub fn read_fvecs(path: &Path) -> (usize, Vec<Vec<f32>>) {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let d = i32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
-    let rec = 4 * (d + 1);
-    assert_eq!(
-        bytes.len() % rec,
-        0,
-        "{} is not an fvecs file",
-        path.display()
-    );
-    let rows = bytes
-        .chunks_exact(rec)
-        .map(|c| {
-            assert_eq!(i32::from_le_bytes(c[..4].try_into().unwrap()) as usize, d);
-            c[4..]
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect()
-        })
-        .collect();
-    (d, rows)
+    let m = engram_testdata::read_fvecs(path).unwrap_or_else(|e| panic!("{e}"));
+    (m.dim, m.to_rows())
 }
 
-pub fn read_ivecs(path: &Path) -> Vec<Vec<u32>> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let k = i32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
-    bytes
-        .chunks_exact(4 * (k + 1))
-        .map(|c| {
-            c[4..]
-                .chunks_exact(4)
-                .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
-                .collect()
-        })
-        .collect()
+/// Reads an ivecs file of ids into `0..limit`.
+pub fn read_ivecs(path: &Path, limit: usize) -> Vec<Vec<usize>> {
+    engram_testdata::read_ivecs_ids(path, limit)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .to_rows()
 }
 
 pub fn normalized(v: &[f32]) -> Vec<f32> {

@@ -1,11 +1,59 @@
+//! The data sets tests and benchmarks read, in one place.
+//!
 //! Readers for the `fvecs` / `ivecs` files of ANN benchmarks (format in
 //! `../shared/data/README.md`): little-endian, each record an `i32`
 //! dimension followed by that many values. Every value is decoded from its
-//! bytes, so the host's byte order and alignment do not matter.
+//! bytes, so the host's byte order and alignment do not matter. Malformed
+//! files are errors (`InvalidData`) that name the file and the record.
 
-use std::path::Path;
+use std::io::{Error, ErrorKind, Result};
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+/// The shared data folder (`../shared/data` beside the checkout).
+pub fn shared_data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data")
+}
+
+/// The first `n` base vectors of `shared/data/minilm-dev` (real 384-d
+/// sentence embeddings) with their texts, or `None` when the folder is
+/// absent.
+///
+/// # Panics
+/// When the folder is there but its files are malformed or hold fewer than
+/// `n` vectors: a broken data set must not pass for a missing one.
+pub fn minilm_dev(n: usize) -> Option<Vec<(String, Vec<f32>)>> {
+    let dir = shared_data().join("minilm-dev");
+    let path = dir.join("base.fvecs");
+    if !path.exists() {
+        return None;
+    }
+    let base = read_fvecs(&path).unwrap_or_else(|e| panic!("{e}"));
+    let texts = std::fs::read_to_string(dir.join("base.txt"))
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.join("base.txt").display()));
+    assert!(
+        base.rows() >= n,
+        "{} holds {} vectors, fewer than {n}",
+        path.display(),
+        base.rows()
+    );
+    assert!(
+        texts.lines().count() >= n,
+        "{} has fewer than {n} lines",
+        dir.join("base.txt").display()
+    );
+    Some(
+        texts
+            .lines()
+            .zip(base.to_rows())
+            .take(n)
+            .map(|(t, v)| (t.to_owned(), v))
+            .collect(),
+    )
+}
+
+fn invalid(msg: String) -> Error {
+    Error::new(ErrorKind::InvalidData, msg)
+}
 
 /// A row-major matrix: row `i` is `data[i * dim..(i + 1) * dim]`.
 pub struct Matrix<T> {
@@ -21,41 +69,53 @@ impl<T> Matrix<T> {
     pub fn row(&self, i: usize) -> &[T] {
         &self.data[i * self.dim..(i + 1) * self.dim]
     }
+
+    /// One `Vec` per row.
+    pub fn to_rows(&self) -> Vec<Vec<T>>
+    where
+        T: Clone,
+    {
+        self.data
+            .chunks_exact(self.dim)
+            .map(<[T]>::to_vec)
+            .collect()
+    }
 }
 
 fn read_records<T>(path: &Path, decode: impl Fn([u8; 4]) -> T) -> Result<Matrix<T>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::new(e.kind(), format!("reading {}: {e}", path.display())))?;
     if bytes.len() < 4 {
-        bail!(
+        return Err(invalid(format!(
             "{}: {} bytes, too short for a vecs file",
             path.display(),
             bytes.len()
-        );
+        )));
     }
     let dim = i32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
     if dim <= 0 {
-        bail!(
+        return Err(invalid(format!(
             "{}: first record has dimension {dim}, expected a positive number",
             path.display()
-        );
+        )));
     }
     let dim = dim as usize;
     let record = 4 * (dim + 1);
     if bytes.len() % record != 0 {
-        bail!(
+        return Err(invalid(format!(
             "{}: {} bytes is not a multiple of the record size {record} (dimension {dim})",
             path.display(),
             bytes.len()
-        );
+        )));
     }
     let mut data = Vec::with_capacity(bytes.len() / record * dim);
     for (i, rec) in bytes.chunks_exact(record).enumerate() {
         let d = i32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]);
         if d as i64 != dim as i64 {
-            bail!(
+            return Err(invalid(format!(
                 "{}: record {i} has dimension {d}, the file starts with {dim}",
                 path.display()
-            );
+            )));
         }
         data.extend(
             rec[4..]
@@ -79,10 +139,10 @@ pub fn read_ivecs_ids(path: &Path, limit: usize) -> Result<Matrix<usize>> {
         .enumerate()
         .find(|(_, &v)| v < 0 || v as usize >= limit)
     {
-        bail!(
+        return Err(invalid(format!(
             "{}: value {bad} at position {pos} is not an id in 0..{limit}",
             path.display()
-        );
+        )));
     }
     Ok(Matrix {
         dim: raw.dim,
@@ -107,7 +167,7 @@ mod tests {
 
     #[test]
     fn reads_and_validates_vecs_files() {
-        let dir = std::env::temp_dir().join(format!("engram-bench-data-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("engram-testdata-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("a.fvecs");
         let one = 1.5f32.to_bits() as i32;
