@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::fault::Faults;
 use crate::index::HnswParams;
 use crate::indexer::{IndexTask, Queue};
-use crate::metrics::{Metrics, SpaceMetrics};
+use crate::metrics::Metrics;
 use crate::model::{now_unix_nanos, Remembered, SpaceId, StoredEpisode, ValidEpisode};
 use crate::queue::Priority;
 use crate::record::WalRecord;
@@ -154,6 +154,16 @@ enum Prepared {
     Observe {
         space: Arc<Space>,
         episode: Arc<StoredEpisode>,
+        priority: Priority,
+        admitted: Option<Instant>,
+        reply: Reply<Remembered>,
+    },
+    /// An idempotent retry: the original's answer, nothing stored. It
+    /// waits for the batch's sync like the rest, so it is never acked
+    /// before its original (which may be in this batch) is durable.
+    Duplicate {
+        space: Arc<Space>,
+        done: Remembered,
         priority: Priority,
         admitted: Option<Instant>,
         reply: Reply<Remembered>,
@@ -456,13 +466,9 @@ impl Committer {
             admitted,
             reply,
         } = obs;
-        let queue = self.queue.clone();
-        let metrics = self.metrics.clone();
-        let reject = |out: &mut Vec<Prepared>, reply, err: Error| {
-            queue.cancel(&space, priority);
-            if let (Some(m), Some(_)) = (&metrics, admitted) {
-                m.rejected(&space, RejectReason::of(&err).0);
-            }
+        let reject = |this: &Self, out: &mut Vec<Prepared>, reply, err: Error| {
+            this.queue.cancel(&space, priority);
+            count_rejected(this.metrics.as_deref(), &space, admitted, &err);
             answer(out, reply, Err(err));
         };
         let s = match self.spaces.get(&space) {
@@ -473,9 +479,12 @@ impl Committer {
                     out.push(Prepared::Created(s.clone(), Box::new(|_| {})));
                     s
                 }
-                None => return reject(out, reply, self.storage_error()),
+                None => return reject(self, out, reply, self.storage_error()),
             },
-            None => return reject(out, reply, Error::SpaceNotFound(space.to_string())),
+            None => {
+                let err = Error::SpaceNotFound(space.to_string());
+                return reject(self, out, reply, err);
+            }
         };
         if ep.embedding.len() != s.dimension() {
             let err = Error::DimensionMismatch {
@@ -483,7 +492,7 @@ impl Committer {
                 expected: s.dimension(),
                 got: ep.embedding.len(),
             };
-            return reject(out, reply, err);
+            return reject(self, out, reply, err);
         }
         let mut meta = s.commit_meta();
         if let Some(id) = &ep.id {
@@ -497,15 +506,15 @@ impl Committer {
                     committed_at_unix_nanos: original.unwrap_or_else(now_unix_nanos),
                     duplicate: true,
                 };
-                queue.cancel(&space, priority);
-                let reply: Reply<Remembered> = match admitted {
-                    None => reply,
-                    Some(admitted) => Box::new(move |r| {
-                        record_answer(s.metrics(), priority, admitted, &r);
-                        reply(r)
-                    }),
-                };
-                return answer(out, reply, Ok(done));
+                self.queue.cancel(&space, priority);
+                out.push(Prepared::Duplicate {
+                    space: s,
+                    done,
+                    priority,
+                    admitted,
+                    reply,
+                });
+                return;
             }
         }
         let seq = meta.last_seq + 1;
@@ -526,7 +535,7 @@ impl Committer {
         };
         if !self.append(&record) {
             drop(meta);
-            return reject(out, reply, self.storage_error());
+            return reject(self, out, reply, self.storage_error());
         }
         let WalRecord::Observe { episode, .. } = record else {
             unreachable!()
@@ -619,11 +628,17 @@ impl Committer {
                         ..
                     } => {
                         self.queue.cancel(space.id(), priority);
-                        let r = Err(err);
-                        if let Some(admitted) = admitted {
-                            record_answer(space.metrics(), priority, admitted, &r);
-                        }
-                        reply(r);
+                        count_rejected(self.metrics.as_deref(), space.id(), admitted, &err);
+                        reply(Err(err));
+                    }
+                    Prepared::Duplicate {
+                        space,
+                        admitted,
+                        reply,
+                        ..
+                    } => {
+                        count_rejected(self.metrics.as_deref(), space.id(), admitted, &err);
+                        reply(Err(err));
                     }
                     Prepared::Created(_, r) => r(Err(err)),
                     Prepared::Forgotten(_, _, r) | Prepared::Deleted(_, r) => r(Err(err)),
@@ -653,6 +668,18 @@ impl Committer {
                         duplicate: false,
                     };
                     self.apply_observe(&space, episode, priority, false);
+                    if let Some(admitted) = admitted {
+                        meter.accepted(&space, priority, admitted);
+                    }
+                    Answered::Observe(reply, done)
+                }
+                Prepared::Duplicate {
+                    space,
+                    done,
+                    priority,
+                    admitted,
+                    reply,
+                } => {
                     if let Some(admitted) = admitted {
                         meter.accepted(&space, priority, admitted);
                     }
@@ -796,29 +823,16 @@ impl AcceptMeter {
     }
 }
 
-impl Drop for AcceptMeter {
-    fn drop(&mut self) {
-        self.flush();
-    }
-}
-
-/// Records an observation's answer: accepted with its latency since
-/// admission (to the ack: WAL write, sync, fresh-tier insert), or rejected
-/// with its reason.
-fn record_answer(
-    metrics: Option<&SpaceMetrics>,
-    priority: Priority,
-    admitted: Instant,
-    answer: &Result<Remembered>,
+/// Counts a rejection decided on this thread (`admitted` is `Some` only
+/// when metrics are on). Rare, so the labelled lookup is fine here.
+fn count_rejected(
+    metrics: Option<&Metrics>,
+    space: &SpaceId,
+    admitted: Option<Instant>,
+    err: &Error,
 ) {
-    let Some(m) = metrics else { return };
-    match answer {
-        Ok(_) => {
-            m.accepted(priority);
-            m.observation_latency
-                .observe(admitted.elapsed().as_secs_f64());
-        }
-        Err(e) => m.rejected(RejectReason::of(e).0),
+    if let (Some(m), Some(_)) = (metrics, admitted) {
+        m.rejected(space, RejectReason::of(err).0);
     }
 }
 
@@ -833,9 +847,7 @@ fn fail(cmd: Command, err: Error, queue: &Queue, metrics: Option<&Metrics>) {
             ..
         } => {
             queue.cancel(&space, priority);
-            if let (Some(m), Some(_)) = (metrics, admitted) {
-                m.rejected(&space, RejectReason::of(&err).0);
-            }
+            count_rejected(metrics, &space, admitted, &err);
             reply(Err(err));
         }
         Command::CreateSpace { reply, .. } => reply(Err(err)),
@@ -843,5 +855,91 @@ fn fail(cmd: Command, err: Error, queue: &Queue, metrics: Option<&Metrics>) {
         Command::CaptureSnapshot { reply } => reply(Err(err)),
         Command::TruncateWal { reply, .. } => reply(Err(err)),
         Command::Stop => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::EpisodeInput;
+    use crate::queue::QueueConfig;
+    use crate::wal::WalOptions;
+
+    fn committer(dir: &std::path::Path) -> Committer {
+        let opts = WalOptions {
+            segment_bytes: 1 << 20,
+        };
+        let (wal, _) = Wal::open(dir, opts, 1).unwrap();
+        Committer::new(
+            wal,
+            SyncPolicy::None,
+            Duration::from_secs(1),
+            64,
+            HnswParams::default(),
+            Arc::default(),
+            Arc::new(Queue::new(QueueConfig::default(), 1)),
+            None,
+        )
+    }
+
+    /// Prepares an observation with client id `id`; its answer lands in
+    /// the returned slot.
+    fn observe(
+        c: &mut Committer,
+        id: &str,
+        out: &mut Vec<Prepared>,
+    ) -> Arc<parking_lot::Mutex<Option<Result<Remembered>>>> {
+        let space = SpaceId::parse("s").unwrap();
+        c.queue.try_reserve(&space, Priority::Normal).unwrap();
+        let slot = Arc::new(parking_lot::Mutex::new(None));
+        let answer = slot.clone();
+        let episode = EpisodeInput {
+            id: Some(id.into()),
+            what: id.into(),
+            embedding: vec![1.0, 0.0],
+            ..Default::default()
+        };
+        let cmd = Command::Observe {
+            space,
+            episode: episode.validate().unwrap(),
+            priority: Priority::Normal,
+            auto_create: true,
+            admitted: None,
+            reply: Box::new(move |r| *answer.lock() = Some(r)),
+        };
+        c.prepare(cmd, out);
+        slot
+    }
+
+    /// A retry of an id whose original is in the same batch is acked only
+    /// if that batch becomes durable: when its sync fails, both fail.
+    #[test]
+    fn a_duplicate_is_never_acked_when_its_batch_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = committer(dir.path());
+        let mut out = Vec::new();
+        let original = observe(&mut c, "x", &mut out);
+        let retry = observe(&mut c, "x", &mut out);
+        c.failed = Some("disk gone".into());
+        c.commit(&mut out);
+        for slot in [original, retry] {
+            let answer = slot.lock().take().expect("answered");
+            assert!(matches!(answer, Err(Error::Storage(_))), "{answer:?}");
+        }
+        assert_eq!(c.queue.depth(), 0, "both queue places given back");
+    }
+
+    #[test]
+    fn a_duplicate_in_a_durable_batch_gets_the_originals_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = committer(dir.path());
+        let mut out = Vec::new();
+        let original = observe(&mut c, "x", &mut out);
+        let retry = observe(&mut c, "x", &mut out);
+        c.commit(&mut out);
+        let original = original.lock().take().unwrap().unwrap();
+        let retry = retry.lock().take().unwrap().unwrap();
+        assert!(!original.duplicate && retry.duplicate);
+        assert_eq!(original.server_sequence, retry.server_sequence);
     }
 }
