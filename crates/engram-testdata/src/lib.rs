@@ -44,9 +44,9 @@ pub fn minilm_dev(n: usize) -> Option<Vec<(String, Vec<f32>)>> {
     Some(
         texts
             .lines()
-            .zip(base.to_rows())
             .take(n)
-            .map(|(t, v)| (t.to_owned(), v))
+            .enumerate()
+            .map(|(i, t)| (t.to_owned(), base.row(i).to_vec()))
             .collect(),
     )
 }
