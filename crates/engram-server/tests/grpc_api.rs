@@ -617,3 +617,25 @@ async fn recall_stream_and_memory_flow_return_batches_with_one_snapshot() {
         }
     }
 }
+
+/// A stream still before its init when the server starts shutting down
+/// gets UNAVAILABLE (which clients retry), never a status message: the
+/// first message of a stream may only be its init_ack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_before_init_gets_unavailable_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(dir.path(), &[]);
+    server.wait_ready().await;
+    let ch = channel(&server).await;
+    let mut s = Stream::open(&ch).await;
+    // SAFETY: kill(2) with the server's pid and a valid signal number.
+    assert_eq!(unsafe { libc::kill(server.pid(), libc::SIGTERM) }, 0);
+    let first = tokio::time::timeout(Duration::from_secs(30), s.rx.message())
+        .await
+        .expect("an answer within 30 s");
+    match first {
+        Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+        Ok(msg) => panic!("expected UNAVAILABLE before init, got {msg:?}"),
+    }
+    assert!(server.terminate(Duration::from_secs(30)).success());
+}

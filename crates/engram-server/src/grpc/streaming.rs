@@ -327,8 +327,10 @@ impl Driver {
                     // Stop intake: answer what was taken, then tell the
                     // client to come back (its session resumes after restart
                     // only if it reconnects to a server that kept it; the
-                    // client then resends, and episode ids dedupe).
-                    if self.flush_acks().await {
+                    // client then resends, and episode ids dedupe). A
+                    // stream not yet past init gets only the error: its
+                    // first message may be nothing but an init_ack.
+                    if self.session.is_some() && self.flush_acks().await {
                         self.send_status(State::Closing, "the server is shutting down").await;
                     }
                     self.sink
