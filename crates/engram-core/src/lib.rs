@@ -1,5 +1,5 @@
 //! engram's engine: everything that stores and recalls memories, with no
-//! transport code. The server crate (REST today, gRPC and WebSocket later)
+//! transport code. The server crate (REST, gRPC, WebSocket)
 //! calls [`Engine`] and maps [`Error`] to its wire codes in one place.
 //!
 //! Map of the crate, following one observation through it:
@@ -12,6 +12,9 @@
 //!   retry-after; workers take batches from it.
 //! - [`session`] — streaming sessions: sequence numbers, idle timeout,
 //!   close with drain, resume.
+//! - [`stream`] — the one stream protocol every transport (gRPC, WebSocket)
+//!   drives: message order, acks, status and backpressure policy, recalls
+//!   on a stream, and why a stream ends.
 //! - [`commit`] — the group-commit thread: assigns server sequences, appends
 //!   to the WAL and syncs it per policy, applies to memory, then acks.
 //! - [`wal`] — the segmented write-ahead log (bytes, checksums, fsync).
@@ -44,6 +47,7 @@ pub mod record;
 pub mod session;
 pub mod snapshot;
 pub mod space;
+pub mod stream;
 pub mod wal;
 
 pub use config::EngineConfig;

@@ -99,10 +99,14 @@ pub struct RecallBatch {
 }
 
 /// An incremental, snapshot-isolated recall (SPEC 3.5). The snapshot point
-/// is fixed when it is created. The first batch comes from a search for
-/// just `batch_size` results, so it is ready before the full top-k is;
-/// the rest come from the full search at the same snapshot, best first,
-/// without repeating what was sent. Nothing committed after the snapshot
+/// is fixed when it is created. The first `next()` searches for just
+/// `batch_size` results, so the first batch is ready (and can be sent)
+/// before the full top-k is searched for; the second `next()` runs the
+/// full search at the same snapshot and the rest follow best first,
+/// without repeating what was sent (a batch after the first may therefore
+/// hold a result more similar than one sent earlier, when the small search
+/// missed it). When the first batch is full but the full search finds
+/// nothing new, the last batch is empty. Nothing committed after the snapshot
 /// appears in any batch.
 pub struct RecallStream {
     space: Arc<Space>,
@@ -111,7 +115,10 @@ pub struct RecallStream {
     batch_size: usize,
     snapshot: u64,
     sent: HashSet<u64>,
+    /// The full search's results not yet sent; None until it ran.
     rest: Option<std::vec::IntoIter<RecalledMemory>>,
+    /// The first (small) batch went out; the full search comes next.
+    first_sent: bool,
     sent_count: usize,
     done: bool,
     started: std::time::Instant,
@@ -131,6 +138,7 @@ impl RecallStream {
             snapshot,
             sent: HashSet::new(),
             rest: None,
+            first_sent: false,
             sent_count: 0,
             done: false,
             started: std::time::Instant::now(),
@@ -151,22 +159,36 @@ impl Iterator for RecallStream {
         }
         let k = self.cue.max_results;
         let memories = match &mut self.rest {
-            None if self.batch_size < k => {
+            // First batch: a search for just `batch_size` results, sent
+            // before the full top-k is searched for.
+            None if !self.first_sent && self.batch_size < k => {
                 let first_cue = ValidCue {
                     max_results: self.batch_size,
                     ..self.cue.clone()
                 };
                 let first = recall_at(&self.space, &first_cue, self.ef, self.snapshot).memories;
-                let full = recall_at(&self.space, &self.cue, self.ef, self.snapshot).memories;
+                self.first_sent = true;
                 self.sent
                     .extend(first.iter().map(|m| m.episode.server_sequence));
+                if first.len() < self.batch_size {
+                    // Fewer matches than one batch: there is nothing more.
+                    self.rest = Some(Vec::new().into_iter());
+                }
+                first
+            }
+            // Second call: the full search at the same snapshot, without
+            // what the first batch already sent.
+            None if self.first_sent => {
+                let full = recall_at(&self.space, &self.cue, self.ef, self.snapshot).memories;
                 let remaining: Vec<_> = full
                     .into_iter()
                     .filter(|m| !self.sent.contains(&m.episode.server_sequence))
-                    .take(k - first.len())
+                    .take(k - self.sent_count)
                     .collect();
-                self.rest = Some(remaining.into_iter());
-                first
+                let mut rest = remaining.into_iter();
+                let batch: Vec<_> = rest.by_ref().take(self.batch_size).collect();
+                self.rest = Some(rest);
+                batch
             }
             None => {
                 let all = recall_at(&self.space, &self.cue, self.ef, self.snapshot).memories;
@@ -176,7 +198,11 @@ impl Iterator for RecallStream {
             Some(rest) => rest.by_ref().take(self.batch_size).collect(),
         };
         self.sent_count += memories.len();
-        let more = self.rest.as_ref().is_some_and(|r| r.len() > 0) && self.sent_count < k;
+        let more = match &self.rest {
+            // After the first batch: more unless the space had fewer matches.
+            None => self.sent_count < k,
+            Some(r) => r.len() > 0 && self.sent_count < k,
+        };
         self.done = !more;
         if self.done {
             if let Some(m) = self.space.metrics() {

@@ -422,6 +422,10 @@ impl Engine {
 }
 
 impl Session {
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     pub fn id(&self) -> &str {
         &self.shared.id
     }

@@ -566,3 +566,70 @@ async fn every_ack_is_counted_before_the_caller_sees_it() {
     );
     engine.shutdown();
 }
+
+/// An incremental recall sends its first batch from a search for just that
+/// batch, then the rest of the full top-k: together exactly the unary
+/// recall's results, each once, the last batch marked, in both tiers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recall_stream_batches_add_up_to_the_unary_top_k() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    let vecs = random_vectors(300, 16, 77);
+    for (i, v) in vecs.iter().take(200).enumerate() {
+        engine
+            .remember("inc", episode(&format!("e{i}"), v.clone()))
+            .await
+            .unwrap();
+    }
+    wait_indexed(&engine);
+    // The rest stays in the fresh tier.
+    engine.pause_indexing();
+    for (i, v) in vecs.iter().enumerate().skip(200) {
+        engine
+            .remember("inc", episode(&format!("e{i}"), v.clone()))
+            .await
+            .unwrap();
+    }
+    for (q, (k, batch)) in random_vectors(20, 16, 78)
+        .iter()
+        .zip([(25, 7), (10, 10), (10, 1), (40, 16)].iter().cycle())
+    {
+        let unary = engine.recall("inc", cue(q, *k)).unwrap();
+        let batches: Vec<_> = engine
+            .recall_stream("inc", cue(q, *k), *batch)
+            .unwrap()
+            .collect();
+        assert!(batches[..batches.len() - 1].iter().all(|b| b.more));
+        assert!(!batches.last().unwrap().more);
+        assert!(batches.iter().all(|b| b.memories.len() <= *batch));
+        assert!(batches
+            .iter()
+            .all(|b| b.snapshot_sequence == unary.snapshot_sequence));
+        let first: Vec<u64> = batches[0]
+            .memories
+            .iter()
+            .map(|m| m.episode.server_sequence)
+            .collect();
+        let top: Vec<u64> = unary.memories[..*batch.min(k)]
+            .iter()
+            .map(|m| m.episode.server_sequence)
+            .collect();
+        assert_eq!(first, top, "the first batch is the best {batch}");
+        let mut streamed: Vec<u64> = batches
+            .iter()
+            .flat_map(|b| b.memories.iter().map(|m| m.episode.server_sequence))
+            .collect();
+        let n = streamed.len();
+        streamed.sort_unstable();
+        streamed.dedup();
+        assert_eq!(streamed.len(), n, "a memory was sent twice");
+        let mut expected: Vec<u64> = unary
+            .memories
+            .iter()
+            .map(|m| m.episode.server_sequence)
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(streamed, expected);
+    }
+    engine.resume_indexing();
+}

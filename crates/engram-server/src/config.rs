@@ -13,15 +13,25 @@ use serde::{Deserialize, Serialize};
 /// is well under 1 MiB; 4 MiB leaves room without letting one request pin
 /// much memory.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Largest WebSocket message on `/v1/stream`: one observation as JSON (64
+/// KiB text, an 8192-d embedding at ~12 bytes a number) is under 200 KiB.
+pub const DEFAULT_MAX_WS_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Seconds between the server's WebSocket pings.
+pub const DEFAULT_WS_PING_INTERVAL_SECS: u64 = 30;
 /// How long shutdown waits for in-flight requests before closing them.
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// REST, health and (later) WebSocket and metrics. Port 0 picks a free port.
+    /// REST, the WebSocket stream, health and metrics. Port 0 picks a free port.
     pub addr: SocketAddr,
     pub max_body_bytes: usize,
+    /// Larger WebSocket messages close the socket with 1009 (message too big).
+    pub max_ws_message_bytes: usize,
+    /// Seconds between WebSocket pings the server sends on `/v1/stream`
+    /// (keeps proxies from closing quiet connections, finds dead peers).
+    pub ws_ping_interval_secs: u64,
 }
 
 impl Default for HttpConfig {
@@ -29,6 +39,8 @@ impl Default for HttpConfig {
         HttpConfig {
             addr: "127.0.0.1:8080".parse().expect("valid default address"),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_ws_message_bytes: DEFAULT_MAX_WS_MESSAGE_BYTES,
+            ws_ping_interval_secs: DEFAULT_WS_PING_INTERVAL_SECS,
         }
     }
 }
@@ -193,6 +205,12 @@ impl ServerConfig {
         }
         if self.http.max_body_bytes < 1024 {
             return bad("http.max_body_bytes must be at least 1024");
+        }
+        if self.http.max_ws_message_bytes < 1024 {
+            return bad("http.max_ws_message_bytes must be at least 1024");
+        }
+        if self.http.ws_ping_interval_secs == 0 {
+            return bad("http.ws_ping_interval_secs must be at least 1");
         }
         Ok(())
     }

@@ -1,9 +1,11 @@
-//! The HTTP listener: REST for the unary operations, health endpoints.
+//! The HTTP listener: REST for the unary operations, the WebSocket stream
+//! (`/v1/stream`, in `ws`), health endpoints and metrics.
 //! Handlers are thin adapters: parse, convert to engine types, call the
 //! engine, map the error (in `error`).
 
 mod error;
 mod rest;
+pub mod ws;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -75,8 +77,15 @@ impl AppState {
 }
 
 /// Every HTTP route.
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+pub fn router(state: AppState, max_body_bytes: usize, ws: ws::WsSettings) -> Router {
+    let ws_state = state.clone();
     Router::new()
+        .route(
+            "/v1/stream",
+            get(move |upgrade: axum::extract::WebSocketUpgrade| {
+                ws::stream(upgrade, ws_state.clone(), ws.clone())
+            }),
+        )
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))

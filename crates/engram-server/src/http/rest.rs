@@ -96,13 +96,13 @@ fn parse_time(field: &'static str, s: &str) -> Result<i64, ApiError> {
     })
 }
 
-fn format_time(nanos: i64) -> String {
+pub(crate) fn format_time(nanos: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_nanos(nanos.max(0) as u64);
     humantime::format_rfc3339_nanos(t).to_string()
 }
 
 impl EpisodeJson {
-    fn into_input(self) -> Result<EpisodeInput, ApiError> {
+    pub(crate) fn into_input(self) -> Result<EpisodeInput, ApiError> {
         Ok(EpisodeInput {
             id: self.id,
             when_unix_nanos: self
@@ -120,7 +120,7 @@ impl EpisodeJson {
 }
 
 impl CueJson {
-    fn into_cue(self) -> Result<Cue, ApiError> {
+    pub(crate) fn into_cue(self) -> Result<Cue, ApiError> {
         Ok(Cue {
             embedding: self.embedding,
             max_results: self.max_results,
@@ -140,7 +140,7 @@ impl CueJson {
 }
 
 #[derive(Serialize)]
-struct EpisodeOut<'a> {
+pub(crate) struct EpisodeOut<'a> {
     id: &'a str,
     when: String,
     what: &'a str,
@@ -152,7 +152,7 @@ struct EpisodeOut<'a> {
 }
 
 #[derive(Serialize)]
-struct RecalledOut<'a> {
+pub(crate) struct RecalledOut<'a> {
     episode: EpisodeOut<'a>,
     similarity: f32,
     confidence: f32,
@@ -160,7 +160,7 @@ struct RecalledOut<'a> {
     indexed: bool,
 }
 
-fn recalled_out(m: &RecalledMemory, include_embeddings: bool) -> RecalledOut<'_> {
+pub(crate) fn recalled_out(m: &RecalledMemory, include_embeddings: bool) -> RecalledOut<'_> {
     let e = &m.episode;
     RecalledOut {
         episode: EpisodeOut {
