@@ -4,8 +4,13 @@
 //!   like `../shared/tools/hnsw_baseline.py run` measures hnswlib
 //!   (`scripts/bench_index.sh` runs both and reports the ratios); the data
 //!   set readers are in `engram-testdata`.
+//! - `recall-transports` ([`recall_transports`]): recall latency over REST,
+//!   gRPC unary, gRPC RecallStream and WebSocket against a running server
+//!   (`scripts/bench_recall_transports.sh` starts one and writes the
+//!   result file).
 
 mod index_bench;
+mod recall_transports;
 
 use clap::{Parser, Subcommand};
 
@@ -20,10 +25,13 @@ struct Cli {
 enum Command {
     /// Build and measure engram's HNSW index; prints one JSON object.
     Index(index_bench::IndexArgs),
+    /// Recall latency per transport against a running server; prints JSON.
+    RecallTransports(recall_transports::RecallTransportsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Index(args) => index_bench::run(&args),
+        Command::RecallTransports(args) => recall_transports::run(&args),
     }
 }
