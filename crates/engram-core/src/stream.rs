@@ -614,12 +614,14 @@ impl Driver {
         let message = match action {
             FlowAction::Pause => {
                 session.pause();
-                let _ = self.paused.send(true);
+                // send_replace: the value must change even while no recall
+                // is subscribed, so that the next recall starts held.
+                self.paused.send_replace(true);
                 "paused by the client; recall batches are held"
             }
             FlowAction::Resume => {
                 session.resume();
-                let _ = self.paused.send(false);
+                self.paused.send_replace(false);
                 "resumed by the client"
             }
             FlowAction::BufferStatus => "status",

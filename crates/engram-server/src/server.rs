@@ -87,6 +87,7 @@ pub async fn serve(
             })
             .await
     });
+    let (open_sockets, mut sockets_gone) = tokio::sync::mpsc::channel::<()>(1);
     let app = http::router(
         state.clone(),
         config.http.max_body_bytes,
@@ -94,6 +95,7 @@ pub async fn serve(
             max_message_bytes: config.http.max_ws_message_bytes,
             ping_interval: Duration::from_secs(config.http.ws_ping_interval_secs),
             shutdown: stop_rx.clone(),
+            open_sockets,
         },
     );
     let mut stop_http = stop_rx.clone();
@@ -159,6 +161,9 @@ pub async fn serve(
             Ok(Err(e)) => tracing::error!(error = %e, "grpc listener ended with an error"),
             Err(e) => tracing::error!(error = %e, "grpc task panicked"),
         }
+        // WebSocket streams have been told to close; wait until their
+        // sockets are gone (each lingers briefly for its client).
+        while sockets_gone.recv().await.is_some() {}
     };
     if tokio::time::timeout(grace, listeners).await.is_err() {
         tracing::warn!(

@@ -26,6 +26,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 const DIM: usize = 4;
 const DEADLINE: Duration = Duration::from_secs(20);
+/// How long a held recall must stay held in the test.
+const HELD_FOR: Duration = Duration::from_millis(300);
 
 /// What the client saw, without what legitimately differs (times, ids).
 #[derive(Clone, Debug, PartialEq)]
@@ -212,6 +214,14 @@ impl Conn {
                     .expect("WebSocket send");
             }
         }
+    }
+
+    /// The first message within `quiet`, if any (None: all quiet).
+    async fn quiet_for(&mut self, quiet: Duration) -> Option<Seen> {
+        tokio::time::timeout(quiet, self.recv_inner())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The next message, normalised; None when the stream ended.
@@ -486,8 +496,19 @@ async fn scenario(t: Transport) -> Vec<(&'static str, Vec<Seen>)> {
     seen.push(conn.recv().await.unwrap());
     conn.send(Send::Pause).await;
     seen.push(conn.recv().await.unwrap());
+    // A recall while paused is held: nothing arrives until resume.
+    conn.send(Send::Recall {
+        request_id: "held".into(),
+        embedding: unit(3),
+    })
+    .await;
+    let early = conn.quiet_for(HELD_FOR).await;
+    assert_eq!(early, None, "{t:?}: a recall batch was sent while paused");
     conn.send(Send::Resume).await;
-    seen.push(conn.recv().await.unwrap());
+    // The resume status and the held batch, in either order.
+    let mut after = vec![conn.recv().await.unwrap(), conn.recv().await.unwrap()];
+    after.sort_by_key(|m| matches!(m, Seen::Recall { .. }));
+    seen.extend(after);
     phases.push(("recall and flow control", seen));
 
     // Fill the queue with indexing paused: SLOW_DOWN, then OVERLOADED
@@ -679,9 +700,12 @@ async fn grpc_and_websocket_streams_show_the_client_the_same_thing() {
             code: "invalid_argument".into()
         }
     );
-    assert_eq!(
-        flow[2..],
-        [Seen::Status("paused".into()), Seen::Status("active".into())]
+    assert_eq!(flow[2], Seen::Status("paused".into()));
+    assert_eq!(flow[3], Seen::Status("active".into()));
+    assert!(
+        matches!(&flow[4], Seen::Recall { request_id, ids, more: false } if request_id == "held" && ids[0] == "e3"),
+        "{:?}",
+        flow[4]
     );
     let fill = phase("filling the queue");
     let last = fill.last().unwrap();

@@ -230,29 +230,49 @@ async fn heartbeats_are_answered_pings_arrive_and_recall_works_before_init() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_message_closes_with_1009_and_the_server_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config_file(dir.path(), "[http]\nmax_ws_message_bytes = 2048\n");
+    let config = config_file(dir.path(), "[http]\nmax_ws_message_bytes = 65536\n");
     let server = ServerProcess::start(dir.path(), &["--config", &config]);
     server.wait_ready().await;
-    let mut ws = connect(&server).await;
-    open_session(&mut ws, "ws-big").await;
-    let big: Vec<f32> = vec![0.5; 1000];
-    send(
-        &mut ws,
-        json!({"type": "observation", "sequence_number": 1, "episode": {"embedding": big}}),
-    )
-    .await;
-    let (code, before) = until_close(&mut ws).await;
-    assert_eq!(code, Some(CloseCode::Size), "{before:?}");
-    let e = before.last().expect("an error before the close");
-    assert_eq!(e["code"], "message_too_large", "{e}");
-    assert_eq!(e["fatal"], true, "{e}");
-    assert!(
-        e["message"]
-            .as_str()
-            .unwrap()
-            .contains("http.max_ws_message_bytes"),
-        "{e}"
-    );
+    // Small enough to arrive whole, and far larger than the socket buffers
+    // (the client is still sending when the server answers).
+    for floats in [20_000usize, 1_000_000] {
+        let ws = connect(&server).await;
+        let (mut tx, mut rx) = ws.split();
+        tx.send(Message::Text(
+            json!({"type": "init", "memory_space_id": "ws-big"}).to_string(),
+        ))
+        .await
+        .unwrap();
+        let big = json!({"type": "observation", "sequence_number": 1,
+                         "episode": {"embedding": vec![0.5f32; floats]}})
+        .to_string();
+        let sending = tokio::spawn(async move {
+            // May fail: the server stops reading once it saw the size.
+            let _ = tx.send(Message::Text(big)).await;
+            tx
+        });
+        let mut before = Vec::new();
+        let close = loop {
+            match tokio::time::timeout(DEADLINE, rx.next()).await.expect("no close") {
+                Some(Ok(Message::Text(t))) => before.push(serde_json::from_str::<Value>(&t).unwrap()),
+                Some(Ok(Message::Close(frame))) => break frame.map(|f| f.code),
+                Some(Ok(_)) => continue,
+                other => panic!("{floats} floats: the connection ended without a close frame: {other:?} after {before:?}"),
+            }
+        };
+        assert_eq!(close, Some(CloseCode::Size), "{floats} floats: {before:?}");
+        let e = before.last().expect("an error before the close");
+        assert_eq!(e["code"], "message_too_large", "{e}");
+        assert_eq!(e["fatal"], true, "{e}");
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .contains("http.max_ws_message_bytes"),
+            "{e}"
+        );
+        sending.abort();
+    }
 
     let mut ws = connect(&server).await;
     open_session(&mut ws, "ws-big").await;
@@ -322,23 +342,75 @@ async fn shutdown_answers_what_was_taken_and_closes_with_1013() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProcess::start(dir.path(), &[]);
     server.wait_ready().await;
-    let mut ws = connect(&server).await;
-    open_session(&mut ws, "ws-stop").await;
+    // One quiet stream, one still sending when the server stops.
+    let mut quiet = connect(&server).await;
+    open_session(&mut quiet, "ws-stop").await;
     send(
-        &mut ws,
+        &mut quiet,
         json!({"type": "observation", "sequence_number": 1, "episode": {"embedding": [1.0, 2.0]}}),
     )
     .await;
-    assert_eq!(recv(&mut ws).await["status"], "accepted");
+    assert_eq!(recv(&mut quiet).await["status"], "accepted");
+    let mut busy = connect(&server).await;
+    open_session(&mut busy, "ws-stop").await;
+    let (mut tx, mut rx) = busy.split();
+    let sending = tokio::spawn(async move {
+        for seq in 1..=200_000u64 {
+            let m = json!({"type": "observation", "sequence_number": seq,
+                           "episode": {"embedding": [1.0, seq as f32]}});
+            if tx.send(Message::Text(m.to_string())).await.is_err() {
+                return seq;
+            }
+        }
+        0
+    });
+    // Let the busy stream get going: some acks arrive.
+    let mut acked = 0;
+    while acked < 100 {
+        match tokio::time::timeout(DEADLINE, rx.next()).await.unwrap() {
+            Some(Ok(Message::Text(t))) if t.contains("\"ack\"") => acked += 1,
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
     let status = server.terminate(DEADLINE);
     assert!(status.success(), "{status:?}");
-    let (close, before) = until_close(&mut ws).await;
+
+    let (close, before) = until_close(&mut quiet).await;
     assert_eq!(close, Some(CloseCode::Again), "{before:?}");
     let kinds: Vec<_> = before.iter().map(|m| m["type"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["status", "error"], "{before:?}");
     assert_eq!(before[0]["state"], "closing");
     assert_eq!(before[1]["code"], "unavailable");
     assert_eq!(before[1]["fatal"], true);
+
+    // The busy stream: every ack, then closing, the error, and 1013.
+    let mut last = Vec::new();
+    let close = loop {
+        match tokio::time::timeout(DEADLINE, rx.next())
+            .await
+            .expect("no close")
+        {
+            Some(Ok(Message::Text(t))) => last.push(serde_json::from_str::<Value>(&t).unwrap()),
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| f.code),
+            Some(Ok(_)) => continue,
+            other => panic!("the busy stream ended without a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(close, Some(CloseCode::Again));
+    let tail: Vec<_> = last
+        .iter()
+        .rev()
+        .take(2)
+        .map(|m| m["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        tail,
+        ["error", "status"],
+        "{:?}",
+        &last[last.len().saturating_sub(3)..]
+    );
+    sending.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,10 +20,11 @@ use engram_core::stream::{
     StreamLimits,
 };
 use engram_core::{Engine, Priority};
-use futures::stream::SplitSink;
+use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
 
 use super::rest::{format_time, recalled_out, CueJson, EpisodeJson, RecalledOut};
 use super::AppState;
@@ -42,6 +43,10 @@ pub struct WsSettings {
     /// How often the server pings the socket (`http.ws_ping_interval_secs`).
     pub ping_interval: Duration,
     pub shutdown: watch::Receiver<bool>,
+    /// Held by every open socket: shutdown waits until all are gone (each
+    /// ends within [`LINGER`] of its stream), so the process does not exit
+    /// under a client still reading its last messages.
+    pub open_sockets: mpsc::Sender<()>,
 }
 
 /// `GET /v1/stream` (upgrade).
@@ -55,6 +60,7 @@ pub async fn stream(ws: WebSocketUpgrade, state: AppState, settings: WsSettings)
 type Tx = SplitSink<WebSocket, Message>;
 
 async fn serve_socket(socket: WebSocket, state: AppState, settings: WsSettings) {
+    let open = settings.open_sockets.clone();
     let (mut tx, rx) = socket.split();
     let engine: Option<Engine> = if *settings.shutdown.borrow() {
         None
@@ -70,20 +76,9 @@ async fn serve_socket(socket: WebSocket, state: AppState, settings: WsSettings) 
         return;
     };
     let limit = settings.max_message_bytes;
-    let inbound = Box::pin(futures::stream::unfold(rx, move |mut rx| async move {
-        loop {
-            let item = match rx.next().await? {
-                Ok(Message::Text(text)) => Ok(decode(&text)),
-                Ok(Message::Binary(_)) => Ok(Inbound::Unreadable(StreamError::invalid(
-                    "binary messages are not part of this protocol: send JSON text messages",
-                ))),
-                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-                Ok(Message::Close(_)) => return None,
-                Err(e) => Err(read_error(e, limit)),
-            };
-            return Some((item, rx));
-        }
-    }));
+    let (in_tx, in_rx) = mpsc::channel(INBOUND_BUFFER);
+    tokio::spawn(read_socket(rx, in_tx, limit, open));
+    let inbound = ReceiverStream::new(in_rx);
     let limits = StreamLimits {
         max_message_bytes: limit,
     };
@@ -134,6 +129,63 @@ async fn serve_socket(socket: WebSocket, state: AppState, settings: WsSettings) 
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Decoded messages waiting for the stream; when full, the reader stops
+/// reading and TCP flow control pushes back on the client.
+const INBOUND_BUFFER: usize = 16;
+/// How long the socket stays open after the stream ended, so that the
+/// client reads the server's last messages and close frame before the
+/// connection goes. Closing a socket with unread data in it resets the
+/// connection, and a reset can overtake what was sent before it: a client
+/// still sending (an oversized message, observations in flight at shutdown)
+/// would see an abnormal close (1006) instead of the close code.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Reads the socket for the stream. Once the stream has ended (or cannot
+/// read any more), keeps the connection open for up to [`LINGER`], reading
+/// and dropping what the client still sends, until the client closes.
+async fn read_socket(
+    mut rx: SplitStream<WebSocket>,
+    tx: mpsc::Sender<Result<Inbound, StreamError>>,
+    limit: usize,
+    _open: mpsc::Sender<()>,
+) {
+    let mut linger_until: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match linger_until {
+            None => tokio::select! {
+                next = rx.next() => next,
+                () = tx.closed() => {
+                    linger_until = Some(tokio::time::Instant::now() + LINGER);
+                    continue;
+                }
+            },
+            Some(until) => match tokio::time::timeout_at(until, rx.next()).await {
+                Ok(next) => next,
+                Err(_) => return,
+            },
+        };
+        let item = match next {
+            None | Some(Ok(Message::Close(_))) => return,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Text(text))) => Ok(decode(&text)),
+            Some(Ok(Message::Binary(_))) => Ok(Inbound::Unreadable(StreamError::invalid(
+                "binary messages are not part of this protocol: send JSON text messages",
+            ))),
+            Some(Err(e)) => {
+                // Nothing more can be read (an oversized message stays
+                // unread): end the stream, and hold the connection while the
+                // error and the close frame go out.
+                let _ = tx.send(Err(read_error(e, limit))).await;
+                tokio::time::sleep(LINGER).await;
+                return;
+            }
+        };
+        if linger_until.is_none() && tx.send(item).await.is_err() {
+            linger_until = Some(tokio::time::Instant::now() + LINGER);
         }
     }
 }
