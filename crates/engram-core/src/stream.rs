@@ -589,17 +589,27 @@ impl Driver {
             .describe_space(&init.memory_space_id)
             .map_or(0, |i| i.dimension as u32);
         self.session = Some(session);
-        self.send(Outbound::InitAck(InitAck {
-            session_id: opened.session_id,
-            last_acked_sequence: opened.last_acked_sequence,
-            resumed: opened.resumed,
-            capabilities: Capabilities {
-                queue_capacity: self.engine.queue_capacity() as u64,
-                dimension,
-                max_message_size: self.limits.max_message_bytes as u64,
-            },
-        }))
-        .await
+        let sent = self
+            .send(Outbound::InitAck(InitAck {
+                session_id: opened.session_id,
+                last_acked_sequence: opened.last_acked_sequence,
+                resumed: opened.resumed,
+                capabilities: Capabilities {
+                    queue_capacity: self.engine.queue_capacity() as u64,
+                    dimension,
+                    max_message_size: self.limits.max_message_bytes as u64,
+                },
+            }))
+            .await;
+        // Statuses go out on level changes; a stream that opens (or
+        // resumes) while the queue is already under pressure must hear of
+        // it now, not at the next change.
+        let state = self.engine.pressure_state();
+        if sent && self.backpressure && state != StreamState::Active {
+            let message = self.engine.pressure_message(state);
+            return self.send_status(state, &message).await;
+        }
+        sent
     }
 
     async fn on_flow(&mut self, action: FlowAction) -> Go {

@@ -460,3 +460,52 @@ async fn websocket_streams_are_counted_in_the_stream_metrics() {
         .expect("the active sessions gauge");
     assert_eq!(active, 1.0, "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_opened_under_pressure_hears_of_it_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        dir.path(),
+        &["--queue-capacity", "100", "--fault-injection"],
+    );
+    server.wait_ready().await;
+    let client = reqwest::Client::new();
+    let (status, _) = call(
+        &client,
+        reqwest::Method::POST,
+        &server.url("/v1/admin/indexing/pause"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    // 85 of 100 queued: SLOW_DOWN (from 80%), before the stream opens.
+    for i in 0..85 {
+        let (status, body) = call(
+            &client,
+            reqwest::Method::POST,
+            &server.url("/v1/spaces/ws-busy/memories"),
+            Some(json!({"embedding": [1.0, i as f32]})),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let mut ws = connect(&server).await;
+    send(
+        &mut ws,
+        json!({"type": "init", "memory_space_id": "ws-busy", "enable_backpressure": true}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["type"], "init_ack");
+    let status = recv(&mut ws).await;
+    assert_eq!(status["type"], "status", "{status}");
+    assert_eq!(status["state"], "backpressure", "{status}");
+    assert!(
+        status["message"].as_str().unwrap().contains("80%"),
+        "{status}"
+    );
+    // Without backpressure enabled, nothing unasked comes.
+    let mut quiet = connect(&server).await;
+    open_session(&mut quiet, "ws-busy").await;
+    send(&mut quiet, json!({"type": "heartbeat"})).await;
+    assert_eq!(recv(&mut quiet).await["type"], "heartbeat");
+}
