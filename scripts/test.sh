@@ -8,9 +8,18 @@
 #      test below uses its `prometheus` binary too)
 #   3. the Grafana dashboard and runbook links
 #   4. every Rust test (unit, property, integration, end-to-end, crash,
-#      chaos, live Prometheus) in the optimized `ci` profile
+#      chaos, live Prometheus, gRPC/WebSocket parity) in the optimized `ci`
+#      profile
+#   5. the Python client (scripts/test-python.sh: pip install into
+#      .venv-clients/python, mypy --strict, pytest against the real server,
+#      the Python example)
+#   6. the TypeScript client (scripts/test-typescript.sh: npm ci, tsc, Node
+#      tests against the real server, the browser test in headless Chromium
+#      (installs Debian's `chromium` when missing), the TypeScript example)
 #
-# Fails loudly when a required tool is missing; never skips a suite.
+# Every suite runs even when an earlier one failed, so one run reports all
+# failures; the script exits non-zero if any failed. Fails loudly when a
+# required tool is missing; never skips a suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +30,8 @@ need() {
 
 need cargo "install the Rust toolchain from https://rustup.rs"
 need python3 "install Python 3 (apt-get install python3)"
+need node "the TypeScript client tests need Node.js 20+ (apt-get install nodejs npm)"
+need npm "the TypeScript client tests need npm (apt-get install npm)"
 cargo fmt --version >/dev/null 2>&1 || { echo "error: rustfmt missing: rustup component add rustfmt" >&2; exit 1; }
 cargo clippy --version >/dev/null 2>&1 || { echo "error: clippy missing: rustup component add clippy" >&2; exit 1; }
 
@@ -47,18 +58,55 @@ python3 scripts/check-dashboard.py | tee "$log_dir/dashboard.log"
 # Index work in a debug build is 10-50x slower: tests run in the optimized
 # `ci` profile, which keeps debug assertions and overflow checks.
 step "cargo test (profile ci)"
+failed=()
 set +e
 cargo test --workspace --profile ci --no-fail-fast 2>&1 | tee "$log_dir/cargo.log"
 status=${PIPESTATUS[0]}
 set -e
-[ "$status" -eq 0 ] || { echo "cargo test failed (exit $status)" >&2; exit "$status"; }
+[ "$status" -eq 0 ] || { echo "cargo test failed (exit $status)" >&2; failed+=("cargo test"); }
+
+# The clients' tests run the server binary the Rust tests built.
+export ENGRAM_BIN="$PWD/target/ci/engram"
+[ -x "$ENGRAM_BIN" ] || cargo build --profile ci --bin engram
+
+step "Python client (scripts/test-python.sh)"
+set +e
+bash scripts/test-python.sh 2>&1 | tee "$log_dir/python.log"
+status=${PIPESTATUS[0]}
+set -e
+[ "$status" -eq 0 ] || { echo "Python client tests failed (exit $status)" >&2; failed+=("python client"); }
+
+step "TypeScript client and browser (scripts/test-typescript.sh)"
+set +e
+bash scripts/test-typescript.sh 2>&1 | tee "$log_dir/typescript.log"
+status=${PIPESTATUS[0]}
+set -e
+[ "$status" -eq 0 ] || { echo "TypeScript client tests failed (exit $status)" >&2; failed+=("typescript client"); }
 
 rust=$(grep -E '^test result:' "$log_dir/cargo.log" | awk '{p+=$4; f+=$6} END {printf "%d %d", p, f}')
 prom=$(grep -E '^promtool: ' "$log_dir/promtool.log" | tail -1 | awk '{print $2, $4}')
 dash=$(grep -E '^dashboard: ' "$log_dir/dashboard.log" | tail -1 | awk '{print $2, $4}')
+# pytest's last line: "=== 30 passed, 1 failed in 12.3s ===" (either part may be absent).
+py=$(grep -E '^=+ .*(passed|failed|error)' "$log_dir/python.log" | tail -1 |
+  awk '{p=0; f=0; for (i=1; i<=NF; i++) { if ($(i) ~ /^passed/) p=$(i-1); if ($(i) ~ /^(failed|errors?)/) f+=$(i-1) } printf "%d %d", p, f}')
+# node --test (TAP): "# pass N" / "# fail N", once per run (Node, browser).
+ts_p=$(grep -E '^# pass ' "$log_dir/typescript.log" | awk '{s+=$3} END {print s+0}')
+ts_f=$(grep -E '^# fail ' "$log_dir/typescript.log" | awk '{s+=$3} END {print s+0}')
+# The two examples: each prints its own verdict.
+ex_p=0
+grep -q '^==> Python client: all checks passed' "$log_dir/python.log" && ex_p=$((ex_p + 1))
+grep -q '^example: OK' "$log_dir/typescript.log" && ex_p=$((ex_p + 1))
+ex_f=$((2 - ex_p))
 read -r rp rf <<<"$rust"
 read -r pp pf <<<"$prom"
 read -r dp df <<<"$dash"
+read -r yp yf <<<"${py:-0 0}"
 echo
 echo "rust tests: $rp passed, $rf failed; promtool: $pp passed, $pf failed; dashboard: $dp passed, $df failed"
-echo "total: $((rp + pp + dp)) passed, $((rf + pf + df)) failed"
+echo "python client: $yp passed, $yf failed; typescript client + browser: $ts_p passed, $ts_f failed; examples: $ex_p passed, $ex_f failed"
+if [ "${#failed[@]}" -gt 0 ]; then
+  echo "FAILED: ${failed[*]}" >&2
+  echo "total: $((rp + pp + dp + yp + ts_p + ex_p)) passed, $((rf + pf + df + yf + ts_f + ex_f + ${#failed[@]})) failed"
+  exit 1
+fi
+echo "total: $((rp + pp + dp + yp + ts_p + ex_p)) passed, $((rf + pf + df + yf + ts_f + ex_f)) failed"

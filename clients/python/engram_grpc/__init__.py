@@ -1,0 +1,89 @@
+"""engram_grpc: the Python client of the engram streaming memory server.
+
+:class:`StreamingClient` (asyncio) streams observations with per-observation
+acks, flow control, overload retries and reconnect/resume, recalls by cue
+and wraps the unary calls; :class:`Client` is its blocking counterpart.
+See the package README for the semantics.
+"""
+
+from .client import DEFAULT_SPACE, DEFAULT_TARGET, StreamingClient
+from .errors import (
+    AlreadyExists,
+    EngramError,
+    InvalidArgument,
+    NotFound,
+    Overloaded,
+    ProtocolError,
+    Rejected,
+    RpcError,
+    SessionClosed,
+    Unavailable,
+)
+from .events import Disconnected, Reconnected, Retrying, SessionEvent, SessionStats, StatusReceived
+from .options import BackoffPolicy, ClientOptions, RetryPolicy
+from .sync import Client
+from .types import (
+    Ack,
+    Answer,
+    Cue,
+    CueLike,
+    Episode,
+    EpisodeLike,
+    Priority,
+    RecalledEpisode,
+    RecalledMemory,
+    RecallResult,
+    Rejection,
+    RejectReason,
+    RememberResult,
+    SpaceInfo,
+    StreamClosed,
+    StreamState,
+    StreamStatus,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_SPACE",
+    "DEFAULT_TARGET",
+    "Ack",
+    "AlreadyExists",
+    "Answer",
+    "BackoffPolicy",
+    "Client",
+    "ClientOptions",
+    "Cue",
+    "CueLike",
+    "Disconnected",
+    "EngramError",
+    "Episode",
+    "EpisodeLike",
+    "InvalidArgument",
+    "NotFound",
+    "Overloaded",
+    "Priority",
+    "ProtocolError",
+    "RecallResult",
+    "RecalledEpisode",
+    "RecalledMemory",
+    "Reconnected",
+    "Rejected",
+    "RejectReason",
+    "Rejection",
+    "RememberResult",
+    "RetryPolicy",
+    "Retrying",
+    "RpcError",
+    "SessionClosed",
+    "SessionEvent",
+    "SessionStats",
+    "SpaceInfo",
+    "StatusReceived",
+    "StreamClosed",
+    "StreamState",
+    "StreamStatus",
+    "StreamingClient",
+    "Unavailable",
+    "__version__",
+]

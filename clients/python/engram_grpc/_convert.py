@@ -1,0 +1,281 @@
+"""Conversions between the public dataclasses (or dicts) and the wire messages."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any, List, Mapping, Optional
+
+from google.protobuf import timestamp_pb2
+
+from ._proto.engram.v1 import memory_pb2, streaming_pb2, types_pb2
+from .types import (
+    Ack,
+    Cue,
+    CueLike,
+    Episode,
+    EpisodeLike,
+    RecallResult,
+    RecalledEpisode,
+    RecalledMemory,
+    Rejection,
+    RejectReason,
+    RememberResult,
+    SpaceInfo,
+    StreamClosed,
+    StreamState,
+    StreamStatus,
+)
+
+_EPISODE_KEYS = frozenset(f.name for f in dataclasses.fields(Episode))
+_CUE_KEYS = frozenset(f.name for f in dataclasses.fields(Cue))
+
+
+def embedding_list(value: Any) -> List[float]:
+    """A list of floats from a sequence or an array-like with ``tolist()``."""
+    if value is None:
+        return []
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        value = tolist()
+    if isinstance(value, (str, bytes)):
+        raise TypeError("an embedding must be a sequence of floats, not a string")
+    if isinstance(value, list):
+        return value
+    try:
+        return list(value)
+    except TypeError:
+        raise TypeError(
+            f"an embedding must be a sequence of floats or have tolist(), got {type(value).__name__}"
+        ) from None
+
+
+def _packed_floats(value: Any) -> Optional[bytes]:
+    """For a numpy-like array: the embedding as the wire bytes of a packed
+    ``repeated float`` field 4 (little-endian f32), which protobuf parses
+    far faster than it converts a list of 384 Python floats. None for
+    anything else (converted through :func:`embedding_list`)."""
+    astype = getattr(value, "astype", None)
+    if astype is None or not hasattr(value, "dtype"):
+        return None
+    if getattr(value, "ndim", 1) != 1:
+        raise TypeError(f"an embedding must be one-dimensional, got shape {getattr(value, 'shape', '?')}")
+    data: bytes = astype("<f4").tobytes()
+    return _EMBEDDING_TAG + _varint(len(data)) + data
+
+
+_EMBEDDING_TAG = bytes([(4 << 3) | 2])  # Episode.embedding, length-delimited
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _timestamp(value: Any) -> Optional[timestamp_pb2.Timestamp]:
+    if value is None:
+        return None
+    if isinstance(value, timestamp_pb2.Timestamp):
+        return value
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        ts = timestamp_pb2.Timestamp()
+        ts.FromDatetime(value)
+        return ts
+    if isinstance(value, (int, float)):
+        ts = timestamp_pb2.Timestamp()
+        ts.FromNanoseconds(int(value * 1e9))
+        return ts
+    raise TypeError(f"a time must be a datetime or epoch seconds, got {type(value).__name__}")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def datetime_of(message: Any, name: str) -> Optional[datetime]:
+    """The Timestamp field ``name`` as an aware UTC datetime (microseconds)."""
+    if not message.HasField(name):
+        return None
+    ts: timestamp_pb2.Timestamp = getattr(message, name)
+    return _EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
+
+
+def _fields(value: Any, keys: frozenset[str], kind: str) -> Mapping[str, Any]:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        unknown = set(value) - keys
+        if unknown:
+            raise TypeError(f"unknown {kind} field(s) {sorted(unknown)}; expected some of {sorted(keys)}")
+        if "embedding" not in value:
+            raise TypeError(f"a {kind} needs an 'embedding'")
+        return value
+    raise TypeError(f"expected an engram_grpc.{kind} or a dict, got {type(value).__name__}")
+
+
+def episode_to_proto(value: EpisodeLike, assign_id: bool = False) -> types_pb2.Episode:
+    """The wire Episode; with ``assign_id``, an empty id becomes a uuid4."""
+    raw: Any = value
+    if isinstance(raw, types_pb2.Episode):
+        if assign_id and not raw.id:
+            copy = types_pb2.Episode()
+            copy.CopyFrom(raw)
+            copy.id = str(uuid.uuid4())
+            return copy
+        return raw
+    if isinstance(raw, Episode):  # the common case: plain attribute reads
+        f: Mapping[str, Any] = raw.__dict__
+    else:
+        f = _fields(value, _EPISODE_KEYS, "Episode")
+    episode_id = f.get("id") or ""
+    if assign_id and not episode_id:
+        episode_id = str(uuid.uuid4())
+    msg = types_pb2.Episode(id=episode_id, what=f.get("what") or "")
+    embedding = f.get("embedding")
+    packed = _packed_floats(embedding)
+    if packed is not None:
+        msg.MergeFromString(packed)
+    else:
+        msg.embedding.extend(embedding_list(embedding))
+    tags = f.get("tags")
+    if tags:
+        msg.tags.extend(tags)
+    metadata = f.get("metadata")
+    if metadata:
+        msg.metadata.update(metadata)
+    when = _timestamp(f.get("when"))
+    if when is not None:
+        msg.when.CopyFrom(when)
+    confidence = f.get("encoding_confidence")
+    if confidence is not None:
+        msg.encoding_confidence = float(confidence)
+    return msg
+
+
+def cue_to_proto(value: CueLike) -> types_pb2.Cue:
+    raw: Any = value
+    if isinstance(raw, types_pb2.Cue):
+        return raw
+    if isinstance(value, Cue) or isinstance(value, Mapping):
+        f = _fields(value, _CUE_KEYS, "Cue")
+    else:
+        f = {"embedding": value}
+    msg = types_pb2.Cue(
+        max_results=int(f.get("max_results") or 0),
+        similarity_threshold=float(f.get("similarity_threshold") or 0.0),
+    )
+    msg.embedding.extend(embedding_list(f.get("embedding")))
+    for name in ("when_from", "when_to"):
+        ts = _timestamp(f.get(name))
+        if ts is not None:
+            getattr(msg, name).CopyFrom(ts)
+    return msg
+
+
+def recall_request(space: str, cue: CueLike, include_embeddings: bool, batch_size: int = 0) -> types_pb2.RecallRequest:
+    return types_pb2.RecallRequest(
+        memory_space_id=space,
+        cue=cue_to_proto(cue),
+        batch_size=batch_size,
+        include_embeddings=include_embeddings,
+    )
+
+
+def recall_result(msg: types_pb2.RecallResponse) -> RecallResult:
+    return RecallResult(
+        memories=tuple(_recalled(m) for m in msg.memories),
+        snapshot_sequence=msg.snapshot_sequence,
+        more=msg.more,
+    )
+
+
+def _recalled(m: types_pb2.RecalledMemory) -> RecalledMemory:
+    e = m.episode
+    return RecalledMemory(
+        episode=RecalledEpisode(
+            id=e.id,
+            what=e.what,
+            embedding=tuple(e.embedding),
+            when=datetime_of(e, "when"),
+            encoding_confidence=e.encoding_confidence if e.HasField("encoding_confidence") else None,
+            tags=tuple(e.tags),
+            metadata=dict(e.metadata),
+        ),
+        similarity=m.similarity,
+        confidence=m.confidence,
+        server_sequence=m.server_sequence,
+        indexed=m.indexed,
+    )
+
+
+def space_info(msg: memory_pb2.SpaceInfo) -> SpaceInfo:
+    return SpaceInfo(
+        memory_space_id=msg.memory_space_id,
+        dimension=msg.dimension,
+        count=msg.count,
+        indexed_count=msg.indexed_count,
+        queue_depth=msg.queue_depth,
+        last_sequence=msg.last_sequence,
+        index_lag_seconds=msg.index_lag_seconds,
+    )
+
+
+def remember_result(msg: memory_pb2.RememberResponse) -> RememberResult:
+    return RememberResult(
+        memory_id=msg.memory_id,
+        server_sequence=msg.server_sequence,
+        committed_at=datetime_of(msg, "committed_at"),
+        duplicate=msg.duplicate,
+    )
+
+
+def stream_status(msg: streaming_pb2.StreamStatus) -> StreamStatus:
+    return StreamStatus(
+        state=StreamState.from_wire(msg.state),
+        queue_depth=msg.queue_depth,
+        queue_capacity=msg.queue_capacity,
+        pressure=msg.pressure,
+        suggested_rate=msg.suggested_rate,
+        message=msg.message,
+    )
+
+
+def stream_closed(msg: streaming_pb2.StreamClosed) -> StreamClosed:
+    return StreamClosed(final_sequence=msg.final_sequence, accepted=msg.accepted, rejected=msg.rejected)
+
+
+def ack(msg: streaming_pb2.ObservationAck, sequence_number: int, retries: int) -> Ack:
+    return Ack(
+        sequence_number=sequence_number,
+        memory_id=msg.memory_id,
+        server_sequence=msg.server_sequence,
+        committed_at=datetime_of(msg, "committed_at"),
+        duplicate=msg.duplicate,
+        replayed=msg.replayed,
+        wire_sequence=msg.sequence_number,
+        retries=retries,
+    )
+
+
+def rejection(
+    sequence_number: int,
+    reason: RejectReason,
+    message: str,
+    retry_after_ms: int,
+    retries: int,
+    episode_id: str,
+) -> Rejection:
+    return Rejection(
+        sequence_number=sequence_number,
+        reason=reason,
+        message=message,
+        retry_after=retry_after_ms / 1000.0 if retry_after_ms > 0 else None,
+        retries=retries,
+        episode_id=episode_id,
+    )

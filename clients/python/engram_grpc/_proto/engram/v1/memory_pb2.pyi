@@ -1,0 +1,111 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from engram_grpc._proto.engram.v1 import types_pb2 as _types_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RememberRequest(_message.Message):
+    __slots__ = ("memory_space_id", "episode", "priority")
+    MEMORY_SPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    EPISODE_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    memory_space_id: str
+    episode: _types_pb2.Episode
+    priority: _types_pb2.Priority
+    def __init__(self, memory_space_id: _Optional[str] = ..., episode: _Optional[_Union[_types_pb2.Episode, _Mapping]] = ..., priority: _Optional[_Union[_types_pb2.Priority, str]] = ...) -> None: ...
+
+class RememberResponse(_message.Message):
+    __slots__ = ("memory_id", "server_sequence", "committed_at", "duplicate")
+    MEMORY_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_AT_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    memory_id: str
+    server_sequence: int
+    committed_at: _timestamp_pb2.Timestamp
+    duplicate: bool
+    def __init__(self, memory_id: _Optional[str] = ..., server_sequence: _Optional[int] = ..., committed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+
+class ForgetRequest(_message.Message):
+    __slots__ = ("memory_space_id", "memory_id")
+    MEMORY_SPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_ID_FIELD_NUMBER: _ClassVar[int]
+    memory_space_id: str
+    memory_id: str
+    def __init__(self, memory_space_id: _Optional[str] = ..., memory_id: _Optional[str] = ...) -> None: ...
+
+class ForgetResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CreateSpaceRequest(_message.Message):
+    __slots__ = ("memory_space_id", "dimension")
+    MEMORY_SPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    memory_space_id: str
+    dimension: int
+    def __init__(self, memory_space_id: _Optional[str] = ..., dimension: _Optional[int] = ...) -> None: ...
+
+class CreateSpaceResponse(_message.Message):
+    __slots__ = ("space", "created")
+    SPACE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    space: SpaceInfo
+    created: bool
+    def __init__(self, space: _Optional[_Union[SpaceInfo, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class ListSpacesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListSpacesResponse(_message.Message):
+    __slots__ = ("spaces",)
+    SPACES_FIELD_NUMBER: _ClassVar[int]
+    spaces: _containers.RepeatedCompositeFieldContainer[SpaceInfo]
+    def __init__(self, spaces: _Optional[_Iterable[_Union[SpaceInfo, _Mapping]]] = ...) -> None: ...
+
+class DescribeSpaceRequest(_message.Message):
+    __slots__ = ("memory_space_id",)
+    MEMORY_SPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    memory_space_id: str
+    def __init__(self, memory_space_id: _Optional[str] = ...) -> None: ...
+
+class DescribeSpaceResponse(_message.Message):
+    __slots__ = ("space",)
+    SPACE_FIELD_NUMBER: _ClassVar[int]
+    space: SpaceInfo
+    def __init__(self, space: _Optional[_Union[SpaceInfo, _Mapping]] = ...) -> None: ...
+
+class DeleteSpaceRequest(_message.Message):
+    __slots__ = ("memory_space_id",)
+    MEMORY_SPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    memory_space_id: str
+    def __init__(self, memory_space_id: _Optional[str] = ...) -> None: ...
+
+class DeleteSpaceResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SpaceInfo(_message.Message):
+    __slots__ = ("memory_space_id", "dimension", "count", "indexed_count", "queue_depth", "last_sequence", "index_lag_seconds")
+    MEMORY_SPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    INDEXED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    INDEX_LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    memory_space_id: str
+    dimension: int
+    count: int
+    indexed_count: int
+    queue_depth: int
+    last_sequence: int
+    index_lag_seconds: float
+    def __init__(self, memory_space_id: _Optional[str] = ..., dimension: _Optional[int] = ..., count: _Optional[int] = ..., indexed_count: _Optional[int] = ..., queue_depth: _Optional[int] = ..., last_sequence: _Optional[int] = ..., index_lag_seconds: _Optional[float] = ...) -> None: ...

@@ -1,0 +1,236 @@
+"""The values the client takes and gives: episodes, cues, acks, recall
+results, space info. Plain dataclasses; the gRPC messages stay inside.
+
+Inputs (:class:`Episode`, :class:`Cue`) may also be given as plain dicts with
+the same keys; embeddings may be lists or tuples of floats, numpy arrays, or
+anything else with a ``tolist()`` method.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+#: An embedding: a sequence of floats, or an array-like with ``tolist()``
+#: (numpy, torch on CPU, array.array, ...).
+Embedding = Any
+
+
+class Priority(enum.IntEnum):
+    """Order of indexing; the last 10% of the queue is kept for HIGH."""
+
+    NORMAL = 0
+    HIGH = 1
+    LOW = 2
+
+
+class RejectReason(enum.IntEnum):
+    """Why the server (or the client, for ``CLOSED``) rejected an observation."""
+
+    UNSPECIFIED = 0
+    OVERLOADED = 1
+    INVALID = 2
+    OUT_OF_ORDER = 3
+    UNAUTHORIZED = 4
+    CLOSED = 5
+    UNAVAILABLE = 6
+
+    @classmethod
+    def from_wire(cls, value: int) -> "RejectReason":
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.UNSPECIFIED
+
+    @property
+    def retryable(self) -> bool:
+        """Overload and unavailability pass; the client resends these."""
+        return self in (RejectReason.OVERLOADED, RejectReason.UNAVAILABLE)
+
+
+class StreamState(enum.IntEnum):
+    """The server's flow-control state of an observe stream."""
+
+    UNSPECIFIED = 0
+    ACTIVE = 1
+    PAUSED = 2
+    BACKPRESSURE = 3
+    OVERLOADED = 4
+    CLOSING = 5
+
+    @classmethod
+    def from_wire(cls, value: int) -> "StreamState":
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.UNSPECIFIED
+
+
+@dataclass
+class Episode:
+    """Something that happened, with its embedding.
+
+    ``id``: up to 128 bytes; left empty, the streaming client assigns a
+    uuid4 before the first send (so a resend after a lost session is
+    deduplicated by the server). ``when``: unset means the receive time
+    (a naive datetime is taken as UTC).
+    """
+
+    embedding: Embedding
+    what: str = ""
+    id: str = ""
+    when: Optional[datetime] = None
+    encoding_confidence: Optional[float] = None
+    tags: Sequence[str] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Cue:
+    """What to recall by. ``max_results``: 1-1000, 0 means the server's
+    default (10); ``similarity_threshold``: minimum cosine similarity;
+    ``when_from`` / ``when_to``: an inclusive window on ``Episode.when``."""
+
+    embedding: Embedding
+    max_results: int = 0
+    similarity_threshold: float = 0.0
+    when_from: Optional[datetime] = None
+    when_to: Optional[datetime] = None
+
+
+#: What the client accepts where an episode is expected.
+EpisodeLike = Union[Episode, Mapping[str, Any]]
+#: What the client accepts where a cue is expected: a Cue, a dict with its
+#: keys, or a bare embedding.
+CueLike = Union[Cue, Mapping[str, Any], Embedding]
+
+
+@dataclass(frozen=True)
+class Ack:
+    """An accepted observation: durable, and visible to every recall that
+    starts from now on."""
+
+    #: The client's number for it: 1 for the session's first observation, +1 each.
+    sequence_number: int
+    #: The episode's id (the caller's, or the client-made uuid4).
+    memory_id: str
+    #: Commit order in the space (from 1).
+    server_sequence: int
+    committed_at: Optional[datetime]
+    #: The server already had an episode with this id and stored nothing new.
+    duplicate: bool = False
+    #: The server replayed its original answer after a resume.
+    replayed: bool = False
+    #: The number the accepted attempt carried on the wire (differs from
+    #: ``sequence_number`` after an overload resend or a replaced session).
+    wire_sequence: int = 0
+    #: How many times the client resent it after overload rejections.
+    retries: int = 0
+
+    @property
+    def accepted(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A rejected observation (not stored)."""
+
+    sequence_number: int
+    reason: RejectReason
+    message: str
+    #: Seconds the server asked to wait (overload), if it said.
+    retry_after: Optional[float]
+    retries: int
+    #: The episode's id as sent (client-made uuid4 when the caller gave none).
+    episode_id: str
+
+    @property
+    def accepted(self) -> bool:
+        return False
+
+
+#: One answer of ``observe_many``: check ``.accepted``.
+Answer = Union[Ack, Rejection]
+
+
+@dataclass(frozen=True)
+class RecalledEpisode:
+    """An episode as the server returns it (``embedding`` is empty unless
+    the recall asked for embeddings; then it is L2-normalised)."""
+
+    id: str
+    what: str
+    embedding: Tuple[float, ...]
+    when: Optional[datetime]
+    encoding_confidence: Optional[float]
+    tags: Tuple[str, ...]
+    metadata: Dict[str, str]
+
+
+@dataclass(frozen=True)
+class RecalledMemory:
+    episode: RecalledEpisode
+    similarity: float
+    confidence: float
+    server_sequence: int
+    #: True: found in the HNSW index; False: in the not-yet-indexed tier.
+    indexed: bool
+
+    @property
+    def memory_id(self) -> str:
+        return self.episode.id
+
+
+@dataclass(frozen=True)
+class RecallResult:
+    """One recall, or one batch of a streamed recall (``more`` is False on
+    the last). Every batch of one recall has the same ``snapshot_sequence``:
+    the highest server sequence the recall can see."""
+
+    memories: Tuple[RecalledMemory, ...]
+    snapshot_sequence: int
+    more: bool = False
+
+
+@dataclass(frozen=True)
+class SpaceInfo:
+    memory_space_id: str
+    dimension: int
+    count: int
+    indexed_count: int
+    queue_depth: int
+    last_sequence: int
+    index_lag_seconds: float
+
+
+@dataclass(frozen=True)
+class RememberResult:
+    memory_id: str
+    server_sequence: int
+    committed_at: Optional[datetime]
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class StreamStatus:
+    """A flow-control message from the server."""
+
+    state: StreamState
+    queue_depth: int
+    queue_capacity: int
+    pressure: float
+    #: Observations/s this stream should send (with BACKPRESSURE).
+    suggested_rate: float
+    message: str
+
+
+@dataclass(frozen=True)
+class StreamClosed:
+    """The server's summary when a session closes."""
+
+    final_sequence: int
+    accepted: int
+    rejected: int

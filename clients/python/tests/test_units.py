@@ -1,0 +1,134 @@
+"""The client's pure logic, without a server: numbering and resume
+bookkeeping, pacing, backoff, RetryInfo parsing, input conversion."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import List
+
+import pytest
+
+import engram_grpc as eg
+from engram_grpc import _convert
+from engram_grpc._outstanding import Entry, Outstanding, Retry
+from engram_grpc._pacer import Pacer
+from engram_grpc._proto.engram.v1 import streaming_pb2, types_pb2
+from engram_grpc._rpc_status import retry_delay_from_details
+
+ACCEPTED = streaming_pb2.ObservationAck.ACK_ACCEPTED
+REJECTED = streaming_pb2.ObservationAck.ACK_REJECTED
+Reason = streaming_pb2.ObservationAck
+
+
+def _ack(wire: int, status: int = ACCEPTED, reason: int = 0, retry_after_ms: int = 0) -> streaming_pb2.ObservationAck:
+    return streaming_pb2.ObservationAck(
+        sequence_number=wire, status=status, reason=reason, retry_after_ms=retry_after_ms, memory_id=f"m{wire}"
+    )
+
+
+async def test_outstanding_numbers_retries_and_resumes() -> None:
+    loop = asyncio.get_running_loop()
+    resolved: List[int] = []
+    out = Outstanding(eg.RetryPolicy(max_retries=1, default_delay=0.1, max_delay=5.0), lambda: resolved.append(1))
+    futures = []
+    for seq in (1, 2, 3):
+        f: "asyncio.Future[eg.Answer]" = loop.create_future()
+        futures.append(f)
+        out.push(Entry(seq, types_pb2.Episode(id=f"e{seq}"), 0, f), 0.0)
+    wires = [out.take_next().observation.sequence_number for _ in range(3)]
+    assert wires == [1, 2, 3]
+    # An ack out of order is a protocol error.
+    with pytest.raises(eg.ProtocolError):
+        out.on_ack(_ack(2), 0.0)
+    assert isinstance(out.on_ack(_ack(1), 0.0), eg.Ack)
+    # Overloaded: retried after the hint, under a new wire number.
+    retry = out.on_ack(_ack(2, REJECTED, Reason.REJECT_OVERLOADED, 250), 10.0)
+    assert isinstance(retry, Retry) and retry.delay == 0.25
+    assert out.next_send_at() == 10.25
+    # The connection breaks; the server answered up to 2: resend 3 as 3.
+    assert [r.observation.sequence_number for r in out.resume(2)] == [3]
+    with pytest.raises(ValueError):
+        out.resume(4)  # answers for numbers never sent
+    with pytest.raises(ValueError):
+        out.resume(0)  # forgot answers the client has
+    # A lost session: everything on the wire waits again, numbered from 1.
+    out.restart_session(11.0)
+    again = [out.take_next().observation for _ in range(2)]
+    assert [(o.sequence_number, o.episode.id) for o in again] == [(1, "e2"), (2, "e3")]
+    # Second overload of one observation with max_retries=1: handed over.
+    rejection = out.on_ack(_ack(1, REJECTED, Reason.REJECT_OVERLOADED, 100), 11.0)
+    assert isinstance(rejection, eg.Rejection) and rejection.reason == eg.RejectReason.OVERLOADED
+    assert rejection.retry_after == 0.1 and rejection.episode_id == "e2" and rejection.retries == 1
+    ack3 = out.on_ack(_ack(2), 11.0)
+    assert isinstance(ack3, eg.Ack) and ack3.sequence_number == 3 and ack3.wire_sequence == 2
+    assert [f.done() for f in futures] == [True, True, True] and len(resolved) == 3 and len(out) == 0
+    assert futures[1].result() == rejection
+
+
+def test_pacer_spaces_sends_and_ignores_unusable_rates() -> None:
+    p = Pacer()
+    p.set_rate(0.0)
+    p.set_rate(math.nan)
+    assert p.rate is None and p.ready_at() is None
+    p.set_rate(10.0)
+    p.on_sent(100.0)
+    assert p.ready_at() == pytest.approx(100.1)
+    p.on_sent(100.13)  # late: stays on the grid
+    assert p.ready_at() == pytest.approx(100.2)
+    p.on_sent(105.0)  # idle: no burst
+    assert p.ready_at() == pytest.approx(105.1)
+    p.set_rate(0.01)
+    assert p.rate == 1.0
+    p.clear()
+    assert p.rate is None and p.ready_at() is None
+
+
+def test_backoff_grows_caps_and_jitters() -> None:
+    b = eg.BackoffPolicy(initial=0.1, max=2.0, multiplier=2.0)
+    assert [round(b.delay(n, 1.0), 3) for n in range(7)] == [0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0]
+    assert b.delay(3, 0.0) == pytest.approx(0.4)
+    assert eg.RetryPolicy(max_delay=1.0).delay(60_000) == 1.0
+    assert eg.RetryPolicy(default_delay=0.05).delay(0) == 0.05
+
+
+def _len(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def test_retry_info_is_read_from_status_details() -> None:
+    from google.protobuf import duration_pb2
+
+    duration = duration_pb2.Duration(seconds=1, nanos=500_000_000).SerializeToString()
+    retry_info = b"\x0a" + _len(len(duration)) + duration
+    type_url = b"type.googleapis.com/google.rpc.RetryInfo"
+    any_msg = b"\x0a" + _len(len(type_url)) + type_url + b"\x12" + _len(len(retry_info)) + retry_info
+    message = b"queue full"
+    status = b"\x08\x08" + b"\x12" + _len(len(message)) + message + b"\x1a" + _len(len(any_msg)) + any_msg
+    assert retry_delay_from_details(status) == 1.5
+    assert retry_delay_from_details(b"\x08\x08") is None
+    assert retry_delay_from_details(b"\xff") is None  # garbage: no hint, no crash
+    assert retry_delay_from_details(None) is None
+
+
+def test_episode_conversion() -> None:
+    np = pytest.importorskip("numpy")
+    vec = np.arange(1, 5, dtype=np.float64)
+    for value in (vec, vec.astype(np.float32), [1.0, 2.0, 3.0, 4.0], (1, 2, 3, 4)):
+        msg = _convert.episode_to_proto({"embedding": value, "what": "w"}, assign_id=True)
+        assert list(msg.embedding) == [1.0, 2.0, 3.0, 4.0] and msg.what == "w" and len(msg.id) == 36
+    assert _convert.episode_to_proto(eg.Episode(embedding=[1.0], id="x"), assign_id=True).id == "x"
+    with pytest.raises(TypeError):
+        _convert.episode_to_proto({"embedding": np.ones((2, 2))})
+    with pytest.raises(TypeError):
+        _convert.episode_to_proto({"what": "no embedding"})
+    with pytest.raises(TypeError):
+        _convert.episode_to_proto({"embedding": "text"})
+    cue = _convert.cue_to_proto(np.ones(3))
+    assert list(cue.embedding) == [1.0, 1.0, 1.0]
+    assert _convert.cue_to_proto({"embedding": [1.0], "max_results": 3}).max_results == 3
