@@ -10,10 +10,11 @@
 #   4. every Rust test (unit, property, integration, end-to-end, crash,
 #      chaos, live Prometheus, gRPC/WebSocket parity) in the optimized `ci`
 #      profile
-#   5. the Python client (scripts/test-python.sh: pip install into
+#   5. the Rust client's example against a server started here
+#   6. the Python client (scripts/test-python.sh: pip install into
 #      .venv-clients/python, mypy --strict, pytest against the real server,
 #      the Python example)
-#   6. the TypeScript client (scripts/test-typescript.sh: npm ci, tsc, Node
+#   7. the TypeScript client (scripts/test-typescript.sh: npm ci, tsc, Node
 #      tests against the real server, the browser test in headless Chromium
 #      (installs Debian's `chromium` when missing), the TypeScript example)
 #
@@ -32,6 +33,7 @@ need cargo "install the Rust toolchain from https://rustup.rs"
 need python3 "install Python 3 (apt-get install python3)"
 need node "the TypeScript client tests need Node.js 20+ (apt-get install nodejs npm)"
 need npm "the TypeScript client tests need npm (apt-get install npm)"
+need curl "the examples' servers are polled for readiness with curl (apt-get install curl)"
 cargo fmt --version >/dev/null 2>&1 || { echo "error: rustfmt missing: rustup component add rustfmt" >&2; exit 1; }
 cargo clippy --version >/dev/null 2>&1 || { echo "error: clippy missing: rustup component add clippy" >&2; exit 1; }
 
@@ -69,6 +71,37 @@ set -e
 export ENGRAM_BIN="$PWD/target/ci/engram"
 [ -x "$ENGRAM_BIN" ] || cargo build --profile ci --bin engram
 
+step "Rust client example (examples/streaming/rust_client.rs) against a real server"
+rust_example() {
+  cargo build --profile ci --workspace --examples || return 1
+  local dir pid http="" grpc="" status
+  dir=$(mktemp -d)
+  "$ENGRAM_BIN" serve --data-dir "$dir/data" --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 2>"$dir/server.log" &
+  pid=$!
+  for _ in $(seq 300); do
+    http=$(sed -n 's/.*listener="http" addr=\([0-9.:]*\).*/\1/p' "$dir/server.log" | head -1)
+    grpc=$(sed -n 's/.*listener="grpc" addr=\([0-9.:]*\).*/\1/p' "$dir/server.log" | head -1)
+    [ -n "$http" ] && [ -n "$grpc" ] && curl -fs "http://$http/health/ready" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  if [ -z "$grpc" ]; then
+    cat "$dir/server.log" >&2
+    kill "$pid" 2>/dev/null
+    return 1
+  fi
+  target/ci/examples/rust_client "http://$grpc"
+  status=$?
+  kill "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
+  rm -rf "$dir"
+  return "$status"
+}
+set +e
+rust_example 2>&1 | tee "$log_dir/rust-example.log"
+status=${PIPESTATUS[0]}
+set -e
+[ "$status" -eq 0 ] || { echo "the Rust example failed (exit $status)" >&2; failed+=("rust example"); }
+
 step "Python client (scripts/test-python.sh)"
 set +e
 bash scripts/test-python.sh 2>&1 | tee "$log_dir/python.log"
@@ -92,11 +125,12 @@ py=$(grep -E '^=+ .*(passed|failed|error)' "$log_dir/python.log" | tail -1 |
 # node --test (TAP): "# pass N" / "# fail N", once per run (Node, browser).
 ts_p=$(grep -E '^# pass ' "$log_dir/typescript.log" | awk '{s+=$3} END {print s+0}')
 ts_f=$(grep -E '^# fail ' "$log_dir/typescript.log" | awk '{s+=$3} END {print s+0}')
-# The two examples: each prints its own verdict.
+# The three examples: each prints its own verdict.
 ex_p=0
+[[ " ${failed[*]} " == *" rust example "* ]] || ex_p=$((ex_p + 1))
 grep -q '^==> Python client: all checks passed' "$log_dir/python.log" && ex_p=$((ex_p + 1))
 grep -q '^example: OK' "$log_dir/typescript.log" && ex_p=$((ex_p + 1))
-ex_f=$((2 - ex_p))
+ex_f=$((3 - ex_p))
 read -r rp rf <<<"$rust"
 read -r pp pf <<<"$prom"
 read -r dp df <<<"$dash"
