@@ -4,7 +4,7 @@
 // pipelined with observeMany. Starts its own server (ENGRAM_BIN, default
 // target/ci/engram) on free ports with a temp data dir.
 //
-//   npm run build && node bench/ws_throughput.mjs [--n 50000] [--dim 384] [--in-flight 1024] [--runs 3]
+//   npm run build && node bench/ws_throughput.mjs [--n 50000] [--dim 384] [--in-flight 1024] [--runs 3] [--workers N]
 //
 // Writes bench-results/websocket-client-YYYY-MM-DD.json at the repo root.
 // Target: >= 10,000 obs/s.
@@ -26,6 +26,8 @@ const { values } = parseArgs({
     warmup: { type: "string", default: "2000" },
     "wal-sync": { type: "string", default: "always" },
     "queue-capacity": { type: "string", default: "1000000" },
+    // The server's indexing workers (0: one per core, the server default).
+    workers: { type: "string", default: "0" },
     // Analysis only: stop the server's indexer during the runs (fault
     // injection), to see the ingest path's cost without HNSW inserts.
     "pause-indexing": { type: "boolean", default: false },
@@ -68,6 +70,7 @@ const server = await new EngramServer({
   walSync: values["wal-sync"],
   queueCapacity: Number(values["queue-capacity"]),
   faultInjection: values["pause-indexing"],
+  extraArgs: ["--workers", values.workers],
 }).start();
 if (values["pause-indexing"]) {
   const st = await server.post("/v1/admin/indexing/pause");
@@ -159,6 +162,7 @@ try {
       indexing_paused: values["pause-indexing"],
       bufferutil: await import("bufferutil").then(() => true, () => false),
       queue_capacity: Number(values["queue-capacity"]),
+      server_workers: Number(values.workers),
       message_bytes_approx: sampleBytes,
       engram_bin: engramBin(),
       client_episode_ids: "client-made UUIDs (assignEpisodeIds)",
