@@ -52,6 +52,14 @@ echo "==> mypy --strict (clients/python/engram_grpc)"
 echo "==> pytest (ENGRAM_BIN=$ENGRAM_BIN)"
 (cd clients/python && "$venv/bin/pytest" -ra --durations=5 "$@")
 
+echo "==> pip install ./clients/python into a fresh virtualenv"
+fresh=$(mktemp -d)
+"$python" -m venv "$fresh/venv" || die "could not create a fresh virtualenv"
+"$fresh/venv/bin/python" -m pip install --quiet ./clients/python || die "pip install ./clients/python failed in a fresh virtualenv"
+(cd "$fresh" && "$fresh/venv/bin/python" -c 'import engram_grpc; assert callable(engram_grpc.StreamingClient); print("fresh install: engram_grpc", engram_grpc.__name__, "imports")') ||
+    die "engram_grpc does not import after a fresh install"
+rm -rf "$fresh"
+
 echo "==> example: examples/streaming/python_client.py"
 work=$(mktemp -d)
 server_pid=""

@@ -81,6 +81,18 @@ step "browser test (headless Chromium, client bundled by esbuild)"
 run_tests browser test/browser/browser.test.mjs
 echo "screenshot: clients/typescript/test-artifacts/browser.png"
 
+step "npm install ./clients/typescript into a fresh project (a copy without node_modules or dist)"
+fresh="$log_dir/fresh"
+mkdir -p "$fresh/pkg" "$fresh/app"
+tar -C "$root/clients/typescript" --exclude=node_modules --exclude=dist --exclude=dist-example \
+  --exclude=test-artifacts -cf - . | tar -C "$fresh/pkg" -xf -
+(cd "$fresh/app" && npm init -y >/dev/null && npm install --no-audit --no-fund "$fresh/pkg" &&
+  node --input-type=module -e '
+    import { EngramWebSocketClient } from "engram-client";
+    if (typeof EngramWebSocketClient !== "function") throw new Error("EngramWebSocketClient is not exported");
+    console.log("fresh install: engram-client imports");
+  ')
+
 step "example: examples/streaming/typescript_client.ts against a server on free ports"
 data_dir="$log_dir/example-data"
 mkdir -p "$data_dir"
