@@ -61,11 +61,18 @@ python3 scripts/check-dashboard.py | tee "$log_dir/dashboard.log"
 # `ci` profile, which keeps debug assertions and overflow checks.
 step "cargo test (profile ci)"
 failed=()
-set +e
-cargo test --workspace --profile ci --no-fail-fast 2>&1 | tee "$log_dir/cargo.log"
-status=${PIPESTATUS[0]}
-set -e
-[ "$status" -eq 0 ] || { echo "cargo test failed (exit $status)" >&2; failed+=("cargo test"); }
+# Runs one suite with its output in $log_dir/NAME.log; a failure is
+# recorded in `failed` and the next suite still runs.
+suite() {
+  local name=$1 what=$2 status
+  shift 2
+  set +e
+  "$@" 2>&1 | tee "$log_dir/$name.log"
+  status=${PIPESTATUS[0]}
+  set -e
+  [ "$status" -eq 0 ] || { echo "$what failed (exit $status)" >&2; failed+=("$what"); }
+}
+suite cargo "cargo test" cargo test --workspace --profile ci --no-fail-fast
 
 # The clients' tests run the server binary the Rust tests built.
 export ENGRAM_BIN="$PWD/target/ci/engram"
@@ -96,25 +103,13 @@ rust_example() {
   rm -rf "$dir"
   return "$status"
 }
-set +e
-rust_example 2>&1 | tee "$log_dir/rust-example.log"
-status=${PIPESTATUS[0]}
-set -e
-[ "$status" -eq 0 ] || { echo "the Rust example failed (exit $status)" >&2; failed+=("rust example"); }
+suite rust-example "rust example" rust_example
 
 step "Python client (scripts/test-python.sh)"
-set +e
-bash scripts/test-python.sh 2>&1 | tee "$log_dir/python.log"
-status=${PIPESTATUS[0]}
-set -e
-[ "$status" -eq 0 ] || { echo "Python client tests failed (exit $status)" >&2; failed+=("python client"); }
+suite python "python client" bash scripts/test-python.sh
 
 step "TypeScript client and browser (scripts/test-typescript.sh)"
-set +e
-bash scripts/test-typescript.sh 2>&1 | tee "$log_dir/typescript.log"
-status=${PIPESTATUS[0]}
-set -e
-[ "$status" -eq 0 ] || { echo "TypeScript client tests failed (exit $status)" >&2; failed+=("typescript client"); }
+suite typescript "typescript client" bash scripts/test-typescript.sh
 
 rust=$(grep -E '^test result:' "$log_dir/cargo.log" | awk '{p+=$4; f+=$6} END {printf "%d %d", p, f}')
 prom=$(grep -E '^promtool: ' "$log_dir/promtool.log" | tail -1 | awk '{print $2, $4}')

@@ -53,6 +53,18 @@ fn vector(rng: &mut rand::rngs::StdRng, dim: usize) -> Vec<f32> {
     (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
 }
 
+fn recall_request(args: &RecallTransportsArgs, cue: &[f32]) -> pb::RecallRequest {
+    pb::RecallRequest {
+        memory_space_id: args.space.clone(),
+        cue: Some(pb::Cue {
+            embedding: cue.to_vec(),
+            max_results: args.k,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 async fn measure(args: &RecallTransportsArgs) -> anyhow::Result<Value> {
     let http = reqwest::Client::new();
     let base = format!("http://{}", args.http);
@@ -168,30 +180,14 @@ async fn measure(args: &RecallTransportsArgs) -> anyhow::Result<Value> {
                     r["memories"].as_array().map_or(0, Vec::len)
                 }
                 1 => memory
-                    .recall(pb::RecallRequest {
-                        memory_space_id: args.space.clone(),
-                        cue: Some(pb::Cue {
-                            embedding: cue.clone(),
-                            max_results: args.k,
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    })
+                    .recall(recall_request(args, &cue))
                     .await?
                     .into_inner()
                     .memories
                     .len(),
                 2 => {
                     let mut s = stream_client
-                        .recall_stream(pb::RecallRequest {
-                            memory_space_id: args.space.clone(),
-                            cue: Some(pb::Cue {
-                                embedding: cue.clone(),
-                                max_results: args.k,
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        })
+                        .recall_stream(recall_request(args, &cue))
                         .await?
                         .into_inner();
                     let mut n = 0;
