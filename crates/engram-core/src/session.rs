@@ -357,6 +357,19 @@ impl Engine {
                         ),
                     ));
                 }
+                // Take the session first, then wait for its answers: once
+                // the holder has changed, the stream that held it can number
+                // nothing more, so the drain ends and the last number
+                // reported below has its answer recorded. (Draining first
+                // raced with that stream's next observation, and never
+                // ended while it kept sending.)
+                {
+                    let mut st = shared.state.lock();
+                    if let Some(old) = st.events.take() {
+                        let _ = old.send(SessionEvent::TakenOver);
+                    }
+                    st.holder = holder;
+                }
                 shared.wait_drained().await;
                 (shared, true)
             }
@@ -394,6 +407,17 @@ impl Engine {
         };
         let last = {
             let mut st = shared.state.lock();
+            if st.holder != holder && resumed {
+                // A later resume took the session while this one drained:
+                // the later one wins, as a take-over always does.
+                return Err(Error::invalid(
+                    "resume_session_id",
+                    format!(
+                        "session '{}' was resumed by another stream while this resume waited for its answers",
+                        shared.id
+                    ),
+                ));
+            }
             if let Some(old) = st.events.replace(tx) {
                 let _ = old.send(SessionEvent::TakenOver);
             }

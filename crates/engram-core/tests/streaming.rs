@@ -487,3 +487,81 @@ async fn idle_sessions_time_out_and_heartbeats_keep_them_alive() {
         .is_accepted());
     engine.shutdown();
 }
+
+/// A resume while the old stream is still sending: the old stream is cut
+/// off at once, the resume does not wait for it to stop, and the number it
+/// reports as last answered has its answer recorded, so resending it gets
+/// the original answer (not OUT_OF_ORDER, which would end the new stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_is_atomic_while_the_old_stream_keeps_sending() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = streaming_config(dir.path());
+    // Room for everything the old stream sends: no overload answers here.
+    cfg.queue.capacity = 50_000_000;
+    let engine = Engine::open(cfg).unwrap();
+    engine.pause_indexing();
+    for round in 0..20 {
+        let space = format!("race{round}");
+        let (s1, _) = engine.open_session(&space, None).await.unwrap();
+        let id = s1.id().to_owned();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        // The old stream: numbers as fast as it can until it is cut off.
+        let sender = std::thread::spawn(move || {
+            let mut pending = Vec::new();
+            for seq in 1u64.. {
+                let p = s1.observe(
+                    seq,
+                    episode(&format!("e{seq}"), vec![1.0, seq as f32]),
+                    Priority::Normal,
+                );
+                if let engram_core::session::PendingAck::Ready(Some(ack)) = &p {
+                    if matches!(
+                        ack.answer,
+                        Answer::Rejected {
+                            reason: RejectReason::Closed,
+                            ..
+                        }
+                    ) {
+                        return (seq, pending.len());
+                    }
+                }
+                pending.push(p);
+                if seq == 50 {
+                    let _ = started_tx.send(());
+                }
+            }
+            unreachable!()
+        });
+        started_rx.recv().unwrap();
+        let (s2, opened) = tokio::time::timeout(
+            Duration::from_secs(10),
+            engine.open_session(&space, Some(&id)),
+        )
+        .await
+        .expect("the resume waited for a stream that kept sending")
+        .unwrap();
+        let (cut_at, sent) = sender.join().unwrap();
+        let last = opened.last_acked_sequence;
+        assert_eq!(
+            last, sent as u64,
+            "round {round}: reported {last}, numbered {sent}"
+        );
+        assert_eq!(cut_at, last + 1);
+        let again = s2
+            .observe(
+                last,
+                episode(&format!("e{last}"), vec![1.0, last as f32]),
+                Priority::Normal,
+            )
+            .await;
+        assert!(
+            again.replayed && again.is_accepted(),
+            "round {round}: resending {last} got {again:?}"
+        );
+        let next = s2
+            .observe(last + 1, episode("next", vec![1.0, 0.5]), Priority::Normal)
+            .await;
+        assert!(next.is_accepted(), "round {round}: {next:?}");
+    }
+    engine.shutdown();
+}
