@@ -507,20 +507,35 @@ impl DrainMeter {
     }
 }
 
-/// Time for `excess` tasks to drain at `rate`, clamped to
-/// [[`MIN_RETRY_AFTER`], [`MAX_RETRY_AFTER`]]; [`UNKNOWN_RATE_RETRY_AFTER`]
-/// when no rate is known.
-fn retry_after_for(excess: usize, rate: Option<f64>) -> Duration {
-    match rate {
-        None => UNKNOWN_RATE_RETRY_AFTER,
-        Some(r) if r > 0.0 => {
-            let secs = (excess as f64 / r).min(MAX_RETRY_AFTER.as_secs_f64());
-            Duration::from_secs_f64(secs).clamp(MIN_RETRY_AFTER, MAX_RETRY_AFTER)
-        }
+/// How much a retry-after is spread: each rejection's wait is the drain
+/// time times a factor drawn uniformly from `1 ± RETRY_SPREAD`, so that the
+/// writers rejected in one burst come back over a window instead of at once.
+pub const RETRY_SPREAD: f64 = 0.5;
+
+/// Time for `excess` tasks to drain at `rate`, times `spread` (a factor
+/// around 1), clamped to [[`MIN_RETRY_AFTER`], [`MAX_RETRY_AFTER`]];
+/// [`UNKNOWN_RATE_RETRY_AFTER`] (times `spread`) when no rate is known.
+fn retry_after_for(excess: usize, rate: Option<f64>, spread: f64) -> Duration {
+    let spread = if spread.is_finite() && spread > 0.0 {
+        spread
+    } else {
+        1.0
+    };
+    let secs = match rate {
+        None => UNKNOWN_RATE_RETRY_AFTER.as_secs_f64() * spread,
+        Some(r) if r > 0.0 => excess as f64 / r * spread,
         // Measured, but nothing drains: the longest wait we suggest.
-        Some(_) if excess > 0 => MAX_RETRY_AFTER,
-        Some(_) => MIN_RETRY_AFTER,
-    }
+        Some(_) if excess > 0 => MAX_RETRY_AFTER.as_secs_f64(),
+        Some(_) => 0.0,
+    };
+    Duration::from_secs_f64(secs.min(MAX_RETRY_AFTER.as_secs_f64()))
+        .clamp(MIN_RETRY_AFTER, MAX_RETRY_AFTER)
+}
+
+/// A spread factor for one rejection, uniform in `1 ± RETRY_SPREAD`.
+fn retry_spread() -> f64 {
+    use rand::Rng;
+    rand::thread_rng().gen_range((1.0 - RETRY_SPREAD)..=(1.0 + RETRY_SPREAD))
 }
 
 /// A caller broke the reserve → push or cancel → pop → complete or requeue
@@ -619,17 +634,17 @@ where
         let space_limit = self.thresholds.space_limit;
         let space_depth = st.spaces.get(space).map_or(0, SpaceLanes::depth);
         if depth >= limit || space_depth >= space_limit {
-            // Room for one more is made when either bound is one below.
-            let excess = (depth + 1)
-                .saturating_sub(limit)
-                .max((space_depth + 1).saturating_sub(space_limit));
             let rate = st.drain.rate(Instant::now());
             return Err(Rejected {
                 depth,
                 capacity: self.config.capacity,
                 space_depth,
                 space_limit,
-                retry_after: retry_after_for(excess, rate),
+                retry_after: retry_after_for(
+                    self.backlog_to_clear(depth, space_depth),
+                    rate,
+                    retry_spread(),
+                ),
             });
         }
         let entry = match st.spaces.get_mut(space) {
@@ -939,14 +954,36 @@ where
         SUGGESTED_RATE_FACTOR * self.drain_rate()
     }
 
-    /// Time to drain below `reject_at * capacity` at the measured rate,
-    /// clamped to [50 ms, 30 s] (50 ms when already below); 1 s while no
-    /// rate is known.
+    /// What a writer rejected now is told to wait: the time to drain the
+    /// backlog above the SLOW_DOWN clear mark at the measured rate (see
+    /// [`Self::try_reserve`]), spread by a random factor in
+    /// `1 ± RETRY_SPREAD`, clamped to [50 ms, 30 s] (50 ms when already
+    /// below); 1 s (spread) while no rate is known.
     pub fn retry_after(&self) -> Duration {
         let mut st = self.state.lock();
-        let excess = (st.depth() + 1).saturating_sub(self.thresholds.reject);
+        let excess = self.backlog_to_clear(st.depth(), 0);
         let rate = st.drain.rate(Instant::now());
-        retry_after_for(excess, rate)
+        retry_after_for(excess, rate, retry_spread())
+    }
+
+    /// The tasks that must drain before a rejected writer should come back:
+    /// everything above the SLOW_DOWN clear mark (where streams are told
+    /// they may speed up again), or above the same fraction of the space's
+    /// share when that is what is full. Waiting only for the next free
+    /// place (one task) would send every rejected writer back at once, to
+    /// be rejected again.
+    fn backlog_to_clear(&self, depth: usize, space_depth: usize) -> usize {
+        let t = &self.thresholds;
+        let global = (depth + 1).saturating_sub(t.slow_down_clear);
+        let space_mark = (t.space_limit as f64 * self.config.slow_down_clear_at
+            / self.config.reject_at)
+            .floor() as usize;
+        let space = if space_depth >= t.space_limit {
+            (space_depth + 1).saturating_sub(space_mark)
+        } else {
+            0
+        };
+        global.max(space)
     }
 
     /// Batch size for workers: `min_batch` below `adaptive_at` (latency
@@ -1287,16 +1324,61 @@ mod tests {
         assert!(q.state.lock().subscribers.is_empty());
     }
 
+    /// A burst of rejected writers is told to wait for the backlog above
+    /// the SLOW_DOWN clear mark to drain, each a different time: not for
+    /// the next free place (one task: always the 50 ms floor), which sent
+    /// the whole herd back at once to be rejected again.
+    #[test]
+    fn rejected_writers_wait_for_the_backlog_and_are_spread() {
+        let q = Q::new(config(1000), 1);
+        for _ in 0..900 {
+            q.try_reserve(&1, Priority::Normal).unwrap();
+        }
+        assert!(q.try_reserve(&1, Priority::Normal).is_err());
+        // 901 - 700 (the clear mark at 70%) tasks must drain.
+        assert_eq!(q.backlog_to_clear(900, 900), 201);
+        // At 100 tasks/s that is ~2 s, not 50 ms.
+        assert_eq!(
+            retry_after_for(q.backlog_to_clear(900, 900), Some(100.0), 1.0),
+            Duration::from_millis(2010)
+        );
+        // Spread: a burst of rejections comes back over a window.
+        let waits: Vec<Duration> = (0..1000)
+            .map(|_| retry_after_for(201, Some(100.0), retry_spread()))
+            .collect();
+        let (min, max) = (waits.iter().min().unwrap(), waits.iter().max().unwrap());
+        assert!(
+            *min >= Duration::from_millis(1005) && *min < Duration::from_millis(1300),
+            "{min:?}"
+        );
+        assert!(
+            *max <= Duration::from_millis(3015) && *max > Duration::from_millis(2700),
+            "{max:?}"
+        );
+        // A full space share counts the space's own backlog.
+        let mut c = config(1000);
+        c.per_space_share = 0.5;
+        let q = Q::new(c, 1);
+        for _ in 0..500 {
+            q.try_reserve(&7, Priority::Normal).unwrap();
+        }
+        assert!(q.try_reserve(&7, Priority::Normal).is_err());
+        // The share's clear mark: 500 x 0.7 / 0.9 = 388.
+        assert_eq!(q.backlog_to_clear(500, 500), 501 - 388);
+    }
+
     #[test]
     fn retry_after_stays_in_range() {
         // No rate measured yet.
         let q = Q::new(config(10), 1);
-        assert_eq!(q.retry_after(), UNKNOWN_RATE_RETRY_AFTER);
+        let unknown = UNKNOWN_RATE_RETRY_AFTER.mul_f64(1.0 - RETRY_SPREAD)
+            ..=UNKNOWN_RATE_RETRY_AFTER.mul_f64(1.0 + RETRY_SPREAD);
+        assert!(unknown.contains(&q.retry_after()));
         for _ in 0..9 {
             q.try_reserve(&1, Priority::Normal).unwrap();
         }
         let r = q.try_reserve(&1, Priority::Normal).unwrap_err();
-        assert_eq!(r.retry_after, UNKNOWN_RATE_RETRY_AFTER);
+        assert!(unknown.contains(&r.retry_after), "{:?}", r.retry_after);
         assert_eq!(q.drain_rate(), 0.0);
         assert_eq!(q.suggested_rate(), 0.0);
 
@@ -1334,17 +1416,26 @@ mod tests {
                 Some(100.0),
                 Some(1e12),
             ] {
-                let d = retry_after_for(excess, rate);
-                assert!(
-                    (MIN_RETRY_AFTER..=MAX_RETRY_AFTER).contains(&d),
-                    "{excess} {rate:?}"
-                );
+                for spread in [0.5, 1.0, 1.5, 0.0, f64::NAN] {
+                    let d = retry_after_for(excess, rate, spread);
+                    assert!(
+                        (MIN_RETRY_AFTER..=MAX_RETRY_AFTER).contains(&d),
+                        "{excess} {rate:?} {spread}"
+                    );
+                }
             }
         }
-        assert_eq!(retry_after_for(200, Some(100.0)), Duration::from_secs(2));
-        assert_eq!(retry_after_for(1, Some(1000.0)), MIN_RETRY_AFTER);
-        assert_eq!(retry_after_for(1, Some(0.0)), MAX_RETRY_AFTER);
-        assert_eq!(retry_after_for(0, Some(0.0)), MIN_RETRY_AFTER);
+        assert_eq!(
+            retry_after_for(200, Some(100.0), 1.0),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            retry_after_for(200, Some(100.0), 1.5),
+            Duration::from_secs(3)
+        );
+        assert_eq!(retry_after_for(1, Some(1000.0), 1.0), MIN_RETRY_AFTER);
+        assert_eq!(retry_after_for(1, Some(0.0), 1.0), MAX_RETRY_AFTER);
+        assert_eq!(retry_after_for(0, Some(0.0), 1.0), MIN_RETRY_AFTER);
     }
 
     #[test]
