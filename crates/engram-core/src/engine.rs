@@ -241,36 +241,31 @@ impl Engine {
 
     /// One thread forwards backpressure changes to every attached session
     /// and, once a second, closes idle sessions and forgets expired ones.
+    ///
+    /// It follows the queue's *latest* level through a doorbell (never a
+    /// backlog it could fall behind on and be dropped from), and a panic in
+    /// it is caught, logged and the loop restarted: without this thread no
+    /// session would ever expire and no stream would hear of SLOW_DOWN.
     fn start_session_keeper(&self) {
-        let changes = self.inner.queue.subscribe();
+        let bell = self.inner.queue.level_bell();
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         std::thread::Builder::new()
             .name("engram-sessions".into())
             .spawn(move || {
-                let tick = crossbeam_channel::tick(Duration::from_secs(1));
-                let mut was_slowing = false;
+                let mut last = crate::queue::Level::Normal;
                 loop {
-                    crossbeam_channel::select! {
-                        recv(changes) -> change => {
-                            let Ok(change) = change else { return };
-                            let Some(inner) = weak.upgrade() else { return };
-                            let slowing = change.level >= crate::queue::Level::SlowDown;
-                            if slowing && !was_slowing {
-                                if let Some(m) = &inner.metrics {
-                                    for (space, _) in inner.queue.depths() {
-                                        m.backpressure_activation(&space);
-                                    }
-                                }
-                            }
-                            was_slowing = slowing;
-                            inner.sessions.broadcast(&change);
-                        }
-                        recv(tick) -> _ => {
-                            let Some(inner) = weak.upgrade() else { return };
-                            if inner.shutting_down.load(Ordering::Acquire) {
-                                return;
-                            }
-                            inner.sessions.sweep();
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        keep_sessions(&bell, &weak, &mut last)
+                    }));
+                    match run {
+                        Ok(()) => return,
+                        Err(panic) => {
+                            let what = panic
+                                .downcast_ref::<&str>()
+                                .map(|s| (*s).to_owned())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_default();
+                            tracing::error!(panic = %what, "the session keeper panicked; restarting it");
                         }
                     }
                 }
@@ -724,6 +719,47 @@ fn wait<T>(rx: oneshot::Receiver<Result<T>>) -> Result<T> {
         match rx.as_mut().poll(&mut cx) {
             Poll::Ready(r) => return r.map_err(|_| Error::ShuttingDown)?,
             Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
+/// The session keeper's loop (see [`Engine::start_session_keeper`]): returns
+/// when the engine is gone or shutting down.
+fn keep_sessions(
+    bell: &crossbeam_channel::Receiver<()>,
+    weak: &Weak<Inner>,
+    last: &mut crate::queue::Level,
+) {
+    use crate::queue::Level;
+    let tick = crossbeam_channel::tick(Duration::from_secs(1));
+    loop {
+        crossbeam_channel::select! {
+            recv(bell) -> ring => {
+                if ring.is_err() {
+                    return;
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                let change = inner.queue.current_level();
+                if change.level == *last {
+                    continue;
+                }
+                if change.level >= Level::SlowDown && *last < Level::SlowDown {
+                    if let Some(m) = &inner.metrics {
+                        for (space, _) in inner.queue.depths() {
+                            m.backpressure_activation(&space);
+                        }
+                    }
+                }
+                *last = change.level;
+                inner.sessions.broadcast(&change);
+            }
+            recv(tick) -> _ => {
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.shutting_down.load(Ordering::Acquire) {
+                    return;
+                }
+                inner.sessions.sweep();
+            }
         }
     }
 }

@@ -355,6 +355,8 @@ struct State<K, T> {
     queued: usize,
     level: Level,
     subscribers: Vec<Sender<LevelChange>>,
+    /// Doorbells rung on every level change (see [`IndexQueue::level_bell`]).
+    bells: Vec<Sender<()>>,
     drain: DrainMeter,
 }
 
@@ -583,6 +585,7 @@ where
                 queued: 0,
                 level: Level::Normal,
                 subscribers: Vec::new(),
+                bells: Vec::new(),
                 drain: DrainMeter::new(Instant::now()),
             }),
             ready: (0..workers).map(|_| Condvar::new()).collect(),
@@ -1018,6 +1021,32 @@ where
         rx
     }
 
+    /// A doorbell rung whenever the level changes. Unlike
+    /// [`subscribe`](Self::subscribe) it never falls behind and is never
+    /// dropped: rings that come while one is pending merge into it, and the
+    /// reader then acts on the *latest* level ([`current_level`]
+    /// (Self::current_level)). For readers that must not stop, however
+    /// long they are held up.
+    pub fn level_bell(&self) -> Receiver<()> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.state.lock().bells.push(tx);
+        rx
+    }
+
+    /// The level now, as a change report (depth, pressure, suggested rate).
+    pub fn current_level(&self) -> LevelChange {
+        let mut st = self.state.lock();
+        let depth = st.depth();
+        let rate = st.drain.rate(Instant::now()).unwrap_or(0.0);
+        LevelChange {
+            level: st.level,
+            depth,
+            capacity: self.config.capacity,
+            pressure: depth as f64 / self.config.capacity as f64,
+            suggested_rate: SUGGESTED_RATE_FACTOR * rate,
+        }
+    }
+
     /// How often the level went from below SLOW_DOWN to SLOW_DOWN or above
     /// (the `backpressure_activations` metric). The level is global, so
     /// there is no per-space count.
@@ -1040,6 +1069,10 @@ where
         }
         st.level = level;
         self.level.store(level as u8, Ordering::Release);
+        // A ring already pending is enough: the reader looks at the level
+        // itself. Only a reader that is gone is removed.
+        st.bells
+            .retain(|b| !matches!(b.try_send(()), Err(TrySendError::Disconnected(_))));
         if st.subscribers.is_empty() {
             return;
         }
@@ -1309,6 +1342,26 @@ mod tests {
         assert_eq!(q.level(), Level::Normal);
         // The dropped subscriber is gone; the live one stays.
         assert_eq!(q.state.lock().subscribers.len(), 1);
+    }
+
+    #[test]
+    fn a_level_bell_never_falls_behind_and_is_never_dropped() {
+        let q = Q::new(config(2), 1);
+        let bell = q.level_bell();
+        for _ in 0..10 * SUBSCRIBER_BACKLOG {
+            q.try_reserve(&1, Priority::High).unwrap();
+            q.cancel(&1, Priority::High);
+        }
+        // One ring pending (the rest merged into it), the bell still there.
+        assert_eq!(bell.try_iter().count(), 1);
+        assert_eq!(q.state.lock().bells.len(), 1);
+        q.try_reserve(&1, Priority::High).unwrap();
+        assert!(bell.try_recv().is_ok());
+        assert_eq!(q.current_level().depth, 1);
+        // A bell whose reader is gone is removed at the next change.
+        drop(bell);
+        q.cancel(&1, Priority::High);
+        assert!(q.state.lock().bells.is_empty());
     }
 
     #[test]

@@ -565,3 +565,54 @@ async fn resume_is_atomic_while_the_old_stream_keeps_sending() {
     }
     engine.shutdown();
 }
+
+/// The session keeper (backpressure broadcasts, idle timeouts, expiry)
+/// keeps working after a storm of level changes far faster than it can
+/// read: it follows the latest level instead of a bounded backlog that, once
+/// full, unsubscribed it and ended the thread for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_keeper_survives_a_storm_of_level_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = streaming_config(dir.path());
+    cfg.queue.capacity = 10;
+    cfg.sessions.idle_timeout_secs = 1;
+    let engine = Engine::open(cfg).unwrap();
+    engine.pause_indexing();
+    let (mut watcher, _) = engine.open_session("storm", None).await.unwrap();
+    let mut events = watcher.take_events().unwrap();
+    // 200,000 crossings of the 80% mark (and back below the 70% clear
+    // mark) in a tight loop.
+    let space = engram_core::SpaceId::parse("storm").unwrap();
+    let q = engine.queue();
+    for _ in 0..7 {
+        q.try_reserve(&space, Priority::High).unwrap();
+    }
+    for _ in 0..100_000 {
+        q.try_reserve(&space, Priority::High).unwrap(); // 8: SLOW_DOWN
+        q.cancel(&space, Priority::High); // 7: still SLOW_DOWN (clears below 7)
+        q.cancel(&space, Priority::High); // 6: cleared
+        q.try_reserve(&space, Priority::High).unwrap(); // 7
+    }
+    q.try_reserve(&space, Priority::High).unwrap(); // 8: SLOW_DOWN, last
+                                                    // The latest level still reaches the session...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = None;
+    loop {
+        match tokio::time::timeout(Duration::from_millis(100), events.recv()).await {
+            Ok(Some(SessionEvent::Pressure(c))) => last = Some(c.level),
+            Ok(Some(SessionEvent::IdleTimeout)) => break,
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no idle timeout: the session keeper stopped (last level seen {last:?})"
+        );
+    }
+    // ...and so does the idle sweep that just closed it.
+    assert_eq!(last, Some(Level::SlowDown));
+    for _ in 0..8 {
+        q.cancel(&space, Priority::High);
+    }
+    engine.shutdown();
+}
