@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from typing import Callable, List, Tuple
 
 import engram_grpc as eg
@@ -38,18 +37,22 @@ async def test_overloaded_observations_are_retried_after_retry_after(
         resumed_at: List[float] = []
         overloaded: List[eg.Overloaded] = []
 
+        async def retried() -> bool:
+            return bool(retries)
+
+        async def told_overloaded() -> bool:
+            return any(s.status.state == eg.StreamState.OVERLOADED for s in statuses)
+
         async def resume_later() -> None:
-            # Keep the queue full for a second after the first overload.
-            deadline = time.monotonic() + 30
-            while not retries:
-                assert time.monotonic() < deadline, "no overload rejection within 30 s"
-                await asyncio.sleep(0.02)
+            # Keep the queue full until the stream was rejected, told it is
+            # OVERLOADED, and a unary call was refused too.
+            await until(retried, 30, "an overload rejection")
             # Unary calls get RESOURCE_EXHAUSTED with RetryInfo meanwhile.
             try:
                 await client.remember({"id": "unary", "embedding": unit_vector(DIM, rng)})
             except eg.Overloaded as e:
                 overloaded.append(e)
-            await asyncio.sleep(1.0)
+            await until(told_overloaded, 30, "the OVERLOADED status")
             await asyncio.to_thread(server.post, "/v1/admin/indexing/resume")
             resumed_at.append(asyncio.get_running_loop().time())
 

@@ -124,6 +124,30 @@ async def test_broken_connection_resumes_the_session(server: EngramServer, space
         await proxy.close()
 
 
+async def _idle_session_is_closed(target: str, space: str) -> None:
+    """Opens a raw stream that sends nothing after init and waits until the
+    server ends it with ABORTED (the idle timeout)."""
+    import grpc
+
+    from engram_grpc._proto.engram.v1 import streaming_pb2 as pb
+    from engram_grpc._proto.engram.v1 import streaming_pb2_grpc
+
+    async def requests():  # type: ignore[no-untyped-def]
+        yield pb.ObserveRequest(init=pb.StreamInit(memory_space_id=space))
+        await asyncio.Event().wait()  # silent, and the stream stays open
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = streaming_pb2_grpc.StreamingStub(channel).ObserveStream(requests())
+        try:
+            async for _ in call:
+                pass
+        except grpc.aio.AioRpcError as e:
+            assert e.code() == grpc.StatusCode.ABORTED, e
+            assert "idle timeout" in (e.details() or ""), e
+            return
+        raise AssertionError("the idle stream ended without the idle-timeout status")
+
+
 async def test_heartbeats_keep_an_idle_session_open(make_server: Callable[..., EngramServer], space: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     config = tmp_path / "engram.toml"
     config.write_text("[engine.sessions]\nidle_timeout_secs = 1\n")
@@ -133,8 +157,10 @@ async def test_heartbeats_keep_an_idle_session_open(make_server: Callable[..., E
         stats = client.session_stats()
         assert stats is not None
         session_id = stats.session_id
-        # Idle for three idle timeouts: only heartbeats keep the session.
-        await asyncio.sleep(3.0)
+        # A session beside it that sends nothing: once the server has closed
+        # that one for idling, the client's session was idle as long, and
+        # only its heartbeats kept it open.
+        await asyncio.wait_for(_idle_session_is_closed(server.target, space), timeout=30)
         ack = await client.observe({"embedding": [0.5] * DIM})
         assert ack.sequence_number == 2
         stats = client.session_stats()

@@ -758,6 +758,9 @@ fn keep_sessions(
                 if inner.shutting_down.load(Ordering::Acquire) {
                     return;
                 }
+                if let Some(f) = &inner.faults {
+                    f.before_sweep();
+                }
                 inner.sessions.sweep();
             }
         }

@@ -1,4 +1,5 @@
-//! Fault injection for tests and drills: kill indexing workers, slow
+//! Fault injection for tests and drills: kill indexing workers or the
+//! session keeper, slow
 //! indexing down, delay acceptance. Off unless `fault_injection` is set in
 //! the engine configuration (the server's `admin.fault_injection`); the
 //! engine then exposes [`Faults`] through `Engine::faults`.
@@ -17,6 +18,8 @@ pub struct Faults {
     kill_any: AtomicU64,
     index_delay_us: AtomicU64,
     accept_delay_us: AtomicU64,
+    /// Panics the session keeper at its next sweep this many times.
+    kill_keeper: AtomicU64,
     /// Serialises arming so a test can count what it armed.
     armed: Mutex<u64>,
 }
@@ -51,6 +54,11 @@ impl Faults {
             .store(delay.as_micros() as u64, Ordering::Release);
     }
 
+    /// The session keeper panics at its next sweep (it must restart).
+    pub fn kill_session_keeper(&self) {
+        self.kill_keeper.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Kills armed so far.
     pub fn kills_armed(&self) -> u64 {
         *self.armed.lock()
@@ -67,6 +75,16 @@ impl Faults {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
         if took.is_ok() {
             panic!("{INJECTED_PANIC} ({worker})");
+        }
+    }
+
+    /// Called by the session keeper before each sweep.
+    pub(crate) fn before_sweep(&self) {
+        let took = self
+            .kill_keeper
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        if took.is_ok() {
+            panic!("injected fault: session keeper killed");
         }
     }
 

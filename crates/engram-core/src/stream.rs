@@ -317,7 +317,24 @@ where
         last_state: StreamState::Active,
         shutdown,
     };
-    tokio::spawn(driver.run(inbound));
+    // A panic in the driver must not read as a clean end of the stream
+    // (the receiver would just close): it ends the stream with INTERNAL,
+    // and the session, released as the driver unwinds, stays resumable.
+    let report = driver.out.clone();
+    let task = tokio::spawn(driver.run(inbound));
+    tokio::spawn(async move {
+        if let Err(e) = task.await {
+            if e.is_panic() {
+                tracing::error!(error = %e, "a stream's driver panicked; the stream ends with an internal error");
+                let _ = report
+                    .send(Err(StreamError::new(
+                        StreamErrorKind::Internal,
+                        "the stream failed inside the server (see its log); reconnect and resume the session",
+                    )))
+                    .await;
+            }
+        }
+    });
     rx
 }
 
@@ -327,10 +344,7 @@ where
 ///
 /// # Errors
 /// Bad cue, unknown space, dimension mismatch.
-pub fn start_recall(
-    engine: &Engine,
-    req: RecallRequest,
-) -> Result<mpsc::Receiver<RecallBatch>, Error> {
+pub fn start_recall(engine: &Engine, req: RecallRequest) -> Result<RecallBatches, Error> {
     let max = req.cue.max_results.unwrap_or(DEFAULT_MAX_RESULTS);
     let batch = if req.batch_size == 0 {
         max
@@ -346,7 +360,37 @@ pub fn start_recall(
             }
         }
     });
-    Ok(rx)
+    Ok(RecallBatches { rx, done: false })
+}
+
+/// The batches of one recall, as [`start_recall`] produces them. Ends after
+/// the batch with `more = false`; if the producer stops before that (a
+/// panic in the search), the last item is an INTERNAL error instead of a
+/// silent end that would leave the client waiting for its last batch.
+pub struct RecallBatches {
+    rx: mpsc::Receiver<RecallBatch>,
+    done: bool,
+}
+
+impl RecallBatches {
+    pub async fn next(&mut self) -> Option<Result<RecallBatch, StreamError>> {
+        if self.done {
+            return None;
+        }
+        match self.rx.recv().await {
+            Some(b) => {
+                self.done = !b.more;
+                Some(Ok(b))
+            }
+            None => {
+                self.done = true;
+                Some(Err(StreamError::new(
+                    StreamErrorKind::Internal,
+                    "the recall failed inside the server before its last batch (see its log)",
+                )))
+            }
+        }
+    }
 }
 
 impl Engine {
@@ -737,20 +781,26 @@ impl Driver {
 
 /// Sends recall batches, holding each while the stream is paused.
 async fn forward_recall(
-    mut batches: mpsc::Receiver<RecallBatch>,
+    mut batches: RecallBatches,
     out: mpsc::Sender<Result<Outbound, StreamError>>,
     request_id: String,
     include_embeddings: bool,
     mut paused: watch::Receiver<bool>,
 ) {
-    while let Some(batch) = batches.recv().await {
+    while let Some(batch) = batches.next().await {
         if paused.wait_for(|p| !*p).await.is_err() {
             return;
         }
-        let m = Outbound::Recall {
-            request_id: request_id.clone(),
-            batch,
-            include_embeddings,
+        let m = match batch {
+            Ok(batch) => Outbound::Recall {
+                request_id: request_id.clone(),
+                batch,
+                include_embeddings,
+            },
+            Err(error) => Outbound::RecallFailed {
+                request_id: request_id.clone(),
+                error,
+            },
         };
         if out.send(Ok(m)).await.is_err() {
             return;
@@ -775,6 +825,40 @@ fn next_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn batch(more: bool) -> RecallBatch {
+        RecallBatch {
+            memories: Vec::new(),
+            more,
+            snapshot_sequence: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_recall_that_stops_before_its_last_batch_ends_with_an_error() {
+        let (tx, rx) = mpsc::channel(4);
+        let mut batches = RecallBatches { rx, done: false };
+        tx.send(batch(true)).await.unwrap();
+        drop(tx); // the producer is gone (a panic in the search)
+        assert!(matches!(batches.next().await, Some(Ok(b)) if b.more));
+        match batches.next().await {
+            Some(Err(e)) => assert_eq!(e.kind, StreamErrorKind::Internal),
+            other => panic!("expected an error, got {other:?}"),
+        }
+        assert!(batches.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_complete_recall_ends_after_its_last_batch() {
+        let (tx, rx) = mpsc::channel(4);
+        let mut batches = RecallBatches { rx, done: false };
+        tx.send(batch(true)).await.unwrap();
+        tx.send(batch(false)).await.unwrap();
+        drop(tx);
+        assert!(matches!(batches.next().await, Some(Ok(b)) if b.more));
+        assert!(matches!(batches.next().await, Some(Ok(b)) if !b.more));
+        assert!(batches.next().await.is_none());
+    }
 
     #[test]
     fn percents_read_naturally() {

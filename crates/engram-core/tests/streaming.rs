@@ -616,3 +616,71 @@ async fn the_session_keeper_survives_a_storm_of_level_changes() {
     }
     engine.shutdown();
 }
+
+/// A panic inside a stream's driver ends the stream with an INTERNAL error,
+/// not a silent close that a client would read as a clean end; the session
+/// it held stays resumable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_stream_ends_with_an_internal_error_and_its_session_resumes() {
+    use engram_core::stream::{self, Inbound, Outbound, StreamErrorKind, StreamInit, StreamLimits};
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(streaming_config(dir.path())).unwrap();
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let mut step = 0;
+    // Init, then the next read of the client's messages panics.
+    let inbound = futures::stream::poll_fn(move |_| {
+        step += 1;
+        match step {
+            1 => std::task::Poll::Ready(Some(Ok(Inbound::Init(StreamInit {
+                memory_space_id: "boom".into(),
+                resume_session_id: None,
+                enable_backpressure: false,
+            })))),
+            _ => panic!("a bug while reading the stream"),
+        }
+    });
+    let limits = StreamLimits {
+        max_message_bytes: 1024,
+    };
+    let mut out = stream::run(engine.clone(), Box::pin(inbound), limits, stop);
+    let session_id = match next(&mut out).await {
+        Some(Ok(Outbound::InitAck(a))) => a.session_id,
+        other => panic!("expected init_ack, got {other:?}"),
+    };
+    match next(&mut out).await {
+        Some(Err(e)) => assert_eq!(e.kind, StreamErrorKind::Internal, "{e}"),
+        other => panic!("expected the internal error, got {other:?}"),
+    }
+    assert!(next(&mut out).await.is_none());
+    let (_s, opened) = engine
+        .open_session("boom", Some(&session_id))
+        .await
+        .unwrap();
+    assert!(opened.resumed);
+    engine.shutdown();
+}
+
+async fn next<T>(out: &mut tokio::sync::mpsc::Receiver<T>) -> Option<T> {
+    tokio::time::timeout(Duration::from_secs(10), out.recv())
+        .await
+        .expect("nothing from the stream within 10 s")
+}
+
+/// The session keeper restarts after a panic: idle sessions still expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_keeper_restarts_after_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = streaming_config(dir.path());
+    cfg.sessions.idle_timeout_secs = 1;
+    let engine = Engine::open(cfg).unwrap();
+    // Its next two sweeps panic.
+    engine.faults().unwrap().kill_session_keeper();
+    engine.faults().unwrap().kill_session_keeper();
+    let (mut idle, _) = engine.open_session("keeper", None).await.unwrap();
+    let mut events = idle.take_events().unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(15), events.recv())
+        .await
+        .expect("no idle timeout: the session keeper did not come back");
+    assert_eq!(ev, Some(SessionEvent::IdleTimeout));
+    engine.shutdown();
+}

@@ -101,8 +101,11 @@ impl Streaming for StreamingService {
         let mut batches = stream::start_recall(&engine, req).map_err(status)?;
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(async move {
-            while let Some(b) = batches.recv().await {
-                if tx.send(Ok(recall_response(&b, include))).await.is_err() {
+            while let Some(b) = batches.next().await {
+                let msg = b
+                    .map(|b| recall_response(&b, include))
+                    .map_err(stream_status);
+                if tx.send(msg).await.is_err() {
                     return; // the client went away
                 }
             }
