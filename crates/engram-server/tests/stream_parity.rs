@@ -577,7 +577,7 @@ async fn scenario(t: Transport) -> Vec<(&'static str, Vec<Seen>)> {
         resume: String::new(),
     })
     .await;
-    let session_id = session_id_of(&mut conn, t).await;
+    let session_id = session_id_of(&mut conn).await;
     for seq in 1..=2u64 {
         conn.send(Send::Obs {
             seq,
@@ -613,8 +613,7 @@ async fn scenario(t: Transport) -> Vec<(&'static str, Vec<Seen>)> {
 }
 
 /// Reads the init_ack and returns the session id (not normalised away).
-async fn session_id_of(conn: &mut Conn, t: Transport) -> String {
-    let _ = t;
+async fn session_id_of(conn: &mut Conn) -> String {
     match conn {
         Conn::Grpc { rx, .. } => {
             let m = tokio::time::timeout(DEADLINE, rx.message())

@@ -370,8 +370,9 @@ fn inbound(m: ClientMsg) -> Inbound {
 }
 
 fn unreadable(text: &str, e: &serde_json::Error) -> Inbound {
-    let Ok(serde_json::Value::Object(v)) = serde_json::from_str::<serde_json::Value>(text) else {
-        let what = if serde_json::from_str::<serde_json::Value>(text).is_ok() {
+    let parsed = serde_json::from_str::<serde_json::Value>(text);
+    let Ok(serde_json::Value::Object(v)) = parsed else {
+        let what = if parsed.is_ok() {
             "a JSON value that is not an object".to_owned()
         } else {
             format!("not JSON ({e})")
