@@ -40,6 +40,10 @@ pub const DEFAULT_CAPACITY: usize = 100_000;
 pub const DEFAULT_PER_SPACE_SHARE: f64 = 1.0;
 /// SPEC 4: from 50% workers take larger batches.
 pub const DEFAULT_ADAPTIVE_AT: f64 = 0.5;
+/// ADAPTIVE ends only below 45%: without a band, every admission and
+/// completion at exactly 50% would flip the level (and wake the session
+/// keeper) twice.
+pub const DEFAULT_ADAPTIVE_CLEAR_AT: f64 = 0.45;
 /// SPEC 4: from 80% writers are told to slow down.
 pub const DEFAULT_SLOW_DOWN_AT: f64 = 0.8;
 /// SLOW_DOWN ends only below 70%, so that a depth hovering around 80% does
@@ -48,6 +52,10 @@ pub const DEFAULT_SLOW_DOWN_CLEAR_AT: f64 = 0.7;
 /// SPEC 4: from 90% NORMAL and LOW observations are rejected; HIGH may use
 /// the last 10%.
 pub const DEFAULT_REJECT_AT: f64 = 0.9;
+/// OVERLOADED (and the rejection of NORMAL and LOW observations) ends only
+/// below 85%, so that writers retrying at the 90% mark do not flip the
+/// level, and every stream's status, on each admission and completion.
+pub const DEFAULT_REJECT_CLEAR_AT: f64 = 0.85;
 
 /// Shortest and longest retry-after we suggest: below 50 ms clients would
 /// spin; above 30 s they would give up on a server that is draining.
@@ -145,6 +153,8 @@ pub struct QueueConfig {
     pub per_space_share: f64,
     /// Level ADAPTIVE from here.
     pub adaptive_at: f64,
+    /// ADAPTIVE ends only below this (hysteresis).
+    pub adaptive_clear_at: f64,
     /// Level SLOW_DOWN from here.
     pub slow_down_at: f64,
     /// SLOW_DOWN ends only below this (hysteresis).
@@ -152,6 +162,9 @@ pub struct QueueConfig {
     /// Level OVERLOADED from here: NORMAL and LOW are rejected; HIGH may
     /// use up to the full capacity.
     pub reject_at: f64,
+    /// OVERLOADED, and with it the rejection of NORMAL and LOW
+    /// observations, ends only below this (hysteresis).
+    pub reject_clear_at: f64,
 }
 
 impl Default for QueueConfig {
@@ -160,9 +173,11 @@ impl Default for QueueConfig {
             capacity: DEFAULT_CAPACITY,
             per_space_share: DEFAULT_PER_SPACE_SHARE,
             adaptive_at: DEFAULT_ADAPTIVE_AT,
+            adaptive_clear_at: DEFAULT_ADAPTIVE_CLEAR_AT,
             slow_down_at: DEFAULT_SLOW_DOWN_AT,
             slow_down_clear_at: DEFAULT_SLOW_DOWN_CLEAR_AT,
             reject_at: DEFAULT_REJECT_AT,
+            reject_clear_at: DEFAULT_REJECT_CLEAR_AT,
         }
     }
 }
@@ -176,8 +191,8 @@ impl QueueConfig {
     /// # Errors
     /// [`InvalidQueueConfig`] when the capacity is 0, the share is not in
     /// (0, 1], or the thresholds are not
-    /// `0 < adaptive_at <= slow_down_at <= reject_at <= 1` with
-    /// `0 < slow_down_clear_at <= slow_down_at`.
+    /// `0 < adaptive_at <= slow_down_at <= reject_at <= 1`, each `*_clear_at`
+    /// in (0, 1] and at most its level's mark.
     pub fn validate(&self) -> Result<(), InvalidQueueConfig> {
         let bad = |msg: String| Err(InvalidQueueConfig(msg));
         if self.capacity == 0 {
@@ -188,9 +203,11 @@ impl QueueConfig {
         for (name, value) in [
             ("per_space_share", self.per_space_share),
             ("adaptive_at", self.adaptive_at),
+            ("adaptive_clear_at", self.adaptive_clear_at),
             ("slow_down_at", self.slow_down_at),
             ("slow_down_clear_at", self.slow_down_clear_at),
             ("reject_at", self.reject_at),
+            ("reject_clear_at", self.reject_clear_at),
         ] {
             if !in_unit(value) {
                 return bad(format!("{name} must be in (0, 1], got {value}"));
@@ -203,11 +220,31 @@ impl QueueConfig {
                 self.adaptive_at, self.slow_down_at, self.reject_at
             ));
         }
-        if self.slow_down_clear_at > self.slow_down_at {
-            return bad(format!(
-                "slow_down_clear_at ({}) must not exceed slow_down_at ({})",
-                self.slow_down_clear_at, self.slow_down_at
-            ));
+        for (clear, clear_value, mark, mark_value) in [
+            (
+                "adaptive_clear_at",
+                self.adaptive_clear_at,
+                "adaptive_at",
+                self.adaptive_at,
+            ),
+            (
+                "slow_down_clear_at",
+                self.slow_down_clear_at,
+                "slow_down_at",
+                self.slow_down_at,
+            ),
+            (
+                "reject_clear_at",
+                self.reject_clear_at,
+                "reject_at",
+                self.reject_at,
+            ),
+        ] {
+            if clear_value > mark_value {
+                return bad(format!(
+                    "{clear} ({clear_value}) must not exceed {mark} ({mark_value})"
+                ));
+            }
         }
         Ok(())
     }
@@ -286,9 +323,11 @@ pub struct IndexQueue<K, T> {
 #[derive(Clone, Copy, Debug)]
 struct Thresholds {
     adaptive: usize,
+    adaptive_clear: usize,
     slow_down: usize,
     slow_down_clear: usize,
     reject: usize,
+    reject_clear: usize,
     space_limit: usize,
 }
 
@@ -296,23 +335,26 @@ impl Thresholds {
     fn new(c: &QueueConfig) -> Self {
         Thresholds {
             adaptive: ceil_of(c.adaptive_at, c.capacity),
+            adaptive_clear: ceil_of(c.adaptive_clear_at, c.capacity),
             slow_down: ceil_of(c.slow_down_at, c.capacity),
             slow_down_clear: ceil_of(c.slow_down_clear_at, c.capacity),
             reject: ceil_of(c.reject_at, c.capacity),
+            reject_clear: ceil_of(c.reject_clear_at, c.capacity),
             space_limit: floor_of(c.per_space_share, c.capacity).max(1),
         }
     }
 
-    /// The level for `depth`, coming from `prev` (SLOW_DOWN is left only
-    /// below `slow_down_clear`, also when falling from OVERLOADED).
+    /// The level for `depth`, coming from `prev`. Each level is entered at
+    /// its mark and left only below its clear mark (hysteresis), also when
+    /// falling from a higher one: from OVERLOADED at 70% the level is
+    /// SLOW_DOWN, not ADAPTIVE.
     fn level(&self, prev: Level, depth: usize) -> Level {
-        if depth >= self.reject {
+        let holds = |level: Level, clear: usize| prev >= level && depth >= clear;
+        if depth >= self.reject || (prev == Level::Overloaded && depth >= self.reject_clear) {
             Level::Overloaded
-        } else if depth >= self.slow_down
-            || (prev >= Level::SlowDown && depth >= self.slow_down_clear)
-        {
+        } else if depth >= self.slow_down || holds(Level::SlowDown, self.slow_down_clear) {
             Level::SlowDown
-        } else if depth >= self.adaptive {
+        } else if depth >= self.adaptive || holds(Level::Adaptive, self.adaptive_clear) {
             Level::Adaptive
         } else {
             Level::Normal
@@ -624,19 +666,25 @@ where
     ///
     /// # Errors
     /// [`Rejected`] when the priority is HIGH and the depth has reached the
-    /// capacity, NORMAL or LOW and it has reached `reject_at * capacity`, or
+    /// capacity, NORMAL or LOW and the level is OVERLOADED (from
+    /// `reject_at * capacity` until the depth is below
+    /// `reject_clear_at * capacity`), or
     /// the space holds its whole share; with the time the measured drain rate
     /// needs to make room.
     pub fn try_reserve(&self, space: &K, priority: Priority) -> Result<(), Rejected> {
         let mut st = self.state.lock();
         let depth = st.depth();
-        let limit = match priority {
-            Priority::High => self.config.capacity,
-            Priority::Normal | Priority::Low => self.thresholds.reject,
+        let full = match priority {
+            Priority::High => depth >= self.config.capacity,
+            // OVERLOADED holds down to its clear mark: writers retrying at
+            // the 90% mark are refused until the queue has real room.
+            Priority::Normal | Priority::Low => {
+                depth >= self.thresholds.reject || st.level == Level::Overloaded
+            }
         };
         let space_limit = self.thresholds.space_limit;
         let space_depth = st.spaces.get(space).map_or(0, SpaceLanes::depth);
-        if depth >= limit || space_depth >= space_limit {
+        if full || space_depth >= space_limit {
             let rate = st.drain.rate(Instant::now());
             return Err(Rejected {
                 depth,
@@ -1202,7 +1250,7 @@ mod tests {
     }
 
     #[test]
-    fn normal_rejected_from_reject_at_and_high_until_capacity() {
+    fn normal_rejected_from_reject_at_until_the_clear_mark_and_high_until_capacity() {
         let q = Q::new(config(20), 1);
         for i in 0..18 {
             q.try_reserve(&(i % 3), Priority::Normal).unwrap();
@@ -1220,10 +1268,14 @@ mod tests {
         assert_eq!(r.depth, 20);
         assert_eq!(q.depth(), 20);
         assert_eq!(q.depth_by_priority(), [2, 18, 0]);
-        // One place freed below 90% admits NORMAL again.
+        // Below 90% NORMAL is still refused until the depth is under the
+        // clear mark (85% = 17), then admitted again.
         q.cancel(&1, Priority::High);
         q.cancel(&2, Priority::High);
         q.cancel(&0, Priority::Normal);
+        assert_eq!(q.depth(), 17);
+        assert!(q.try_reserve(&0, Priority::Low).is_err());
+        q.cancel(&1, Priority::Normal);
         q.try_reserve(&0, Priority::Low).unwrap();
     }
 
@@ -1280,7 +1332,7 @@ mod tests {
     }
 
     #[test]
-    fn slow_down_has_hysteresis() {
+    fn levels_have_hysteresis() {
         let q = Q::new(config(100), 1);
         let expect = |q: &Q, depth: usize, level: Level| {
             while q.depth() < depth {
@@ -1293,6 +1345,9 @@ mod tests {
         };
         expect(&q, 49, Level::Normal);
         expect(&q, 50, Level::Adaptive);
+        expect(&q, 45, Level::Adaptive);
+        expect(&q, 44, Level::Normal);
+        expect(&q, 49, Level::Normal);
         expect(&q, 79, Level::Adaptive);
         expect(&q, 80, Level::SlowDown);
         expect(&q, 75, Level::SlowDown);
@@ -1300,11 +1355,35 @@ mod tests {
         expect(&q, 69, Level::Adaptive);
         expect(&q, 79, Level::Adaptive);
         expect(&q, 90, Level::Overloaded);
+        // OVERLOADED holds, and NORMAL is refused, down to 85.
+        expect(&q, 85, Level::Overloaded);
+        assert!(q.try_reserve(&1, Priority::Normal).is_err());
+        assert!(q.try_reserve(&1, Priority::Low).is_err());
+        expect(&q, 84, Level::SlowDown);
+        q.try_reserve(&1, Priority::Normal).unwrap();
         expect(&q, 72, Level::SlowDown);
         expect(&q, 40, Level::Normal);
         // Normal -> SlowDown twice: two activations; Overloaded -> SlowDown
         // is not a new one.
         assert_eq!(q.slow_down_activations(), 2);
+    }
+
+    #[test]
+    fn admissions_and_completions_at_a_mark_do_not_flip_the_level() {
+        // Issue 11, defect 1: without a band, each admission/completion pair
+        // at exactly 50% or 90% changed the level twice.
+        for mark in [50, 90] {
+            let q = Q::new(config(100), 1);
+            while q.depth() < mark {
+                q.try_reserve(&1, Priority::High).unwrap();
+            }
+            let changes = q.subscribe();
+            for _ in 0..100 {
+                q.cancel(&1, Priority::High);
+                q.try_reserve(&1, Priority::High).unwrap();
+            }
+            assert_eq!(changes.try_iter().count(), 0, "level changes at {mark}%");
+        }
     }
 
     #[test]
@@ -1701,6 +1780,18 @@ mod tests {
             },
             QueueConfig {
                 slow_down_clear_at: 0.85,
+                ..QueueConfig::default()
+            },
+            QueueConfig {
+                adaptive_clear_at: 0.55,
+                ..QueueConfig::default()
+            },
+            QueueConfig {
+                reject_clear_at: 0.95,
+                ..QueueConfig::default()
+            },
+            QueueConfig {
+                reject_clear_at: 0.0,
                 ..QueueConfig::default()
             },
         ];

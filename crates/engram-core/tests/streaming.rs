@@ -106,7 +106,8 @@ async fn overload_slows_down_rejects_with_retry_after_and_loses_nothing() {
                 suggested.push(change.suggested_rate);
             }
             if change.level == Level::Overloaded {
-                assert!(change.pressure >= 0.9 - 1e-9, "{change:?}");
+                // Entered at 90%, held down to the 85% clear mark.
+                assert!(change.pressure >= 0.85 - 1e-9, "{change:?}");
             }
         }
     }
