@@ -223,6 +223,7 @@ def space_info(msg: memory_pb2.SpaceInfo) -> SpaceInfo:
         queue_depth=msg.queue_depth,
         last_sequence=msg.last_sequence,
         index_lag_seconds=msg.index_lag_seconds,
+        quarantined_count=msg.quarantined_count,
     )
 
 

@@ -204,6 +204,9 @@ class SpaceInfo:
     queue_depth: int
     last_sequence: int
     index_lag_seconds: float
+    #: Observations whose indexing kept panicking on the server: kept in its
+    #: exact-scanned fresh tier (durable, recalled), not in ``queue_depth``.
+    quarantined_count: int = 0
 
 
 @dataclass(frozen=True)

@@ -293,6 +293,7 @@ impl Committer {
         let task = IndexTask {
             space: space.clone(),
             episode,
+            failures: 0,
         };
         match (needs_index, recovering) {
             (true, true) => self.queue.push_unreserved(space.id(), priority, task),

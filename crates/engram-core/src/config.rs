@@ -64,6 +64,9 @@ pub struct EngineConfig {
     /// Adaptive batch bounds of the indexing workers.
     pub min_batch: usize,
     pub max_batch: usize,
+    /// An observation whose indexing panics this many times is quarantined
+    /// (kept in the exact-scanned fresh tier) instead of retried forever.
+    pub max_task_failures: u32,
     /// Enables `Engine::faults` (kill workers, slow indexing, delay
     /// acceptance) for tests and drills. Never on in production.
     pub fault_injection: bool,
@@ -94,6 +97,7 @@ impl Default for EngineConfig {
             workers: 0,
             min_batch: DEFAULT_MIN_BATCH,
             max_batch: DEFAULT_MAX_BATCH,
+            max_task_failures: crate::indexer::DEFAULT_MAX_TASK_FAILURES,
             fault_injection: false,
             metrics: true,
             metrics_max_spaces: crate::metrics::DEFAULT_MAX_SPACE_LABELS,

@@ -123,6 +123,7 @@ impl Engine {
             metrics.clone(),
             config.min_batch,
             config.max_batch,
+            config.max_task_failures,
         ));
         let spaces: Arc<SpaceMap> = Arc::default();
         let mut report = RecoveryReport::default();
@@ -581,6 +582,46 @@ impl Engine {
     /// Fault injection, when `fault_injection` is configured.
     pub fn faults(&self) -> Option<&Faults> {
         self.inner.faults.as_deref()
+    }
+
+    /// Fault injection: the next `count` HNSW inserts into `space` panic
+    /// halfway through linking (inside the insert, not between tasks).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] without `fault_injection`;
+    /// [`Error::SpaceNotFound`].
+    pub fn inject_insert_panics(&self, space: &str, count: u32) -> Result<()> {
+        let space = self.fault_space(space)?;
+        space.index().inject_insert_panics(count);
+        Ok(())
+    }
+
+    /// Fault injection: every HNSW insert of memory `memory_id` of `space`
+    /// panics, like a task that can never be indexed (until a restart).
+    ///
+    /// # Errors
+    /// As [`Engine::inject_insert_panics`], and [`Error::MemoryNotFound`].
+    pub fn inject_poison(&self, space: &str, memory_id: &str) -> Result<()> {
+        let space = self.fault_space(space)?;
+        let seq = space.commit_meta().by_id.get(memory_id).copied();
+        let Some(seq) = seq else {
+            return Err(Error::MemoryNotFound {
+                space: space.id().to_string(),
+                memory_id: memory_id.to_string(),
+            });
+        };
+        space.index().inject_poison_label(seq);
+        Ok(())
+    }
+
+    fn fault_space(&self, space: &str) -> Result<Arc<Space>> {
+        if self.inner.faults.is_none() {
+            return Err(Error::InvalidArgument {
+                field: "fault_injection",
+                message: "fault injection is disabled; start with fault_injection = true".into(),
+            });
+        }
+        self.space(&SpaceId::parse(space)?)
     }
 
     pub(crate) fn sessions(&self) -> &Registry {

@@ -9,7 +9,13 @@
 //!   the queue is short, for latency; larger under pressure, for throughput.
 //! - Supervision: a panic while indexing is caught, logged and counted; the
 //!   worker restarts, and the part of the batch it had not finished is put
-//!   back at the front of its lanes, so nothing is lost.
+//!   back at the front of its lanes, so nothing is lost. The index insert is
+//!   panic-safe (a retry finishes a half-linked node).
+//! - Quarantine: a task that has panicked `max_task_failures` times is not
+//!   put back (it would block its space's lane and, in the end, fill the
+//!   queue): its episode stays in the fresh tier, durable and recalled by
+//!   the exact scan, and is counted in a metric, in `describe`
+//!   (`quarantined_count`) and in the log. A restart tries it again.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -32,7 +38,15 @@ const IDLE_POLL: Duration = Duration::from_millis(50);
 pub struct IndexTask {
     pub space: Arc<Space>,
     pub episode: Arc<StoredEpisode>,
+    /// Panics while indexing it so far.
+    pub failures: u32,
 }
+
+/// Default for [`crate::EngineConfig::max_task_failures`]: a task that
+/// panics this many times is quarantined. More than one, so that a panic
+/// caused by something passing (another thread's bug, a fault injected
+/// once) does not quarantine a healthy episode.
+pub const DEFAULT_MAX_TASK_FAILURES: u32 = 3;
 
 pub type Queue = IndexQueue<SpaceId, IndexTask>;
 
@@ -61,6 +75,7 @@ struct Shared {
     stats: Vec<WorkerStats>,
     min_batch: usize,
     max_batch: usize,
+    max_task_failures: u32,
     stop: AtomicBool,
     /// While true, workers hold off (indexing "paused"; admin and tests).
     paused: Mutex<bool>,
@@ -76,6 +91,7 @@ impl Indexer {
         metrics: Option<Arc<Metrics>>,
         min_batch: usize,
         max_batch: usize,
+        max_task_failures: u32,
     ) -> Self {
         let workers = workers.max(1);
         if let Some(m) = &metrics {
@@ -88,6 +104,7 @@ impl Indexer {
             stats: (0..workers).map(|_| WorkerStats::default()).collect(),
             min_batch: min_batch.max(1),
             max_batch: max_batch.max(min_batch.max(1)),
+            max_task_failures: max_task_failures.max(1),
             stop: AtomicBool::new(false),
             paused: Mutex::new(false),
             resumed: Condvar::new(),
@@ -234,11 +251,40 @@ fn worker_loop(shared: &Shared, id: usize) {
             let indexed = match catch_unwind(AssertUnwindSafe(|| index_one(&task))) {
                 Ok(indexed) => indexed,
                 Err(panic) => {
-                    // The failed task goes back first, then the rest.
-                    let rest: Vec<_> = std::iter::once((priority, task))
-                        .chain(guard.tasks.by_ref())
-                        .collect();
-                    guard.tasks = rest.into_iter();
+                    let mut task = task;
+                    task.failures += 1;
+                    let e = &task.episode;
+                    if task.failures >= shared.max_task_failures {
+                        tracing::error!(
+                            space = %guard.space,
+                            episode = %e.id,
+                            sequence = e.server_sequence,
+                            failures = task.failures,
+                            panic = panic_message(&panic),
+                            "indexing this observation keeps panicking; quarantined: it stays \
+                             durable and recallable (exact scan of the fresh tier), and indexing \
+                             is tried again at the next start"
+                        );
+                        task.space.quarantine(e.server_sequence);
+                        if let Some(m) = &shared.metrics {
+                            m.task_quarantined(&guard.space);
+                        }
+                        // Its place is handed back; the queue moves on.
+                        shared.queue.complete(&guard.space, &[priority], 0);
+                    } else {
+                        tracing::warn!(
+                            space = %guard.space,
+                            episode = %e.id,
+                            sequence = e.server_sequence,
+                            failures = task.failures,
+                            "indexing an observation panicked; it is retried first"
+                        );
+                        // The failed task goes back first, then the rest.
+                        let rest: Vec<_> = std::iter::once((priority, task))
+                            .chain(guard.tasks.by_ref())
+                            .collect();
+                        guard.tasks = rest.into_iter();
+                    }
                     std::panic::resume_unwind(panic);
                 }
             };

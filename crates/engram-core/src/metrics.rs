@@ -54,6 +54,7 @@ pub struct Metrics {
     queue_capacity: IntGauge,
     backpressure_active: IntGauge,
     worker_restarts: IntCounterVec,
+    quarantined: IntCounterVec,
     index_vectors: IntGaugeVec,
     index_memory: IntGaugeVec,
     queue_memory: IntGauge,
@@ -232,6 +233,14 @@ impl Metrics {
                 ),
                 &["worker_id"]
             ),
+            quarantined: make!(
+                IntCounterVec,
+                Opts::new(
+                    "engram_streaming_quarantined_total",
+                    "Observations quarantined because indexing them kept panicking (kept in the exact-scanned fresh tier)."
+                ),
+                &["space_id"]
+            ),
             index_vectors: make!(
                 IntGaugeVec,
                 Opts::new("engram_index_vectors", "Vectors in the space's HNSW index."),
@@ -337,6 +346,11 @@ impl Metrics {
         self.worker_restarts
             .with_label_values(&[&worker.to_string()])
             .inc();
+    }
+
+    pub fn task_quarantined(&self, space: &SpaceId) {
+        let label = self.label(space);
+        self.quarantined.with_label_values(&[&label]).inc();
     }
 
     pub fn backpressure_activation(&self, space: &SpaceId) {

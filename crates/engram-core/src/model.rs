@@ -349,6 +349,10 @@ pub struct SpaceInfo {
     pub last_sequence: u64,
     /// Age of the oldest not-yet-indexed observation, in seconds (0 when none).
     pub index_lag_seconds: f64,
+    /// Observations whose indexing kept panicking: kept in the exact-scanned
+    /// fresh tier (recalled, durable), not in the index, not in
+    /// `queue_depth`; indexing is tried again at the next start.
+    pub quarantined_count: u64,
 }
 
 /// The result of remembering one observation.

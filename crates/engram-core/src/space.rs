@@ -47,6 +47,9 @@ pub struct SpaceState {
     live: u64,
     /// Accepted, not yet in the index, by sequence.
     fresh: BTreeMap<u64, Arc<StoredEpisode>>,
+    /// Fresh episodes whose indexing kept panicking (see the indexer's
+    /// quarantine): recalled exactly from the fresh tier, not waited for.
+    quarantined: std::collections::BTreeSet<u64>,
 }
 
 /// What only the commit thread reads and writes.
@@ -96,6 +99,7 @@ impl Space {
                 episodes: Vec::new(),
                 live: 0,
                 fresh: BTreeMap::new(),
+                quarantined: Default::default(),
             }),
             commit: Mutex::new(CommitMeta::default()),
             visible_seq: AtomicU64::new(0),
@@ -206,6 +210,7 @@ impl Space {
         }
         st.live -= 1;
         st.fresh.remove(&seq);
+        st.quarantined.remove(&seq);
         true
     }
 
@@ -216,26 +221,41 @@ impl Space {
 
     /// Called by an indexing worker once the episode is in the index.
     pub(crate) fn mark_indexed(&self, seq: u64) {
-        self.state.write().fresh.remove(&seq);
+        let mut st = self.state.write();
+        st.fresh.remove(&seq);
+        st.quarantined.remove(&seq);
+    }
+
+    /// Called by an indexing worker that gives up on a fresh episode: it
+    /// stays in the fresh tier (recall scans it exactly) and is counted.
+    pub(crate) fn quarantine(&self, seq: u64) {
+        let mut st = self.state.write();
+        if st.fresh.contains_key(&seq) {
+            st.quarantined.insert(seq);
+        }
     }
 
     /// Counts and lag for `describe`.
     pub fn info(&self) -> SpaceInfo {
         let st = self.state.read();
+        // The oldest episode still waiting (a quarantined one waits for
+        // nothing, and must not make the lag grow for ever).
         let lag = st
             .fresh
             .values()
-            .next()
+            .find(|e| !st.quarantined.contains(&e.server_sequence))
             .map(|e| (now_unix_nanos() - e.committed_at_unix_nanos).max(0) as f64 / 1e9)
             .unwrap_or(0.0);
+        let quarantined = st.quarantined.len() as u64;
         SpaceInfo {
             memory_space_id: self.id.to_string(),
             dimension: self.dimension,
             count: st.live,
             indexed_count: st.live - st.fresh.len() as u64,
-            queue_depth: st.fresh.len() as u64,
+            queue_depth: st.fresh.len() as u64 - quarantined,
             last_sequence: self.visible_sequence(),
             index_lag_seconds: lag,
+            quarantined_count: quarantined,
         }
     }
 

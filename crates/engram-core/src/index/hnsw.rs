@@ -136,6 +136,42 @@ pub struct Hnsw {
     pub(super) pool: ScratchPool,
     /// Shared by inserts, exclusive while `write_to` takes its snapshot.
     pub(super) gate: RwLock<()>,
+    /// Inserts that panicked after their node was reserved: label -> node.
+    /// The node's vector is written, its links possibly only in part; it is
+    /// not ready (not counted, not in `labels`). Inserting the label again
+    /// finishes it, so a panic strands nothing (see [`Hnsw::insert`]).
+    pub(super) abandoned: Mutex<HashMap<u64, u32>>,
+    /// Fault injection (tests and `--fault-injection`): see
+    /// [`Hnsw::inject_insert_panics`].
+    insert_faults: Mutex<InsertFaults>,
+    insert_faults_armed: std::sync::atomic::AtomicBool,
+}
+
+/// Panics to raise halfway through inserts (after the node's own links are
+/// written, before its back links are): the worst place, where the node is
+/// reachable from nowhere yet but already points into the graph.
+#[derive(Debug, Default)]
+struct InsertFaults {
+    /// The next this many inserts panic.
+    next: u32,
+    /// Every insert of these labels panics (a poison task).
+    poison: std::collections::HashSet<u64>,
+}
+
+/// Records the node as abandoned if the insert unwinds before `done`.
+struct AbandonOnPanic<'a> {
+    h: &'a Hnsw,
+    label: u64,
+    id: u32,
+    done: bool,
+}
+
+impl Drop for AbandonOnPanic<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.h.abandoned.lock().insert(self.label, self.id);
+        }
+    }
 }
 
 impl fmt::Debug for Hnsw {
@@ -199,6 +235,9 @@ impl Hnsw {
             top: Mutex::new(()),
             pool: ScratchPool::default(),
             gate: RwLock::new(()),
+            abandoned: Mutex::new(HashMap::new()),
+            insert_faults: Mutex::new(InsertFaults::default()),
+            insert_faults_armed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -220,7 +259,15 @@ impl Hnsw {
     }
 
     /// Inserts `vector` under `label`. Returns false, and changes nothing, if
-    /// the label is already present (or being inserted by another thread).
+    /// the label is already in the graph (or being inserted by another
+    /// thread).
+    ///
+    /// Panic-safe: a panic while the node is being linked leaves it
+    /// *abandoned* (reserved, vector written, links possibly in part; a
+    /// search that reaches it sees a valid vector, and nothing is counted
+    /// or snapshotted as complete). Inserting the same label again finishes
+    /// the node and returns true, so a retried task ends with
+    /// its label in the graph, never half in it.
     ///
     /// # Panics
     /// If `vector.len() != self.dim()`, or past 4 billion nodes.
@@ -236,7 +283,13 @@ impl Hnsw {
         let id = {
             let mut ids = self.label_ids.lock();
             if ids.contains_key(&label) {
-                return false;
+                drop(ids);
+                // Claimed by one thread only: removed under the lock.
+                let Some(id) = self.abandoned.lock().remove(&label) else {
+                    return false;
+                };
+                self.finish(label, id);
+                return true;
             }
             let id = self.allocated.load(Ordering::Relaxed);
             assert!((id as u64) < MAX_NODES, "HNSW index is full ({id} nodes)");
@@ -248,17 +301,100 @@ impl Hnsw {
         };
         let level = self.random_level(label);
         // SAFETY: `id` was reserved just above, once, and is not yet linked
-        // from anywhere.
+        // from anywhere. `init` only quantizes and copies (its one failure,
+        // an allocation, aborts the process), so the node is abandoned only
+        // after its vector is complete.
         unsafe { self.store.init(id, label, level, vector) };
+        let mut guard = AbandonOnPanic {
+            h: self,
+            label,
+            id,
+            done: false,
+        };
         self.connect(id, level);
+        guard.done = true;
         self.store.set_ready(id);
         self.len.fetch_add(1, Ordering::Release);
         true
     }
 
-    /// True if `label` was inserted (or its insert is in progress).
+    /// Links an abandoned node again (its own lists are merged with what is
+    /// there, back links already added are skipped) and makes it ready. A
+    /// panic abandons it again.
+    fn finish(&self, label: u64, id: u32) {
+        let mut guard = AbandonOnPanic {
+            h: self,
+            label,
+            id,
+            done: false,
+        };
+        self.connect(id, self.store.level(id));
+        guard.done = true;
+        self.store.set_ready(id);
+        self.len.fetch_add(1, Ordering::Release);
+    }
+
+    /// Finishes every abandoned node it can (a node whose insert panics
+    /// again stays abandoned); returns how many stay abandoned. Run before
+    /// a snapshot, so that one normally holds no incomplete node.
+    pub fn finish_abandoned(&self) -> usize {
+        let pending: Vec<u64> = self.abandoned.lock().keys().copied().collect();
+        for label in pending {
+            let _gate = self.gate.read();
+            let Some(id) = self.abandoned.lock().remove(&label) else {
+                continue;
+            };
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.finish(label, id);
+            }));
+        }
+        self.abandoned.lock().len()
+    }
+
+    /// Labels whose insert panicked and has not been finished.
+    pub fn abandoned_labels(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.abandoned.lock().keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Fault injection: the next `n` inserts panic halfway through linking
+    /// (own links written, back links not yet).
+    pub fn inject_insert_panics(&self, n: u32) {
+        self.insert_faults.lock().next += n;
+        self.insert_faults_armed.store(true, Ordering::Release);
+    }
+
+    /// Fault injection: every insert of `label` panics halfway through
+    /// linking, like a task that always fails.
+    pub fn inject_poison_label(&self, label: u64) {
+        self.insert_faults.lock().poison.insert(label);
+        self.insert_faults_armed.store(true, Ordering::Release);
+    }
+
+    /// The injected panic inside an insert, if one is due.
+    fn insert_fault_point(&self, id: u32) {
+        if !self.insert_faults_armed.load(Ordering::Acquire) {
+            return;
+        }
+        let label = self.store.label(id);
+        let mut f = self.insert_faults.lock();
+        let poisoned = f.poison.contains(&label);
+        if poisoned || f.next > 0 {
+            if !poisoned {
+                f.next -= 1;
+            }
+            drop(f);
+            panic!("injected fault: panic inside the insert of label {label}");
+        }
+    }
+
+    /// True if `label` is in the graph: its insert completed (not one in
+    /// progress, nor one abandoned by a panic, which still has to be
+    /// finished by inserting the label again).
     pub fn contains(&self, label: u64) -> bool {
-        self.label_ids.lock().contains_key(&label)
+        let id = self.label_ids.lock().get(&label).copied();
+        id.is_some_and(|id| self.store.is_ready(id))
     }
 
     /// Top-`k` labels by cosine similarity among those for which
@@ -532,6 +668,7 @@ impl Hnsw {
         for (l, ids) in chosen.iter().enumerate() {
             self.set_own_links(id, l, ids);
         }
+        self.insert_fault_point(id);
         for (l, ids) in chosen.iter().enumerate().rev() {
             for &n in ids {
                 self.add_link(n, id, l, &mut s);
@@ -703,6 +840,7 @@ pub(super) mod tests {
     use crate::index::distance::normalize;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
+    use std::panic::AssertUnwindSafe;
 
     pub(crate) fn random_unit_vectors(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
         let mut rng = StdRng::seed_from_u64(seed);
@@ -849,6 +987,50 @@ pub(super) mod tests {
         h.insert(1, &[1.0, 0.0, 0.0, 0.0]);
         assert!(h.search(&[1.0, 0.0, 0.0, 0.0], 0, 10, &|_| true).is_empty());
         assert!(h.memory_bytes() > 0);
+    }
+
+    #[test]
+    fn an_insert_that_panics_is_finished_by_the_next_insert_and_survives_a_snapshot() {
+        let vectors = random_unit_vectors(400, 12, 31);
+        let h = Hnsw::new(12, HnswParams::default());
+        for (i, v) in vectors.iter().enumerate().take(300) {
+            assert!(h.insert(i as u64, v));
+        }
+        h.inject_poison_label(300);
+        h.inject_insert_panics(2);
+        for i in 300..303u64 {
+            let r =
+                std::panic::catch_unwind(AssertUnwindSafe(|| h.insert(i, &vectors[i as usize])));
+            assert!(r.is_err(), "insert {i} did not panic");
+        }
+        assert_eq!(h.abandoned_labels(), vec![300, 301, 302]);
+        assert_eq!(h.len(), 300);
+        assert!(!h.contains(301), "an abandoned node counts as in the graph");
+        h.check_integrity().unwrap();
+        // The retry finishes 301; 300 is poisoned and stays abandoned.
+        assert!(h.insert(301, &vectors[301]));
+        assert!(!h.insert(301, &vectors[301]));
+        assert!(h.contains(301));
+        // A snapshot finishes what it can (302) and keeps 300 abandoned.
+        let mut buf = Vec::new();
+        h.write_to(&mut buf).unwrap();
+        assert_eq!(h.abandoned_labels(), vec![300]);
+        let r = Hnsw::read_from(&mut buf.as_slice()).unwrap();
+        assert_eq!(r.abandoned_labels(), vec![300]);
+        assert_eq!(r.len(), 302);
+        assert!(!r.contains(300) && r.contains(302));
+        r.check_integrity().unwrap();
+        // Without the fault (a restart), inserting it again finishes it.
+        assert!(r.insert(300, &vectors[300]));
+        for (i, v) in vectors.iter().enumerate().skip(303) {
+            assert!(r.insert(i as u64, v));
+        }
+        assert!(r.abandoned_labels().is_empty());
+        assert_eq!(r.len(), 400);
+        r.check_integrity().unwrap();
+        for (i, v) in vectors.iter().enumerate() {
+            assert_eq!(r.search(v, 1, 64, &|_| true)[0].0, i as u64);
+        }
     }
 
     #[test]

@@ -80,19 +80,37 @@ impl Hnsw {
     /// the check sees a consistent graph even under load; searches never
     /// wait.
     pub fn check_integrity(&self) -> Result<(), String> {
-        let links = {
+        let (links, abandoned) = {
             let _gate = self.gate.write();
             self.check_structure()?;
-            Level0::copy(self)
+            let abandoned: std::collections::HashSet<u32> =
+                self.abandoned.lock().values().copied().collect();
+            (Level0::copy(self), abandoned)
         };
-        self.check_findable(&links)
+        self.check_findable(&links, &abandoned)
     }
 
     /// The structural checks, on a graph no insert is modifying (under the
     /// exclusive gate, or while loading a snapshot).
     pub(super) fn check_structure(&self) -> Result<(), String> {
         let n = self.allocated.load(Ordering::Acquire);
-        if let Some(id) = (0..n as u32).find(|&id| !self.store.is_ready(id)) {
+        // A node is ready, or abandoned by an insert that panicked (to be
+        // finished when its label is inserted again).
+        let abandoned: std::collections::HashSet<u32> = {
+            let ab = self.abandoned.lock();
+            let ids = self.label_ids.lock();
+            for (label, id) in ab.iter() {
+                if ids.get(label) != Some(id) || self.store.is_ready(*id) {
+                    return Err(format!(
+                        "abandoned node {id} (label {label}) is ready or not in the label table"
+                    ));
+                }
+            }
+            ab.values().copied().collect()
+        };
+        if let Some(id) =
+            (0..n as u32).find(|&id| !self.store.is_ready(id) && !abandoned.contains(&id))
+        {
             return Err(format!("node {id}: its insert did not complete"));
         }
         let entry = unpack_entry(self.entry.load(Ordering::Acquire));
@@ -202,7 +220,11 @@ impl Hnsw {
     /// two breadth-first walks (forward and over reversed links), no
     /// distance computations. Nodes that fail that test get the exact check:
     /// an early-exit search probe, then a walk from their actual start.
-    fn check_findable(&self, links: &Level0) -> Result<(), String> {
+    fn check_findable(
+        &self,
+        links: &Level0,
+        abandoned: &std::collections::HashSet<u32>,
+    ) -> Result<(), String> {
         let Some((entry, _)) = links.entry else {
             return Ok(());
         };
@@ -235,7 +257,7 @@ impl Hnsw {
             (0..n as u32).all(|id| self.store.level(id) == 0 || backward[id as usize]);
         let mut s = self.pool.get();
         for id in 0..n as u32 {
-            if forward[id as usize] && starts_reach_entry {
+            if (forward[id as usize] && starts_reach_entry) || abandoned.contains(&id) {
                 continue;
             }
             const PROBE_EF: usize = 64;

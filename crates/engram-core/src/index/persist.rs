@@ -7,7 +7,8 @@
 //! dim u32 | m u32 | ef_construction u32 | ef_search u32 | seed u64
 //! nodes u64 | entry u64 (level << 32 | id, or u64::MAX when empty)
 //! per node, in id order:
-//!     label u64 | level u8
+//!     label u64 | level u8 (bit 7 set: the node's insert panicked and is
+//!                            finished when its label is inserted again)
 //!     per level 0..=level: count u32 | count x id u32
 //!     dim x f32
 //! crc32 u32 of every byte above
@@ -86,7 +87,12 @@ struct LinkSnapshot {
     entry: u64,
     /// Per node and level: count, then the ids.
     words: Vec<u32>,
+    /// Abandoned nodes (see [`Hnsw::insert`]).
+    abandoned: std::collections::HashSet<u32>,
 }
+
+/// Bit of the level byte that marks an abandoned node.
+const ABANDONED_BIT: u8 = 0x80;
 
 impl Hnsw {
     /// Writes the whole index (see the module docs for the format).
@@ -98,6 +104,9 @@ impl Hnsw {
     /// # Errors
     /// Any error of `w`.
     pub fn write_to(&self, w: &mut dyn Write) -> io::Result<()> {
+        // A node whose insert panicked is finished now if it can be; one
+        // that panics again is written as abandoned.
+        self.finish_abandoned();
         let snap = self.snapshot_links();
         let mut out = CrcWriter {
             inner: io::BufWriter::with_capacity(1 << 20, w),
@@ -123,7 +132,12 @@ impl Hnsw {
         for id in 0..snap.nodes as u32 {
             let level = self.store.level(id);
             out.write_all(&self.store.label(id).to_le_bytes())?;
-            out.write_all(&[level as u8])?;
+            let flag = if snap.abandoned.contains(&id) {
+                ABANDONED_BIT
+            } else {
+                0
+            };
+            out.write_all(&[level as u8 | flag])?;
             for _ in 0..=level {
                 let count = snap.words[pos] as usize;
                 bytes.clear();
@@ -164,6 +178,7 @@ impl Hnsw {
             nodes,
             entry,
             words,
+            abandoned: self.abandoned.lock().values().copied().collect(),
         }
     }
 
@@ -234,9 +249,11 @@ impl Hnsw {
         let mut bytes = vec![0u8; dim * 4];
         let mut vector = vec![0f32; dim];
         let mut links: Vec<Vec<u32>> = Vec::new();
+        let mut abandoned: HashMap<u64, u32> = HashMap::new();
         for id in 0..nodes as u32 {
             let label = rd.u64()?;
-            let level = usize::from(rd.bytes::<1>()?[0]);
+            let byte = rd.bytes::<1>()?[0];
+            let level = usize::from(byte & !ABANDONED_BIT);
             if level > MAX_LEVEL {
                 return Err(invalid(format!("node {id}: level {level} > {MAX_LEVEL}")));
             }
@@ -281,7 +298,11 @@ impl Hnsw {
                 }
                 words[0].store(list.len() as u32, Ordering::Release);
             }
-            h.store.set_ready(id);
+            if byte & ABANDONED_BIT == 0 {
+                h.store.set_ready(id);
+            } else {
+                abandoned.insert(label, id);
+            }
         }
         let computed = rd.crc.clone().finalize();
         let mut stored = [0u8; 4];
@@ -302,7 +323,9 @@ impl Hnsw {
         }
         *h.label_ids.lock() = ids;
         h.allocated.store(nodes as usize, Ordering::Release);
-        h.len.store(nodes as usize, Ordering::Release);
+        h.len
+            .store(nodes as usize - abandoned.len(), Ordering::Release);
+        *h.abandoned.lock() = abandoned;
         h.entry.store(
             if nodes == 0 {
                 NO_ENTRY

@@ -118,6 +118,7 @@ pub fn space_info(i: &SpaceInfo) -> pb::SpaceInfo {
         queue_depth: i.queue_depth,
         last_sequence: i.last_sequence,
         index_lag_seconds: i.index_lag_seconds,
+        quarantined_count: i.quarantined_count,
     }
 }
 

@@ -177,6 +177,26 @@ struct FaultsJson {
     /// Sleep before each group commit (0 turns it off).
     #[serde(default)]
     accept_delay_ms: Option<u64>,
+    /// The next `count` HNSW inserts into `space` panic inside the insert.
+    #[serde(default)]
+    insert_panics: Option<InsertPanicsJson>,
+    /// Every insert of this memory panics (a poison task) until a restart.
+    #[serde(default)]
+    poison: Option<PoisonJson>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InsertPanicsJson {
+    space: String,
+    count: u32,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoisonJson {
+    space: String,
+    memory_id: String,
 }
 
 /// `POST /v1/admin/faults`, only with `engine.fault_injection`.
@@ -203,6 +223,12 @@ async fn admin_faults(
     }
     if let Some(ms) = body.accept_delay_ms {
         faults.set_accept_delay(std::time::Duration::from_millis(ms));
+    }
+    if let Some(p) = &body.insert_panics {
+        engine.inject_insert_panics(&p.space, p.count)?;
+    }
+    if let Some(p) = &body.poison {
+        engine.inject_poison(&p.space, &p.memory_id)?;
     }
     Ok(Json(json!({
         "kills_armed": faults.kills_armed(),

@@ -188,6 +188,7 @@ fn space_json(info: &SpaceInfo) -> serde_json::Value {
         "queue_depth": info.queue_depth,
         "last_sequence": info.last_sequence,
         "index_lag_seconds": info.index_lag_seconds,
+        "quarantined_count": info.quarantined_count,
     })
 }
 

@@ -93,7 +93,7 @@ class DeleteSpaceResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class SpaceInfo(_message.Message):
-    __slots__ = ("memory_space_id", "dimension", "count", "indexed_count", "queue_depth", "last_sequence", "index_lag_seconds")
+    __slots__ = ("memory_space_id", "dimension", "count", "indexed_count", "queue_depth", "last_sequence", "index_lag_seconds", "quarantined_count")
     MEMORY_SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +101,7 @@ class SpaceInfo(_message.Message):
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     INDEX_LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINED_COUNT_FIELD_NUMBER: _ClassVar[int]
     memory_space_id: str
     dimension: int
     count: int
@@ -108,4 +109,5 @@ class SpaceInfo(_message.Message):
     queue_depth: int
     last_sequence: int
     index_lag_seconds: float
-    def __init__(self, memory_space_id: _Optional[str] = ..., dimension: _Optional[int] = ..., count: _Optional[int] = ..., indexed_count: _Optional[int] = ..., queue_depth: _Optional[int] = ..., last_sequence: _Optional[int] = ..., index_lag_seconds: _Optional[float] = ...) -> None: ...
+    quarantined_count: int
+    def __init__(self, memory_space_id: _Optional[str] = ..., dimension: _Optional[int] = ..., count: _Optional[int] = ..., indexed_count: _Optional[int] = ..., queue_depth: _Optional[int] = ..., last_sequence: _Optional[int] = ..., index_lag_seconds: _Optional[float] = ..., quarantined_count: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,163 @@
+//! Failure modes of the engine's own threads and tasks (issue 11): panics
+//! inside an index insert, a task that always panics, and what each leaves
+//! behind — in memory, in recall, in the next snapshot and after a restart.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use engram_core::{Engine, EngineConfig};
+
+fn faulty(dir: &std::path::Path) -> EngineConfig {
+    EngineConfig {
+        fault_injection: true,
+        ..config(dir)
+    }
+}
+
+/// Every episode's own vector recalls it first.
+fn assert_all_recalled(engine: &Engine, space: &str, vecs: &[Vec<f32>], prefix: &str) {
+    for (i, v) in vecs.iter().enumerate() {
+        let r = engine.recall(space, cue(v, 1)).unwrap();
+        assert_eq!(
+            r.memories[0].episode.id,
+            format!("{prefix}{i}"),
+            "episode {i} is not recalled by its own vector"
+        );
+    }
+}
+
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Defect 2: a panic inside an HNSW insert (after the node was reserved and
+/// its own links written) used to leave the label reserved; the retry's
+/// insert returned false, the task was marked indexed, and the episode left
+/// the fresh tier without being in the graph: hidden from recall, and the
+/// half-linked node went into the next snapshot. Now the retry finishes the
+/// node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_inside_an_insert_strands_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(faulty(dir.path())).unwrap();
+    let vecs = random_vectors(600, 16, 21);
+    for (i, v) in vecs[..300].iter().enumerate() {
+        engine
+            .remember("s", episode(&format!("p{i}"), v.clone()))
+            .await
+            .unwrap();
+    }
+    wait_indexed(&engine);
+    let restarts_before = engine.worker_restarts();
+    // Five rounds, one panic each: transient failures (fewer than
+    // max_task_failures per task), each retried and finished.
+    for round in 0..5 {
+        engine.inject_insert_panics("s", 1).unwrap();
+        let start = 300 + round * 60;
+        for (i, v) in vecs.iter().enumerate().skip(start).take(60) {
+            engine
+                .remember("s", episode(&format!("p{i}"), v.clone()))
+                .await
+                .unwrap();
+        }
+        wait_indexed(&engine);
+    }
+    assert_eq!(engine.worker_restarts() - restarts_before, 5);
+    let info = engine.describe_space("s").unwrap();
+    assert_eq!(
+        (info.count, info.indexed_count, info.quarantined_count),
+        (600, 600, 0)
+    );
+    engine.check_integrity("s").unwrap();
+    assert_all_recalled(&engine, "s", &vecs, "p");
+    // The snapshot and a restart hold the same complete graph.
+    engine.snapshot().unwrap();
+    engine.shutdown();
+    drop(engine);
+    let engine = Engine::open(faulty(dir.path())).unwrap();
+    wait_indexed(&engine);
+    engine.check_integrity("s").unwrap();
+    assert_eq!(engine.describe_space("s").unwrap().indexed_count, 600);
+    assert_all_recalled(&engine, "s", &vecs, "p");
+    engine.shutdown();
+}
+
+/// Defect 3: a task that always panics used to be requeued at the front of
+/// its lane for ever: its space never drained, and the global queue filled
+/// until every NORMAL write was rejected. Now it is quarantined after
+/// `max_task_failures`: recalled from the fresh tier, counted, and the
+/// queue moves on; a restart (without the fault) indexes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_task_is_quarantined_and_the_queue_moves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(faulty(dir.path())).unwrap();
+    let vecs = random_vectors(400, 16, 22);
+    engine.pause_indexing();
+    for (i, v) in vecs.iter().enumerate() {
+        engine
+            .remember("s", episode(&format!("q{i}"), v.clone()))
+            .await
+            .unwrap();
+    }
+    engine.inject_poison("s", "q7").unwrap();
+    engine.resume_indexing();
+    // The queue drains although q7 can never be indexed.
+    wait_indexed(&engine);
+    let info = engine.describe_space("s").unwrap();
+    assert_eq!(
+        (
+            info.count,
+            info.indexed_count,
+            info.queue_depth,
+            info.quarantined_count
+        ),
+        (400, 399, 0, 1)
+    );
+    assert_eq!(info.index_lag_seconds, 0.0, "a quarantined task is not lag");
+    let metrics = engine.render_metrics().unwrap();
+    assert_eq!(
+        sample(
+            &metrics,
+            "engram_streaming_quarantined_total{space_id=\"s\"}"
+        ),
+        1.0
+    );
+    // Tried max_task_failures (3) times, then left alone.
+    assert_eq!(engine.worker_restarts(), 3);
+    // Recalled, from the exact-scanned fresh tier.
+    let top = &engine.recall("s", cue(&vecs[7], 1)).unwrap().memories[0];
+    assert_eq!((top.episode.id.as_str(), top.indexed), ("q7", false));
+    assert_all_recalled(&engine, "s", &vecs, "q");
+    engine.check_integrity("s").unwrap();
+    // New writes are admitted and indexed as usual.
+    let more = random_vectors(50, 16, 23);
+    for (i, v) in more.iter().enumerate() {
+        engine
+            .remember("s", episode(&format!("m{i}"), v.clone()))
+            .await
+            .unwrap();
+    }
+    wait_indexed(&engine);
+    assert_eq!(engine.describe_space("s").unwrap().indexed_count, 449);
+    // Snapshot (it keeps q7 in the fresh tier, its node abandoned) and
+    // restart: without the fault, q7 is indexed.
+    engine.snapshot().unwrap();
+    engine.shutdown();
+    drop(engine);
+    let engine = Engine::open(faulty(dir.path())).unwrap();
+    wait_for(
+        "q7 indexed after the restart",
+        Duration::from_secs(60),
+        || engine.describe_space("s").unwrap().indexed_count == 450,
+    );
+    let info = engine.describe_space("s").unwrap();
+    assert_eq!((info.quarantined_count, info.queue_depth), (0, 0));
+    engine.check_integrity("s").unwrap();
+    let top = &engine.recall("s", cue(&vecs[7], 1)).unwrap().memories[0];
+    assert_eq!((top.episode.id.as_str(), top.indexed), ("q7", true));
+    engine.shutdown();
+}
