@@ -7,6 +7,7 @@
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
@@ -24,11 +25,13 @@ const POLL: Duration = Duration::from_millis(1);
 type Q = IndexQueue<u64, u64>;
 
 /// Reserves and pushes, retrying (after a yield) while the queue is full.
-fn put(q: &Q, space: u64, task: u64) {
-    while q.try_reserve(&space, Priority::Normal).is_err() {
-        std::thread::yield_now();
+fn put(q: &Arc<Q>, space: u64, task: u64) {
+    loop {
+        match q.reserve(&space, Priority::Normal) {
+            Ok(r) => return r.push(task),
+            Err(_) => std::thread::yield_now(),
+        }
     }
-    q.push(&space, Priority::Normal, task);
 }
 
 fn complete(q: &Q, space: &u64, tasks: &[(Priority, u64)]) {
@@ -40,7 +43,7 @@ fn single_thread(c: &mut Criterion) {
     let mut g = c.benchmark_group("queue/single_thread");
     g.throughput(Throughput::Elements(TASKS));
     for batch in BATCHES {
-        let q = Q::new(QueueConfig::default(), 1);
+        let q = Arc::new(Q::new(QueueConfig::default(), 1));
         g.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |b, &batch| {
             b.iter(|| {
                 for i in 0..TASKS {
@@ -58,7 +61,7 @@ fn single_thread(c: &mut Criterion) {
 
 /// 2 producers (own spaces each) and 2 workers, until all `total` tasks are
 /// completed; the clock starts when all four threads are ready.
-fn run_concurrent(q: &Q, batch: usize, total: u64) -> Duration {
+fn run_concurrent(q: &Arc<Q>, batch: usize, total: u64) -> Duration {
     let done = AtomicU64::new(0);
     let ready = Barrier::new(5);
     std::thread::scope(|s| {
@@ -99,7 +102,7 @@ fn two_producers_two_workers(c: &mut Criterion) {
     let mut g = c.benchmark_group("queue/2_producers_2_workers");
     g.throughput(Throughput::Elements(TASKS));
     for batch in BATCHES {
-        let q = Q::new(QueueConfig::default(), 2);
+        let q = Arc::new(Q::new(QueueConfig::default(), 2));
         g.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |b, &batch| {
             b.iter_custom(|iters| run_concurrent(&q, batch, iters * TASKS))
         });

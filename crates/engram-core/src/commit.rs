@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use crate::error::{Error, Result};
 use crate::fault::Faults;
 use crate::index::HnswParams;
-use crate::indexer::{IndexTask, Queue};
+use crate::indexer::{IndexTask, Queue, QueueReservation};
 use crate::metrics::Metrics;
 use crate::model::{now_unix_nanos, Remembered, SpaceId, StoredEpisode, ValidEpisode};
 use crate::queue::Priority;
@@ -49,8 +49,8 @@ pub(crate) enum Command {
     Observe {
         space: SpaceId,
         episode: ValidEpisode,
-        /// Its lane in the indexing queue, where a place was reserved for it.
-        priority: Priority,
+        /// Its place in the indexing queue (handed back if it is dropped).
+        reservation: QueueReservation,
         /// Create the space (with the episode's dimension) if it is missing.
         auto_create: bool,
         /// When it was admitted; `Some` only when metrics are on. Its
@@ -154,7 +154,7 @@ enum Prepared {
     Observe {
         space: Arc<Space>,
         episode: Arc<StoredEpisode>,
-        priority: Priority,
+        reservation: QueueReservation,
         admitted: Option<Instant>,
         reply: Reply<Remembered>,
     },
@@ -229,7 +229,7 @@ impl Committer {
                         .insert(episode.id.clone(), episode.server_sequence);
                     meta.last_seq = episode.server_sequence;
                 }
-                self.apply_observe(&s, Arc::new(episode), Priority::Normal, true);
+                self.apply_observe(&s, Arc::new(episode), None);
             }
             WalRecord::Forget {
                 space,
@@ -279,27 +279,30 @@ impl Committer {
         *self.published.write() = self.spaces.clone();
     }
 
-    /// Makes an episode visible and queues it for indexing. At recovery it
-    /// enters the queue without a reservation (nothing replayed is dropped,
-    /// even above capacity).
+    /// Makes an episode visible and queues it for indexing in its reserved
+    /// place. At recovery (`reservation` None) it enters the queue without
+    /// one (nothing replayed is dropped, even above capacity).
     pub fn apply_observe(
         &self,
         space: &Arc<Space>,
         episode: Arc<StoredEpisode>,
-        priority: Priority,
-        recovering: bool,
+        reservation: Option<QueueReservation>,
     ) {
-        let needs_index = space.apply_observe(episode.clone());
+        if !space.apply_observe(episode.clone()) {
+            // Already indexed (a loaded snapshot holds it): the place, if
+            // any, goes back as the reservation drops.
+            return;
+        }
         let task = IndexTask {
             space: space.clone(),
             episode,
             failures: 0,
         };
-        match (needs_index, recovering) {
-            (true, true) => self.queue.push_unreserved(space.id(), priority, task),
-            (true, false) => self.queue.push(space.id(), priority, task),
-            (false, true) => {}
-            (false, false) => self.queue.cancel(space.id(), priority),
+        match reservation {
+            Some(r) => r.push(task),
+            None => self
+                .queue
+                .push_unreserved(space.id(), Priority::Normal, task),
         }
     }
 
@@ -362,21 +365,21 @@ impl Committer {
             let err = Error::Storage(format!(
                 "the write-ahead log failed earlier ({why}); no writes are accepted until the server is restarted"
             ));
-            fail(cmd, err, &self.queue, self.metrics.as_deref());
+            fail(cmd, err, self.metrics.as_deref());
             return;
         }
         match cmd {
             Command::Observe {
                 space,
                 episode,
-                priority,
+                reservation,
                 auto_create,
                 admitted,
                 reply,
             } => {
                 let obs = Observation {
                     space,
-                    priority,
+                    reservation,
                     admitted,
                     reply,
                 };
@@ -463,12 +466,13 @@ impl Committer {
     ) {
         let Observation {
             space,
-            priority,
+            reservation,
             admitted,
             reply,
         } = obs;
+        let priority = reservation.priority();
+        // Rejected: the reservation drops here, and its place goes back.
         let reject = |this: &Self, out: &mut Vec<Prepared>, reply, err: Error| {
-            this.queue.cancel(&space, priority);
             count_rejected(this.metrics.as_deref(), &space, admitted, &err);
             answer(out, reply, Err(err));
         };
@@ -507,7 +511,7 @@ impl Committer {
                     committed_at_unix_nanos: original.unwrap_or_else(now_unix_nanos),
                     duplicate: true,
                 };
-                self.queue.cancel(&space, priority);
+                drop(reservation);
                 out.push(Prepared::Duplicate {
                     space: s,
                     done,
@@ -547,7 +551,7 @@ impl Committer {
         out.push(Prepared::Observe {
             space: s,
             episode: Arc::new(episode),
-            priority,
+            reservation,
             admitted,
             reply,
         });
@@ -623,12 +627,11 @@ impl Committer {
                 match p {
                     Prepared::Observe {
                         space,
-                        priority,
                         admitted,
                         reply,
                         ..
                     } => {
-                        self.queue.cancel(space.id(), priority);
+                        // Its reservation drops with it: the place goes back.
                         count_rejected(self.metrics.as_deref(), space.id(), admitted, &err);
                         reply(Err(err));
                     }
@@ -658,17 +661,18 @@ impl Committer {
                 Prepared::Observe {
                     space,
                     episode,
-                    priority,
+                    reservation,
                     admitted,
                     reply,
                 } => {
+                    let priority = reservation.priority();
                     let done = Remembered {
                         memory_id: episode.id.clone(),
                         server_sequence: episode.server_sequence,
                         committed_at_unix_nanos: episode.committed_at_unix_nanos,
                         duplicate: false,
                     };
-                    self.apply_observe(&space, episode, priority, false);
+                    self.apply_observe(&space, episode, Some(reservation));
                     if let Some(admitted) = admitted {
                         meter.accepted(&space, priority, admitted);
                     }
@@ -764,7 +768,7 @@ fn answer<T: Send + 'static>(out: &mut Vec<Prepared>, reply: Reply<T>, result: R
 /// An observation on its way through prepare, with what its answer needs.
 struct Observation {
     space: SpaceId,
-    priority: Priority,
+    reservation: QueueReservation,
     admitted: Option<Instant>,
     reply: Reply<Remembered>,
 }
@@ -838,16 +842,15 @@ fn count_rejected(
 }
 
 /// Answers a command with an error without preparing it.
-fn fail(cmd: Command, err: Error, queue: &Queue, metrics: Option<&Metrics>) {
+fn fail(cmd: Command, err: Error, metrics: Option<&Metrics>) {
     match cmd {
         Command::Observe {
             reply,
             space,
-            priority,
             admitted,
             ..
         } => {
-            queue.cancel(&space, priority);
+            // The reservation drops with the command: the place goes back.
             count_rejected(metrics, &space, admitted, &err);
             reply(Err(err));
         }
@@ -890,21 +893,32 @@ mod tests {
         id: &str,
         out: &mut Vec<Prepared>,
     ) -> Arc<parking_lot::Mutex<Option<Result<Remembered>>>> {
-        let space = SpaceId::parse("s").unwrap();
-        c.queue.try_reserve(&space, Priority::Normal).unwrap();
+        observe_into(c, "s", id, vec![1.0, 0.0], true, out)
+    }
+
+    fn observe_into(
+        c: &mut Committer,
+        space: &str,
+        id: &str,
+        embedding: Vec<f32>,
+        auto_create: bool,
+        out: &mut Vec<Prepared>,
+    ) -> Arc<parking_lot::Mutex<Option<Result<Remembered>>>> {
+        let space = SpaceId::parse(space).unwrap();
+        let reservation = c.queue.reserve(&space, Priority::Normal).unwrap();
         let slot = Arc::new(parking_lot::Mutex::new(None));
         let answer = slot.clone();
         let episode = EpisodeInput {
             id: Some(id.into()),
             what: id.into(),
-            embedding: vec![1.0, 0.0],
+            embedding,
             ..Default::default()
         };
         let cmd = Command::Observe {
             space,
             episode: episode.validate().unwrap(),
-            priority: Priority::Normal,
-            auto_create: true,
+            reservation,
+            auto_create,
             admitted: None,
             reply: Box::new(move |r| *answer.lock() = Some(r)),
         };
@@ -928,6 +942,45 @@ mod tests {
             assert!(matches!(answer, Err(Error::Storage(_))), "{answer:?}");
         }
         assert_eq!(c.queue.depth(), 0, "both queue places given back");
+    }
+
+    /// Issue 11, defect 10: queue places were handed back by hand on each
+    /// error path. Now the reservation travels with the observation and
+    /// gives its place back wherever it is dropped: every rejection below
+    /// leaves exactly the accepted observations in the queue.
+    #[test]
+    fn every_rejection_path_gives_the_queue_place_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = committer(dir.path());
+        let mut out = Vec::new();
+        let accepted = observe(&mut c, "a", &mut out);
+        let wrong_dim = observe_into(&mut c, "s", "b", vec![1.0, 0.0, 0.0], true, &mut out);
+        let missing = observe_into(&mut c, "nope", "c", vec![1.0, 0.0], false, &mut out);
+        let duplicate = observe(&mut c, "a", &mut out);
+        c.commit(&mut out);
+        assert!(accepted.lock().take().unwrap().is_ok());
+        assert!(matches!(
+            wrong_dim.lock().take().unwrap(),
+            Err(Error::DimensionMismatch { .. })
+        ));
+        assert!(matches!(
+            missing.lock().take().unwrap(),
+            Err(Error::SpaceNotFound(_))
+        ));
+        assert!(duplicate.lock().take().unwrap().unwrap().duplicate);
+        assert_eq!(c.queue.depth(), 1, "only the accepted one holds a place");
+        // After a WAL failure, a command answered without being prepared.
+        c.failed = Some("disk gone".into());
+        let refused = observe(&mut c, "d", &mut out);
+        assert!(matches!(
+            refused.lock().take().unwrap(),
+            Err(Error::Storage(_))
+        ));
+        assert_eq!(c.queue.depth(), 1);
+        // A command dropped unanswered (e.g. a full commit channel).
+        let space = SpaceId::parse("s").unwrap();
+        drop(c.queue.reserve(&space, Priority::High).unwrap());
+        assert_eq!(c.queue.depth(), 1);
     }
 
     #[test]

@@ -163,7 +163,7 @@ impl Engine {
                 }
                 report.snapshot_episodes += ls.episodes.len();
                 for e in ls.episodes {
-                    committer.apply_observe(&space, Arc::new(e), Priority::Normal, true);
+                    committer.apply_observe(&space, Arc::new(e), None);
                 }
                 space.restore_last_sequence(ls.last_seq);
                 committer.restore_space(space);
@@ -278,12 +278,8 @@ impl Engine {
         match self.inner.commit_tx.try_send(cmd) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(cmd)) => {
-                if let Command::Observe {
-                    space, priority, ..
-                } = &cmd
-                {
-                    self.inner.queue.cancel(space, *priority);
-                }
+                // An observation's queue place goes back with it.
+                drop(cmd);
                 Err(Error::Overloaded {
                     depth: self.inner.queue.depth(),
                     capacity: self.inner.queue.capacity(),
@@ -394,9 +390,10 @@ impl Engine {
             // A missing space is created by the commit thread.
             Ok(_) | Err(_) => {}
         }
-        self.inner
+        let reservation = self
+            .inner
             .queue
-            .try_reserve(&space, priority)
+            .reserve(&space, priority)
             .map_err(|r: Rejected| Error::Overloaded {
                 depth: r.depth,
                 capacity: r.capacity,
@@ -406,7 +403,7 @@ impl Engine {
         self.send(Command::Observe {
             space,
             episode,
-            priority,
+            reservation,
             auto_create,
             admitted: self.inner.metrics.is_some().then_some(received),
             reply,
@@ -570,7 +567,7 @@ impl Engine {
     }
 
     /// The indexing queue (depths, level, drain rate, subscriptions).
-    pub fn queue(&self) -> &Queue {
+    pub fn queue(&self) -> &Arc<Queue> {
         &self.inner.queue
     }
 

@@ -49,6 +49,9 @@ pub struct IndexTask {
 pub const DEFAULT_MAX_TASK_FAILURES: u32 = 3;
 
 pub type Queue = IndexQueue<SpaceId, IndexTask>;
+/// A place in the indexing queue held by one observation on its way to the
+/// WAL; handed back when dropped unpushed.
+pub type QueueReservation = crate::queue::Reservation<SpaceId, IndexTask>;
 
 /// Per-worker counters, read by metrics and tests.
 #[derive(Default)]

@@ -7,7 +7,7 @@
 //! - [`model`] — memory spaces, episodes, cues, and their validation.
 //! - [`engine`] — the cheap-to-clone [`Engine`] handle: open (recovery),
 //!   remember / recall / forget / spaces, shutdown.
-//! - [`queue`] — where observations are admitted (`try_reserve`): the
+//! - [`queue`] — where observations are admitted (`reserve`, an owned place): the
 //!   indexing queue with priority lanes, capacity, backpressure levels and
 //!   retry-after; workers take batches from it.
 //! - [`session`] — streaming sessions: sequence numbers, idle timeout,

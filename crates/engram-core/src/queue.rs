@@ -9,10 +9,13 @@
 //!
 //! Life of one observation:
 //!
-//! 1. [`IndexQueue::try_reserve`] — admission: takes one place or refuses with
-//!    a retry-after. The place counts in the depth at once.
-//! 2. [`IndexQueue::push`] (after the WAL has it) or [`IndexQueue::cancel`]
-//!    (it was rejected later, e.g. invalid at commit).
+//! 1. [`IndexQueue::reserve`] — admission: takes one place or refuses with
+//!    a retry-after. The place counts in the depth at once and is owned by
+//!    the returned [`Reservation`].
+//! 2. [`Reservation::push`] (after the WAL has it); dropping the
+//!    reservation instead hands the place back (it was rejected later, e.g.
+//!    invalid at commit), on whatever path it is dropped, so no error path
+//!    can leak a place.
 //! 3. [`IndexQueue::pop_batch`] — a worker takes a batch of one space; the
 //!    tasks stay in the depth while they are "in flight".
 //! 4. [`IndexQueue::complete`] — indexed (or obsolete): the places are freed;
@@ -28,6 +31,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -247,6 +251,46 @@ impl QueueConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// One place in the queue, taken by [`IndexQueue::reserve`]: turned into a
+/// task by [`push`](Self::push), or handed back when dropped unpushed.
+#[must_use = "a reservation dropped unpushed gives its place back"]
+pub struct Reservation<K: Clone + Eq + Hash + Send, T: Send> {
+    queue: Arc<IndexQueue<K, T>>,
+    space: K,
+    priority: Priority,
+    live: bool,
+}
+
+impl<K: Clone + Eq + Hash + Send, T: Send> Reservation<K, T> {
+    /// The lane the place was taken in.
+    pub fn priority(&self) -> Priority {
+        self.priority
+    }
+
+    /// Queues `task` in the reserved place and wakes a worker.
+    pub fn push(mut self, task: T) {
+        self.live = false;
+        self.queue.push(&self.space, self.priority, task);
+    }
+}
+
+impl<K: Clone + Eq + Hash + Send, T: Send> Drop for Reservation<K, T> {
+    fn drop(&mut self) {
+        if self.live {
+            self.queue.cancel(&self.space, self.priority);
+        }
+    }
+}
+
+impl<K: Clone + Eq + Hash + Send, T: Send> std::fmt::Debug for Reservation<K, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("priority", &self.priority)
+            .field("live", &self.live)
+            .finish_non_exhaustive()
     }
 }
 
@@ -671,7 +715,7 @@ where
     /// `reject_clear_at * capacity`), or
     /// the space holds its whole share; with the time the measured drain rate
     /// needs to make room.
-    pub fn try_reserve(&self, space: &K, priority: Priority) -> Result<(), Rejected> {
+    pub(crate) fn try_reserve(&self, space: &K, priority: Priority) -> Result<(), Rejected> {
         let mut st = self.state.lock();
         let depth = st.depth();
         let full = match priority {
@@ -713,9 +757,29 @@ where
         Ok(())
     }
 
+    /// Admission as an owned place: see [`try_reserve`](Self::try_reserve).
+    /// The [`Reservation`] is pushed as a task, or gives the place back when
+    /// dropped.
+    ///
+    /// # Errors
+    /// [`Rejected`], as for `try_reserve`.
+    pub fn reserve(
+        self: &Arc<Self>,
+        space: &K,
+        priority: Priority,
+    ) -> Result<Reservation<K, T>, Rejected> {
+        self.try_reserve(space, priority)?;
+        Ok(Reservation {
+            queue: self.clone(),
+            space: space.clone(),
+            priority,
+            live: true,
+        })
+    }
+
     /// Gives back a reservation that will not be pushed (the observation was
     /// rejected after admission).
-    pub fn cancel(&self, space: &K, priority: Priority) {
+    pub(crate) fn cancel(&self, space: &K, priority: Priority) {
         let mut st = self.state.lock();
         let p = priority.index();
         match st.spaces.get_mut(space) {
@@ -733,7 +797,7 @@ where
 
     /// Turns a reservation into a queued task at the end of its lane and
     /// wakes a worker (the space's home worker if it is waiting).
-    pub fn push(&self, space: &K, priority: Priority, task: T) {
+    pub(crate) fn push(&self, space: &K, priority: Priority, task: T) {
         self.enqueue(space, priority, task, true);
     }
 

@@ -585,17 +585,16 @@ async fn the_session_keeper_survives_a_storm_of_level_changes() {
     // mark) in a tight loop.
     let space = engram_core::SpaceId::parse("storm").unwrap();
     let q = engine.queue();
-    for _ in 0..7 {
-        q.try_reserve(&space, Priority::High).unwrap();
-    }
+    let take = || q.reserve(&space, Priority::High).unwrap();
+    let mut held: Vec<_> = (0..7).map(|_| take()).collect();
     for _ in 0..100_000 {
-        q.try_reserve(&space, Priority::High).unwrap(); // 8: SLOW_DOWN
-        q.cancel(&space, Priority::High); // 7: still SLOW_DOWN (clears below 7)
-        q.cancel(&space, Priority::High); // 6: cleared
-        q.try_reserve(&space, Priority::High).unwrap(); // 7
+        held.push(take()); // 8: SLOW_DOWN
+        held.pop(); // 7: still SLOW_DOWN (clears below 7)
+        held.pop(); // 6: cleared
+        held.push(take()); // 7
     }
-    q.try_reserve(&space, Priority::High).unwrap(); // 8: SLOW_DOWN, last
-                                                    // The latest level still reaches the session...
+    held.push(take()); // 8: SLOW_DOWN, last
+                       // The latest level still reaches the session...
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut last = None;
     loop {
@@ -612,9 +611,7 @@ async fn the_session_keeper_survives_a_storm_of_level_changes() {
     }
     // ...and so does the idle sweep that just closed it.
     assert_eq!(last, Some(Level::SlowDown));
-    for _ in 0..8 {
-        q.cancel(&space, Priority::High);
-    }
+    drop(held);
     engine.shutdown();
 }
 
