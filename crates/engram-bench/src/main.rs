@@ -9,6 +9,7 @@
 //!   (`scripts/bench_recall_transports.sh` starts one and writes the
 //!   result file).
 
+mod ack_under_recall;
 mod index_bench;
 mod recall_transports;
 
@@ -27,11 +28,15 @@ enum Command {
     Index(index_bench::IndexArgs),
     /// Recall latency per transport against a running server; prints JSON.
     RecallTransports(recall_transports::RecallTransportsArgs),
+    /// Ack latency alone and under a concurrent recall load, in process;
+    /// prints one JSON object.
+    AckUnderRecall(ack_under_recall::AckUnderRecallArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Index(args) => index_bench::run(&args),
         Command::RecallTransports(args) => recall_transports::run(&args),
+        Command::AckUnderRecall(args) => ack_under_recall::run(&args),
     }
 }

@@ -611,6 +611,22 @@ impl Engine {
         Ok(())
     }
 
+    /// Fault injection: every index search in `space` sleeps `delay` before
+    /// it starts (zero turns it off); returns the space's count of searches
+    /// that entered the delay so far, through the closure it hands back.
+    ///
+    /// # Errors
+    /// As [`Engine::inject_insert_panics`].
+    pub fn inject_search_delay(
+        &self,
+        space: &str,
+        delay: Duration,
+    ) -> Result<impl Fn() -> u64 + Send + Sync + 'static> {
+        let space = self.fault_space(space)?;
+        space.index().inject_search_delay(delay);
+        Ok(move || space.index().searches_delayed())
+    }
+
     fn fault_space(&self, space: &str) -> Result<Arc<Space>> {
         if self.inner.faults.is_none() {
             return Err(Error::InvalidArgument {

@@ -52,40 +52,70 @@ fn recall_at(space: &Space, cue: &ValidCue, ef: usize, snapshot: u64) -> RecallR
     let mut candidates: Vec<RecalledMemory> = Vec::with_capacity(2 * k);
     exact_scan(&fresh, cue, &mut candidates);
 
-    {
-        let state = space.read();
-        let window = cue.has_window();
-        let filter = |seq: u64| {
-            seq <= snapshot
-                && state
-                    .episode(seq)
-                    .is_some_and(|e| !window || cue.in_window(e.when_unix_nanos))
-        };
-        let index = space.index();
-        let ef = if index.len() <= EXHAUSTIVE_BELOW {
-            index.len()
-        } else {
-            ef
-        };
-        for (seq, similarity) in index.search(&cue.embedding, k, ef.max(k), &filter) {
-            if similarity < cue.similarity_threshold {
-                continue;
-            }
-            if let Some(e) = state.episode(seq) {
-                candidates.push(RecalledMemory {
-                    confidence: e.encoding_confidence,
-                    episode: e.clone(),
-                    similarity,
-                    indexed: true,
-                });
-            }
-        }
-    }
+    index_candidates(space, cue, ef, snapshot, &mut candidates);
 
     RecallResult {
         memories: merge_top_k(candidates, k),
         snapshot_sequence: snapshot,
     }
+}
+
+/// The index's candidates, searched *without* the space's lock held: a
+/// search takes up to milliseconds, and holding the read lock that long
+/// made the commit thread (which applies every acked observation under the
+/// write lock) and `mark_indexed` wait behind recalls, so ack latency
+/// followed recall load. The lock is taken once, briefly, to resolve the
+/// hits to episodes. A hit that turns out forgotten (or outside the cue's
+/// window) is dropped there; when that leaves fewer than `k`, the search
+/// runs again with the liveness check inside it, each check under its own
+/// brief lock. Cues with a time window take that path at once, since a
+/// window may exclude most of the space.
+fn index_candidates(
+    space: &Space,
+    cue: &ValidCue,
+    ef: usize,
+    snapshot: u64,
+    out: &mut Vec<RecalledMemory>,
+) {
+    let k = cue.max_results;
+    let index = space.index();
+    let ef = if index.len() <= EXHAUSTIVE_BELOW {
+        index.len()
+    } else {
+        ef
+    }
+    .max(k);
+    let window = cue.has_window();
+    let keep = |e: &StoredEpisode| !window || cue.in_window(e.when_unix_nanos);
+    let resolve = |hits: &[(u64, f32)], out: &mut Vec<RecalledMemory>| -> usize {
+        let state = space.read();
+        let mut dropped = 0;
+        for &(seq, similarity) in hits {
+            match state.episode(seq).filter(|e| keep(e)) {
+                Some(e) if similarity >= cue.similarity_threshold => out.push(RecalledMemory {
+                    confidence: e.encoding_confidence,
+                    episode: e.clone(),
+                    similarity,
+                    indexed: true,
+                }),
+                Some(_) => {}
+                None => dropped += 1,
+            }
+        }
+        dropped
+    };
+    if !window {
+        let hits = index.search(&cue.embedding, k, ef, &|seq: u64| seq <= snapshot);
+        let before = out.len();
+        let dropped = resolve(&hits, out);
+        if dropped == 0 || hits.len() < k {
+            return;
+        }
+        out.truncate(before);
+    }
+    let live = |seq: u64| seq <= snapshot && space.read().episode(seq).is_some_and(|e| keep(e));
+    let hits = index.search(&cue.embedding, k, ef, &live);
+    resolve(&hits, out);
 }
 
 /// One batch of an incremental recall.

@@ -161,3 +161,87 @@ async fn a_poison_task_is_quarantined_and_the_queue_moves_on() {
     assert_eq!((top.episode.id.as_str(), top.indexed), ("q7", true));
     engine.shutdown();
 }
+
+/// Defect 4: a recall held the space's read lock for its whole index
+/// search; the commit thread applies every acked observation under the
+/// write lock, so acks waited behind recalls. With a recall held inside
+/// its search for 5 s, an observation must be acked while that recall is
+/// still searching (on the old code the ack came only after it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_does_not_wait_for_a_recall_in_its_index_search() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(faulty(dir.path())).unwrap();
+    let vecs = random_vectors(200, 16, 24);
+    for (i, v) in vecs.iter().enumerate() {
+        engine
+            .remember("s", episode(&format!("r{i}"), v.clone()))
+            .await
+            .unwrap();
+    }
+    wait_indexed(&engine);
+    let entered = engine
+        .inject_search_delay("s", Duration::from_secs(5))
+        .unwrap();
+    let recaller = {
+        let engine = engine.clone();
+        let cue_vec = vecs[3].clone();
+        std::thread::spawn(move || engine.recall("s", cue(&cue_vec, 5)).unwrap())
+    };
+    wait_for(
+        "the recall to enter its search",
+        Duration::from_secs(10),
+        || entered() >= 1,
+    );
+    let acked = engine
+        .remember("s", episode("during", vecs[4].clone()))
+        .await
+        .unwrap();
+    assert!(
+        !recaller.is_finished(),
+        "the ack came only after the recall finished its search"
+    );
+    assert!(!acked.duplicate);
+    drop(engine.inject_search_delay("s", Duration::ZERO).unwrap());
+    let r = recaller.join().unwrap();
+    assert_eq!(r.memories[0].episode.id, "r3");
+    engine.shutdown();
+}
+
+/// The index is searched without the lock, and forgotten episodes are
+/// dropped when the hits are resolved; a recall whose top hits were all
+/// forgotten must still return k live ones (the search runs again with the
+/// liveness check inside it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recall_fills_k_with_live_memories_when_its_top_hits_were_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    // Over the exhaustive-search size, so the graph search is the real one.
+    let vecs = random_vectors(1500, 16, 25);
+    for (i, v) in vecs.iter().enumerate() {
+        engine
+            .remember("s", episode(&format!("f{i}"), v.clone()))
+            .await
+            .unwrap();
+    }
+    wait_indexed(&engine);
+    let q = &vecs[10];
+    let before = engine.recall("s", cue(q, 10)).unwrap();
+    let gone: Vec<String> = before
+        .memories
+        .iter()
+        .map(|m| m.episode.id.clone())
+        .collect();
+    for id in &gone {
+        engine.forget("s", id).await.unwrap();
+    }
+    let after = engine.recall("s", cue(q, 10)).unwrap();
+    assert_eq!(after.memories.len(), 10);
+    for m in &after.memories {
+        assert!(
+            !gone.contains(&m.episode.id),
+            "forgotten {} recalled",
+            m.episode.id
+        );
+    }
+    engine.shutdown();
+}

@@ -145,6 +145,10 @@ pub struct Hnsw {
     /// [`Hnsw::inject_insert_panics`].
     insert_faults: Mutex<InsertFaults>,
     insert_faults_armed: std::sync::atomic::AtomicBool,
+    /// Fault injection: every search sleeps this long (ms) before it
+    /// starts, and counts itself in `searches_delayed`.
+    search_delay_ms: AtomicU64,
+    searches_delayed: AtomicU64,
 }
 
 /// Panics to raise halfway through inserts (after the node's own links are
@@ -238,6 +242,8 @@ impl Hnsw {
             abandoned: Mutex::new(HashMap::new()),
             insert_faults: Mutex::new(InsertFaults::default()),
             insert_faults_armed: std::sync::atomic::AtomicBool::new(false),
+            search_delay_ms: AtomicU64::new(0),
+            searches_delayed: AtomicU64::new(0),
         }
     }
 
@@ -372,6 +378,18 @@ impl Hnsw {
         self.insert_faults_armed.store(true, Ordering::Release);
     }
 
+    /// Fault injection: every search sleeps `delay` first (zero turns it
+    /// off), to hold a recall inside its index search.
+    pub fn inject_search_delay(&self, delay: std::time::Duration) {
+        self.search_delay_ms
+            .store(delay.as_millis() as u64, Ordering::Release);
+    }
+
+    /// Searches that have entered the injected delay so far.
+    pub fn searches_delayed(&self) -> u64 {
+        self.searches_delayed.load(Ordering::Acquire)
+    }
+
     /// The injected panic inside an insert, if one is due.
     fn insert_fault_point(&self, id: u32) {
         if !self.insert_faults_armed.load(Ordering::Acquire) {
@@ -425,6 +443,11 @@ impl Hnsw {
         );
         if k == 0 {
             return Vec::new();
+        }
+        let delay = self.search_delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            self.searches_delayed.fetch_add(1, Ordering::AcqRel);
+            std::thread::sleep(std::time::Duration::from_millis(delay));
         }
         let metric = Quantized {
             store: &self.store,
