@@ -116,6 +116,8 @@ pub(crate) struct Committer {
     pub queue: Arc<Queue>,
     pub faults: Option<Arc<Faults>>,
     pub metrics: Option<Arc<Metrics>>,
+    /// See [`crate::EngineConfig::max_spaces`].
+    pub max_spaces: usize,
     /// LSN at which the last snapshot was cut (nothing new since → skip).
     pub last_capture_lsn: Lsn,
     /// Set after a failed WAL write or sync: no further writes are taken.
@@ -201,6 +203,7 @@ impl Committer {
             queue,
             faults,
             metrics: None,
+            max_spaces: usize::MAX,
             last_capture_lsn,
             failed: None,
             dirty_since_sync: false,
@@ -402,13 +405,10 @@ impl Committer {
                         }),
                     )
                 }
-                None => {
-                    if let Some(s) = self.create_space(space, dimension) {
-                        out.push(Prepared::Created(s, reply));
-                    } else {
-                        answer(out, reply, Err(self.storage_error()));
-                    }
-                }
+                None => match self.create_space(space, dimension) {
+                    Ok(s) => out.push(Prepared::Created(s, reply)),
+                    Err(e) => answer(out, reply, Err(e)),
+                },
             },
             Command::Forget {
                 space,
@@ -479,12 +479,12 @@ impl Committer {
         let s = match self.spaces.get(&space) {
             Some(s) => s.clone(),
             None if auto_create => match self.create_space(space.clone(), ep.embedding.len()) {
-                Some(s) => {
+                Ok(s) => {
                     // Readers see the new space once this batch is synced.
                     out.push(Prepared::Created(s.clone(), Box::new(|_| {})));
                     s
                 }
-                None => return reject(self, out, reply, self.storage_error()),
+                Err(e) => return reject(self, out, reply, e),
             },
             None => {
                 let err = Error::SpaceNotFound(space.to_string());
@@ -557,17 +557,25 @@ impl Committer {
         });
     }
 
-    fn create_space(&mut self, space: SpaceId, dimension: usize) -> Option<Arc<Space>> {
+    /// Creates a space (WAL first), unless `max_spaces` are there already.
+    fn create_space(&mut self, space: SpaceId, dimension: usize) -> Result<Arc<Space>> {
+        if self.spaces.len() >= self.max_spaces {
+            return Err(Error::LimitReached {
+                what: "memory spaces",
+                limit: self.max_spaces,
+                setting: "engine.max_spaces",
+            });
+        }
         if !self.append(&WalRecord::CreateSpace {
             space: space.clone(),
             dimension,
         }) {
-            return None;
+            return Err(self.storage_error());
         }
         let s = Arc::new(Space::new(space.clone(), dimension, self.params.clone()));
         self.attach_metrics(&s);
         self.spaces.insert(space, s.clone());
-        Some(s)
+        Ok(s)
     }
 
     /// Appends a record; false (and the engine marked failed) on error.

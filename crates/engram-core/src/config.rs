@@ -30,6 +30,10 @@ pub const DEFAULT_MAX_COMMIT_BATCH: usize = 4096;
 /// Requests waiting for the commit thread. When full, writers get
 /// `overloaded` rather than queueing without bound.
 pub const DEFAULT_COMMIT_QUEUE: usize = 65_536;
+/// Spaces one server holds: each costs a few KiB empty, plus a metric label
+/// set up to `metrics_max_spaces`; auto-creation must not let a client
+/// create them without bound.
+pub const DEFAULT_MAX_SPACES: usize = 10_000;
 
 /// Write-ahead log settings.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -78,6 +82,9 @@ pub struct EngineConfig {
     /// Create a space on its first observation instead of answering
     /// `space_not_found`.
     pub auto_create_spaces: bool,
+    /// Most memory spaces the server holds; creating one more (explicitly
+    /// or by auto-creation) is refused with `limit_reached`.
+    pub max_spaces: usize,
     /// Seconds between snapshots (0 disables periodic snapshots; one is
     /// still written at shutdown).
     pub snapshot_interval_secs: u64,
@@ -102,6 +109,7 @@ impl Default for EngineConfig {
             metrics: true,
             metrics_max_spaces: crate::metrics::DEFAULT_MAX_SPACE_LABELS,
             auto_create_spaces: true,
+            max_spaces: DEFAULT_MAX_SPACES,
             snapshot_interval_secs: DEFAULT_SNAPSHOT_INTERVAL.as_secs(),
             max_commit_batch: DEFAULT_MAX_COMMIT_BATCH,
             commit_queue: DEFAULT_COMMIT_QUEUE,

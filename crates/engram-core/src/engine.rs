@@ -148,6 +148,7 @@ impl Engine {
             faults.clone(),
         );
         committer.metrics = metrics.clone();
+        committer.max_spaces = config.max_spaces;
         if let Some(loaded) = loaded {
             report.snapshot = Some(loaded.path);
             for ls in loaded.spaces {
@@ -644,6 +645,12 @@ impl Engine {
     /// Streams with a session attached right now.
     pub fn active_sessions(&self) -> usize {
         self.inner.sessions.active()
+    }
+
+    /// Sessions the server keeps: attached ones and released ones that can
+    /// still be resumed.
+    pub fn known_sessions(&self) -> usize {
+        self.inner.sessions.known()
     }
 
     /// An incremental, snapshot-isolated recall: the snapshot point is

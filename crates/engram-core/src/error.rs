@@ -56,6 +56,15 @@ pub enum Error {
     #[error("the server is shutting down and accepts no new writes")]
     ShuttingDown,
 
+    /// A configured bound on a resource is reached (not transient: free
+    /// some, or raise the setting).
+    #[error("the server already holds its maximum of {limit} {what} ({setting}); remove some or raise the limit")]
+    LimitReached {
+        what: &'static str,
+        limit: usize,
+        setting: &'static str,
+    },
+
     /// The write-ahead log or a snapshot could not be written or read. After
     /// a failed WAL write the engine refuses further writes (an fsync error
     /// cannot be retried safely).
@@ -76,6 +85,7 @@ impl Error {
             Error::Overloaded { .. } => "overloaded",
             Error::ShuttingDown => "shutting_down",
             Error::Storage(_) => "storage_failure",
+            Error::LimitReached { .. } => "limit_reached",
         }
     }
 

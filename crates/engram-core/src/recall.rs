@@ -151,7 +151,10 @@ pub struct RecallStream {
     first_sent: bool,
     sent_count: usize,
     done: bool,
-    started: std::time::Instant,
+    /// Time spent producing batches so far: the recall-latency metric is
+    /// the server's work, not the time a slow or paused client took to
+    /// ask for the next batch.
+    busy: std::time::Duration,
 }
 
 impl RecallStream {
@@ -171,7 +174,7 @@ impl RecallStream {
             first_sent: false,
             sent_count: 0,
             done: false,
-            started: std::time::Instant::now(),
+            busy: std::time::Duration::ZERO,
         })
     }
 
@@ -187,6 +190,7 @@ impl Iterator for RecallStream {
         if self.done {
             return None;
         }
+        let started = std::time::Instant::now();
         let k = self.cue.max_results;
         let memories = match &mut self.rest {
             // First batch: a search for just `batch_size` results, sent
@@ -234,10 +238,10 @@ impl Iterator for RecallStream {
             Some(r) => r.len() > 0 && self.sent_count < k,
         };
         self.done = !more;
+        self.busy += started.elapsed();
         if self.done {
             if let Some(m) = self.space.metrics() {
-                m.recall_latency
-                    .observe(self.started.elapsed().as_secs_f64());
+                m.recall_latency.observe(self.busy.as_secs_f64());
             }
         }
         Some(RecallBatch {

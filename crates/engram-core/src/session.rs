@@ -34,6 +34,21 @@ pub const DEFAULT_RESUME_WINDOW: Duration = Duration::from_secs(300);
 pub const REPLAY_WINDOW: usize = 4096;
 /// Sessions, open and resumable, that one server keeps.
 pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
+/// Answers kept for replay by sessions without a stream (closed or
+/// dropped, waiting to be resumed), all together: about 150 bytes each, so
+/// ~150 MB. Past it the sessions released longest ago are forgotten early
+/// (a resume then fails with `session_not_found`; the client opens a new
+/// session and resends, and episode ids keep that from storing anything
+/// twice). Without it, `max_sessions` × `REPLAY_WINDOW` answers could pile
+/// up (tens of GB).
+pub const DEFAULT_MAX_RETAINED_ANSWERS: usize = 1_000_000;
+/// Events queued for one session's stream. Bounded: pressure changes that
+/// find it nearly full are dropped (the stream reads the current level
+/// when it handles one, so the last queued one brings it up to date), and
+/// the last place is kept for the one event that ends a session.
+pub const SESSION_EVENT_BUFFER: usize = 32;
+/// Recalls one stream may have running at once (MemoryFlow / WebSocket).
+pub const DEFAULT_MAX_RECALLS_PER_STREAM: usize = 16;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -41,6 +56,13 @@ pub struct SessionConfig {
     pub idle_timeout_secs: u64,
     pub resume_window_secs: u64,
     pub max_sessions: usize,
+    /// Recalls one stream may have running at once; one more is answered
+    /// `resource_exhausted` (its batches wait for the client, so without a
+    /// bound one stream could hold any number of them).
+    pub max_recalls_per_stream: usize,
+    /// Answers kept for replay by released sessions, all together (see
+    /// [`DEFAULT_MAX_RETAINED_ANSWERS`]).
+    pub max_retained_answers: usize,
 }
 
 impl Default for SessionConfig {
@@ -49,6 +71,8 @@ impl Default for SessionConfig {
             idle_timeout_secs: DEFAULT_IDLE_TIMEOUT.as_secs(),
             resume_window_secs: DEFAULT_RESUME_WINDOW.as_secs(),
             max_sessions: DEFAULT_MAX_SESSIONS,
+            max_recalls_per_stream: DEFAULT_MAX_RECALLS_PER_STREAM,
+            max_retained_answers: DEFAULT_MAX_RETAINED_ANSWERS,
         }
     }
 }
@@ -180,7 +204,7 @@ struct State {
     replay_upto: u64,
     /// Which stream holds the session (0: none).
     holder: u64,
-    events: Option<mpsc::UnboundedSender<SessionEvent>>,
+    events: Option<mpsc::Sender<SessionEvent>>,
     last_activity: Instant,
     /// When it closed or lost its stream: the resume window runs from here.
     released_at: Option<Instant>,
@@ -240,11 +264,20 @@ impl Registry {
             .count()
     }
 
+    /// Sessions kept: attached, and released but resumable.
+    pub fn known(&self) -> usize {
+        self.sessions.lock().len()
+    }
+
     /// Tells every attached stream about a backpressure change.
     pub fn broadcast(&self, change: &LevelChange) {
         for s in self.sessions.lock().values() {
             if let Some(tx) = &s.state.lock().events {
-                let _ = tx.send(SessionEvent::Pressure(change.clone()));
+                // Never the last place: that one is for IdleTimeout /
+                // TakenOver, sent at most once (the sender is taken).
+                if tx.capacity() > 1 {
+                    let _ = tx.try_send(SessionEvent::Pressure(change.clone()));
+                }
             }
         }
     }
@@ -262,13 +295,49 @@ impl Registry {
                 st.phase = SessionPhase::Closed;
                 st.released_at = Some(Instant::now());
                 if let Some(tx) = st.events.take() {
-                    let _ = tx.send(SessionEvent::IdleTimeout);
+                    let _ = tx.try_send(SessionEvent::IdleTimeout);
                 }
                 st.holder = 0;
             }
             let expired = st.holder == 0 && st.released_at.is_some_and(|t| t.elapsed() > window);
             !(expired && st.in_flight == 0)
         });
+        self.bound_retained_answers();
+    }
+
+    /// Forgets released sessions, longest released first, while the answers
+    /// they keep for replay exceed `max_retained_answers`.
+    fn bound_retained_answers(&self) {
+        let mut sessions = self.sessions.lock();
+        let mut released: Vec<(Instant, usize, String)> = Vec::new();
+        let mut total = 0;
+        for (id, s) in sessions.iter() {
+            let st = s.state.lock();
+            if st.holder == 0 && st.in_flight == 0 {
+                if let Some(at) = st.released_at {
+                    total += st.answers.len();
+                    released.push((at, st.answers.len(), id.clone()));
+                }
+            }
+        }
+        if total <= self.config.max_retained_answers {
+            return;
+        }
+        released.sort_unstable();
+        let mut forgotten = 0;
+        for (_, answers, id) in released {
+            if total <= self.config.max_retained_answers {
+                break;
+            }
+            sessions.remove(&id);
+            total -= answers;
+            forgotten += 1;
+        }
+        tracing::warn!(
+            forgotten,
+            limit = self.config.max_retained_answers,
+            "released sessions forgotten before their resume window ended: the answers they kept for replay exceeded sessions.max_retained_answers"
+        );
     }
 }
 
@@ -278,7 +347,7 @@ pub struct Session {
     engine: Engine,
     shared: Arc<Shared>,
     holder: u64,
-    events: Option<mpsc::UnboundedReceiver<SessionEvent>>,
+    events: Option<mpsc::Receiver<SessionEvent>>,
 }
 
 /// The answer to one observation, once known. Answers resolve in the
@@ -339,7 +408,7 @@ impl Engine {
         }
         let registry = self.sessions();
         let holder = registry.next_holder.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(SESSION_EVENT_BUFFER);
         let (shared, resumed) = match resume_session_id.filter(|s| !s.is_empty()) {
             Some(id) => {
                 let shared = registry
@@ -366,7 +435,7 @@ impl Engine {
                 {
                     let mut st = shared.state.lock();
                     if let Some(old) = st.events.take() {
-                        let _ = old.send(SessionEvent::TakenOver);
+                        let _ = old.try_send(SessionEvent::TakenOver);
                     }
                     st.holder = holder;
                 }
@@ -419,7 +488,7 @@ impl Engine {
                 ));
             }
             if let Some(old) = st.events.replace(tx) {
-                let _ = old.send(SessionEvent::TakenOver);
+                let _ = old.try_send(SessionEvent::TakenOver);
             }
             st.holder = holder;
             st.phase = SessionPhase::Active;
@@ -468,7 +537,7 @@ impl Session {
     }
 
     /// Events for this stream (backpressure, idle timeout, take-over). Once.
-    pub fn take_events(&mut self) -> Option<mpsc::UnboundedReceiver<SessionEvent>> {
+    pub fn take_events(&mut self) -> Option<mpsc::Receiver<SessionEvent>> {
         self.events.take()
     }
 

@@ -26,7 +26,8 @@ use std::time::Duration;
 
 use futures::stream::FuturesOrdered;
 use futures::{Stream, StreamExt};
-use tokio::sync::{mpsc, watch};
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::engine::Engine;
 use crate::error::Error;
@@ -271,6 +272,7 @@ impl From<Error> for StreamError {
             Error::Overloaded { retry_after, .. } => StreamErrorKind::ResourceExhausted {
                 retry_after: Some(*retry_after),
             },
+            Error::LimitReached { .. } => StreamErrorKind::ResourceExhausted { retry_after: None },
             Error::ShuttingDown => StreamErrorKind::Unavailable,
             Error::Storage(_) => StreamErrorKind::Internal,
         };
@@ -305,6 +307,7 @@ where
     I: Stream<Item = Result<Inbound, StreamError>> + Send + Unpin + 'static,
 {
     let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
+    let recall_limit = engine.config().sessions.max_recalls_per_stream.max(1);
     let driver = Driver {
         engine,
         out: tx,
@@ -314,6 +317,7 @@ where
         pending: FuturesOrdered::new(),
         backpressure: false,
         paused: watch::channel(false).0,
+        recalls: Arc::new(Semaphore::new(recall_limit)),
         last_state: StreamState::Active,
         shutdown,
     };
@@ -352,37 +356,53 @@ pub fn start_recall(engine: &Engine, req: RecallRequest) -> Result<RecallBatches
         req.batch_size
     };
     let stream = engine.recall_stream(&req.memory_space_id, req.cue, batch)?;
-    let (tx, rx) = mpsc::channel(2);
-    tokio::task::spawn_blocking(move || {
-        for b in stream {
-            if tx.blocking_send(b).is_err() {
-                return; // the client went away
-            }
-        }
-    });
-    Ok(RecallBatches { rx, done: false })
+    Ok(RecallBatches::new(Box::new(stream)))
 }
 
+/// Where a recall's batches come from (a [`crate::RecallStream`]; tests
+/// use plain iterators).
+pub type BatchSource = Box<dyn Iterator<Item = RecallBatch> + Send>;
+
 /// The batches of one recall, as [`start_recall`] produces them. Ends after
-/// the batch with `more = false`; if the producer stops before that (a
-/// panic in the search), the last item is an INTERNAL error instead of a
+/// the batch with `more = false`; if the source stops before that (or
+/// panics in the search), the last item is an INTERNAL error instead of a
 /// silent end that would leave the client waiting for its last batch.
+///
+/// Pulled one batch at a time: each `next` searches on a blocking thread
+/// and gives it back, so a recall whose client is slow or has paused the
+/// stream holds no thread while it waits (a producer thread blocked on a
+/// full channel did, and enough paused recalls exhausted the blocking pool
+/// and stalled every recall).
 pub struct RecallBatches {
-    rx: mpsc::Receiver<RecallBatch>,
+    source: Option<BatchSource>,
     done: bool,
 }
 
 impl RecallBatches {
+    pub fn new(source: BatchSource) -> Self {
+        RecallBatches {
+            source: Some(source),
+            done: false,
+        }
+    }
+
     pub async fn next(&mut self) -> Option<Result<RecallBatch, StreamError>> {
         if self.done {
             return None;
         }
-        match self.rx.recv().await {
-            Some(b) => {
+        let mut source = self.source.take()?;
+        let produced = tokio::task::spawn_blocking(move || {
+            let b = source.next();
+            (source, b)
+        })
+        .await;
+        match produced {
+            Ok((source, Some(b))) => {
                 self.done = !b.more;
+                self.source = (!self.done).then_some(source);
                 Some(Ok(b))
             }
-            None => {
+            Ok((_, None)) | Err(_) => {
                 self.done = true;
                 Some(Err(StreamError::new(
                     StreamErrorKind::Internal,
@@ -472,11 +492,14 @@ struct Driver {
     out: mpsc::Sender<Result<Outbound, StreamError>>,
     limits: StreamLimits,
     session: Option<Session>,
-    events: Option<mpsc::UnboundedReceiver<SessionEvent>>,
+    events: Option<mpsc::Receiver<SessionEvent>>,
     pending: FuturesOrdered<PendingAck>,
     backpressure: bool,
     /// Recall forwarders hold their batches while this is true.
     paused: watch::Sender<bool>,
+    /// One permit per recall running on this stream
+    /// (`sessions.max_recalls_per_stream`).
+    recalls: Arc<Semaphore>,
     last_state: StreamState,
     shutdown: watch::Receiver<bool>,
 }
@@ -720,14 +743,25 @@ impl Driver {
                 .map(|batches| (batches, include_embeddings))
                 .map_err(StreamError::from)
         });
+        let started = started.and_then(|started| match self.recalls.clone().try_acquire_owned() {
+            Ok(permit) => Ok((started, permit)),
+            Err(_) => Err(StreamError::new(
+                StreamErrorKind::ResourceExhausted { retry_after: None },
+                format!(
+                    "this stream already has {} recalls running (sessions.max_recalls_per_stream); wait for one to end",
+                    self.engine.config().sessions.max_recalls_per_stream
+                ),
+            )),
+        });
         match started {
-            Ok((batches, include_embeddings)) => {
+            Ok(((batches, include_embeddings), permit)) => {
                 tokio::spawn(forward_recall(
                     batches,
                     self.out.clone(),
                     request_id,
                     include_embeddings,
                     self.paused.subscribe(),
+                    permit,
                 ));
             }
             Err(error) => {
@@ -746,8 +780,11 @@ impl Driver {
 
     async fn on_event(&mut self, ev: SessionEvent) -> Go {
         match ev {
-            SessionEvent::Pressure(change) => {
-                let state = StreamState::of_level(change.level);
+            SessionEvent::Pressure(_) => {
+                // The level now, not the event's: events that found the
+                // session's buffer full were dropped, and this one may be
+                // older than the latest change.
+                let state = self.engine.pressure_state();
                 if !self.backpressure || *self.paused.borrow() || state == self.last_state {
                     return true;
                 }
@@ -786,6 +823,7 @@ async fn forward_recall(
     request_id: String,
     include_embeddings: bool,
     mut paused: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
 ) {
     while let Some(batch) = batches.next().await {
         if paused.wait_for(|p| !*p).await.is_err() {
@@ -810,7 +848,7 @@ async fn forward_recall(
 
 /// The next session event, or never when there is no session yet.
 fn next_event(
-    events: &mut Option<mpsc::UnboundedReceiver<SessionEvent>>,
+    events: &mut Option<mpsc::Receiver<SessionEvent>>,
 ) -> impl std::future::Future<Output = Option<SessionEvent>> + '_ {
     std::future::poll_fn(move |cx| match events {
         Some(rx) => match Pin::new(rx).poll_recv(cx) {
@@ -836,25 +874,27 @@ mod tests {
 
     #[tokio::test]
     async fn a_recall_that_stops_before_its_last_batch_ends_with_an_error() {
-        let (tx, rx) = mpsc::channel(4);
-        let mut batches = RecallBatches { rx, done: false };
-        tx.send(batch(true)).await.unwrap();
-        drop(tx); // the producer is gone (a panic in the search)
-        assert!(matches!(batches.next().await, Some(Ok(b)) if b.more));
-        match batches.next().await {
-            Some(Err(e)) => assert_eq!(e.kind, StreamErrorKind::Internal),
-            other => panic!("expected an error, got {other:?}"),
+        // A source that ends early, and one that panics in its search.
+        let early: BatchSource = Box::new(vec![batch(true)].into_iter());
+        let panics: BatchSource = Box::new(
+            vec![batch(true)]
+                .into_iter()
+                .chain(std::iter::from_fn(|| panic!("search failed"))),
+        );
+        for source in [early, panics] {
+            let mut batches = RecallBatches::new(source);
+            assert!(matches!(batches.next().await, Some(Ok(b)) if b.more));
+            match batches.next().await {
+                Some(Err(e)) => assert_eq!(e.kind, StreamErrorKind::Internal),
+                other => panic!("expected an error, got {other:?}"),
+            }
+            assert!(batches.next().await.is_none());
         }
-        assert!(batches.next().await.is_none());
     }
 
     #[tokio::test]
     async fn a_complete_recall_ends_after_its_last_batch() {
-        let (tx, rx) = mpsc::channel(4);
-        let mut batches = RecallBatches { rx, done: false };
-        tx.send(batch(true)).await.unwrap();
-        tx.send(batch(false)).await.unwrap();
-        drop(tx);
+        let mut batches = RecallBatches::new(Box::new(vec![batch(true), batch(false)].into_iter()));
         assert!(matches!(batches.next().await, Some(Ok(b)) if b.more));
         assert!(matches!(batches.next().await, Some(Ok(b)) if !b.more));
         assert!(batches.next().await.is_none());

@@ -245,3 +245,34 @@ async fn recall_fills_k_with_live_memories_when_its_top_hits_were_forgotten() {
     }
     engine.shutdown();
 }
+
+/// Defect 5 (unbounded spaces through auto-creation): `max_spaces` bounds
+/// them, with a clear error, explicit creation and auto-creation alike; a
+/// deleted space frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spaces_are_bounded_by_max_spaces() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(EngineConfig {
+        max_spaces: 3,
+        ..config(dir.path())
+    })
+    .unwrap();
+    let v = random_vectors(1, 8, 26).remove(0);
+    for s in ["a", "b", "c"] {
+        engine.remember(s, episode("x", v.clone())).await.unwrap();
+    }
+    let e = engine
+        .remember("d", episode("x", v.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "limit_reached", "{e}");
+    assert!(e.to_string().contains("engine.max_spaces"), "{e}");
+    let e = engine.create_space("d", Some(8)).await.unwrap_err();
+    assert_eq!(e.code(), "limit_reached");
+    // What exists goes on working.
+    engine.remember("a", episode("y", v.clone())).await.unwrap();
+    engine.delete_space("c").await.unwrap();
+    engine.create_space("d", Some(8)).await.unwrap();
+    assert_eq!(engine.describe_space("a").unwrap().count, 2);
+    engine.shutdown();
+}

@@ -20,6 +20,7 @@ pub fn status(e: Error) -> Status {
                 ErrorDetails::with_retry_info(Some(*retry_after)),
             );
         }
+        Error::LimitReached { .. } => Code::ResourceExhausted,
         Error::ShuttingDown => Code::Unavailable,
         Error::Storage(_) => Code::Internal,
     };

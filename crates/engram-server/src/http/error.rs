@@ -55,7 +55,7 @@ impl From<Error> for ApiError {
                 StatusCode::NOT_FOUND
             }
             Error::SpaceExists { .. } => StatusCode::CONFLICT,
-            Error::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::Overloaded { .. } | Error::LimitReached { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Error::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
