@@ -42,6 +42,8 @@ RUNBOOK_PREFIX = "https://github.com/engram/engram/blob/main/" + DOC_REL + "#"
 METRICS = {
     "engram_streaming_observations_total": ("counter", {"space_id", "priority"}),
     "engram_streaming_observations_rejected_total": ("counter", {"space_id", "reason"}),
+    "engram_streaming_observations_duplicate_total": ("counter", {"space_id"}),
+    "engram_streaming_worker_busy_seconds_total": ("counter", {"worker_id"}),
     "engram_streaming_backpressure_activations_total": ("counter", {"space_id"}),
     "engram_streaming_queue_depth": ("gauge", {"space_id", "priority"}),
     "engram_streaming_worker_utilization": ("gauge", {"worker_id"}),

@@ -166,7 +166,6 @@ enum Prepared {
     Duplicate {
         space: Arc<Space>,
         done: Remembered,
-        priority: Priority,
         admitted: Option<Instant>,
         reply: Reply<Remembered>,
     },
@@ -470,7 +469,6 @@ impl Committer {
             admitted,
             reply,
         } = obs;
-        let priority = reservation.priority();
         // Rejected: the reservation drops here, and its place goes back.
         let reject = |this: &Self, out: &mut Vec<Prepared>, reply, err: Error| {
             count_rejected(this.metrics.as_deref(), &space, admitted, &err);
@@ -515,7 +513,6 @@ impl Committer {
                 out.push(Prepared::Duplicate {
                     space: s,
                     done,
-                    priority,
                     admitted,
                     reply,
                 });
@@ -689,12 +686,12 @@ impl Committer {
                 Prepared::Duplicate {
                     space,
                     done,
-                    priority,
                     admitted,
                     reply,
+                    ..
                 } => {
                     if let Some(admitted) = admitted {
-                        meter.accepted(&space, priority, admitted);
+                        meter.duplicate(&space, admitted);
                     }
                     Answered::Observe(reply, done)
                 }
@@ -798,10 +795,26 @@ struct MeterRun {
     space: Arc<Space>,
     latency: prometheus::local::LocalHistogram,
     accepted: [u64; 3],
+    duplicates: u64,
 }
 
 impl AcceptMeter {
+    /// An idempotent retry: its latency is an ack's, but nothing was stored.
+    fn duplicate(&mut self, space: &Arc<Space>, admitted: Instant) {
+        self.answered(space, admitted);
+        if let Some(run) = &mut self.run {
+            run.duplicates += 1;
+        }
+    }
+
     fn accepted(&mut self, space: &Arc<Space>, priority: Priority, admitted: Instant) {
+        self.answered(space, admitted);
+        if let Some(run) = &mut self.run {
+            run.accepted[priority.index()] += 1;
+        }
+    }
+
+    fn answered(&mut self, space: &Arc<Space>, admitted: Instant) {
         let now = *self.now.get_or_insert_with(Instant::now);
         if !self
             .run
@@ -814,12 +827,12 @@ impl AcceptMeter {
                 space: space.clone(),
                 latency: m.observation_latency.local(),
                 accepted: [0; 3],
+                duplicates: 0,
             });
         }
         if let Some(run) = &mut self.run {
             run.latency
                 .observe(now.saturating_duration_since(admitted).as_secs_f64());
-            run.accepted[priority.index()] += 1;
         }
     }
 
@@ -832,6 +845,7 @@ impl AcceptMeter {
             for p in Priority::ALL {
                 m.accepted_many(p, run.accepted[p.index()]);
             }
+            m.duplicates_many(run.duplicates);
         }
     }
 }

@@ -43,6 +43,7 @@ const SYNC_BUCKETS: &[f64] = &[
 pub struct Metrics {
     registry: Registry,
     observations: IntCounterVec,
+    duplicates: IntCounterVec,
     rejected: IntCounterVec,
     backpressure_activations: IntCounterVec,
     queue_depth: IntGaugeVec,
@@ -61,8 +62,26 @@ pub struct Metrics {
     index_lag: prometheus::GaugeVec,
     wal_sync: Histogram,
     labels: Mutex<Labels>,
-    utilization: Mutex<Vec<(Instant, u64)>>,
+    worker_busy: prometheus::CounterVec,
+    utilization: Mutex<Utilization>,
 }
+
+/// Samples of the workers' busy time, shared by every scrape: the gauge is
+/// the busy fraction over the last [`UTILIZATION_WINDOW`], whoever scrapes
+/// and however often (it was "since the previous scrape", so two
+/// Prometheus servers scraping one engine corrupted each other's values).
+#[derive(Default)]
+struct Utilization {
+    /// (when, busy nanoseconds per worker), oldest first, at least
+    /// [`UTILIZATION_SAMPLE_EVERY`] apart.
+    samples: std::collections::VecDeque<(Instant, Vec<u64>)>,
+    /// Busy nanoseconds already added to the busy-seconds counter.
+    exported: Vec<u64>,
+}
+
+/// The window the utilization gauge covers.
+pub const UTILIZATION_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+const UTILIZATION_SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 struct Labels {
     max: usize,
@@ -73,6 +92,7 @@ struct Labels {
 pub struct SpaceMetrics {
     pub label: String,
     accepted: [IntCounter; 3],
+    duplicates: IntCounter,
     rejected: [IntCounter; 5],
     pub observation_latency: Histogram,
     pub recall_latency: Histogram,
@@ -85,6 +105,13 @@ impl SpaceMetrics {
 
     pub fn rejected(&self, r: RejectReason) {
         self.rejected[reason_index(r)].inc();
+    }
+
+    /// Counts `n` idempotent retries (answered, nothing stored) at once.
+    pub fn duplicates_many(&self, n: u64) {
+        if n > 0 {
+            self.duplicates.inc_by(n);
+        }
     }
 
     /// Counts `n` accepted observations of one priority at once.
@@ -141,9 +168,17 @@ impl Metrics {
                 IntCounterVec,
                 Opts::new(
                     "engram_streaming_observations_total",
-                    "Observations accepted (durable and visible)."
+                    "Observations accepted and stored (durable and visible); idempotent retries are counted apart."
                 ),
                 &["space_id", "priority"]
+            ),
+            duplicates: make!(
+                IntCounterVec,
+                Opts::new(
+                    "engram_streaming_observations_duplicate_total",
+                    "Observations answered with the original's ack because their episode id was already stored (idempotent retries): nothing new stored."
+                ),
+                &["space_id"]
             ),
             rejected: make!(
                 IntCounterVec,
@@ -173,7 +208,15 @@ impl Metrics {
                 prometheus::GaugeVec,
                 Opts::new(
                     "engram_streaming_worker_utilization",
-                    "Fraction of time the indexing worker was busy since the previous scrape (0-1)."
+                    "Fraction of time the indexing worker was busy over the last 10 s (0-1), the same for every scraper."
+                ),
+                &["worker_id"]
+            ),
+            worker_busy: make!(
+                prometheus::CounterVec,
+                Opts::new(
+                    "engram_streaming_worker_busy_seconds_total",
+                    "Seconds the indexing worker spent on batches (rate() of it is the utilization over any window)."
                 ),
                 &["worker_id"]
             ),
@@ -281,7 +324,7 @@ impl Metrics {
                 max: max_space_labels,
                 given: HashMap::new(),
             }),
-            utilization: Mutex::new(Vec::new()),
+            utilization: Mutex::new(Utilization::default()),
             registry,
         };
         #[cfg(target_os = "linux")]
@@ -313,6 +356,7 @@ impl Metrics {
         SpaceMetrics {
             accepted: Priority::ALL
                 .map(|p| self.observations.with_label_values(&[&label, p.as_str()])),
+            duplicates: self.duplicates.with_label_values(&[&label]),
             rejected: RejectReason::ALL
                 .map(|r| self.rejected.with_label_values(&[&label, r.as_str()])),
             observation_latency: self.observation_latency.with_label_values(&[&label]),
@@ -336,6 +380,7 @@ impl Metrics {
         self.worker_restarts.with_label_values(&[&w]);
         self.batch_size.with_label_values(&[&w]);
         self.worker_utilization.with_label_values(&[&w]).set(0.0);
+        self.worker_busy.with_label_values(&[&w]);
     }
 
     pub fn batch_size(&self, worker: usize) -> Histogram {
@@ -407,23 +452,7 @@ impl Metrics {
             fresh_bytes += fresh;
         }
         self.queue_memory.set(fresh_bytes as i64);
-        let now = Instant::now();
-        let mut prev = self.utilization.lock();
-        prev.resize(s.worker_busy_nanos.len(), (now, 0));
-        for (w, busy) in s.worker_busy_nanos.iter().enumerate() {
-            let (at, was) = prev[w];
-            let wall = now.duration_since(at).as_nanos() as f64;
-            let u = if wall > 0.0 {
-                (busy.saturating_sub(was)) as f64 / wall
-            } else {
-                0.0
-            };
-            self.worker_utilization
-                .with_label_values(&[&w.to_string()])
-                .set(u.clamp(0.0, 1.0));
-            prev[w] = (now, *busy);
-        }
-        drop(prev);
+        self.update_utilization(Instant::now(), &s.worker_busy_nanos);
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
@@ -432,9 +461,75 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Sets the busy-seconds counters and the utilization gauges from the
+    /// workers' busy nanoseconds at `now`.
+    fn update_utilization(&self, now: Instant, busy: &[u64]) {
+        let mut u = self.utilization.lock();
+        u.exported.resize(busy.len(), 0);
+        for (w, &b) in busy.iter().enumerate() {
+            let delta = b.saturating_sub(u.exported[w]);
+            if delta > 0 {
+                self.worker_busy
+                    .with_label_values(&[&w.to_string()])
+                    .inc_by(delta as f64 / 1e9);
+                u.exported[w] = b;
+            }
+        }
+        if u.samples
+            .back()
+            .is_none_or(|(at, _)| now.duration_since(*at) >= UTILIZATION_SAMPLE_EVERY)
+        {
+            u.samples.push_back((now, busy.to_vec()));
+        }
+        // Keep the newest sample at least a window old, and what follows.
+        while u.samples.len() > 2 && now.duration_since(u.samples[1].0) >= UTILIZATION_WINDOW {
+            u.samples.pop_front();
+        }
+        let (at, then) = &u.samples[0];
+        let wall = now.duration_since(*at).as_nanos() as f64;
+        for (w, &b) in busy.iter().enumerate() {
+            let was = then.get(w).copied().unwrap_or(0);
+            let frac = if wall > 0.0 {
+                b.saturating_sub(was) as f64 / wall
+            } else {
+                0.0
+            };
+            self.worker_utilization
+                .with_label_values(&[&w.to_string()])
+                .set(frac.clamp(0.0, 1.0));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 11, defect 8: the gauge was "since the previous scrape", so a
+    /// second scraper reset it for the first. Now two scrapes a moment
+    /// apart read the same window, and the counter is monotonic.
+    #[test]
+    fn utilization_is_the_same_for_every_scraper() {
+        let m = Metrics::new(10);
+        m.init_worker(0);
+        let t0 = Instant::now();
+        let sec = std::time::Duration::from_secs(1);
+        let gauge = |m: &Metrics| m.worker_utilization.with_label_values(&["0"]).get();
+        // Busy half of each second for 20 s, scraped every second.
+        for i in 0..=20u64 {
+            m.update_utilization(t0 + sec * i as u32, &[i * 500_000_000]);
+        }
+        assert!((gauge(&m) - 0.5).abs() < 1e-9, "{}", gauge(&m));
+        // A second scraper right after sees the same value, not ~0.
+        m.update_utilization(
+            t0 + sec * 20 + std::time::Duration::from_millis(10),
+            &[10_000_000_000],
+        );
+        assert!((gauge(&m) - 0.5).abs() < 0.01, "{}", gauge(&m));
+        let busy = m.worker_busy.with_label_values(&["0"]).get();
+        assert!((busy - 10.0).abs() < 1e-9, "{busy}");
+    }
 
     #[test]
     fn space_labels_are_capped() {

@@ -639,6 +639,8 @@ impl Session {
             };
             let msg =
                 format!("sequence number {seq} is {what}: expected {expected}; nothing was stored");
+            self.engine
+                .record_rejection(&self.shared.space, RejectReason::OutOfOrder);
             return Err(self.reject(seq, RejectReason::OutOfOrder, msg, None));
         }
         st.expected += 1;

@@ -536,13 +536,22 @@ async fn every_ack_is_counted_before_the_caller_sees_it() {
         (330.0, 670.0)
     );
     assert_eq!(latency_count(&engine), 1000.0);
-    // An idempotent retry is answered ACCEPTED (duplicate) and counted so.
+    // An idempotent retry is answered ACCEPTED (duplicate): its latency is
+    // an ack's, but it is counted as a duplicate, not as stored (issue 11,
+    // defect 8: it was counted as accepted).
     let again = engine
         .remember("m", episode("a0", vecs[0].clone()))
         .await
         .unwrap();
     assert!(again.duplicate);
-    assert_eq!(total(&engine, "normal"), 671.0);
+    assert_eq!(total(&engine, "normal"), 670.0);
+    assert_eq!(
+        sample(
+            &engine.render_metrics().unwrap(),
+            "engram_streaming_observations_duplicate_total{space_id=\"m\"}"
+        ),
+        1.0
+    );
     assert_eq!(latency_count(&engine), 1001.0);
     let sum = sample(
         &engine.render_metrics().unwrap(),
@@ -556,7 +565,7 @@ async fn every_ack_is_counted_before_the_caller_sees_it() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::DimensionMismatch { .. }), "{err:?}");
-    assert_eq!(total(&engine, "normal"), 671.0);
+    assert_eq!(total(&engine, "normal"), 670.0);
     assert_eq!(
         sample(
             &engine.render_metrics().unwrap(),

@@ -848,3 +848,37 @@ async fn retained_answers_of_released_sessions_are_bounded() {
     assert!(replay.replayed && replay.is_accepted(), "{replay:?}");
     engine.shutdown();
 }
+
+/// Issue 11, defect 8: an out-of-order rejection was answered but never
+/// counted in `engram_streaming_observations_rejected_total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_order_rejections_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(streaming_config(dir.path())).unwrap();
+    let v = random_vectors(2, 8, 42);
+    let (session, _) = engine.open_session("ooo", None).await.unwrap();
+    assert!(session
+        .observe(1, episode("a", v[0].clone()), Priority::Normal)
+        .await
+        .is_accepted());
+    for seq in [5, 1] {
+        let ack = session
+            .observe(seq, episode("b", v[1].clone()), Priority::Normal)
+            .await;
+        assert!(
+            matches!(
+                ack.answer,
+                Answer::Rejected {
+                    reason: RejectReason::OutOfOrder,
+                    ..
+                }
+            ),
+            "{ack:?}"
+        );
+    }
+    let text = engine.render_metrics().unwrap();
+    let line =
+        "engram_streaming_observations_rejected_total{reason=\"out_of_order\",space_id=\"ooo\"} 2";
+    assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+    engine.shutdown();
+}
