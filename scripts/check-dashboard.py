@@ -55,6 +55,7 @@ METRICS = {
     "engram_streaming_backpressure_active": ("gauge", set()),
     "engram_streaming_worker_restarts_total": ("counter", {"worker_id"}),
     "engram_streaming_quarantined_total": ("counter", {"space_id"}),
+    "engram_streaming_worker_stuck": ("gauge", {"worker_id"}),
     "engram_index_vectors": ("gauge", {"space_id"}),
     "engram_index_memory_bytes": ("gauge", {"space_id"}),
     "engram_queue_memory_bytes": ("gauge", set()),

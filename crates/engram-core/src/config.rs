@@ -71,6 +71,9 @@ pub struct EngineConfig {
     /// An observation whose indexing panics this many times is quarantined
     /// (kept in the exact-scanned fresh tier) instead of retried forever.
     pub max_task_failures: u32,
+    /// A worker on one observation longer than this is reported stuck (log,
+    /// `engram_streaming_worker_stuck`, readiness detail).
+    pub worker_stuck_after_secs: u64,
     /// Enables `Engine::faults` (kill workers, slow indexing, delay
     /// acceptance) for tests and drills. Never on in production.
     pub fault_injection: bool,
@@ -105,6 +108,7 @@ impl Default for EngineConfig {
             min_batch: DEFAULT_MIN_BATCH,
             max_batch: DEFAULT_MAX_BATCH,
             max_task_failures: crate::indexer::DEFAULT_MAX_TASK_FAILURES,
+            worker_stuck_after_secs: crate::indexer::DEFAULT_WORKER_STUCK_AFTER.as_secs(),
             fault_injection: false,
             metrics: true,
             metrics_max_spaces: crate::metrics::DEFAULT_MAX_SPACE_LABELS,

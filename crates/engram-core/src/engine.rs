@@ -124,6 +124,7 @@ impl Engine {
             config.min_batch,
             config.max_batch,
             config.max_task_failures,
+            Duration::from_secs(config.worker_stuck_after_secs),
         ));
         let spaces: Arc<SpaceMap> = Arc::default();
         let mut report = RecoveryReport::default();
@@ -449,6 +450,13 @@ impl Engine {
                 .iter()
                 .map(|w| w.busy_nanos.load(Ordering::Relaxed))
                 .collect(),
+            stuck_workers: self
+                .inner
+                .indexer
+                .stuck_workers()
+                .iter()
+                .map(|s| s.worker)
+                .collect(),
         };
         Some(m.render(state))
     }
@@ -645,6 +653,12 @@ impl Engine {
     /// Streams with a session attached right now.
     pub fn active_sessions(&self) -> usize {
         self.inner.sessions.active()
+    }
+
+    /// Indexing workers on one observation for longer than
+    /// `worker_stuck_after_secs` (hung?), as the watchdog sees them now.
+    pub fn stuck_workers(&self) -> Vec<crate::indexer::StuckWorker> {
+        self.inner.indexer.stuck_workers()
     }
 
     /// Sessions the server keeps: attached ones and released ones that can

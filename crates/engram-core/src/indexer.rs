@@ -11,6 +11,10 @@
 //!   worker restarts, and the part of the batch it had not finished is put
 //!   back at the front of its lanes, so nothing is lost. The index insert is
 //!   panic-safe (a retry finishes a half-linked node).
+//! - Watchdog: a worker that hangs (rather than panics) cannot be caught;
+//!   a watchdog thread notices one that has been on one observation longer
+//!   than `worker_stuck_after_secs`, logs it (and its recovery), and
+//!   [`Indexer::stuck_workers`] feeds a metric and the readiness detail.
 //! - Quarantine: a task that has panicked `max_task_failures` times is not
 //!   put back (it would block its space's lane and, in the end, fill the
 //!   queue): its episode stays in the fresh tier, durable and recalled by
@@ -63,6 +67,23 @@ pub struct WorkerStats {
     pub restarts: AtomicU64,
     /// Size of the last batch taken.
     pub last_batch: AtomicUsize,
+    /// When the observation being indexed now was started, in nanoseconds
+    /// since the pool's start, plus one; 0 while the worker holds none.
+    pub task_started: AtomicU64,
+}
+
+/// Default for [`crate::EngineConfig::worker_stuck_after_secs`]: far above
+/// one insert (milliseconds even at 4,096 dimensions), short enough that an
+/// operator hears of a hang before the queue fills.
+pub const DEFAULT_WORKER_STUCK_AFTER: Duration = Duration::from_secs(30);
+/// How often the watchdog looks.
+const WATCHDOG_EVERY: Duration = Duration::from_millis(250);
+
+/// A worker that has been on one observation longer than the threshold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StuckWorker {
+    pub worker: usize,
+    pub stuck_for: Duration,
 }
 
 /// The pool.
@@ -79,6 +100,9 @@ struct Shared {
     min_batch: usize,
     max_batch: usize,
     max_task_failures: u32,
+    stuck_after: Duration,
+    /// The zero of `WorkerStats::task_started`.
+    epoch: Instant,
     stop: AtomicBool,
     /// While true, workers hold off (indexing "paused"; admin and tests).
     paused: Mutex<bool>,
@@ -95,6 +119,7 @@ impl Indexer {
         min_batch: usize,
         max_batch: usize,
         max_task_failures: u32,
+        stuck_after: Duration,
     ) -> Self {
         let workers = workers.max(1);
         if let Some(m) = &metrics {
@@ -108,11 +133,13 @@ impl Indexer {
             min_batch: min_batch.max(1),
             max_batch: max_batch.max(min_batch.max(1)),
             max_task_failures: max_task_failures.max(1),
+            stuck_after,
+            epoch: Instant::now(),
             stop: AtomicBool::new(false),
             paused: Mutex::new(false),
             resumed: Condvar::new(),
         });
-        let handles = (0..workers)
+        let mut handles: Vec<JoinHandle<()>> = (0..workers)
             .map(|id| {
                 let shared = shared.clone();
                 std::thread::Builder::new()
@@ -121,6 +148,13 @@ impl Indexer {
                     .expect("spawning an indexing thread")
             })
             .collect();
+        let watched = shared.clone();
+        handles.push(
+            std::thread::Builder::new()
+                .name("engram-watchdog".into())
+                .spawn(move || watch_workers(&watched))
+                .expect("spawning the indexing watchdog"),
+        );
         Indexer {
             shared,
             handles: Mutex::new(handles),
@@ -170,8 +204,56 @@ impl Indexer {
         self.shared.queue.close();
         self.resume();
         for h in self.handles.lock().drain(..) {
+            h.thread().unpark();
             let _ = h.join();
         }
+    }
+
+    /// Workers on one observation for longer than `worker_stuck_after_secs`
+    /// right now.
+    pub fn stuck_workers(&self) -> Vec<StuckWorker> {
+        self.shared.stuck_workers()
+    }
+}
+
+impl Shared {
+    fn stuck_workers(&self) -> Vec<StuckWorker> {
+        let now = self.epoch.elapsed().as_nanos() as u64 + 1;
+        self.stats
+            .iter()
+            .enumerate()
+            .filter_map(|(worker, s)| {
+                let started = s.task_started.load(Ordering::Acquire);
+                let stuck_for = Duration::from_nanos(now.saturating_sub(started));
+                (started != 0 && stuck_for > self.stuck_after)
+                    .then_some(StuckWorker { worker, stuck_for })
+            })
+            .collect()
+    }
+}
+
+/// The watchdog: logs a worker that gets stuck, and when it moves again.
+/// It only reads counters, so it cannot fail; a panic would end only the
+/// logging, and the metric and readiness detail read the same counters.
+fn watch_workers(shared: &Shared) {
+    let mut reported = vec![false; shared.stats.len()];
+    while !shared.stop.load(Ordering::Acquire) {
+        let stuck = shared.stuck_workers();
+        for (worker, was) in reported.iter_mut().enumerate() {
+            let now = stuck.iter().find(|s| s.worker == worker);
+            match (now, *was) {
+                (Some(s), false) => tracing::error!(
+                    worker,
+                    stuck_for_secs = s.stuck_for.as_secs_f64(),
+                    threshold_secs = shared.stuck_after.as_secs_f64(),
+                    "indexing worker stuck on one observation (hung?); its space's queue is not draining through it"
+                ),
+                (None, true) => tracing::warn!(worker, "indexing worker moving again"),
+                _ => {}
+            }
+            *was = now.is_some();
+        }
+        std::thread::park_timeout(WATCHDOG_EVERY);
     }
 }
 
@@ -181,6 +263,7 @@ fn supervise(shared: &Shared, id: usize) {
         match catch_unwind(AssertUnwindSafe(|| worker_loop(shared, id))) {
             Ok(()) => return,
             Err(panic) => {
+                shared.stats[id].task_started.store(0, Ordering::Release);
                 shared.stats[id].restarts.fetch_add(1, Ordering::Relaxed);
                 if let Some(m) = &shared.metrics {
                     m.worker_restart(id);
@@ -248,6 +331,10 @@ fn worker_loop(shared: &Shared, id: usize) {
             f.before_batch(id);
         }
         while let Some((priority, task)) = guard.tasks.next() {
+            stats.task_started.store(
+                shared.epoch.elapsed().as_nanos() as u64 + 1,
+                Ordering::Release,
+            );
             if let Some(f) = &shared.faults {
                 f.before_index();
             }
@@ -300,6 +387,7 @@ fn worker_loop(shared: &Shared, id: usize) {
                 stats.processed.fetch_add(1, Ordering::Relaxed);
             }
         }
+        stats.task_started.store(0, Ordering::Release);
         stats
             .busy_nanos
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);

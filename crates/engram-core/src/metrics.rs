@@ -63,6 +63,7 @@ pub struct Metrics {
     wal_sync: Histogram,
     labels: Mutex<Labels>,
     worker_busy: prometheus::CounterVec,
+    worker_stuck: IntGaugeVec,
     utilization: Mutex<Utilization>,
 }
 
@@ -140,6 +141,8 @@ pub struct ScrapeState {
     pub spaces: Vec<(SpaceId, usize, usize, f64, usize)>,
     /// Busy nanoseconds so far, per worker.
     pub worker_busy_nanos: Vec<u64>,
+    /// Workers stuck on one observation past the watchdog's threshold.
+    pub stuck_workers: Vec<usize>,
 }
 
 impl Metrics {
@@ -209,6 +212,14 @@ impl Metrics {
                 Opts::new(
                     "engram_streaming_worker_utilization",
                     "Fraction of time the indexing worker was busy over the last 10 s (0-1), the same for every scraper."
+                ),
+                &["worker_id"]
+            ),
+            worker_stuck: make!(
+                IntGaugeVec,
+                Opts::new(
+                    "engram_streaming_worker_stuck",
+                    "1 while the indexing worker has been on one observation longer than engine.worker_stuck_after_secs (hung?), else 0."
                 ),
                 &["worker_id"]
             ),
@@ -381,6 +392,7 @@ impl Metrics {
         self.batch_size.with_label_values(&[&w]);
         self.worker_utilization.with_label_values(&[&w]).set(0.0);
         self.worker_busy.with_label_values(&[&w]);
+        self.worker_stuck.with_label_values(&[&w]).set(0);
     }
 
     pub fn batch_size(&self, worker: usize) -> Histogram {
@@ -453,6 +465,11 @@ impl Metrics {
         }
         self.queue_memory.set(fresh_bytes as i64);
         self.update_utilization(Instant::now(), &s.worker_busy_nanos);
+        for w in 0..s.worker_busy_nanos.len() {
+            self.worker_stuck
+                .with_label_values(&[&w.to_string()])
+                .set(i64::from(s.stuck_workers.contains(&w)));
+        }
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
@@ -558,6 +575,7 @@ mod tests {
             queue_depths: vec![(SpaceId::parse("x").unwrap(), [0, 3, 0])],
             spaces: vec![(SpaceId::parse("x").unwrap(), 10, 4096, 0.5, 300)],
             worker_busy_nanos: vec![0, 0],
+            stuck_workers: vec![],
         });
         for (kind, name) in [
             ("counter", "engram_streaming_observations_total"),

@@ -276,3 +276,55 @@ async fn spaces_are_bounded_by_max_spaces() {
     assert_eq!(engine.describe_space("a").unwrap().count, 2);
     engine.shutdown();
 }
+
+/// Defect 9: supervision caught panics only; a worker that hangs was never
+/// noticed. The watchdog reports one on an observation longer than
+/// `worker_stuck_after_secs` (metric and `stuck_workers`, which readiness
+/// shows), and clears it when the worker moves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_reports_a_stuck_worker_and_its_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(EngineConfig {
+        workers: 1,
+        worker_stuck_after_secs: 1,
+        ..faulty(dir.path())
+    })
+    .unwrap();
+    let stuck_gauge = |e: &Engine| {
+        sample(
+            &e.render_metrics().unwrap(),
+            "engram_streaming_worker_stuck{worker_id=\"0\"}",
+        )
+    };
+    let v = random_vectors(2, 8, 27);
+    engine
+        .remember("w", episode("warm", v[0].clone()))
+        .await
+        .unwrap();
+    wait_indexed(&engine);
+    assert!(engine.stuck_workers().is_empty());
+    assert_eq!(stuck_gauge(&engine), 0.0);
+    // The next observation takes 3 s: the worker looks hung after 1 s.
+    engine
+        .faults()
+        .unwrap()
+        .set_index_delay(Duration::from_secs(3));
+    engine
+        .remember("w", episode("slow", v[1].clone()))
+        .await
+        .unwrap();
+    wait_for("the worker reported stuck", Duration::from_secs(10), || {
+        !engine.stuck_workers().is_empty()
+    });
+    let s = &engine.stuck_workers()[0];
+    assert!(
+        s.worker == 0 && s.stuck_for > Duration::from_secs(1),
+        "{s:?}"
+    );
+    assert_eq!(stuck_gauge(&engine), 1.0);
+    engine.faults().unwrap().set_index_delay(Duration::ZERO);
+    wait_indexed(&engine);
+    assert!(engine.stuck_workers().is_empty());
+    assert_eq!(stuck_gauge(&engine), 0.0);
+    engine.shutdown();
+}

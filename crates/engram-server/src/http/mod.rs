@@ -120,7 +120,38 @@ async fn live() -> impl IntoResponse {
 
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     match state.phase() {
-        Phase::Ready => (StatusCode::OK, Json(json!({"status": "ready"}))),
+        Phase::Ready => {
+            // A worker the watchdog reports stuck is named in the detail;
+            // with every worker stuck nothing is being indexed, and the
+            // server is not ready (acks would go on until the queue fills).
+            let stuck = state
+                .engine()
+                .map(|e| (e.stuck_workers(), e.indexer().workers()))
+                .unwrap_or_default();
+            if stuck.0.is_empty() {
+                return (StatusCode::OK, Json(json!({"status": "ready"})));
+            }
+            let detail: Vec<_> = stuck
+                .0
+                .iter()
+                .map(
+                    |s| json!({"worker": s.worker, "stuck_for_seconds": s.stuck_for.as_secs_f64()}),
+                )
+                .collect();
+            let all = stuck.0.len() >= stuck.1;
+            (
+                if all {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::OK
+                },
+                Json(json!({
+                    "status": if all { "stalled" } else { "degraded" },
+                    "stuck_workers": detail,
+                    "message": "indexing workers stuck on one observation past engine.worker_stuck_after_secs; see the log",
+                })),
+            )
+        }
         Phase::Recovering => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "recovering"})),
