@@ -117,14 +117,16 @@ impl Engine {
             .metrics
             .then(|| Arc::new(Metrics::new(config.metrics_max_spaces)));
         let indexer = Arc::new(Indexer::start(
-            workers,
+            crate::indexer::PoolConfig {
+                workers,
+                min_batch: config.min_batch,
+                max_batch: config.max_batch,
+                max_task_failures: config.max_task_failures,
+                stuck_after: Duration::from_secs(config.worker_stuck_after_secs),
+            },
             queue.clone(),
             faults.clone(),
             metrics.clone(),
-            config.min_batch,
-            config.max_batch,
-            config.max_task_failures,
-            Duration::from_secs(config.worker_stuck_after_secs),
         ));
         let spaces: Arc<SpaceMap> = Arc::default();
         let mut report = RecoveryReport::default();

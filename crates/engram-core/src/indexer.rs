@@ -109,18 +109,34 @@ struct Shared {
     resumed: Condvar,
 }
 
+/// How the pool works (from [`crate::EngineConfig`]).
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    pub workers: usize,
+    /// Adaptive batch bounds.
+    pub min_batch: usize,
+    pub max_batch: usize,
+    /// Panics of one task before it is quarantined.
+    pub max_task_failures: u32,
+    /// When the watchdog reports a worker stuck on one observation.
+    pub stuck_after: Duration,
+}
+
 impl Indexer {
-    /// Starts `workers` threads on `queue`.
+    /// Starts `config.workers` threads on `queue`, and the watchdog.
     pub fn start(
-        workers: usize,
+        config: PoolConfig,
         queue: Arc<Queue>,
         faults: Option<Arc<Faults>>,
         metrics: Option<Arc<Metrics>>,
-        min_batch: usize,
-        max_batch: usize,
-        max_task_failures: u32,
-        stuck_after: Duration,
     ) -> Self {
+        let PoolConfig {
+            workers,
+            min_batch,
+            max_batch,
+            max_task_failures,
+            stuck_after,
+        } = config;
         let workers = workers.max(1);
         if let Some(m) = &metrics {
             (0..workers).for_each(|w| m.init_worker(w));
