@@ -6,7 +6,8 @@
 #   2. Prometheus rules: promtool check + unit tests (installs the Debian
 #      package `prometheus` when promtool is missing; the live Prometheus
 #      test below uses its `prometheus` binary too)
-#   3. the Grafana dashboard and runbook links
+#   3. the Grafana dashboard and runbook links; the engram-core module
+#      layers (scripts/check-core-layers.py: no import cycles)
 #   4. every Rust test (unit, property, integration, end-to-end, crash,
 #      chaos, live Prometheus, gRPC/WebSocket parity) in the optimized `ci`
 #      profile
@@ -56,6 +57,9 @@ need prometheus "the live Prometheus test needs it: apt-get install prometheus"
 
 step "Grafana dashboard and runbook links"
 python3 scripts/check-dashboard.py | tee "$log_dir/dashboard.log"
+
+step "engram-core module layers (dependencies run one way)"
+python3 scripts/check-core-layers.py
 
 # Index work in a debug build is 10-50x slower: tests run in the optimized
 # `ci` profile, which keeps debug assertions and overflow checks.

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tokio::sync::oneshot;
 
+use crate::error::RejectReason;
 use crate::error::{Error, Result};
 use crate::fault::Faults;
 use crate::index::HnswParams;
@@ -27,7 +28,6 @@ use crate::metrics::Metrics;
 use crate::model::{now_unix_nanos, Remembered, SpaceId, StoredEpisode, ValidEpisode};
 use crate::queue::Priority;
 use crate::record::WalRecord;
-use crate::session::RejectReason;
 use crate::space::Space;
 use crate::wal::{Lsn, SyncPolicy, Wal};
 

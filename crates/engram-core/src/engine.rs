@@ -24,8 +24,8 @@ use crate::model::{
 use crate::queue::{IndexQueue, Priority, Rejected};
 use crate::recall::RecallStream;
 use crate::record::WalRecord;
-use crate::session::Registry;
 use crate::session::RejectReason;
+use crate::session::{Opened, Registry, Session, SessionHost};
 use crate::space::Space;
 use crate::wal::{Wal, WalOptions};
 use crate::{recall, snapshot};
@@ -652,6 +652,33 @@ impl Engine {
         &self.inner.sessions
     }
 
+    /// Opens a new streaming session on `space`, or resumes
+    /// `resume_session_id` (waiting until everything it was sent is
+    /// answered, so the reported last sequence is exact). A resumed session
+    /// taken from another stream ends that stream
+    /// ([`SessionEvent::TakenOver`](crate::session::SessionEvent::TakenOver)).
+    ///
+    /// # Errors
+    /// Invalid space id; [`Error::SpaceNotFound`] when auto-creation is off;
+    /// [`Error::SessionNotFound`] for an unknown or expired session id;
+    /// [`Error::InvalidArgument`] when resuming with another space;
+    /// [`Error::Overloaded`] at the session limit; [`Error::ShuttingDown`].
+    pub async fn open_session(
+        &self,
+        space: &str,
+        resume_session_id: Option<&str>,
+    ) -> Result<(Session, Opened)> {
+        let space = SpaceId::parse(space)?;
+        if self.is_shutting_down() {
+            return Err(Error::ShuttingDown);
+        }
+        if !self.config().auto_create_spaces && self.describe_space(space.as_str()).is_err() {
+            return Err(Error::SpaceNotFound(space.to_string()));
+        }
+        let host: Arc<dyn SessionHost> = Arc::new(self.clone());
+        self.sessions().open(host, space, resume_session_id).await
+    }
+
     /// Streams with a session attached right now.
     pub fn active_sessions(&self) -> usize {
         self.inner.sessions.active()
@@ -841,5 +868,22 @@ fn keep_sessions(
                 inner.sessions.sweep();
             }
         }
+    }
+}
+
+impl SessionHost for Engine {
+    fn submit(
+        &self,
+        space: &str,
+        input: EpisodeInput,
+        priority: Priority,
+        received: Instant,
+        reply: crate::commit::Reply<Remembered>,
+    ) -> Result<()> {
+        self.submit_remember_with(space, input, priority, received, reply)
+    }
+
+    fn record_rejection(&self, space: &SpaceId, reason: RejectReason) {
+        Engine::record_rejection(self, space, reason);
     }
 }

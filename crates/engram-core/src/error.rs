@@ -97,8 +97,45 @@ impl Error {
     }
 }
 
-impl From<crate::wal::WalError> for Error {
-    fn from(e: crate::wal::WalError) -> Self {
-        Error::Storage(e.to_string())
+/// Why an observation was rejected (a small fixed set: it is a metric label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// Admission control: retry after `retry_after`.
+    Overloaded,
+    /// The observation itself is bad (dimension, NaN, size, ...).
+    Invalid,
+    /// Not the expected sequence number (gap or duplicate).
+    OutOfOrder,
+    /// The session is closing, closed, or was taken over by a resume.
+    Closed,
+    /// The server is shutting down or cannot write.
+    Unavailable,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 5] = [
+        RejectReason::Overloaded,
+        RejectReason::Invalid,
+        RejectReason::OutOfOrder,
+        RejectReason::Closed,
+        RejectReason::Unavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Overloaded => "overloaded",
+            RejectReason::Invalid => "invalid",
+            RejectReason::OutOfOrder => "out_of_order",
+            RejectReason::Closed => "closed",
+            RejectReason::Unavailable => "unavailable",
+        }
+    }
+
+    pub fn of(e: &Error) -> (Self, Option<Duration>) {
+        match e {
+            Error::Overloaded { retry_after, .. } => (RejectReason::Overloaded, Some(*retry_after)),
+            Error::ShuttingDown | Error::Storage(_) => (RejectReason::Unavailable, None),
+            _ => (RejectReason::Invalid, None),
+        }
     }
 }

@@ -31,6 +31,13 @@
 //! - [`snapshot`] — snapshot files that let the WAL be truncated, and their
 //!   loading at recovery.
 //! - [`config`] — engine configuration with documented defaults.
+//!
+//! Dependencies between these modules run one way (the test command checks
+//! it with `scripts/check-core-layers.py`), lowest first: `error`, `fault`,
+//! `index`, `queue` → `model` → `record` → `wal` → `metrics` → `space` →
+//! `recall`, `indexer` → `commit`, `snapshot` → `session` → `config` →
+//! `engine` → `stream`. A session reaches the engine only through the small
+//! `SessionHost` trait the engine implements.
 
 pub mod commit;
 pub mod config;

@@ -18,9 +18,9 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::error::RejectReason;
 use crate::model::SpaceId;
 use crate::queue::Priority;
-use crate::session::RejectReason;
 
 /// The label of spaces beyond the cardinality cap.
 pub const OVERFLOW_LABEL: &str = "_overflow";

@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::engine::Engine;
+use crate::commit::Reply;
 use crate::error::{Error, Result};
 use crate::model::{EpisodeInput, Remembered, SpaceId};
 use crate::queue::{LevelChange, Priority};
@@ -85,48 +85,7 @@ pub enum SessionPhase {
     Closed,
 }
 
-/// Why an observation was rejected (a small fixed set: it is a metric label).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RejectReason {
-    /// Admission control: retry after `retry_after`.
-    Overloaded,
-    /// The observation itself is bad (dimension, NaN, size, ...).
-    Invalid,
-    /// Not the expected sequence number (gap or duplicate).
-    OutOfOrder,
-    /// The session is closing, closed, or was taken over by a resume.
-    Closed,
-    /// The server is shutting down or cannot write.
-    Unavailable,
-}
-
-impl RejectReason {
-    pub const ALL: [RejectReason; 5] = [
-        RejectReason::Overloaded,
-        RejectReason::Invalid,
-        RejectReason::OutOfOrder,
-        RejectReason::Closed,
-        RejectReason::Unavailable,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectReason::Overloaded => "overloaded",
-            RejectReason::Invalid => "invalid",
-            RejectReason::OutOfOrder => "out_of_order",
-            RejectReason::Closed => "closed",
-            RejectReason::Unavailable => "unavailable",
-        }
-    }
-
-    pub(crate) fn of(e: &Error) -> (Self, Option<Duration>) {
-        match e {
-            Error::Overloaded { retry_after, .. } => (RejectReason::Overloaded, Some(*retry_after)),
-            Error::ShuttingDown | Error::Storage(_) => (RejectReason::Unavailable, None),
-            _ => (RejectReason::Invalid, None),
-        }
-    }
-}
+pub use crate::error::RejectReason;
 
 /// The answer to one observation.
 #[derive(Clone, Debug, PartialEq)]
@@ -344,7 +303,7 @@ impl Registry {
 /// One stream's hold on a session. Dropping it releases the session, which
 /// stays resumable for the resume window.
 pub struct Session {
-    engine: Engine,
+    host: Arc<dyn SessionHost>,
     shared: Arc<Shared>,
     holder: u64,
     events: Option<mpsc::Receiver<SessionEvent>>,
@@ -383,30 +342,45 @@ impl std::future::Future for PendingAck {
     }
 }
 
-impl Engine {
+/// What a session needs from the engine: submitting an observation and
+/// counting a rejection decided by the sequence rules. [`Engine`] implements
+/// it (in `engine.rs`); the trait keeps this module from depending on the
+/// engine, which depends on it.
+///
+/// [`Engine`]: crate::Engine
+pub(crate) trait SessionHost: Send + Sync + 'static {
+    /// Submits one observation; `reply` is called with its answer (not
+    /// called when this returns `Err`).
+    fn submit(
+        &self,
+        space: &str,
+        input: EpisodeInput,
+        priority: Priority,
+        received: Instant,
+        reply: Reply<Remembered>,
+    ) -> Result<()>;
+
+    fn record_rejection(&self, space: &SpaceId, reason: RejectReason);
+}
+
+impl Registry {
     /// Opens a new session on `space`, or resumes `resume_session_id`
     /// (waiting until everything it was sent is answered, so the reported
     /// last sequence is exact). A resumed session taken from another stream
-    /// ends that stream ([`SessionEvent::TakenOver`]).
+    /// ends that stream ([`SessionEvent::TakenOver`]). The engine's own
+    /// checks (shutting down, the space) come first, in `Engine::open_session`.
     ///
     /// # Errors
-    /// Invalid space id; [`Error::SpaceNotFound`] when auto-creation is off;
     /// [`Error::SessionNotFound`] for an unknown or expired session id;
     /// [`Error::InvalidArgument`] when resuming with another space;
-    /// [`Error::Overloaded`] at the session limit; [`Error::ShuttingDown`].
-    pub async fn open_session(
+    /// [`Error::Overloaded`] at the session limit.
+    pub(crate) async fn open(
         &self,
-        space: &str,
+        host: Arc<dyn SessionHost>,
+        space: SpaceId,
         resume_session_id: Option<&str>,
     ) -> Result<(Session, Opened)> {
-        let space = SpaceId::parse(space)?;
-        if self.is_shutting_down() {
-            return Err(Error::ShuttingDown);
-        }
-        if !self.config().auto_create_spaces && self.describe_space(space.as_str()).is_err() {
-            return Err(Error::SpaceNotFound(space.to_string()));
-        }
-        let registry = self.sessions();
+        let registry = self;
         let holder = registry.next_holder.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(SESSION_EVENT_BUFFER);
         let (shared, resumed) = match resume_session_id.filter(|s| !s.is_empty()) {
@@ -504,7 +478,7 @@ impl Engine {
         };
         Ok((
             Session {
-                engine: self.clone(),
+                host,
                 shared,
                 holder,
                 events: Some(rx),
@@ -515,10 +489,6 @@ impl Engine {
 }
 
 impl Session {
-    pub(crate) fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
     pub fn id(&self) -> &str {
         &self.shared.id
     }
@@ -591,7 +561,7 @@ impl Session {
         match self.check_sequence(seq) {
             Err(ack) => PendingAck::Ready(Some(ack)),
             Ok(_) => {
-                self.engine
+                self.host
                     .record_rejection(&self.shared.space, RejectReason::Invalid);
                 let ack = self.reject(seq, RejectReason::Invalid, message, None);
                 self.shared.record(ack.clone());
@@ -610,14 +580,14 @@ impl Session {
         if matches!(st.phase, SessionPhase::Closing | SessionPhase::Closed) {
             drop(st);
             let msg = "the session is closed; resume it or open a new one".to_owned();
-            self.engine
+            self.host
                 .record_rejection(&self.shared.space, RejectReason::Closed);
             return Err(self.reject(seq, RejectReason::Closed, msg, None));
         }
         if st.holder != self.holder {
             drop(st);
             let msg = "this session was resumed by another stream".to_owned();
-            self.engine
+            self.host
                 .record_rejection(&self.shared.space, RejectReason::Closed);
             return Err(self.reject(seq, RejectReason::Closed, msg, None));
         }
@@ -639,7 +609,7 @@ impl Session {
             };
             let msg =
                 format!("sequence number {seq} is {what}: expected {expected}; nothing was stored");
-            self.engine
+            self.host
                 .record_rejection(&self.shared.space, RejectReason::OutOfOrder);
             return Err(self.reject(seq, RejectReason::OutOfOrder, msg, None));
         }
@@ -658,7 +628,7 @@ impl Session {
         };
         let (tx, rx) = oneshot::channel();
         let shared = self.shared.clone();
-        let hook: crate::commit::Reply<Remembered> = Box::new(move |r: Result<Remembered>| {
+        let hook: Reply<Remembered> = Box::new(move |r: Result<Remembered>| {
             let ack = Ack {
                 sequence_number: seq,
                 answer: match r {
@@ -678,10 +648,7 @@ impl Session {
             let _ = tx.send(ack);
         });
         let space = self.shared.space.as_str();
-        match self
-            .engine
-            .submit_remember_with(space, input, priority, received, hook)
-        {
+        match self.host.submit(space, input, priority, received, hook) {
             Ok(()) => PendingAck::Waiting(rx),
             Err(e) => {
                 let (reason, retry_after) = RejectReason::of(&e);

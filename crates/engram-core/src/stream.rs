@@ -475,8 +475,7 @@ fn percent(fraction: f64) -> String {
 impl Session {
     /// The status of this session's stream now: PAUSED when the client
     /// paused it, else the state of the current backpressure level.
-    pub fn status(&self, message: impl Into<String>) -> StreamStatus {
-        let engine = self.engine();
+    pub fn status(&self, engine: &Engine, message: impl Into<String>) -> StreamStatus {
         let state = match self.phase() {
             SessionPhase::Paused => StreamState::Paused,
             SessionPhase::Closing | SessionPhase::Closed => StreamState::Closing,
@@ -703,7 +702,7 @@ impl Driver {
             }
             FlowAction::BufferStatus => "status",
         };
-        let status = session.status(message);
+        let status = session.status(&self.engine, message);
         self.last_state = status.state;
         self.send(Outbound::Status(status)).await
     }

@@ -204,6 +204,12 @@ pub enum WalError {
 /// Result of WAL operations.
 pub type Result<T> = std::result::Result<T, WalError>;
 
+impl From<WalError> for crate::error::Error {
+    fn from(e: WalError) -> Self {
+        crate::error::Error::Storage(e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
