@@ -56,6 +56,7 @@ METRICS = {
     "engram_streaming_worker_restarts_total": ("counter", {"worker_id"}),
     "engram_streaming_quarantined_total": ("counter", {"space_id"}),
     "engram_streaming_worker_stuck": ("gauge", {"worker_id"}),
+    "engram_streaming_sessions_kept": ("gauge", set()),
     "engram_index_vectors": ("gauge", {"space_id"}),
     "engram_index_memory_bytes": ("gauge", {"space_id"}),
     "engram_queue_memory_bytes": ("gauge", set()),

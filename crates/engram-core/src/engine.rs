@@ -431,6 +431,7 @@ impl Engine {
             queue_capacity: self.inner.queue.capacity(),
             backpressure_active: self.inner.queue.level() >= crate::queue::Level::SlowDown,
             active_sessions: self.inner.sessions.active(),
+            kept_sessions: self.inner.sessions.known(),
             queue_depths: self.inner.queue.depths(),
             spaces: spaces
                 .iter()
@@ -662,7 +663,7 @@ impl Engine {
     /// Invalid space id; [`Error::SpaceNotFound`] when auto-creation is off;
     /// [`Error::SessionNotFound`] for an unknown or expired session id;
     /// [`Error::InvalidArgument`] when resuming with another space;
-    /// [`Error::Overloaded`] at the session limit; [`Error::ShuttingDown`].
+    /// [`Error::SessionLimit`] at the session limit; [`Error::ShuttingDown`].
     pub async fn open_session(
         &self,
         space: &str,

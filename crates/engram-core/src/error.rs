@@ -56,6 +56,11 @@ pub enum Error {
     #[error("the server is shutting down and accepts no new writes")]
     ShuttingDown,
 
+    /// `max_sessions` sessions are kept (attached or resumable): a new one
+    /// can open once released ones expire.
+    #[error("the server already keeps its maximum of {limit} streaming sessions (engine.sessions.max_sessions, attached or resumable); retry after {} ms, as released sessions expire", retry_after.as_millis())]
+    SessionLimit { limit: usize, retry_after: Duration },
+
     /// A configured bound on a resource is reached (not transient: free
     /// some, or raise the setting).
     #[error("the server already holds its maximum of {limit} {what} ({setting}); remove some or raise the limit")]
@@ -83,6 +88,7 @@ impl Error {
             Error::MemoryNotFound { .. } => "memory_not_found",
             Error::SessionNotFound(_) => "session_not_found",
             Error::Overloaded { .. } => "overloaded",
+            Error::SessionLimit { .. } => "session_limit",
             Error::ShuttingDown => "shutting_down",
             Error::Storage(_) => "storage_failure",
             Error::LimitReached { .. } => "limit_reached",
@@ -133,7 +139,9 @@ impl RejectReason {
 
     pub fn of(e: &Error) -> (Self, Option<Duration>) {
         match e {
-            Error::Overloaded { retry_after, .. } => (RejectReason::Overloaded, Some(*retry_after)),
+            Error::Overloaded { retry_after, .. } | Error::SessionLimit { retry_after, .. } => {
+                (RejectReason::Overloaded, Some(*retry_after))
+            }
             Error::ShuttingDown | Error::Storage(_) => (RejectReason::Unavailable, None),
             _ => (RejectReason::Invalid, None),
         }

@@ -64,6 +64,7 @@ pub struct Metrics {
     labels: Mutex<Labels>,
     worker_busy: prometheus::CounterVec,
     worker_stuck: IntGaugeVec,
+    kept_sessions: IntGauge,
     utilization: Mutex<Utilization>,
 }
 
@@ -135,6 +136,8 @@ pub struct ScrapeState {
     pub queue_capacity: usize,
     pub backpressure_active: bool,
     pub active_sessions: usize,
+    /// Sessions kept: attached, and released but resumable.
+    pub kept_sessions: usize,
     /// (space, per-priority depth)
     pub queue_depths: Vec<(SpaceId, [usize; 3])>,
     /// (space, vectors in the index, index bytes, oldest fresh age s, fresh bytes)
@@ -214,6 +217,13 @@ impl Metrics {
                     "Fraction of time the indexing worker was busy over the last 10 s (0-1), the same for every scraper."
                 ),
                 &["worker_id"]
+            ),
+            kept_sessions: make!(
+                IntGauge,
+                Opts::new(
+                    "engram_streaming_sessions_kept",
+                    "Sessions the server keeps: attached to a stream, or released and resumable until their resume window ends."
+                )
             ),
             worker_stuck: make!(
                 IntGaugeVec,
@@ -427,6 +437,7 @@ impl Metrics {
         self.backpressure_active
             .set(i64::from(s.backpressure_active));
         self.active_sessions.set(s.active_sessions as i64);
+        self.kept_sessions.set(s.kept_sessions as i64);
         // Every known space reads 0 when drained (not its last value, and
         // not missing: alerts and panels need the series).
         self.queue_depth.reset();
@@ -572,6 +583,7 @@ mod tests {
             queue_capacity: 100,
             backpressure_active: false,
             active_sessions: 1,
+            kept_sessions: 1,
             queue_depths: vec![(SpaceId::parse("x").unwrap(), [0, 3, 0])],
             spaces: vec![(SpaceId::parse("x").unwrap(), 10, 4096, 0.5, 300)],
             worker_busy_nanos: vec![0, 0],

@@ -373,7 +373,7 @@ impl Registry {
     /// # Errors
     /// [`Error::SessionNotFound`] for an unknown or expired session id;
     /// [`Error::InvalidArgument`] when resuming with another space;
-    /// [`Error::Overloaded`] at the session limit.
+    /// [`Error::SessionLimit`] at the session limit.
     pub(crate) async fn open(
         &self,
         host: Arc<dyn SessionHost>,
@@ -419,9 +419,8 @@ impl Registry {
             None => {
                 let mut sessions = registry.sessions.lock();
                 if sessions.len() >= registry.config.max_sessions {
-                    return Err(Error::Overloaded {
-                        depth: sessions.len(),
-                        capacity: registry.config.max_sessions,
+                    return Err(Error::SessionLimit {
+                        limit: registry.config.max_sessions,
                         retry_after: Duration::from_secs(1),
                     });
                 }

@@ -269,9 +269,11 @@ impl From<Error> for StreamError {
             Error::SpaceNotFound(_) | Error::MemoryNotFound { .. } | Error::SessionNotFound(_) => {
                 StreamErrorKind::NotFound
             }
-            Error::Overloaded { retry_after, .. } => StreamErrorKind::ResourceExhausted {
-                retry_after: Some(*retry_after),
-            },
+            Error::Overloaded { retry_after, .. } | Error::SessionLimit { retry_after, .. } => {
+                StreamErrorKind::ResourceExhausted {
+                    retry_after: Some(*retry_after),
+                }
+            }
             Error::LimitReached { .. } => StreamErrorKind::ResourceExhausted { retry_after: None },
             Error::ShuttingDown => StreamErrorKind::Unavailable,
             Error::Storage(_) => StreamErrorKind::Internal,
@@ -925,6 +927,23 @@ mod tests {
                 StreamErrorKind::ResourceExhausted {
                     retry_after: Some(Duration::from_millis(70)),
                 },
+            ),
+            (
+                Error::SessionLimit {
+                    limit: 5,
+                    retry_after: Duration::from_secs(1),
+                },
+                StreamErrorKind::ResourceExhausted {
+                    retry_after: Some(Duration::from_secs(1)),
+                },
+            ),
+            (
+                Error::LimitReached {
+                    what: "memory spaces",
+                    limit: 5,
+                    setting: "engine.max_spaces",
+                },
+                StreamErrorKind::ResourceExhausted { retry_after: None },
             ),
         ];
         for (e, kind) in cases {

@@ -328,3 +328,31 @@ async fn the_watchdog_reports_a_stuck_worker_and_its_recovery() {
     assert_eq!(stuck_gauge(&engine), 0.0);
     engine.shutdown();
 }
+
+/// The session limit is its own clear error (it read "overloaded: N
+/// observations are waiting to be indexed"), and lifts as released
+/// sessions expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_limit_is_a_clear_error_and_lifts_as_sessions_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.sessions.max_sessions = 2;
+    cfg.sessions.resume_window_secs = 1;
+    let engine = Engine::open(cfg).unwrap();
+    let (a, _) = engine.open_session("lim", None).await.unwrap();
+    let (_b, _) = engine.open_session("lim", None).await.unwrap();
+    let e = match engine.open_session("lim", None).await {
+        Err(e) => e,
+        Ok(_) => panic!("a third session opened past max_sessions = 2"),
+    };
+    assert_eq!(e.code(), "session_limit", "{e}");
+    assert!(e.to_string().contains("max_sessions"), "{e}");
+    drop(a); // released: resumable for 1 s, then expired
+    wait_for(
+        "a place after the resume window",
+        Duration::from_secs(10),
+        || engine.known_sessions() < 2,
+    );
+    engine.open_session("lim", None).await.unwrap();
+    engine.shutdown();
+}

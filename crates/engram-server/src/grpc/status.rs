@@ -11,7 +11,7 @@ pub fn status(e: Error) -> Status {
             Code::NotFound
         }
         Error::SpaceExists { .. } => Code::AlreadyExists,
-        Error::Overloaded { retry_after, .. } => {
+        Error::Overloaded { retry_after, .. } | Error::SessionLimit { retry_after, .. } => {
             // RetryInfo tells clients this is our admission control, not one
             // of gRPC's own resource limits.
             return Status::with_error_details(

@@ -55,12 +55,16 @@ impl From<Error> for ApiError {
                 StatusCode::NOT_FOUND
             }
             Error::SpaceExists { .. } => StatusCode::CONFLICT,
-            Error::Overloaded { .. } | Error::LimitReached { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::Overloaded { .. } | Error::SessionLimit { .. } | Error::LimitReached { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Error::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let retry_after_ms = match &e {
-            Error::Overloaded { retry_after, .. } => Some(retry_after.as_millis().max(1) as u64),
+            Error::Overloaded { retry_after, .. } | Error::SessionLimit { retry_after, .. } => {
+                Some(retry_after.as_millis().max(1) as u64)
+            }
             _ => None,
         };
         ApiError {
