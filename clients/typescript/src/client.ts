@@ -136,6 +136,8 @@ interface Handshake {
 const now = (): number => performance.now();
 
 let recallCounter = 0;
+/** The server's default `sessions.max_recalls_per_stream`, used until its `init_ack` says otherwise. */
+const DEFAULT_RECALLS_PER_STREAM = 16;
 
 /**
  * A client for engram's WebSocket stream `/v1/stream`.
@@ -171,6 +173,9 @@ export class EngramWebSocketClient {
   #started: Promise<void> | undefined;
   #sessionId = "";
   #capabilities: Capabilities | undefined;
+  /** Recalls holding one of the server's per-stream recall places. */
+  #recallsRunning = 0;
+  #recallSlotWaiters: Array<() => void> = [];
   #nextSeq = 1;
   #holdUntil: number | undefined;
   #flushTimer: ReturnType<typeof setTimeout> | undefined;
@@ -353,6 +358,9 @@ export class EngramWebSocketClient {
     if (opts?.includeEmbeddings) msg.include_embeddings = true;
     const p: PendingRecall = { msg, received: false, batches: [], done: false, error: undefined, wake: undefined };
     this.#checkUsable();
+    // The server runs at most max_recalls_per_stream recalls per stream and
+    // refuses one more: beyond it, recalls wait here for a place.
+    await this.#takeRecallSlot();
     this.#recalls.set(requestId, p);
     try {
       void this.connect().catch(() => {});
@@ -370,7 +378,27 @@ export class EngramWebSocketClient {
       }
     } finally {
       this.#recalls.delete(requestId);
+      this.#releaseRecallSlot();
     }
+  }
+
+  async #takeRecallSlot(): Promise<void> {
+    const limit = () => Math.max(1, this.#capabilities?.max_recalls_per_stream ?? DEFAULT_RECALLS_PER_STREAM);
+    while (this.#recallsRunning >= limit()) {
+      await new Promise<void>((r) => this.#recallSlotWaiters.push(r));
+      this.#checkUsable();
+    }
+    this.#recallsRunning += 1;
+  }
+
+  #releaseRecallSlot(): void {
+    this.#recallsRunning -= 1;
+    this.#recallSlotWaiters.shift()?.();
+  }
+
+  /** Wakes every recall waiting for a place (they re-check whether the client is still usable). */
+  #wakeRecallWaiters(): void {
+    for (const w of this.#recallSlotWaiters.splice(0)) w();
   }
 
   /** Asks the server to stop sending recall batches (observations still flow). Resolves with its `status` answer. */
@@ -977,6 +1005,7 @@ export class EngramWebSocketClient {
         p.wake?.();
       }
     }
+    this.#wakeRecallWaiters();
     this.#events.emit("closed", summary);
   }
 
@@ -1003,6 +1032,7 @@ export class EngramWebSocketClient {
         p.wake?.();
       }
     }
+    this.#wakeRecallWaiters();
     const waiters = this.#closing?.waiters ?? [];
     for (const w of waiters) w.reject(error);
     for (const w of this.#statusWaiters) w(undefined);

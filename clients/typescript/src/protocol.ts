@@ -116,6 +116,8 @@ export interface Capabilities {
   queue_capacity: number;
   dimension: number;
   max_message_size: number;
+  /** Recalls one stream may have running at once (the client queues beyond it). Absent from older servers. */
+  max_recalls_per_stream?: number;
 }
 
 export interface InitAckMessage {

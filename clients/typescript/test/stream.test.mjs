@@ -177,6 +177,25 @@ describe("engram-client against a real server", () => {
     assert.equal((await c.observe(episode(99))).status, "accepted");
   });
 
+  it("more recalls at once than the server's per-stream limit are queued by the client, not refused", async () => {
+    const space = newSpace("many-recalls");
+    await server.createSpace(space, DIM);
+    const c = client(space);
+    for await (const r of c.observeMany(Array.from({ length: 20 }, (_, i) => episode(i)))) {
+      assert.equal(r.status, "accepted");
+    }
+    assert.equal(c.capabilities?.max_recalls_per_stream, 16);
+    // 100 at once: the server runs at most 16 per stream and would refuse
+    // the 17th with resource_exhausted; the client holds the rest back.
+    const rs = await Promise.all(
+      Array.from({ length: 100 }, (_, i) => c.recall({ embedding: vector(DIM, 1 + (i % 20)), max_results: 3 }, { batchSize: 1 })),
+    );
+    assert.equal(rs.length, 100);
+    assert.ok(rs.every((r) => r.memories.length === 3 && r.batches === 3));
+    assert.equal((await c.observe(episode(99))).status, "accepted");
+    await c.close();
+  });
+
   it("a wrong-dimension observation is rejected as invalid and the session goes on", async () => {
     const space = newSpace("bad");
     await server.createSpace(space, DIM);

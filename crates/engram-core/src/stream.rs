@@ -120,6 +120,9 @@ pub struct Capabilities {
     pub queue_capacity: u64,
     pub dimension: u32,
     pub max_message_size: u64,
+    /// Recalls this stream may have running at once
+    /// (`sessions.max_recalls_per_stream`); one more is refused.
+    pub max_recalls_per_stream: u32,
 }
 
 /// The state a stream reports.
@@ -666,6 +669,12 @@ impl Driver {
                     queue_capacity: self.engine.queue_capacity() as u64,
                     dimension,
                     max_message_size: self.limits.max_message_bytes as u64,
+                    max_recalls_per_stream: self
+                        .engine
+                        .config()
+                        .sessions
+                        .max_recalls_per_stream
+                        .max(1) as u32,
                 },
             }))
             .await;

@@ -205,6 +205,7 @@ fn observe_response(m: Outbound) -> Option<pb::observe_response::Response> {
                 queue_capacity: a.capabilities.queue_capacity,
                 dimension: a.capabilities.dimension,
                 max_message_size: a.capabilities.max_message_size,
+                max_recalls_per_stream: a.capabilities.max_recalls_per_stream,
             }),
         }),
         Outbound::Ack(ack) => R::Ack(ack_message(ack)),

@@ -459,6 +459,7 @@ struct CapabilitiesJson {
     queue_capacity: u64,
     dimension: u32,
     max_message_size: u64,
+    max_recalls_per_stream: u32,
 }
 
 #[derive(Serialize)]
@@ -547,6 +548,7 @@ fn encode(m: &Outbound) -> String {
                 queue_capacity: a.capabilities.queue_capacity,
                 dimension: a.capabilities.dimension,
                 max_message_size: a.capabilities.max_message_size,
+                max_recalls_per_stream: a.capabilities.max_recalls_per_stream,
             },
         },
         Outbound::Ack(ack) => ServerMsg::Ack(ack_json(ack)),

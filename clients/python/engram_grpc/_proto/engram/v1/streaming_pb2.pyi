@@ -79,14 +79,16 @@ class ObserveResponse(_message.Message):
     def __init__(self, init_ack: _Optional[_Union[StreamInitAck, _Mapping]] = ..., ack: _Optional[_Union[ObservationAck, _Mapping]] = ..., status: _Optional[_Union[StreamStatus, _Mapping]] = ..., closed: _Optional[_Union[StreamClosed, _Mapping]] = ...) -> None: ...
 
 class StreamCapabilities(_message.Message):
-    __slots__ = ("queue_capacity", "dimension", "max_message_size")
+    __slots__ = ("queue_capacity", "dimension", "max_message_size", "max_recalls_per_stream")
     QUEUE_CAPACITY_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_RECALLS_PER_STREAM_FIELD_NUMBER: _ClassVar[int]
     queue_capacity: int
     dimension: int
     max_message_size: int
-    def __init__(self, queue_capacity: _Optional[int] = ..., dimension: _Optional[int] = ..., max_message_size: _Optional[int] = ...) -> None: ...
+    max_recalls_per_stream: int
+    def __init__(self, queue_capacity: _Optional[int] = ..., dimension: _Optional[int] = ..., max_message_size: _Optional[int] = ..., max_recalls_per_stream: _Optional[int] = ...) -> None: ...
 
 class StreamInitAck(_message.Message):
     __slots__ = ("session_id", "last_acked_sequence", "capabilities")
