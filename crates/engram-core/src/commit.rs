@@ -334,6 +334,12 @@ impl Committer {
             if !self.process(&mut batch) {
                 break;
             }
+            // Under sustained load the receive above never times out, so
+            // the interval sync must also run here: `interval` promises an
+            // fsync at least every `sync_interval`, whatever the load.
+            if self.last_sync.elapsed() >= self.sync_interval {
+                self.interval_sync();
+            }
         }
         if let Err(e) = self.wal.sync() {
             tracing::error!(error = %e, "final WAL sync failed");
