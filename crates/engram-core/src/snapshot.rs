@@ -219,8 +219,21 @@ pub fn load_latest(data_dir: &Path) -> Result<Option<Loaded>> {
                 bincode::deserialize_from(&mut r).map_err(|e| corrupt(format!("episode: {e}")))?;
             episodes.push(e);
         }
-        let index = Hnsw::read_from(&mut r)
+        let mut index = Hnsw::read_from(&mut r)
             .map_err(|e| corrupt(format!("index of '{}': {e}", header.id)))?;
+        // The index is written after the episodes were captured, so it can
+        // hold later sequences; their WAL records may not have survived (a
+        // power loss in `interval`/`none` mode). Those nodes are retired,
+        // so the sequences can be used again by new episodes.
+        let retired = index.retire_labels_above(header.last_seq);
+        if retired > 0 {
+            tracing::info!(
+                space = %header.id,
+                retired,
+                last_sequence = header.last_seq,
+                "index nodes above the snapshot's last sequence retired (their episodes come from the WAL, if it has them)"
+            );
+        }
         if index.dim() != header.dimension {
             return Err(corrupt(format!(
                 "index of '{}' has dimension {}, space has {}",

@@ -357,6 +357,38 @@ impl Hnsw {
         self.abandoned.lock().len()
     }
 
+    /// Retires every node whose label is above `max_label`: it keeps its
+    /// place in the graph (other nodes route through it) under a label no
+    /// episode can have (`u64::MAX - id`, above any sequence, so a search
+    /// filtered to sequences never returns it), and its old label is free.
+    /// Returns how many. For recovery only, before the index is shared: a
+    /// snapshot's index is written after its episodes were captured, so it
+    /// can hold sequences whose WAL records a power loss then took; a new
+    /// episode reusing such a sequence must not find it "already indexed"
+    /// (with the old vector under the new id).
+    pub fn retire_labels_above(&mut self, max_label: u64) -> usize {
+        let n = self.allocated.load(Ordering::Acquire) as u32;
+        let ids = self.label_ids.get_mut();
+        let abandoned = self.abandoned.get_mut();
+        let mut retired = 0;
+        for id in 0..n {
+            let label = self.store.label(id);
+            if label <= max_label || label == u64::MAX - u64::from(id) {
+                continue;
+            }
+            let dead = u64::MAX - u64::from(id);
+            // SAFETY: `&mut self`: the index is not shared.
+            unsafe { self.store.set_label(id, dead) };
+            ids.remove(&label);
+            ids.insert(dead, id);
+            if abandoned.remove(&label).is_some() {
+                abandoned.insert(dead, id);
+            }
+            retired += 1;
+        }
+        retired
+    }
+
     /// Labels whose insert panicked and has not been finished.
     pub fn abandoned_labels(&self) -> Vec<u64> {
         let mut v: Vec<u64> = self.abandoned.lock().keys().copied().collect();

@@ -264,6 +264,22 @@ impl NodeStore {
         u64::from_le_bytes(unsafe { self.code_row(id).cast::<[u8; 8]>().read() })
     }
 
+    /// Rewrites the node's label.
+    ///
+    /// # Safety
+    /// The index must not be shared yet (recovery, before any search or
+    /// insert can read the row).
+    pub(super) unsafe fn set_label(&self, id: u32, label: u64) {
+        // SAFETY: the caller guarantees no concurrent reader; the label is
+        // the row's first 8 bytes, inside the allocation.
+        unsafe {
+            self.code_row(id)
+                .cast_mut()
+                .cast::<[u8; 8]>()
+                .write(label.to_le_bytes())
+        }
+    }
+
     /// Hints the CPU to load the node's code row.
     #[inline(always)]
     pub(super) fn prefetch_code(&self, id: u32) {
