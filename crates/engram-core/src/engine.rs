@@ -734,19 +734,13 @@ impl Engine {
             return Ok(None);
         };
         let started = Instant::now();
-        let path = snapshot::write(&self.inner.config.data_dir, &capture)?;
+        let written = snapshot::write(&self.inner.config.data_dir, &capture)?;
         drop(capture);
         let (tx, rx) = oneshot::channel();
-        let before = {
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
-            name.trim_start_matches("snapshot-")
-                .trim_end_matches(".snap")
-                .parse()
-                .unwrap_or(0)
-        };
+        // Only WAL that the older kept snapshot covers goes: if the newest
+        // turns out unreadable, the previous one plus the WAL recover all.
+        let before = written.truncate_before;
+        let path = written.path;
         self.send(Command::TruncateWal {
             before,
             reply: crate::commit::to_channel(tx),
@@ -819,7 +813,11 @@ fn wait<T>(rx: oneshot::Receiver<Result<T>>) -> Result<T> {
     }
     let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
     let mut cx = Context::from_waker(&waker);
-    let mut rx = std::pin::pin!(rx);
+    // Unconstrained: called from inside a tokio task whose cooperative
+    // budget is spent, the receiver would answer Pending at once and wake
+    // itself, for ever, since this loop never yields to the runtime to
+    // refill the budget (a shutdown after a burst of awaits spun here).
+    let mut rx = std::pin::pin!(tokio::task::unconstrained(rx));
     loop {
         match rx.as_mut().poll(&mut cx) {
             Poll::Ready(r) => return r.map_err(|_| Error::ShuttingDown)?,

@@ -113,9 +113,37 @@ fn storage(context: &str, e: impl std::fmt::Display) -> Error {
 ///
 /// # Errors
 /// [`Error::Storage`] on any I/O failure; the previous snapshot stays valid.
-pub fn write(data_dir: &Path, capture: &Capture) -> Result<PathBuf> {
+/// A snapshot written by [`write`].
+#[derive(Debug)]
+pub struct Written {
+    pub path: PathBuf,
+    /// The snapshot covers the WAL below this.
+    pub next_lsn: Lsn,
+    /// WAL below this may be removed: the *older* of the two snapshots kept
+    /// covers it (1 while there is only one: then all of it is kept), so a
+    /// newest snapshot that turns out unreadable can fall back to the
+    /// previous one plus the WAL.
+    pub truncate_before: Lsn,
+}
+
+/// Snapshots kept: the newest and the one before it.
+pub const KEPT: usize = 2;
+
+/// Writes `capture` durably (temporary file, fsync, rename, fsync of the
+/// directory), reads it back to verify its checksum, then removes all but
+/// the two newest snapshots.
+///
+/// # Errors
+/// [`Error::Storage`]; a failed or unverifiable snapshot is removed and the
+/// WAL is left alone.
+pub fn write(data_dir: &Path, capture: &Capture) -> Result<Written> {
     let dir = snapshot_dir(data_dir);
-    fs::create_dir_all(&dir).map_err(|e| storage("creating the snapshot directory", e))?;
+    if !dir.is_dir() {
+        fs::create_dir_all(&dir).map_err(|e| storage("creating the snapshot directory", e))?;
+        // The new directory's entry must survive a power loss before any
+        // WAL is removed on the strength of what it holds.
+        sync_dir(data_dir).map_err(|e| storage("syncing the data directory", e))?;
+    }
     let final_path = dir.join(file_name(capture.next_lsn));
     let tmp_path = dir.join(format!("{}.tmp", file_name(capture.next_lsn)));
     let file = File::create(&tmp_path).map_err(|e| storage("creating the snapshot file", e))?;
@@ -150,25 +178,75 @@ pub fn write(data_dir: &Path, capture: &Capture) -> Result<PathBuf> {
         let _ = fs::remove_file(&tmp_path);
         return Err(storage("writing the snapshot", e));
     }
+    if let Err(e) = verify(&tmp_path) {
+        let _ = fs::remove_file(&tmp_path);
+        return Err(storage("verifying the snapshot just written", e));
+    }
     fs::rename(&tmp_path, &final_path)
         .map_err(|e| storage("renaming the snapshot into place", e))?;
-    File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| storage("syncing the snapshot directory", e))?;
-    for (lsn, path) in list(data_dir).map_err(|e| storage("listing snapshots", e))? {
-        if lsn < capture.next_lsn {
+    sync_dir(&dir).map_err(|e| storage("syncing the snapshot directory", e))?;
+    let all = list(data_dir).map_err(|e| storage("listing snapshots", e))?;
+    let kept: Vec<Lsn> = all.iter().rev().take(KEPT).map(|(lsn, _)| *lsn).collect();
+    for (lsn, path) in &all {
+        if !kept.contains(lsn) {
             let _ = fs::remove_file(path);
         }
     }
-    Ok(final_path)
+    let truncate_before = if kept.len() >= KEPT {
+        kept[KEPT - 1]
+    } else {
+        1
+    };
+    Ok(Written {
+        path: final_path,
+        next_lsn: capture.next_lsn,
+        truncate_before,
+    })
 }
 
-/// Loads the newest snapshot, if any. Leftover temporary files from a crash
-/// mid-write are removed.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Reads a snapshot file through and checks its trailing checksum.
+fn verify(path: &Path) -> io::Result<()> {
+    let mut f = BufReader::with_capacity(1 << 20, File::open(path)?);
+    let len = f.get_ref().metadata()?.len();
+    if len < 4 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "shorter than its checksum",
+        ));
+    }
+    let mut hasher = crc32fast::Hasher::new();
+    let mut left = len - 4;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let n = (buf.len() as u64).min(left) as usize;
+        f.read_exact(&mut buf[..n])?;
+        hasher.update(&buf[..n]);
+        left -= n as u64;
+    }
+    let mut stored = [0u8; 4];
+    f.read_exact(&mut stored)?;
+    if u32::from_le_bytes(stored) != hasher.finalize() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "checksum mismatch",
+        ));
+    }
+    Ok(())
+}
+
+/// Loads the newest snapshot that reads back whole. One that does not
+/// (corrupt, truncated) is renamed `*.corrupt`, kept for inspection, and
+/// the one before it is used: the WAL is kept from the older of the two
+/// snapshots on, so that one plus the WAL recovers everything. With none
+/// readable, recovery replays the WAL from its start (and fails with a
+/// clear gap error if that start was removed).
 ///
 /// # Errors
-/// [`Error::Storage`] when the newest snapshot is unreadable or corrupt:
-/// starting without it would silently lose acked data.
+/// [`Error::Storage`] when the snapshot directory cannot be listed.
 pub fn load_latest(data_dir: &Path) -> Result<Option<Loaded>> {
     let dir = snapshot_dir(data_dir);
     if let Ok(entries) = fs::read_dir(&dir) {
@@ -178,12 +256,28 @@ pub fn load_latest(data_dir: &Path) -> Result<Option<Loaded>> {
             }
         }
     }
-    let Some((_, path)) = list(data_dir)
-        .map_err(|e| storage("listing snapshots", e))?
-        .pop()
-    else {
-        return Ok(None);
-    };
+    let all = list(data_dir).map_err(|e| storage("listing snapshots", e))?;
+    for (_, path) in all.into_iter().rev() {
+        match load(&path) {
+            Ok(loaded) => return Ok(Some(loaded)),
+            Err(e) => {
+                let aside = path.with_extension("snap.corrupt");
+                tracing::error!(
+                    snapshot = %path.display(),
+                    error = %e,
+                    moved_to = %aside.display(),
+                    "snapshot unreadable; falling back to the previous one and the WAL"
+                );
+                let _ = fs::rename(&path, &aside);
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Reads one snapshot file whole.
+fn load(path: &Path) -> Result<Loaded> {
+    let path = path.to_path_buf();
     let file = File::open(&path).map_err(|e| storage("opening the snapshot", e))?;
     let mut r = Crc {
         inner: BufReader::with_capacity(1 << 20, file),
@@ -253,9 +347,9 @@ pub fn load_latest(data_dir: &Path) -> Result<Option<Loaded>> {
     if u32::from_le_bytes(buf4) != expected {
         return Err(corrupt("checksum mismatch".into()));
     }
-    Ok(Some(Loaded {
+    Ok(Loaded {
         next_lsn,
         spaces,
         path,
-    }))
+    })
 }

@@ -208,29 +208,56 @@ async fn snapshot_truncates_the_wal_and_recovery_replays_the_tail() {
     cfg.wal.segment_bytes = 16 * 1024;
     {
         let engine = Engine::open(cfg.clone()).unwrap();
-        for (i, v) in vecs[..300].iter().enumerate() {
+        let wal_files = || std::fs::read_dir(dir.path().join("wal")).unwrap().count();
+        let snapshots = || std::fs::read_dir(dir.path().join("snapshots")).map_or(0, |d| d.count());
+        let snapshot = |engine: &Engine| {
+            let e2 = engine.clone();
+            async move {
+                tokio::task::spawn_blocking(move || e2.snapshot())
+                    .await
+                    .unwrap()
+                    .unwrap()
+            }
+        };
+        for (i, v) in vecs[..150].iter().enumerate() {
             engine
                 .remember("s", episode(&format!("a{i}"), v.clone()))
                 .await
                 .unwrap();
         }
+        // The first snapshot removes no WAL: if it were unreadable, the
+        // whole WAL is what recovery would need.
+        let before = wal_files();
+        assert!(snapshot(&engine).await.is_some());
+        assert_eq!(wal_files(), before + 1, "only a rotation, no truncation");
+        for (i, v) in vecs[150..300].iter().enumerate() {
+            engine
+                .remember("s", episode(&format!("a{}", i + 150), v.clone()))
+                .await
+                .unwrap();
+        }
         wait_indexed(&engine);
         engine.forget("s", "a7").await.unwrap();
-        let wal_files = || std::fs::read_dir(dir.path().join("wal")).unwrap().count();
         let before = wal_files();
         assert!(
             before > 2,
             "tiny segments should have rotated, have {before}"
         );
-        let e2 = engine.clone();
-        let path = tokio::task::spawn_blocking(move || e2.snapshot())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(path.is_some());
+        // The second removes the WAL the first covers, and both are kept.
+        assert!(snapshot(&engine).await.is_some());
         assert!(wal_files() < before, "snapshot did not truncate the WAL");
+        assert_eq!(snapshots(), 2);
+        for (i, v) in vecs[300..310].iter().enumerate() {
+            engine
+                .remember("s", episode(&format!("x{i}"), v.clone()))
+                .await
+                .unwrap();
+        }
+        // A third: still the two newest.
+        assert!(snapshot(&engine).await.is_some());
+        assert_eq!(snapshots(), 2);
         engine.pause_indexing();
-        for (i, v) in vecs[300..].iter().enumerate() {
+        for (i, v) in vecs[310..].iter().enumerate() {
             engine
                 .remember("s", episode(&format!("b{i}"), v.clone()))
                 .await
@@ -241,16 +268,18 @@ async fn snapshot_truncates_the_wal_and_recovery_replays_the_tail() {
     let engine = Engine::open(cfg).unwrap();
     let report = engine.recovery_report().clone();
     assert!(report.snapshot.is_some());
-    assert_eq!(report.snapshot_episodes, 299);
-    assert_eq!(report.wal_records, 201);
+    assert_eq!(report.snapshot_episodes, 309);
+    assert_eq!(report.wal_records, 191);
     let info = engine.describe_space("s").unwrap();
     assert_eq!((info.count, info.last_sequence), (498, 500));
     wait_indexed(&engine);
     for (i, v) in vecs.iter().enumerate() {
         let id = if i < 300 {
             format!("a{i}")
+        } else if i < 310 {
+            format!("x{}", i - 300)
         } else {
-            format!("b{}", i - 300)
+            format!("b{}", i - 310)
         };
         let top = engine.recall("s", cue(v, 1)).unwrap().memories.remove(0);
         if id == "a7" || id == "b3" {
@@ -652,6 +681,8 @@ async fn interval_sync_runs_under_continuous_writes() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config_with(dir.path(), SyncPolicy::Interval);
     cfg.wal.sync_interval_ms = 20;
+    // A second of writes outruns indexing: room for all of it.
+    cfg.queue.capacity = 1_000_000;
     let engine = Engine::open(cfg).unwrap();
     let syncs = |e: &Engine| {
         sample(
@@ -688,5 +719,41 @@ async fn interval_sync_runs_under_continuous_writes() {
         synced >= 10.0,
         "only {synced} syncs in {took:.2} s of writes"
     );
+    engine.shutdown();
+}
+
+/// A snapshot (and so a shutdown) requested from inside a tokio task whose
+/// cooperative budget is spent used to spin for ever: the blocking wait for
+/// the commit thread polled its receiver, which answered Pending and woke
+/// itself at once, and the loop never yielded to refill the budget. Found
+/// when a test shut down right after awaiting thousands of acks.
+#[test]
+fn a_snapshot_from_a_task_whose_budget_is_spent_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let e = engine.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            e.remember("b", episode("x", vec![1.0, 0.0])).await.unwrap();
+            // Spend the task's budget without yielding: ready receivers
+            // polled once each.
+            for _ in 0..1000 {
+                let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                tx.send(()).unwrap();
+                let _ = futures::FutureExt::now_or_never(rx);
+            }
+            let r = e.snapshot();
+            done_tx.send(r.map(|p| p.is_some())).unwrap();
+        });
+    });
+    let r = done_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("snapshot() never returned inside a task with a spent budget");
+    assert!(r.unwrap(), "a snapshot was written");
     engine.shutdown();
 }

@@ -99,3 +99,60 @@ async fn a_snapshot_index_ahead_of_its_episodes_does_not_hide_new_ones() {
     }
     engine.shutdown();
 }
+
+/// Defect 3: one snapshot was kept, so one unreadable file meant a server
+/// that would not start. Now the two newest are kept and the WAL from the
+/// older one on: with the newest corrupted on disk, recovery sets it aside
+/// and rebuilds everything from the previous one plus the WAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_newest_snapshot_falls_back_to_the_previous_one_and_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.wal.segment_bytes = 16 * 1024;
+    let vecs = random_vectors(250, 8, 91);
+    {
+        let engine = Engine::open(cfg.clone()).unwrap();
+        for (i, v) in vecs.iter().enumerate() {
+            engine
+                .remember("s", episode(&format!("e{i}"), v.clone()))
+                .await
+                .unwrap();
+            if i == 99 || i == 199 {
+                let e = engine.clone();
+                tokio::task::spawn_blocking(move || e.snapshot().unwrap())
+                    .await
+                    .unwrap();
+            }
+        }
+        // Shutdown writes the third; the two newest stay.
+        engine.shutdown();
+    }
+    let snaps = dir.path().join("snapshots");
+    let mut files: Vec<_> = std::fs::read_dir(&snaps)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?}");
+    // Flip a byte in the middle of the newest.
+    let newest = files[1].clone();
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&newest, bytes).unwrap();
+
+    let engine = Engine::open(cfg).unwrap();
+    let report = engine.recovery_report().clone();
+    assert_eq!(report.snapshot.as_deref(), Some(files[0].as_path()));
+    assert!(report.wal_records > 0);
+    assert_eq!(engine.describe_space("s").unwrap().count, 250);
+    wait_indexed(&engine);
+    engine.check_integrity("s").unwrap();
+    for (i, v) in vecs.iter().enumerate() {
+        let top = &engine.recall("s", cue(v, 1)).unwrap().memories[0];
+        assert_eq!(top.episode.id, format!("e{i}"));
+    }
+    // The unreadable one is kept aside for inspection, not used again.
+    assert!(newest.with_extension("snap.corrupt").exists());
+    engine.shutdown();
+}
