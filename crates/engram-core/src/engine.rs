@@ -83,6 +83,9 @@ struct Inner {
     snapshot_lock: Mutex<()>,
     snapshotter: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
     recovery: RecoveryReport,
+    /// Set once, with the cause, when the engine can no longer work (the
+    /// commit thread died): it fails stop (see [`Engine::fatal`]).
+    fatal: Arc<tokio::sync::watch::Sender<Option<String>>>,
 }
 
 impl Drop for Inner {
@@ -184,9 +187,30 @@ impl Engine {
         report.to_index = queue.depth();
 
         let (commit_tx, commit_rx) = crossbeam_channel::bounded(config.commit_queue.max(1));
+        let fatal = Arc::new(tokio::sync::watch::channel(None).0);
+        let commit_fatal = fatal.clone();
         let commit_thread = std::thread::Builder::new()
             .name("engram-commit".into())
-            .spawn(move || committer.run(commit_rx))
+            .spawn(move || {
+                // The one thread every write goes through: if it dies, no
+                // write can be answered again. It is not restarted (its
+                // state, mid-batch, is unknown); the engine fails stop and
+                // the server exits naming the cause, so a supervisor
+                // restarts it and recovery replays the WAL.
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    committer.run(commit_rx)
+                }));
+                if let Err(panic) = run {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "non-string panic".into());
+                    let cause = format!("the commit thread panicked: {what}");
+                    tracing::error!(%cause, "fatal: the engine can no longer accept writes");
+                    commit_fatal.send_replace(Some(cause));
+                }
+            })
             .map_err(|e| Error::Storage(format!("starting the commit thread: {e}")))?;
         report.took = started.elapsed();
 
@@ -206,6 +230,7 @@ impl Engine {
                 snapshot_lock: Mutex::new(()),
                 snapshotter: Mutex::new(None),
                 recovery: report,
+                fatal,
             }),
         };
         engine.start_snapshotter();
@@ -290,7 +315,12 @@ impl Engine {
                     retry_after: COMMIT_QUEUE_RETRY,
                 })
             }
-            Err(TrySendError::Disconnected(_)) => Err(Error::ShuttingDown),
+            Err(TrySendError::Disconnected(_)) => Err(match self.fatal() {
+                Some(cause) => Error::Storage(format!(
+                    "{cause}; the engine stopped, restart the server (acknowledged writes are in the WAL)"
+                )),
+                None => Error::ShuttingDown,
+            }),
         }
     }
 
@@ -748,6 +778,17 @@ impl Engine {
         let removed = wait(rx)?;
         tracing::info!(path = %path.display(), took_ms = started.elapsed().as_millis() as u64, wal_segments_removed = removed, "snapshot written");
         Ok(Some(path))
+    }
+
+    /// The cause, once the engine can no longer work (its commit thread
+    /// died): every write fails with it, and the server stops.
+    pub fn fatal(&self) -> Option<String> {
+        self.inner.fatal.borrow().clone()
+    }
+
+    /// Changes when the engine turns fatal (see [`Engine::fatal`]).
+    pub fn fatal_watch(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.inner.fatal.subscribe()
     }
 
     /// Whether [`Engine::shutdown`] has begun.

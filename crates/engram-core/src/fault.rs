@@ -20,6 +20,8 @@ pub struct Faults {
     accept_delay_us: AtomicU64,
     /// Panics the session keeper at its next sweep this many times.
     kill_keeper: AtomicU64,
+    /// Panics the commit thread before its next commit.
+    kill_commit: std::sync::atomic::AtomicBool,
     /// Serialises arming so a test can count what it armed.
     armed: Mutex<u64>,
 }
@@ -95,7 +97,16 @@ impl Faults {
         }
     }
 
+    /// The commit thread panics before its next commit (a fatal failure:
+    /// the engine fails stop).
+    pub fn kill_commit_thread(&self) {
+        self.kill_commit.store(true, Ordering::Release);
+    }
+
     pub(crate) fn before_commit(&self) {
+        if self.kill_commit.swap(false, Ordering::AcqRel) {
+            panic!("injected fault: commit thread killed");
+        }
         let us = self.accept_delay_us.load(Ordering::Acquire);
         if us > 0 {
             std::thread::sleep(Duration::from_micros(us));

@@ -156,3 +156,60 @@ async fn an_unreadable_newest_snapshot_falls_back_to_the_previous_one_and_the_wa
     assert!(newest.with_extension("snap.corrupt").exists());
     engine.shutdown();
 }
+
+/// Defect 6: a panic on the commit thread was not caught: every write then
+/// answered "shutting down" while readiness stayed 200. Now the engine
+/// turns fatal with the cause, writes fail with it, and what was acked
+/// before is recovered by the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_commit_thread_makes_the_engine_fail_stop_and_recovery_keeps_what_was_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = engram_core::EngineConfig {
+        fault_injection: true,
+        ..config(dir.path())
+    };
+    let vecs = random_vectors(21, 8, 92);
+    {
+        let engine = Engine::open(cfg.clone()).unwrap();
+        for (i, v) in vecs[..20].iter().enumerate() {
+            engine
+                .remember("f", episode(&format!("e{i}"), v.clone()))
+                .await
+                .unwrap();
+        }
+        assert!(engine.fatal().is_none());
+        engine.faults().unwrap().kill_commit_thread();
+        // The write that meets the panic has no known outcome...
+        assert!(engine
+            .remember("f", episode("doomed", vecs[20].clone()))
+            .await
+            .is_err());
+        let mut fatal = engine.fatal_watch();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            fatal.wait_for(Option::is_some),
+        )
+        .await
+        .expect("the engine never turned fatal")
+        .unwrap();
+        let cause = engine.fatal().unwrap();
+        assert!(cause.contains("commit thread panicked"), "{cause}");
+        // ...and every later one fails with the cause, not "shutting down".
+        let e = engine
+            .remember("f", episode("later", vecs[20].clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), "storage_failure", "{e}");
+        assert!(e.to_string().contains("commit thread panicked"), "{e}");
+        engine.shutdown();
+    }
+    let engine = Engine::open(cfg).unwrap();
+    assert!(engine.fatal().is_none());
+    let info = engine.describe_space("f").unwrap();
+    assert!(info.count == 20 || info.count == 21, "{info:?}");
+    for (i, v) in vecs[..20].iter().enumerate() {
+        let top = &engine.recall("f", cue(v, 1)).unwrap().memories[0];
+        assert_eq!(top.episode.id, format!("e{i}"));
+    }
+    engine.shutdown();
+}

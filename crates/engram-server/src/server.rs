@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use engram_core::Engine;
@@ -32,6 +33,10 @@ pub enum ServeError {
     Recovery(#[from] engram_core::Error),
     #[error("the {0} listener failed: {1}")]
     Listener(&'static str, std::io::Error),
+    /// The engine failed and stopped (e.g. its commit thread died); the
+    /// process exits non-zero so a supervisor restarts it.
+    #[error("fatal: {0}")]
+    Fatal(String),
 }
 
 /// Runs the server until `shutdown` resolves, then shuts down in order.
@@ -107,11 +112,18 @@ pub async fn serve(
             })
             .await
     });
+    // Set when the engine turns fatal: the server stops as on a signal,
+    // then exits with the cause.
+    let fatal_stop = Arc::new(tokio::sync::Notify::new());
     let signal_task = tokio::spawn({
         let state = state.clone();
         let health = health.clone();
+        let fatal_stop = fatal_stop.clone();
         async move {
-            shutdown.await;
+            tokio::select! {
+                _ = shutdown => {}
+                _ = fatal_stop.notified() => {}
+            }
             tracing::info!("shutdown requested: no longer ready, finishing in-flight requests");
             state.set_phase(Phase::ShuttingDown);
             grpc::set_serving(&health, false).await;
@@ -140,6 +152,15 @@ pub async fn serve(
         "recovery finished"
     );
     state.set_engine(engine.clone());
+    tokio::spawn({
+        let mut fatal = engine.fatal_watch();
+        let fatal_stop = fatal_stop.clone();
+        async move {
+            if fatal.wait_for(Option::is_some).await.is_ok() {
+                fatal_stop.notify_one();
+            }
+        }
+    });
     if state.phase() == Phase::Recovering {
         state.set_phase(Phase::Ready);
         grpc::set_serving(&health, true).await;
@@ -171,9 +192,14 @@ pub async fn serve(
             "in-flight requests outlived the grace period"
         );
     }
+    let fatal = engine.fatal();
     tokio::task::spawn_blocking(move || engine.shutdown())
         .await
         .ok();
+    if let Some(cause) = fatal {
+        tracing::error!(%cause, "stopped after a fatal engine failure");
+        return Err(ServeError::Fatal(cause));
+    }
     tracing::info!("shutdown complete");
     Ok(())
 }

@@ -222,3 +222,58 @@ async fn the_space_limit_is_a_clear_error() {
     .await;
     assert_eq!(status, 201);
 }
+
+/// Issue 10, defect 6: a dead commit thread left a server that answered
+/// every write "shutting down" while `/health/ready` stayed 200. It now
+/// fails stop: writes fail naming the cause, and the process exits non-zero
+/// with the cause in its log, for a supervisor to restart; the restart
+/// recovers everything acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_commit_thread_stops_the_server_with_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(dir.path(), &["--fault-injection"]);
+    server.wait_ready().await;
+    let client = reqwest::Client::new();
+    for i in 0..10 {
+        let (status, _) = call(
+            &client,
+            reqwest::Method::POST,
+            &server.url("/v1/spaces/fatal/memories"),
+            Some(episode(&format!("e{i}"), &[1.0, i as f32])),
+        )
+        .await;
+        assert_eq!(status, 201);
+    }
+    let (status, _) = call(
+        &client,
+        reqwest::Method::POST,
+        &server.url("/v1/admin/faults"),
+        Some(json!({"kill_commit": true})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // This write meets the panic: no ack.
+    let r = client
+        .post(server.url("/v1/spaces/fatal/memories"))
+        .json(&episode("doomed", &[0.5, 0.5]))
+        .send()
+        .await;
+    assert!(r.map_or(true, |r| r.status() != 201));
+    let status = server.wait_exit(Duration::from_secs(30));
+    assert!(!status.success(), "exited with {status}");
+    let log = server.log_text();
+    assert!(log.contains("commit thread panicked"), "{log}");
+    assert!(log.contains("fatal"), "{log}");
+    drop(server);
+    // A restart on the same data recovers what was acked.
+    let server = ServerProcess::start(dir.path(), &[]);
+    server.wait_ready().await;
+    let (_, info) = call(
+        &client,
+        reqwest::Method::GET,
+        &server.url("/v1/spaces/fatal"),
+        None,
+    )
+    .await;
+    assert!(info["count"].as_u64().unwrap() >= 10, "{info}");
+}

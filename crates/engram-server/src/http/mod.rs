@@ -120,6 +120,13 @@ async fn live() -> impl IntoResponse {
 
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     match state.phase() {
+        Phase::Ready | Phase::ShuttingDown if state.engine().is_ok_and(|e| e.fatal().is_some()) => {
+            let cause = state.engine().ok().and_then(|e| e.fatal());
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "failed", "cause": cause})),
+            )
+        }
         Phase::Ready => {
             // A worker the watchdog reports stuck is named in the detail;
             // with every worker stuck nothing is being indexed, and the
@@ -214,6 +221,10 @@ struct FaultsJson {
     /// Every insert of this memory panics (a poison task) until a restart.
     #[serde(default)]
     poison: Option<PoisonJson>,
+    /// The commit thread panics before its next commit: the engine fails
+    /// stop and the server exits non-zero.
+    #[serde(default)]
+    kill_commit: bool,
 }
 
 #[derive(serde::Deserialize)]
@@ -260,6 +271,9 @@ async fn admin_faults(
     }
     if let Some(p) = &body.poison {
         engine.inject_poison(&p.space, &p.memory_id)?;
+    }
+    if body.kill_commit {
+        faults.kill_commit_thread();
     }
     Ok(Json(json!({
         "kills_armed": faults.kills_armed(),

@@ -138,6 +138,22 @@ impl ServerProcess {
         self.child.wait().expect("reaping the killed server");
     }
 
+    /// Waits for the server to exit on its own within `deadline`.
+    pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let until = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for the server") {
+                return status;
+            }
+            assert!(
+                Instant::now() < until,
+                "server did not exit within {deadline:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::park_timeout(Duration::from_millis(10));
+        }
+    }
+
     /// SIGTERM, then waits for the exit within `deadline`.
     pub fn terminate(&mut self, deadline: Duration) -> ExitStatus {
         // SAFETY: kill(2) with a pid we own and a valid signal number.
