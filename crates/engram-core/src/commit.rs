@@ -269,6 +269,15 @@ impl Committer {
     /// Syncs the WAL, timing it for the metrics.
     fn timed_sync(&mut self) -> crate::wal::Result<()> {
         let started = Instant::now();
+        if let Some(f) = &self.faults {
+            if f.take_sync_failure() {
+                return Err(crate::wal::WalError::Io {
+                    action: "sync segment (injected fault)",
+                    path: std::path::PathBuf::from("wal"),
+                    source: std::io::Error::other("injected fsync failure"),
+                });
+            }
+        }
         let r = self.wal.sync();
         if let Some(m) = &self.metrics {
             m.wal_sync().observe(started.elapsed().as_secs_f64());
@@ -616,6 +625,10 @@ impl Committer {
         if let Some(f) = &self.faults {
             f.before_commit();
         }
+        // Whether this batch's own records reached the WAL before it
+        // failed: then their outcome is unknown (they may be on disk and
+        // replayed at the next start), not "rejected".
+        let mut written_then_failed = false;
         if self.dirty_since_sync && self.failed.is_none() {
             let res = match self.policy {
                 SyncPolicy::Always => self.timed_sync().map(|_| {
@@ -628,13 +641,27 @@ impl Committer {
             };
             if let Err(e) = res {
                 self.fail_wal(e.to_string());
+                written_then_failed = true;
             }
         }
         if self.failed.is_some() {
             // Nothing of this batch is known durable: answer every write
-            // with the failure and apply nothing.
+            // with the failure and apply nothing. A write whose record was
+            // appended before the sync failed may still be on disk: its
+            // outcome is unknown, and the answer says so (resend it with the
+            // same id after the restart; it is answered `duplicate` if it
+            // was stored).
             for p in prepared.drain(..) {
-                let err = self.storage_error();
+                let err = if written_then_failed {
+                    Error::Storage(format!(
+                        "the write-ahead log sync failed ({}); this write's outcome is unknown: it may be stored. \
+                         No writes are accepted until the server is restarted; then resend it with the same id \
+                         (answered duplicate if it was stored)",
+                        self.failed.as_deref().unwrap_or("unknown error")
+                    ))
+                } else {
+                    self.storage_error()
+                };
                 match p {
                     Prepared::Observe {
                         space,

@@ -22,6 +22,8 @@ pub struct Faults {
     kill_keeper: AtomicU64,
     /// Panics the commit thread before its next commit.
     kill_commit: std::sync::atomic::AtomicBool,
+    /// The next WAL sync fails (after the batch's records were written).
+    fail_sync: std::sync::atomic::AtomicBool,
     /// Serialises arming so a test can count what it armed.
     armed: Mutex<u64>,
 }
@@ -101,6 +103,15 @@ impl Faults {
     /// the engine fails stop).
     pub fn kill_commit_thread(&self) {
         self.kill_commit.store(true, Ordering::Release);
+    }
+
+    /// The next WAL fsync fails, after its batch's records were written.
+    pub fn fail_next_sync(&self) {
+        self.fail_sync.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn take_sync_failure(&self) -> bool {
+        self.fail_sync.swap(false, Ordering::AcqRel)
     }
 
     pub(crate) fn before_commit(&self) {

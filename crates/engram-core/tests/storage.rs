@@ -213,3 +213,61 @@ async fn a_dead_commit_thread_makes_the_engine_fail_stop_and_recovery_keeps_what
     }
     engine.shutdown();
 }
+
+/// Defect 5: a batch whose fsync failed was answered "storage error" as if
+/// rejected, though its records were written and come back at the next
+/// start. The answer now says the outcome is unknown and to resend with the
+/// same id after a restart; doing so stores it exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sync_answers_unknown_and_a_resend_with_the_same_id_stores_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = engram_core::EngineConfig {
+        fault_injection: true,
+        ..config(dir.path())
+    };
+    cfg.wal.sync = engram_core::wal::SyncPolicy::Always;
+    let v = random_vectors(3, 8, 93);
+    {
+        let engine = Engine::open(cfg.clone()).unwrap();
+        engine
+            .remember("u", episode("before", v[0].clone()))
+            .await
+            .unwrap();
+        engine.faults().unwrap().fail_next_sync();
+        let e = engine
+            .remember("u", episode("unknown", v[1].clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), "storage_failure");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("outcome is unknown") && msg.contains("same id"),
+            "{msg}"
+        );
+        // Later writes are refused (not written at all), and say so.
+        let e = engine
+            .remember("u", episode("after", v[2].clone()))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("no writes are accepted"), "{e}");
+        engine.shutdown();
+    }
+    // After the restart, the client resends what it was not sure of.
+    let engine = Engine::open(cfg).unwrap();
+    let again = engine
+        .remember("u", episode("unknown", v[1].clone()))
+        .await
+        .unwrap();
+    // The record had reached the file: it was stored, so this is a duplicate.
+    assert!(again.duplicate, "{again:?}");
+    let after = engine
+        .remember("u", episode("after", v[2].clone()))
+        .await
+        .unwrap();
+    assert!(
+        !after.duplicate,
+        "a refused write must not have been stored"
+    );
+    assert_eq!(engine.describe_space("u").unwrap().count, 3);
+    engine.shutdown();
+}
