@@ -119,18 +119,6 @@ impl Engine {
         let metrics = config
             .metrics
             .then(|| Arc::new(Metrics::new(config.metrics_max_spaces)));
-        let indexer = Arc::new(Indexer::start(
-            crate::indexer::PoolConfig {
-                workers,
-                min_batch: config.min_batch,
-                max_batch: config.max_batch,
-                max_task_failures: config.max_task_failures,
-                stuck_after: Duration::from_secs(config.worker_stuck_after_secs),
-            },
-            queue.clone(),
-            faults.clone(),
-            metrics.clone(),
-        ));
         let spaces: Arc<SpaceMap> = Arc::default();
         let mut report = RecoveryReport::default();
 
@@ -186,6 +174,21 @@ impl Engine {
         report.spaces = spaces.read().len();
         report.to_index = queue.depth();
 
+        // Threads start only after a successful load: a failed recovery
+        // returns above and leaves nothing running (workers started first
+        // kept polling for ever after a failed open).
+        let indexer = Arc::new(Indexer::start(
+            crate::indexer::PoolConfig {
+                workers,
+                min_batch: config.min_batch,
+                max_batch: config.max_batch,
+                max_task_failures: config.max_task_failures,
+                stuck_after: Duration::from_secs(config.worker_stuck_after_secs),
+            },
+            queue.clone(),
+            faults.clone(),
+            metrics.clone(),
+        ));
         let (commit_tx, commit_rx) = crossbeam_channel::bounded(config.commit_queue.max(1));
         let fatal = Arc::new(tokio::sync::watch::channel(None).0);
         let commit_fatal = fatal.clone();
