@@ -103,25 +103,38 @@ pub struct SpaceCapture {
 pub(crate) type SpaceMap = parking_lot::RwLock<HashMap<SpaceId, Arc<Space>>>;
 
 /// State owned by the commit thread (and, before it starts, by recovery).
-pub(crate) struct Committer {
-    pub wal: Wal,
+/// How the commit thread works (from [`crate::EngineConfig`]).
+pub(crate) struct CommitSettings {
     pub policy: SyncPolicy,
     pub sync_interval: Duration,
     pub max_batch: usize,
     pub params: HnswParams,
-    /// The commit thread's view of the spaces: includes changes prepared in
-    /// the current batch that readers cannot see yet.
-    pub spaces: HashMap<SpaceId, Arc<Space>>,
-    pub published: Arc<SpaceMap>,
-    pub queue: Arc<Queue>,
-    pub faults: Option<Arc<Faults>>,
-    pub metrics: Option<Arc<Metrics>>,
     /// See [`crate::EngineConfig::max_spaces`].
     pub max_spaces: usize,
+    pub faults: Option<Arc<Faults>>,
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+/// State owned by the commit thread (and, before it starts, by recovery,
+/// which is the only code that builds one: see `recovery.rs`).
+pub(crate) struct Committer {
+    wal: Wal,
+    policy: SyncPolicy,
+    sync_interval: Duration,
+    max_batch: usize,
+    params: HnswParams,
+    /// The commit thread's view of the spaces: includes changes prepared in
+    /// the current batch that readers cannot see yet.
+    spaces: HashMap<SpaceId, Arc<Space>>,
+    published: Arc<SpaceMap>,
+    queue: Arc<Queue>,
+    faults: Option<Arc<Faults>>,
+    metrics: Option<Arc<Metrics>>,
+    max_spaces: usize,
     /// LSN at which the last snapshot was cut (nothing new since → skip).
-    pub last_capture_lsn: Lsn,
+    last_capture_lsn: Lsn,
     /// Set after a failed WAL write or sync: no further writes are taken.
-    pub failed: Option<String>,
+    failed: Option<String>,
     dirty_since_sync: bool,
     last_sync: Instant,
     /// Reused buffer of a batch's answers.
@@ -182,14 +195,19 @@ impl Committer {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         wal: Wal,
-        policy: SyncPolicy,
-        sync_interval: Duration,
-        max_batch: usize,
-        params: HnswParams,
+        settings: CommitSettings,
         published: Arc<SpaceMap>,
         queue: Arc<Queue>,
-        faults: Option<Arc<Faults>>,
     ) -> Self {
+        let CommitSettings {
+            policy,
+            sync_interval,
+            max_batch,
+            params,
+            max_spaces,
+            faults,
+            metrics,
+        } = settings;
         let last_capture_lsn = wal.next_lsn();
         Committer {
             wal,
@@ -201,8 +219,8 @@ impl Committer {
             published,
             queue,
             faults,
-            metrics: None,
-            max_spaces: usize::MAX,
+            metrics,
+            max_spaces,
             last_capture_lsn,
             failed: None,
             dirty_since_sync: false,
@@ -283,6 +301,12 @@ impl Committer {
             m.wal_sync().observe(started.elapsed().as_secs_f64());
         }
         r
+    }
+
+    /// The LSN the last snapshot was cut at (end of recovery: the loaded
+    /// snapshot's, so replayed records make the next snapshot run).
+    pub fn set_last_capture(&mut self, lsn: Lsn) {
+        self.last_capture_lsn = lsn;
     }
 
     /// Makes the commit thread's view the readers' view (end of recovery).
@@ -931,13 +955,17 @@ mod tests {
         let (wal, _) = Wal::open(dir, opts, 1).unwrap();
         Committer::new(
             wal,
-            SyncPolicy::None,
-            Duration::from_secs(1),
-            64,
-            HnswParams::default(),
+            CommitSettings {
+                policy: SyncPolicy::None,
+                sync_interval: Duration::from_secs(1),
+                max_batch: 64,
+                params: HnswParams::default(),
+                max_spaces: usize::MAX,
+                faults: None,
+                metrics: None,
+            },
             Arc::default(),
             Arc::new(Queue::new(QueueConfig::default(), 1)),
-            None,
         )
     }
 

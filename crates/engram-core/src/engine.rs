@@ -11,7 +11,7 @@ use crossbeam_channel::{Sender, TrySendError};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use crate::commit::{Command, Committer, SpaceMap};
+use crate::commit::{Command, SpaceMap};
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 use crate::fault::Faults;
@@ -23,26 +23,16 @@ use crate::model::{
 };
 use crate::queue::{IndexQueue, Priority, Rejected};
 use crate::recall::RecallStream;
-use crate::record::WalRecord;
+use crate::recovery::{self, Recovered};
 use crate::session::RejectReason;
 use crate::session::{Opened, Registry, Session, SessionHost};
 use crate::space::Space;
-use crate::wal::{Wal, WalOptions};
 use crate::{recall, snapshot};
 
 /// How long a writer is told to wait when the commit queue itself is full.
 const COMMIT_QUEUE_RETRY: Duration = Duration::from_millis(50);
 
-/// What recovery found, for the startup log.
-#[derive(Clone, Debug, Default)]
-pub struct RecoveryReport {
-    pub snapshot: Option<PathBuf>,
-    pub snapshot_episodes: usize,
-    pub wal_records: usize,
-    pub spaces: usize,
-    pub to_index: usize,
-    pub took: Duration,
-}
+pub use crate::recovery::RecoveryReport;
 
 /// An observation on its way through the commit thread; resolves to its answer.
 pub struct PendingRemember(oneshot::Receiver<Result<Remembered>>);
@@ -119,60 +109,11 @@ impl Engine {
         let metrics = config
             .metrics
             .then(|| Arc::new(Metrics::new(config.metrics_max_spaces)));
-        let spaces: Arc<SpaceMap> = Arc::default();
-        let mut report = RecoveryReport::default();
-
-        let loaded = snapshot::load_latest(&config.data_dir)?;
-        let from_lsn = loaded.as_ref().map_or(1, |l| l.next_lsn);
-        let (wal, records) = Wal::open(
-            &config.data_dir.join("wal"),
-            WalOptions {
-                segment_bytes: config.wal.segment_bytes,
-            },
-            from_lsn,
-        )?;
-        let mut committer = Committer::new(
-            wal,
-            config.wal.sync,
-            Duration::from_millis(config.wal.sync_interval_ms),
-            config.max_commit_batch,
-            config.index.clone(),
-            spaces.clone(),
-            queue.clone(),
-            faults.clone(),
-        );
-        committer.metrics = metrics.clone();
-        committer.max_spaces = config.max_spaces;
-        if let Some(loaded) = loaded {
-            report.snapshot = Some(loaded.path);
-            for ls in loaded.spaces {
-                let space = ls.space;
-                {
-                    let mut meta = space.commit_meta();
-                    meta.last_seq = ls.last_seq;
-                    meta.by_id = ls
-                        .episodes
-                        .iter()
-                        .map(|e| (e.id.clone(), e.server_sequence))
-                        .collect();
-                }
-                report.snapshot_episodes += ls.episodes.len();
-                for e in ls.episodes {
-                    committer.apply_observe(&space, Arc::new(e), None);
-                }
-                space.restore_last_sequence(ls.last_seq);
-                committer.restore_space(space);
-            }
-        }
-        report.wal_records = records.len();
-        for (_, bytes) in records {
-            committer.replay(WalRecord::decode(&bytes)?)?;
-        }
-        committer.publish_all();
-        // Replayed records are not in a snapshot yet: let the next one run.
-        committer.last_capture_lsn = from_lsn;
-        report.spaces = spaces.read().len();
-        report.to_index = queue.depth();
+        let Recovered {
+            committer,
+            spaces,
+            mut report,
+        } = recovery::recover(&config, queue.clone(), faults.clone(), metrics.clone())?;
 
         // Threads start only after a successful load: a failed recovery
         // returns above and leaves nothing running (workers started first

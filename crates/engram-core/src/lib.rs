@@ -29,14 +29,17 @@
 //!   merged top-k; incremental recall in batches.
 //! - [`index`] — engram's own concurrent HNSW and the SIMD distance kernels.
 //! - [`snapshot`] — snapshot files that let the WAL be truncated, and their
-//!   loading at recovery.
+//!   loading (with fallback to the previous one).
+//! - [`recovery`] — the one place a data directory becomes a ready
+//!   committer: snapshot, WAL replay, what to index; no thread starts
+//!   before it succeeds.
 //! - [`config`] — engine configuration with documented defaults.
 //!
 //! Dependencies between these modules run one way (the test command checks
 //! it with `scripts/check-core-layers.py`), lowest first: `error`, `fault`,
 //! `index`, `queue` → `model` → `record` → `wal` → `metrics` → `space` →
-//! `recall`, `indexer` → `commit`, `snapshot` → `session` → `config` →
-//! `engine` → `stream`. A session reaches the engine only through the small
+//! `recall`, `indexer` → `commit`, `snapshot` → `recovery`, `session` →
+//! `config` → `engine` → `stream`. A session reaches the engine only through the small
 //! `SessionHost` trait the engine implements.
 
 pub mod commit;
@@ -51,6 +54,7 @@ pub mod model;
 pub mod queue;
 pub mod recall;
 pub mod record;
+pub mod recovery;
 pub mod session;
 pub mod snapshot;
 pub mod space;
