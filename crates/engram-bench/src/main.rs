@@ -12,6 +12,7 @@
 mod ack_under_recall;
 mod index_bench;
 mod recall_transports;
+mod sync_modes;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +32,9 @@ enum Command {
     /// Ack latency alone and under a concurrent recall load, in process;
     /// prints one JSON object.
     AckUnderRecall(ack_under_recall::AckUnderRecallArgs),
+    /// Acked observations/s and ack latency per wal.sync mode, in process;
+    /// prints one JSON object.
+    SyncModes(sync_modes::SyncModesArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +42,6 @@ fn main() -> anyhow::Result<()> {
         Command::Index(args) => index_bench::run(&args),
         Command::RecallTransports(args) => recall_transports::run(&args),
         Command::AckUnderRecall(args) => ack_under_recall::run(&args),
+        Command::SyncModes(args) => sync_modes::run(&args),
     }
 }
