@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use engram_core::wal::SyncPolicy;
 use engram_core::{Cue, Engine, EngineConfig, EpisodeInput};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use serde_json::{json, Value};
 
 #[derive(clap::Args, Debug)]
@@ -35,17 +35,7 @@ pub struct AckUnderRecallArgs {
 }
 
 pub fn run(args: &AckUnderRecallArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    let out = rt.block_on(measure(args))?;
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(())
-}
-
-fn vector(rng: &mut rand::rngs::StdRng, dim: usize) -> Vec<f32> {
-    (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
+    crate::print_json(1, measure(args))
 }
 
 fn episode(embedding: Vec<f32>) -> EpisodeInput {
@@ -66,7 +56,7 @@ async fn acks(engine: &Engine, n: usize, dim: usize, seed: u64) -> anyhow::Resul
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        let v = vector(&mut rng, dim);
+        let v = crate::random_vector(&mut rng, dim);
         let t = Instant::now();
         engine.remember("bench", episode(v)).await?;
         out.push(t.elapsed().as_secs_f64() * 1e3);
@@ -104,7 +94,7 @@ async fn measure(args: &AckUnderRecallArgs) -> anyhow::Result<Value> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let mut pending = Vec::new();
     for _ in 0..args.memories {
-        let v = vector(&mut rng, args.dim);
+        let v = crate::random_vector(&mut rng, args.dim);
         pending.push(engine.remember("bench", episode(v)));
         if pending.len() == 256 {
             futures::future::try_join_all(pending.drain(..)).await?;
@@ -130,7 +120,7 @@ async fn measure(args: &AckUnderRecallArgs) -> anyhow::Result<Value> {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(100 + t as u64);
                 while !stop.load(Ordering::Relaxed) {
                     let cue = Cue {
-                        embedding: vector(&mut rng, dim),
+                        embedding: crate::random_vector(&mut rng, dim),
                         max_results: Some(k),
                         similarity_threshold: None,
                         when_from: None,

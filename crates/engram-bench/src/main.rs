@@ -37,6 +37,26 @@ enum Command {
     SyncModes(sync_modes::SyncModesArgs),
 }
 
+/// Runs `measure` on a runtime of `threads` workers and prints its JSON.
+fn print_json(
+    threads: usize,
+    measure: impl std::future::Future<Output = anyhow::Result<serde_json::Value>>,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?;
+    let out = rt.block_on(measure)?;
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+/// A vector of `dim` values uniform in [-1, 1).
+fn random_vector(rng: &mut rand::rngs::StdRng, dim: usize) -> Vec<f32> {
+    use rand::Rng;
+    (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Index(args) => index_bench::run(&args),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use engram_proto::v1 as pb;
 use futures::{SinkExt, StreamExt};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -40,17 +40,7 @@ pub struct RecallTransportsArgs {
 const TRANSPORTS: [&str; 4] = ["rest", "grpc_unary", "grpc_recall_stream", "websocket"];
 
 pub fn run(args: &RecallTransportsArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let out = rt.block_on(measure(args))?;
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(())
-}
-
-fn vector(rng: &mut rand::rngs::StdRng, dim: usize) -> Vec<f32> {
-    (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
+    crate::print_json(2, measure(args))
 }
 
 fn recall_request(args: &RecallTransportsArgs, cue: &[f32]) -> pb::RecallRequest {
@@ -107,7 +97,7 @@ async fn measure(args: &RecallTransportsArgs) -> anyhow::Result<Value> {
                     episode: Some(pb::Episode {
                         id: format!("m{i}"),
                         what: format!("memory {i}"),
-                        embedding: vector(&mut rng, dim),
+                        embedding: crate::random_vector(&mut rng, dim),
                         ..Default::default()
                     }),
                     priority: 0,
@@ -161,7 +151,7 @@ async fn measure(args: &RecallTransportsArgs) -> anyhow::Result<Value> {
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); TRANSPORTS.len()];
     let mut result_sizes = [0usize; 4];
     for q in 0..warmup + args.queries {
-        let cue = vector(&mut rng, args.dim);
+        let cue = crate::random_vector(&mut rng, args.dim);
         for j in 0..TRANSPORTS.len() {
             let t = (q + j) % TRANSPORTS.len();
             if t == 3 && ws.is_none() {

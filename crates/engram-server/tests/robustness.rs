@@ -58,24 +58,16 @@ async fn a_hung_worker_shows_in_readiness_and_the_log_and_clears() {
     .await;
     assert_eq!(status, 201, "{body}");
     // The only worker is stuck: nothing is being indexed, so not ready.
-    let until = Instant::now() + Duration::from_secs(10);
-    let seen = loop {
-        let (status, body) = call(
+    let seen = server
+        .get_until(
             &client,
-            reqwest::Method::GET,
-            &server.url("/health/ready"),
-            None,
+            "/health/ready",
+            Duration::from_secs(10),
+            "readiness to report the stuck worker",
+            |status, body| status == 503 && body["status"] == "stalled",
         )
         .await;
-        if status == 503 && body["status"] == "stalled" {
-            break body;
-        }
-        assert!(
-            Instant::now() < until,
-            "readiness never reported the stuck worker: {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+
     assert_eq!(seen["stuck_workers"][0]["worker"], 0, "{seen}");
     wait_until(
         "the stuck worker in the log",
@@ -86,14 +78,7 @@ async fn a_hung_worker_shows_in_readiness_and_the_log_and_clears() {
         },
     )
     .await;
-    let metrics = client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics(&client).await;
     assert!(
         metrics.contains("engram_streaming_worker_stuck{worker_id=\"0\"} 1"),
         "{metrics}"
@@ -142,24 +127,16 @@ async fn a_poison_observation_is_quarantined_recalled_and_reported() {
     );
     let (status, _) = post("/v1/admin/indexing/resume", json!({})).await;
     assert_eq!(status, 200);
-    let until = Instant::now() + Duration::from_secs(30);
-    let info = loop {
-        let (_, body) = call(
+    let info = server
+        .get_until(
             &client,
-            reqwest::Method::GET,
-            &server.url("/v1/spaces/poison"),
-            None,
+            "/v1/spaces/poison",
+            Duration::from_secs(30),
+            "the queue to move past the poison",
+            |_, body| body["queue_depth"] == 0 && body["quarantined_count"] == 1,
         )
         .await;
-        if body["queue_depth"] == 0 && body["quarantined_count"] == 1 {
-            break body;
-        }
-        assert!(
-            Instant::now() < until,
-            "the queue never moved past the poison: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+
     assert_eq!(
         (info["count"].as_u64(), info["indexed_count"].as_u64()),
         (Some(50), Some(49)),

@@ -422,7 +422,7 @@ async fn burst_once(
     name: &str,
     rng: &mut StdRng,
     ledger: &Ledger,
-    stats: &Stats,
+    stats: &Arc<Stats>,
 ) {
     let post = |path: &str| http.post(server.url(path)).json(&json!({})).send();
     assert_eq!(
@@ -437,9 +437,15 @@ async fn burst_once(
     let resume = {
         let http = http.clone();
         let url = server.url("/v1/admin/indexing/resume");
-        // Resumed once the burst has seen its rejections (or after 5 s).
+        let stats = stats.clone();
+        // Indexing resumes as soon as the burst has been rejected.
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let until = Instant::now() + ANSWER_DEADLINE;
+            let mut poll = tokio::time::interval(Duration::from_millis(10));
+            while stats.overloaded.load(Ordering::Relaxed) == before {
+                assert!(Instant::now() < until, "the burst was never rejected");
+                poll.tick().await;
+            }
             let r = http.post(url).json(&json!({})).send().await.unwrap();
             assert_eq!(r.status(), 200);
         })
@@ -591,14 +597,7 @@ async fn soak() {
         tasks.push(tokio::spawn(async move {
             while Instant::now() < until {
                 tokio::time::sleep(Duration::from_secs(5)).await;
-                let text = http
-                    .get(server.url("/metrics"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap();
+                let text = server.metrics(&http).await;
                 println!(
                     "soak +{:>4} s: {} sessions opened, {} kept now, {} acked, RSS {} MiB",
                     started.elapsed().as_secs(),
@@ -637,19 +636,17 @@ async fn soak() {
     );
 
     // Everything indexed, nothing quarantined, integrity clean.
-    let wait_until = Instant::now() + Duration::from_secs(120);
     for sp in 0..SPACES {
-        let url = server.url(&format!("/v1/spaces/{}", space_name(sp)));
-        loop {
-            let info: serde_json::Value =
-                http.get(&url).send().await.unwrap().json().await.unwrap();
-            if info["queue_depth"] == 0 {
-                assert_eq!(info["quarantined_count"], 0, "{info}");
-                break;
-            }
-            assert!(Instant::now() < wait_until, "space never drained: {info}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let info = server
+            .get_until(
+                &http,
+                &format!("/v1/spaces/{}", space_name(sp)),
+                Duration::from_secs(120),
+                "the space to drain",
+                |_, info| info["queue_depth"] == 0,
+            )
+            .await;
+        assert_eq!(info["quarantined_count"], 0, "{info}");
         let r = http
             .post(server.url(&format!("/v1/admin/spaces/{}/integrity", space_name(sp))))
             .send()
@@ -707,15 +704,10 @@ async fn soak() {
 
     // Kept sessions back to zero once the resume window has passed.
     let until = Instant::now() + Duration::from_secs(RESUME_WINDOW_SECS + 30);
+    let mut poll = tokio::time::interval(Duration::from_millis(200));
     loop {
-        let text = http
-            .get(server.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        poll.tick().await;
+        let text = server.metrics(&http).await;
         if metric(&text, "engram_streaming_sessions_kept") == 0.0 {
             assert_eq!(metric(&text, "engram_streaming_active_sessions_total"), 0.0);
             break;
@@ -725,7 +717,6 @@ async fn soak() {
             "sessions kept after the resume window: {}",
             metric(&text, "engram_streaming_sessions_kept")
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     let rss = rss_bytes(server.pid());

@@ -138,6 +138,41 @@ impl ServerProcess {
         self.child.wait().expect("reaping the killed server");
     }
 
+    /// The `/metrics` page.
+    pub async fn metrics(&self, client: &reqwest::Client) -> String {
+        let r = client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics");
+        r.text().await.expect("metrics body")
+    }
+
+    /// GETs `path` every 20 ms until `done(status, body)` holds; returns
+    /// that body. Fails naming `what` (and the last answer) after `deadline`.
+    pub async fn get_until(
+        &self,
+        client: &reqwest::Client,
+        path: &str,
+        deadline: Duration,
+        what: &str,
+        done: impl Fn(u16, &Value) -> bool,
+    ) -> Value {
+        let until = Instant::now() + deadline;
+        let mut poll = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            poll.tick().await;
+            let (status, body) = call(client, reqwest::Method::GET, &self.url(path), None).await;
+            if done(status, &body) {
+                return body;
+            }
+            assert!(
+                Instant::now() < until,
+                "timed out after {deadline:?} waiting for {what}; last answer {status} {body}"
+            );
+        }
+    }
+
     /// Waits for the server to exit on its own within `deadline`.
     pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
         let until = Instant::now() + deadline;
