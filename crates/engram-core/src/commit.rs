@@ -649,10 +649,6 @@ impl Committer {
         if let Some(f) = &self.faults {
             f.before_commit();
         }
-        // Whether this batch's own records reached the WAL before it
-        // failed: then their outcome is unknown (they may be on disk and
-        // replayed at the next start), not "rejected".
-        let mut written_then_failed = false;
         if self.dirty_since_sync && self.failed.is_none() {
             let res = match self.policy {
                 SyncPolicy::Always => self.timed_sync().map(|_| {
@@ -665,27 +661,25 @@ impl Committer {
             };
             if let Err(e) = res {
                 self.fail_wal(e.to_string());
-                written_then_failed = true;
             }
         }
         if self.failed.is_some() {
-            // Nothing of this batch is known durable: answer every write
-            // with the failure and apply nothing. A write whose record was
-            // appended before the sync failed may still be on disk: its
-            // outcome is unknown, and the answer says so (resend it with the
-            // same id after the restart; it is answered `duplicate` if it
-            // was stored).
+            // Nothing of this batch is known durable: apply nothing. But
+            // every write prepared here had its record appended before the
+            // WAL failed (in this batch's sync, or in a later append or
+            // segment rotation, which syncs what came before it), so it may
+            // be on disk and replayed at the next start: its outcome is
+            // unknown, and the answer says so (resend it with the same id
+            // after the restart; it is answered `duplicate` if it was
+            // stored). Writes that came after the failure were refused in
+            // `prepare` and never reach this point.
             for p in prepared.drain(..) {
-                let err = if written_then_failed {
-                    Error::Storage(format!(
-                        "the write-ahead log sync failed ({}); this write's outcome is unknown: it may be stored. \
-                         No writes are accepted until the server is restarted; then resend it with the same id \
-                         (answered duplicate if it was stored)",
-                        self.failed.as_deref().unwrap_or("unknown error")
-                    ))
-                } else {
-                    self.storage_error()
-                };
+                let err = Error::Storage(format!(
+                    "the write-ahead log failed ({}); this write's outcome is unknown: it may be stored. \
+                     No writes are accepted until the server is restarted; then resend it with the same id \
+                     (answered duplicate if it was stored)",
+                    self.failed.as_deref().unwrap_or("unknown error")
+                ));
                 match p {
                     Prepared::Observe {
                         space,

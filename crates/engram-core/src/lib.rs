@@ -47,6 +47,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod fault;
+pub mod fs;
 pub mod index;
 pub mod indexer;
 pub mod metrics;

@@ -7,6 +7,7 @@
 //! the engine starts its threads only once this has returned `Ok`.
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use crate::commit::{CommitSettings, Committer, SpaceMap};
 use crate::config::EngineConfig;
 use crate::error::Result;
 use crate::fault::Faults;
+use crate::fs::FileSystem;
 use crate::indexer::Queue;
 use crate::metrics::Metrics;
 use crate::record::WalRecord;
@@ -37,6 +39,8 @@ pub(crate) struct Recovered {
     /// The spaces as readers see them (published).
     pub spaces: Arc<SpaceMap>,
     pub report: RecoveryReport,
+    /// The WAL's count of durability points ([`Wal::durable_points`]).
+    pub wal_durable_points: Arc<AtomicU64>,
 }
 
 /// Loads the snapshot and the WAL of `config.data_dir`. Episodes to index
@@ -47,6 +51,7 @@ pub(crate) struct Recovered {
 /// [`crate::Error::Storage`] when the WAL cannot be opened or read (a gap,
 /// mid-log corruption) or a record cannot be applied.
 pub(crate) fn recover(
+    fs: &Arc<dyn FileSystem>,
     config: &EngineConfig,
     queue: Arc<Queue>,
     faults: Option<Arc<Faults>>,
@@ -55,15 +60,17 @@ pub(crate) fn recover(
     let spaces: Arc<SpaceMap> = Arc::default();
     let mut report = RecoveryReport::default();
 
-    let loaded = snapshot::load_latest(&config.data_dir)?;
+    let loaded = snapshot::load_latest(&**fs, &config.data_dir)?;
     let from_lsn = loaded.as_ref().map_or(1, |l| l.next_lsn);
-    let (wal, records) = Wal::open(
+    let (wal, records) = Wal::open_on(
+        fs.clone(),
         &config.data_dir.join("wal"),
         WalOptions {
             segment_bytes: config.wal.segment_bytes,
         },
         from_lsn,
     )?;
+    let wal_durable_points = wal.durable_points();
     let mut committer = Committer::new(
         wal,
         CommitSettings {
@@ -112,5 +119,6 @@ pub(crate) fn recover(
         committer,
         spaces,
         report,
+        wal_durable_points,
     })
 }

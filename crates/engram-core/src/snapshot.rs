@@ -7,7 +7,6 @@
 //! space count u32; per space a bincode `SpaceHeader`, its episodes, then the
 //! index's own serialisation; finally a CRC32 of everything before it.
 
-use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::commit::Capture;
 use crate::error::{Error, Result};
+use crate::fs::{self, FileSystem};
 use crate::index::Hnsw;
 use crate::model::{SpaceId, StoredEpisode};
 use crate::space::Space;
@@ -56,23 +56,22 @@ fn file_name(next_lsn: Lsn) -> String {
 }
 
 /// Snapshot files in the directory, oldest first.
-fn list(data_dir: &Path) -> io::Result<Vec<(Lsn, PathBuf)>> {
+fn list(fs: &dyn FileSystem, data_dir: &Path) -> io::Result<Vec<(Lsn, PathBuf)>> {
     let dir = snapshot_dir(data_dir);
     let mut out = Vec::new();
-    let entries = match fs::read_dir(&dir) {
+    let entries = match fs.read_dir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
         Err(e) => return Err(e),
     };
     for entry in entries {
-        let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if let Some(lsn) = name
+        if let Some(lsn) = entry
+            .name
             .strip_prefix("snapshot-")
             .and_then(|r| r.strip_suffix(".snap"))
             .and_then(|n| n.parse::<Lsn>().ok())
         {
-            out.push((lsn, path));
+            out.push((lsn, dir.join(&entry.name)));
         }
     }
     out.sort();
@@ -108,11 +107,6 @@ fn storage(context: &str, e: impl std::fmt::Display) -> Error {
     Error::Storage(format!("{context}: {e}"))
 }
 
-/// Writes a snapshot of `capture` and returns its path. Older snapshot
-/// files are removed once the new one is in place.
-///
-/// # Errors
-/// [`Error::Storage`] on any I/O failure; the previous snapshot stays valid.
 /// A snapshot written by [`write`].
 #[derive(Debug)]
 pub struct Written {
@@ -136,17 +130,17 @@ pub const KEPT: usize = 2;
 /// # Errors
 /// [`Error::Storage`]; a failed or unverifiable snapshot is removed and the
 /// WAL is left alone.
-pub fn write(data_dir: &Path, capture: &Capture) -> Result<Written> {
+pub fn write(fs: &dyn FileSystem, data_dir: &Path, capture: &Capture) -> Result<Written> {
     let dir = snapshot_dir(data_dir);
-    if !dir.is_dir() {
-        fs::create_dir_all(&dir).map_err(|e| storage("creating the snapshot directory", e))?;
-        // The new directory's entry must survive a power loss before any
-        // WAL is removed on the strength of what it holds.
-        sync_dir(data_dir).map_err(|e| storage("syncing the data directory", e))?;
-    }
+    // The directory's entry must survive a power loss before any WAL is
+    // removed on the strength of what it holds; synced even when it exists,
+    // since the run that created it may have died before syncing.
+    fs::create_dir_durable(fs, &dir).map_err(|e| storage("creating the snapshot directory", e))?;
     let final_path = dir.join(file_name(capture.next_lsn));
     let tmp_path = dir.join(format!("{}.tmp", file_name(capture.next_lsn)));
-    let file = File::create(&tmp_path).map_err(|e| storage("creating the snapshot file", e))?;
+    let file = fs
+        .create(&tmp_path)
+        .map_err(|e| storage("creating the snapshot file", e))?;
     let mut w = Crc {
         inner: BufWriter::with_capacity(1 << 20, file),
         hasher: crc32fast::Hasher::new(),
@@ -175,21 +169,22 @@ pub fn write(data_dir: &Path, capture: &Capture) -> Result<Written> {
         file.sync_all()
     })();
     if let Err(e) = res {
-        let _ = fs::remove_file(&tmp_path);
+        let _ = fs.remove_file(&tmp_path);
         return Err(storage("writing the snapshot", e));
     }
-    if let Err(e) = verify(&tmp_path) {
-        let _ = fs::remove_file(&tmp_path);
+    if let Err(e) = verify(fs, &tmp_path) {
+        let _ = fs.remove_file(&tmp_path);
         return Err(storage("verifying the snapshot just written", e));
     }
-    fs::rename(&tmp_path, &final_path)
+    fs.rename(&tmp_path, &final_path)
         .map_err(|e| storage("renaming the snapshot into place", e))?;
-    sync_dir(&dir).map_err(|e| storage("syncing the snapshot directory", e))?;
-    let all = list(data_dir).map_err(|e| storage("listing snapshots", e))?;
+    fs.sync_dir(&dir)
+        .map_err(|e| storage("syncing the snapshot directory", e))?;
+    let all = list(fs, data_dir).map_err(|e| storage("listing snapshots", e))?;
     let kept: Vec<Lsn> = all.iter().rev().take(KEPT).map(|(lsn, _)| *lsn).collect();
     for (lsn, path) in &all {
         if !kept.contains(lsn) {
-            let _ = fs::remove_file(path);
+            let _ = fs.remove_file(path);
         }
     }
     let truncate_before = if kept.len() >= KEPT {
@@ -204,14 +199,10 @@ pub fn write(data_dir: &Path, capture: &Capture) -> Result<Written> {
     })
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// Reads a snapshot file through and checks its trailing checksum.
-fn verify(path: &Path) -> io::Result<()> {
-    let mut f = BufReader::with_capacity(1 << 20, File::open(path)?);
-    let len = f.get_ref().metadata()?.len();
+fn verify(fs: &dyn FileSystem, path: &Path) -> io::Result<()> {
+    let mut f = BufReader::with_capacity(1 << 20, fs.open_read(path)?);
+    let len = f.get_ref().size()?;
     if len < 4 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -247,18 +238,18 @@ fn verify(path: &Path) -> io::Result<()> {
 ///
 /// # Errors
 /// [`Error::Storage`] when the snapshot directory cannot be listed.
-pub fn load_latest(data_dir: &Path) -> Result<Option<Loaded>> {
+pub fn load_latest(fs: &dyn FileSystem, data_dir: &Path) -> Result<Option<Loaded>> {
     let dir = snapshot_dir(data_dir);
-    if let Ok(entries) = fs::read_dir(&dir) {
-        for entry in entries.flatten() {
-            if entry.path().extension().is_some_and(|x| x == "tmp") {
-                let _ = fs::remove_file(entry.path());
+    if let Ok(entries) = fs.read_dir(&dir) {
+        for entry in entries {
+            if entry.name.ends_with(".tmp") {
+                let _ = fs.remove_file(&dir.join(&entry.name));
             }
         }
     }
-    let all = list(data_dir).map_err(|e| storage("listing snapshots", e))?;
+    let all = list(fs, data_dir).map_err(|e| storage("listing snapshots", e))?;
     for (_, path) in all.into_iter().rev() {
-        match load(&path) {
+        match load(fs, &path) {
             Ok(loaded) => return Ok(Some(loaded)),
             Err(e) => {
                 let aside = path.with_extension("snap.corrupt");
@@ -268,7 +259,7 @@ pub fn load_latest(data_dir: &Path) -> Result<Option<Loaded>> {
                     moved_to = %aside.display(),
                     "snapshot unreadable; falling back to the previous one and the WAL"
                 );
-                let _ = fs::rename(&path, &aside);
+                let _ = fs.rename(&path, &aside);
             }
         }
     }
@@ -276,9 +267,11 @@ pub fn load_latest(data_dir: &Path) -> Result<Option<Loaded>> {
 }
 
 /// Reads one snapshot file whole.
-fn load(path: &Path) -> Result<Loaded> {
+fn load(fs: &dyn FileSystem, path: &Path) -> Result<Loaded> {
     let path = path.to_path_buf();
-    let file = File::open(&path).map_err(|e| storage("opening the snapshot", e))?;
+    let file = fs
+        .open_read(&path)
+        .map_err(|e| storage("opening the snapshot", e))?;
     let mut r = Crc {
         inner: BufReader::with_capacity(1 << 20, file),
         hasher: crc32fast::Hasher::new(),

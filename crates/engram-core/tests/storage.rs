@@ -61,7 +61,7 @@ async fn a_snapshot_index_ahead_of_its_episodes_does_not_hide_new_ones() {
             episodes,
         }],
     };
-    snapshot::write(dir.path(), &capture).unwrap();
+    snapshot::write(&engram_core::fs::OsFs, dir.path(), &capture).unwrap();
     drop(capture);
 
     let engine = Engine::open(config(dir.path())).unwrap();

@@ -18,9 +18,10 @@
 //! which is reported as corruption — a false alarm that stops the server
 //! rather than one that loses data.
 
-use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+
+use crate::fs::{FileSystem, ReadFile};
 
 use super::format::{self, FrameHeader, HeaderProblem, FRAME_HEADER_LEN, HEADER_LEN};
 use super::{Lsn, RawRecord, Result, WalError, MAX_RECORD_BYTES};
@@ -64,8 +65,8 @@ pub(super) struct Recovered {
 /// Reads every segment in `dir`, repairs a torn tail of the last one, and
 /// collects the records with lsn >= `from_lsn`. Segments that only hold
 /// records below `from_lsn` (a snapshot covers them) are not read at all.
-pub(super) fn recover(dir: &Path, from_lsn: Lsn) -> Result<Recovered> {
-    let candidates = list_segments(dir)?;
+pub(super) fn recover(fs: &dyn FileSystem, dir: &Path, from_lsn: Lsn) -> Result<Recovered> {
+    let candidates = list_segments(fs, dir)?;
     let mut out = Recovered {
         segments: Vec::with_capacity(candidates.len()),
         tail: None,
@@ -85,12 +86,13 @@ pub(super) fn recover(dir: &Path, from_lsn: Lsn) -> Result<Recovered> {
             continue;
         }
 
-        let file = File::open(&seg.path).map_err(io_err("open segment", &seg.path))?;
+        let mut file = fs
+            .open_read(&seg.path)
+            .map_err(io_err("open segment", &seg.path))?;
         let file_len = file
-            .metadata()
-            .map_err(io_err("read the size of segment", &seg.path))?
-            .len();
-        let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, &file);
+            .size()
+            .map_err(io_err("read the size of segment", &seg.path))?;
+        let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, &mut file);
 
         let mut header = vec![0u8; HEADER_LEN.min(file_len as usize)];
         reader
@@ -109,16 +111,17 @@ pub(super) fn recover(dir: &Path, from_lsn: Lsn) -> Result<Recovered> {
                 ));
             }
             Err(HeaderProblem::Unreadable(reason)) => {
-                if is_last && holds_no_records(&file, &seg.path, file_len)? {
+                drop(reader);
+                if is_last && holds_no_records(&mut *file, &seg.path, file_len)? {
                     tracing::warn!(
                         segment = %seg.path.display(),
                         bytes = file_len,
                         %reason,
                         "removing a WAL segment whose creation was cut short by a crash (it holds no records)"
                     );
-                    drop(reader);
                     drop(file);
-                    fs::remove_file(&seg.path).map_err(io_err("remove torn segment", &seg.path))?;
+                    fs.remove_file(&seg.path)
+                        .map_err(io_err("remove torn segment", &seg.path))?;
                     out.min_next_lsn = out.min_next_lsn.max(seg.first_lsn);
                     break;
                 }
@@ -152,9 +155,13 @@ pub(super) fn recover(dir: &Path, from_lsn: Lsn) -> Result<Recovered> {
             }
             // Searching from the damaged record itself also catches an
             // intact record whose lsn skips ahead, which no crash produces.
-            if let Some((offset, lsn)) =
-                find_intact_record(&file, &seg.path, damage.offset, file_len, scan.next_lsn)?
-            {
+            if let Some((offset, lsn)) = find_intact_record(
+                &mut *file,
+                &seg.path,
+                damage.offset,
+                file_len,
+                scan.next_lsn,
+            )? {
                 return Err(corrupt(
                     &seg.path,
                     damage.offset,
@@ -171,7 +178,8 @@ pub(super) fn recover(dir: &Path, from_lsn: Lsn) -> Result<Recovered> {
                 reason = %damage.reason,
                 "dropping the torn tail of the WAL: a write that was cut short by a crash and never acknowledged"
             );
-            truncate_file(&seg.path, damage.offset)?;
+            drop(file);
+            truncate_file(fs, &seg.path, damage.offset)?;
         }
         out.segments.push(seg.clone());
         out.tail = Some(Tail {
@@ -185,24 +193,19 @@ pub(super) fn recover(dir: &Path, from_lsn: Lsn) -> Result<Recovered> {
 }
 
 /// Segment files in `dir`, sorted by first lsn; other files are ignored.
-fn list_segments(dir: &Path) -> Result<Vec<Segment>> {
+fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<Segment>> {
     let mut segments = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_err("list the WAL directory", dir))? {
-        let entry = entry.map_err(io_err("list the WAL directory", dir))?;
-        let Some(first_lsn) = entry
-            .file_name()
-            .to_str()
-            .and_then(format::parse_segment_file_name)
-        else {
+    for entry in fs
+        .read_dir(dir)
+        .map_err(io_err("list the WAL directory", dir))?
+    {
+        let Some(first_lsn) = format::parse_segment_file_name(&entry.name) else {
             continue;
         };
-        let file_type = entry
-            .file_type()
-            .map_err(io_err("inspect", &entry.path()))?;
-        if file_type.is_file() {
+        if entry.is_file {
             segments.push(Segment {
                 first_lsn,
-                path: entry.path(),
+                path: dir.join(&entry.name),
             });
         }
     }
@@ -340,7 +343,7 @@ fn scan_records(
 /// `[from, file_len)`: one there means the damage before it is not a torn
 /// tail. Returns its offset and lsn.
 fn find_intact_record(
-    file: &File,
+    file: &mut dyn ReadFile,
     path: &Path,
     from: u64,
     file_len: u64,
@@ -350,12 +353,9 @@ fn find_intact_record(
         return Ok(None);
     }
     let mut rest = Vec::with_capacity((file_len - from) as usize);
-    let mut reader = file;
-    reader
-        .seek(SeekFrom::Start(from))
+    file.seek(SeekFrom::Start(from))
         .map_err(io_err("read segment", path))?;
-    reader
-        .take(file_len - from)
+    file.take(file_len - from)
         .read_to_end(&mut rest)
         .map_err(io_err("read segment", path))?;
     // Records later in this file cannot have lsns beyond this, which rules
@@ -383,7 +383,7 @@ fn find_intact_record(
 /// Whether a segment with an unreadable header is what a crash while
 /// creating it leaves: no room for a record, or nothing but zeros (space
 /// the file system allocated but never wrote).
-fn holds_no_records(file: &File, path: &Path, file_len: u64) -> Result<bool> {
+fn holds_no_records(file: &mut dyn ReadFile, path: &Path, file_len: u64) -> Result<bool> {
     if file_len <= HEADER_LEN as u64 {
         return Ok(true);
     }
@@ -407,10 +407,9 @@ fn holds_no_records(file: &File, path: &Path, file_len: u64) -> Result<bool> {
 
 /// Cuts the torn tail off, durably, so that later appends follow the last
 /// intact record and a crash cannot bring the torn bytes back behind them.
-fn truncate_file(path: &Path, len: u64) -> Result<()> {
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
+fn truncate_file(fs: &dyn FileSystem, path: &Path, len: u64) -> Result<()> {
+    let file = fs
+        .open_write(path)
         .map_err(io_err("open segment for repair", path))?;
     file.set_len(len)
         .map_err(io_err("truncate the torn tail of segment", path))?;

@@ -2,9 +2,12 @@
 //! segments are rotated and where old ones are deleted.
 
 use std::collections::VecDeque;
-use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::fs::{self, FileSystem, WriteFile};
 
 use super::format::{self, FrameHeader, FRAME_HEADER_LEN, HEADER_LEN};
 use super::recovery::{self, io_err, Segment};
@@ -25,6 +28,7 @@ const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 /// unknown. Reopening recovers every intact record.
 #[derive(Debug)]
 pub struct Wal {
+    fs: Arc<dyn FileSystem>,
     dir: PathBuf,
     opts: WalOptions,
     /// Segments before the active one, oldest first; kept so that
@@ -36,6 +40,8 @@ pub struct Wal {
     /// synced; until it is, a crash can lose the file itself.
     dir_dirty: bool,
     poisoned: Option<String>,
+    /// Durability points passed: see [`Wal::durable_points`].
+    durable_points: Arc<AtomicU64>,
 }
 
 /// The segment being appended to.
@@ -43,7 +49,7 @@ pub struct Wal {
 struct Active {
     first_lsn: Lsn,
     path: PathBuf,
-    out: BufWriter<File>,
+    out: BufWriter<Box<dyn WriteFile>>,
     /// Bytes written to it, buffered ones included.
     len: u64,
 }
@@ -62,7 +68,9 @@ impl Wal {
     ///
     /// A torn record at the end of the last segment — an unfinished write,
     /// never acknowledged — is dropped with a warning and cut off the file;
-    /// so is a last segment whose creation a crash cut short.
+    /// so is a last segment whose creation a crash cut short. Everything
+    /// returned is synced before this returns: after a process crash it may
+    /// have been only in the OS's cache.
     ///
     /// # Errors
     /// [`WalError::Corrupt`] for damage anywhere else (the WAL will not
@@ -70,25 +78,32 @@ impl Wal {
     /// [`WalError::Gap`] when records at or above `from_lsn` are missing, and
     /// [`WalError::Io`] when the file system fails.
     pub fn open(dir: &Path, opts: WalOptions, from_lsn: Lsn) -> Result<(Wal, Vec<RawRecord>)> {
-        if !dir.is_dir() {
-            fs::create_dir_all(dir).map_err(io_err("create the WAL directory", dir))?;
-            // The new directory's own entry must survive a crash too.
-            let parent = dir
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            sync_dir(parent).map_err(io_err("sync the directory above", dir))?;
-        }
-        let recovered = recovery::recover(dir, from_lsn)?;
+        Wal::open_on(fs::os(), dir, opts, from_lsn)
+    }
+
+    /// [`Wal::open`] on the file system `fs`.
+    ///
+    /// # Errors
+    /// As [`Wal::open`].
+    pub fn open_on(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        opts: WalOptions,
+        from_lsn: Lsn,
+    ) -> Result<(Wal, Vec<RawRecord>)> {
+        // The directory's own entry (and its parents') must survive a power
+        // loss too; synced even when it exists, since the run that created
+        // it may have died before syncing.
+        fs::create_dir_durable(&*fs, dir).map_err(io_err("create the WAL directory", dir))?;
+        let recovered = recovery::recover(&*fs, dir, from_lsn)?;
         let mut closed: VecDeque<Segment> = recovered.segments.into();
         let floor = recovered.min_next_lsn.max(from_lsn).max(1);
 
         let (active, next_lsn) = match recovered.tail {
             Some(tail) if tail.next_lsn >= floor => {
                 let last = closed.pop_back().expect("a tail belongs to a segment");
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .open(&last.path)
+                let mut file = fs
+                    .open_write(&last.path)
                     .map_err(io_err("open segment", &last.path))?;
                 file.seek(SeekFrom::Start(tail.len))
                     .map_err(io_err("seek in segment", &last.path))?;
@@ -113,10 +128,11 @@ impl Wal {
                         "the WAL ends below the snapshot's next lsn; continuing at the snapshot's"
                     );
                 }
-                (create_segment(dir, floor)?, floor)
+                (create_segment(&*fs, dir, floor)?, floor)
             }
         };
-        let wal = Wal {
+        let mut wal = Wal {
+            fs,
             dir: dir.to_path_buf(),
             opts,
             closed,
@@ -127,7 +143,12 @@ impl Wal {
             // segment that is now active.
             dir_dirty: true,
             poisoned: None,
+            durable_points: Arc::default(),
         };
+        // What recovery read may be only in the OS's cache (the last run
+        // was killed before its sync): make it durable before anything is
+        // served or answered `duplicate` on the strength of it.
+        wal.sync()?;
         Ok((wal, recovered.records))
     }
 
@@ -180,15 +201,29 @@ impl Wal {
         let out = &mut self.active.out;
         let synced = out.flush().and_then(|()| out.get_ref().sync_data());
         self.poison_on(synced, "sync segment")?;
+        self.sync_dir_if_dirty()?;
+        self.durable_points.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    fn sync_dir_if_dirty(&mut self) -> Result<()> {
         if self.dir_dirty {
-            let synced = sync_dir(&self.dir);
-            if let Err(source) = synced {
+            if let Err(source) = self.fs.sync_dir(&self.dir) {
                 let dir = self.dir.clone();
                 return Err(self.poison(source, "sync the WAL directory", dir));
             }
             self.dir_dirty = false;
         }
         Ok(())
+    }
+
+    /// How many times everything appended so far was made durable: a
+    /// successful [`sync`](Wal::sync), or a rotation (which syncs the
+    /// finished segment and the directory). A record appended before this
+    /// count moved on survives a power loss, whatever the sync policy. The
+    /// handle stays valid after the WAL moves to the commit thread.
+    pub fn durable_points(&self) -> Arc<AtomicU64> {
+        self.durable_points.clone()
     }
 
     /// Hands every buffered record to the OS without fsync, so that a
@@ -242,7 +277,7 @@ impl Wal {
             if end > lsn {
                 break;
             }
-            match fs::remove_file(&oldest.path) {
+            match self.fs.remove_file(&oldest.path) {
                 Ok(()) => {}
                 // Already gone (an operator cleaned up): the goal is met.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -286,19 +321,24 @@ impl Wal {
         self.next_lsn > self.active.first_lsn
     }
 
-    /// Syncs the current segment and continues in a new one at `next_lsn`.
+    /// Syncs the current segment and continues in a new one at `next_lsn`,
+    /// then syncs the directory: every finished segment's entry is durable
+    /// (also in `none` mode, where no other sync may come), and the new one
+    /// is. Everything appended so far is durable when this returns.
     fn start_segment(&mut self) -> Result<()> {
         let out = &mut self.active.out;
         let synced = out.flush().and_then(|()| out.get_ref().sync_data());
         self.poison_on(synced, "sync segment")?;
         // Nothing was written if this fails, so the WAL stays usable.
-        let next = create_segment(&self.dir, self.next_lsn)?;
+        let next = create_segment(&*self.fs, &self.dir, self.next_lsn)?;
         let done = std::mem::replace(&mut self.active, next);
         self.closed.push_back(Segment {
             first_lsn: done.first_lsn,
             path: done.path,
         });
         self.dir_dirty = true;
+        self.sync_dir_if_dirty()?;
+        self.durable_points.fetch_add(1, Ordering::Release);
         Ok(())
     }
 
@@ -332,12 +372,10 @@ impl Wal {
 
 /// Creates the segment whose first record will have `first_lsn`, with its
 /// header buffered.
-fn create_segment(dir: &Path, first_lsn: Lsn) -> Result<Active> {
+fn create_segment(fs: &dyn FileSystem, dir: &Path, first_lsn: Lsn) -> Result<Active> {
     let path = dir.join(format::segment_file_name(first_lsn));
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)
+    let file = fs
+        .create_new(&path)
         .map_err(io_err("create segment", &path))?;
     let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
     out.write_all(&format::encode_header(first_lsn))
@@ -348,21 +386,6 @@ fn create_segment(dir: &Path, first_lsn: Lsn) -> Result<Active> {
         out,
         len: HEADER_LEN as u64,
     })
-}
-
-/// Makes the creation and removal of files in `dir` durable.
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        File::open(dir)?.sync_all()
-    }
-    // Windows cannot open a directory as a file; NTFS journals directory
-    // entries itself.
-    #[cfg(not(unix))]
-    {
-        let _ = dir;
-        Ok(())
-    }
 }
 
 #[cfg(test)]
