@@ -41,7 +41,8 @@ pub const DEFAULT_MAX_SPACES: usize = 10_000;
 pub struct WalConfig {
     /// `always` (default): fsync before the ack leaves; `interval`: fsync
     /// every `sync_interval_ms`, acks after the write reaches the OS;
-    /// `none`: never fsync (tests and throwaway data).
+    /// `none`: fsync only at segment rotation, snapshots and shutdown
+    /// (tests and throwaway data).
     pub sync: SyncPolicy,
     pub sync_interval_ms: u64,
     pub segment_bytes: u64,

@@ -90,27 +90,39 @@ pub fn os() -> Arc<dyn FileSystem> {
     Arc::new(OsFs)
 }
 
-/// Creates `dir` (and what is missing above it) and fsyncs the parent of
-/// every level, so that the directory itself survives a power loss. The
-/// parents are synced even when `dir` already existed: an earlier run may
-/// have created it and died before its entry was synced.
+/// Creates `dir` (and what is missing above it) so that it survives a power
+/// loss: the parent of every level created is fsynced. When `dir` already
+/// existed its parent is fsynced too, since the run that created it may
+/// have died before doing so; that sync is best effort (a failure is
+/// logged), as the parent may be a mount point's read-only directory.
 ///
 /// # Errors
-/// The first I/O error.
+/// The first I/O error creating a level or syncing a new level's parent.
 pub fn create_dir_durable(fs: &dyn FileSystem, dir: &Path) -> io::Result<()> {
-    fs.create_dir_all(dir)?;
-    let mut at = dir;
-    while let Some(parent) = at.parent() {
-        let parent = if parent.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            parent
-        };
-        fs.sync_dir(parent)?;
-        if parent == Path::new(".") || parent.parent().is_none() {
+    fn parent_of(p: &Path) -> &Path {
+        match p.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        }
+    }
+    // The levels that do not exist yet, deepest first.
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(p) = at {
+        if p.as_os_str().is_empty() || p.parent().is_none() || fs.is_dir(p) {
             break;
         }
-        at = parent;
+        missing.push(p);
+        at = p.parent();
+    }
+    fs.create_dir_all(dir)?;
+    for p in missing.iter().rev() {
+        fs.sync_dir(parent_of(p))?;
+    }
+    if missing.is_empty() {
+        if let Err(e) = fs.sync_dir(parent_of(dir)) {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not fsync the directory above");
+        }
     }
     Ok(())
 }

@@ -62,8 +62,10 @@ pub enum SyncPolicy {
     /// Flush to the OS before every ack and sync on a timer: an ack survives
     /// `kill -9`, and a power loss can lose the last interval.
     Interval,
-    /// Flush to the OS before every ack and never sync explicitly: an ack
-    /// survives `kill -9`; the OS decides when data reaches the disk.
+    /// Flush to the OS before every ack and sync only when a segment is
+    /// finished (rotation), at snapshots and at shutdown: an ack survives
+    /// `kill -9`; a power loss can lose what was acked since the last of
+    /// those.
     None,
 }
 
