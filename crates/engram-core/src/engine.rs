@@ -556,16 +556,15 @@ impl Engine {
         Ok(self.space(&SpaceId::parse(space)?)?.info())
     }
 
-    /// Every live episode of a space, in sequence order: a full copy of the
-    /// list of handles under the space's read lock, for checks and tools
-    /// (not a paged listing).
+    /// Every live episode of a space with its vector, in sequence order: a
+    /// full copy, for checks and tools (not a paged listing).
     ///
     /// # Errors
     /// [`Error::SpaceNotFound`], or an invalid id.
-    pub fn live_episodes(&self, space: &str) -> Result<Vec<Arc<StoredEpisode>>> {
-        let space = self.space(&SpaceId::parse(space)?)?;
-        let st = space.read();
-        Ok(st.live_episodes().cloned().collect())
+    pub fn live_episodes(&self, space: &str) -> Result<Vec<StoredEpisode>> {
+        Ok(self
+            .space(&SpaceId::parse(space)?)?
+            .live_episodes_with_embeddings())
     }
 
     /// Index integrity of one space: the graph's invariants, every stored

@@ -105,6 +105,12 @@ pub struct StoredEpisode {
     pub id: String,
     pub when_unix_nanos: i64,
     pub what: String,
+    /// The L2-normalised vector while the episode waits to be indexed (the
+    /// fresh tier scans it, the WAL record carries it). Once the index
+    /// holds the vector, the space keeps the episode without it (empty
+    /// here): one copy of each vector in memory. Read a stored episode's
+    /// vector with `Space::embedding_of`; a recalled memory carries it in
+    /// [`RecalledMemory::embedding`].
     pub embedding: Arc<[f32]>,
     pub encoding_confidence: f32,
     pub tags: Vec<String>,
@@ -113,6 +119,35 @@ pub struct StoredEpisode {
     pub server_sequence: u64,
     /// When the commit thread accepted it (Unix nanoseconds).
     pub committed_at_unix_nanos: i64,
+}
+
+impl StoredEpisode {
+    /// Whether this copy holds its vector (see [`StoredEpisode::embedding`]).
+    pub fn holds_embedding(&self) -> bool {
+        !self.embedding.is_empty()
+    }
+
+    /// This episode without its vector, for once the index holds it.
+    pub fn without_embedding(&self) -> StoredEpisode {
+        StoredEpisode {
+            id: self.id.clone(),
+            when_unix_nanos: self.when_unix_nanos,
+            what: self.what.clone(),
+            embedding: no_embedding(),
+            encoding_confidence: self.encoding_confidence,
+            tags: self.tags.clone(),
+            metadata: self.metadata.clone(),
+            server_sequence: self.server_sequence,
+            committed_at_unix_nanos: self.committed_at_unix_nanos,
+        }
+    }
+}
+
+/// The empty vector of an episode whose vector lives in the index (one
+/// shared allocation).
+pub fn no_embedding() -> Arc<[f32]> {
+    static EMPTY: std::sync::OnceLock<Arc<[f32]>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| Arc::from(Vec::new())).clone()
 }
 
 /// Current time as Unix nanoseconds.
@@ -319,6 +354,9 @@ impl Cue {
 #[derive(Clone, Debug)]
 pub struct RecalledMemory {
     pub episode: Arc<StoredEpisode>,
+    /// The memory's vector (from the fresh tier, or copied from the index:
+    /// the stored episode of an indexed memory does not hold it).
+    pub embedding: Arc<[f32]>,
     pub similarity: f32,
     /// The episode's encoding confidence (kept for the wire's `confidence`).
     pub confidence: f32,

@@ -54,8 +54,10 @@ fn recall_at(space: &Space, cue: &ValidCue, ef: usize, snapshot: u64) -> RecallR
 
     index_candidates(space, cue, ef, snapshot, &mut candidates);
 
+    let mut memories = merge_top_k(candidates, k);
+    fill_embeddings(space, &mut memories);
     RecallResult {
-        memories: merge_top_k(candidates, k),
+        memories,
         snapshot_sequence: snapshot,
     }
 }
@@ -94,6 +96,8 @@ fn index_candidates(
             match state.episode(seq).filter(|e| keep(e)) {
                 Some(e) if similarity >= cue.similarity_threshold => out.push(RecalledMemory {
                     confidence: e.encoding_confidence,
+                    // Filled from the index once the top-k is known.
+                    embedding: e.embedding.clone(),
                     episode: e.clone(),
                     similarity,
                     indexed: true,
@@ -268,10 +272,22 @@ fn exact_scan(fresh: &[Arc<StoredEpisode>], cue: &ValidCue, out: &mut Vec<Recall
     }
     out.extend(scored.into_iter().map(|(similarity, e)| RecalledMemory {
         confidence: e.encoding_confidence,
+        embedding: e.embedding.clone(),
         episode: e.clone(),
         similarity,
         indexed: false,
     }));
+}
+
+/// Gives each result its vector: an indexed memory's stored episode does
+/// not hold it (one copy, in the index), so it is copied from there, for
+/// the `k` results only.
+fn fill_embeddings(space: &Space, memories: &mut [RecalledMemory]) {
+    for m in memories.iter_mut().filter(|m| m.embedding.is_empty()) {
+        if let Some(v) = space.embedding_of(&m.episode) {
+            m.embedding = v;
+        }
+    }
 }
 
 /// Best first: higher similarity, then the older (smaller) sequence.

@@ -6,6 +6,14 @@
 //! Layout (little-endian): magic `ENGRAMSN`, version u32, next_lsn u64,
 //! space count u32; per space a bincode `SpaceHeader`, its episodes, then the
 //! index's own serialisation; finally a CRC32 of everything before it.
+//!
+//! Versions: 2 (written now) stores an indexed episode without its vector,
+//! which the index that follows holds (one copy on disk as in memory);
+//! episodes still in the fresh tier keep theirs. 1 stored every episode's
+//! vector beside the index's copy; it is read, and the duplicate dropped,
+//! so a data directory written by an older build upgrades in place with
+//! its next snapshot. A build that predates version 2 refuses a version 2
+//! file by its number instead of misreading it.
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -22,7 +30,9 @@ use crate::space::Space;
 use crate::wal::Lsn;
 
 const MAGIC: &[u8; 8] = b"ENGRAMSN";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// The oldest version this build reads.
+const OLDEST_READABLE: u32 = 1;
 const DIR: &str = "snapshots";
 
 #[derive(Serialize, Deserialize)]
@@ -287,9 +297,9 @@ fn load(fs: &dyn FileSystem, path: &Path) -> Result<Loaded> {
     }
     r.read_exact(&mut buf4).map_err(io)?;
     let version = u32::from_le_bytes(buf4);
-    if version != VERSION {
+    if !(OLDEST_READABLE..=VERSION).contains(&version) {
         return Err(corrupt(format!(
-            "version {version}, this build reads {VERSION}"
+            "version {version}, this build reads versions {OLDEST_READABLE} to {VERSION}"
         )));
     }
     r.read_exact(&mut buf8).map_err(io)?;
@@ -327,6 +337,16 @@ fn load(fs: &dyn FileSystem, path: &Path) -> Result<Loaded> {
                 header.id,
                 index.dim(),
                 header.dimension
+            )));
+        }
+        // An episode stored without its vector relies on the index for it.
+        if let Some(e) = episodes
+            .iter()
+            .find(|e| !e.holds_embedding() && !index.contains(e.server_sequence))
+        {
+            return Err(corrupt(format!(
+                "episode '{}' of '{}' (sequence {}) is stored without its vector, and the index does not hold it",
+                e.id, header.id, e.server_sequence
             )));
         }
         spaces.push(LoadedSpace {

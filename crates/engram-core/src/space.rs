@@ -15,7 +15,7 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 use crate::index::{Hnsw, HnswParams};
 use crate::metrics::SpaceMetrics;
-use crate::model::{now_unix_nanos, SpaceId, SpaceInfo, StoredEpisode};
+use crate::model::{no_embedding, now_unix_nanos, SpaceId, SpaceInfo, StoredEpisode};
 
 /// A memory space. Shared as `Arc<Space>` between the engine's map, the
 /// commit thread, indexing tasks and recalls.
@@ -157,13 +157,19 @@ impl Space {
     }
 
     /// Makes a committed episode visible. Returns whether it still has to be
-    /// indexed (false when a loaded index already holds it).
+    /// indexed (false when a loaded index already holds it; the episode is
+    /// then kept without its vector, which the index has).
     ///
     /// Sequences must arrive dense and in order; the commit thread and
     /// recovery guarantee it.
     pub(crate) fn apply_observe(&self, episode: Arc<StoredEpisode>) -> bool {
         let seq = episode.server_sequence;
         let needs_index = !self.index.contains(seq);
+        let episode = if !needs_index && episode.holds_embedding() {
+            Arc::new(episode.without_embedding())
+        } else {
+            episode
+        };
         {
             let mut st = self.state.write();
             let expected = st.episodes.len() as u64 + 1;
@@ -219,11 +225,54 @@ impl Space {
         self.state.read().episode(seq).is_some()
     }
 
-    /// Called by an indexing worker once the episode is in the index.
+    /// Called by an indexing worker once the episode is in the index (or
+    /// no longer needs to be): it leaves the fresh tier, and the stored
+    /// episode drops its vector, which only the index keeps from now on.
     pub(crate) fn mark_indexed(&self, seq: u64) {
+        let slim = {
+            let st = self.state.read();
+            st.episode(seq)
+                .filter(|e| e.holds_embedding() && self.index.contains(seq))
+                .map(|e| Arc::new(e.without_embedding()))
+        };
         let mut st = self.state.write();
         st.fresh.remove(&seq);
         st.quarantined.remove(&seq);
+        if let Some(slim) = slim {
+            if let Some(slot) = usize::try_from(seq.wrapping_sub(1))
+                .ok()
+                .and_then(|i| st.episodes.get_mut(i))
+                .filter(|slot| slot.is_some())
+            {
+                *slot = Some(slim);
+            }
+        }
+    }
+
+    /// An episode's vector: its own while it is fresh, the index's copy once
+    /// indexed. None when neither has it (a forgotten episode whose index
+    /// node was never completed).
+    pub fn embedding_of(&self, e: &StoredEpisode) -> Option<Arc<[f32]>> {
+        if e.holds_embedding() {
+            return Some(e.embedding.clone());
+        }
+        self.index
+            .vector(e.server_sequence)
+            .map(Arc::from)
+            .filter(|v: &Arc<[f32]>| !v.is_empty())
+    }
+
+    /// Every live episode with its vector (see [`Space::embedding_of`]), in
+    /// sequence order: a copy, for checks and tools.
+    pub fn live_episodes_with_embeddings(&self) -> Vec<StoredEpisode> {
+        let episodes: Vec<_> = self.state.read().live_episodes().cloned().collect();
+        episodes
+            .iter()
+            .map(|e| StoredEpisode {
+                embedding: self.embedding_of(e).unwrap_or_else(no_embedding),
+                ..(**e).clone()
+            })
+            .collect()
     }
 
     /// Called by an indexing worker that gives up on a fresh episode: it
@@ -275,6 +324,17 @@ impl Space {
                 return Err(format!(
                     "space {}: episode '{}' (sequence {seq}) is in the index: {in_index}, in the fresh tier: {in_fresh}; expected exactly one",
                     self.id, e.id
+                ));
+            }
+            // One copy of each vector: the fresh tier's episodes hold
+            // theirs, indexed ones leave it to the index.
+            if in_fresh != e.holds_embedding() {
+                return Err(format!(
+                    "space {}: episode '{}' (sequence {seq}) holds its vector: {}, in the fresh tier: {in_fresh}; \
+                     the stored episode holds its vector exactly while it is fresh",
+                    self.id,
+                    e.id,
+                    e.holds_embedding()
                 ));
             }
         }

@@ -11,6 +11,10 @@ use engram_core::model::StoredEpisode;
 use engram_core::space::Space;
 use engram_core::{snapshot, Engine, SpaceId};
 
+fn close(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6)
+}
+
 fn unit(v: &[f32]) -> Vec<f32> {
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     v.iter().map(|x| x / n).collect()
@@ -82,13 +86,7 @@ async fn a_snapshot_index_ahead_of_its_episodes_does_not_hide_new_ones() {
     // lost vector of sequence 101 is not served under "new").
     for q in [&vecs[100], &vecs[120], &fresh] {
         for m in engine.recall("s", cue(q, 20)).unwrap().memories {
-            let own: f32 = m
-                .episode
-                .embedding
-                .iter()
-                .zip(q.iter())
-                .map(|(a, b)| a * b)
-                .sum();
+            let own: f32 = m.embedding.iter().zip(q.iter()).map(|(a, b)| a * b).sum();
             assert!(
                 (own - m.similarity).abs() < 0.02,
                 "{} scored {} but its own vector gives {own}",
@@ -269,5 +267,157 @@ async fn a_failed_sync_answers_unknown_and_a_resend_with_the_same_id_stores_it_o
         "a refused write must not have been stored"
     );
     assert_eq!(engine.describe_space("u").unwrap().count, 3);
+    engine.shutdown();
+}
+
+/// Issue 15: one copy of each vector. A data directory written by snapshot
+/// format version 1 (every episode stored its vector beside the index's
+/// copy; `tests/data/snapshot-v1/README.md` says how it was made) loads:
+/// every memory comes back with its own vector, the indexed ones keep it
+/// only in the index, the fresh ones are indexed; the next snapshot is
+/// written in the current format and loads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_snapshot_loads_and_is_rewritten_in_the_current_format() {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/snapshot-v1");
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["snapshots", "wal"] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+        for f in std::fs::read_dir(fixture.join(sub)).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, dir.path().join(sub).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let snapshot_version = |path: &std::path::Path| {
+        let bytes = std::fs::read(path).unwrap();
+        u32::from_le_bytes(bytes[8..12].try_into().unwrap())
+    };
+    let v1 = dir
+        .path()
+        .join("snapshots/snapshot-00000000000000000065.snap");
+    assert_eq!(snapshot_version(&v1), 1, "the fixture is a version 1 file");
+
+    let vecs: Vec<Vec<f32>> = random_vectors(60, 8, 4242)
+        .iter()
+        .map(|v| unit(v))
+        .collect();
+    let expect = |engine: &Engine| {
+        for (space, want) in [("a", 38), ("b", 20)] {
+            let episodes = engine.live_episodes(space).unwrap();
+            assert_eq!(episodes.len(), want, "live episodes of {space}");
+            for e in &episodes {
+                let i: usize = e.id[1..].parse().unwrap();
+                assert!(e.id != "e1" && e.id != "e55", "{} was forgotten", e.id);
+                assert_eq!(space == "b", i.is_multiple_of(3), "{} in {space}", e.id);
+                for (a, b) in e.embedding.iter().zip(&vecs[i]) {
+                    assert!((a - b).abs() < 1e-6, "{} has another vector", e.id);
+                }
+                assert_eq!(e.embedding.len(), 8);
+            }
+        }
+    };
+
+    let engine = Engine::open(config(dir.path())).unwrap();
+    assert_eq!(
+        engine.recovery_report().snapshot.as_deref(),
+        Some(v1.as_path())
+    );
+    assert_eq!(engine.recovery_report().wal_records, 0);
+    expect(&engine);
+    wait_indexed(&engine);
+    for space in ["a", "b"] {
+        // Includes: an indexed episode does not hold its vector.
+        engine.check_integrity(space).unwrap();
+        let info = engine.describe_space(space).unwrap();
+        assert_eq!(info.indexed_count, info.count);
+    }
+    let top = &engine.recall("a", cue(&vecs[2], 1)).unwrap().memories[0];
+    assert_eq!(top.episode.id, "e2");
+    assert!(top.indexed && !top.episode.holds_embedding());
+    let stored = engine.live_episodes("a").unwrap();
+    let e2 = stored.iter().find(|e| e.id == "e2").unwrap();
+    assert_eq!(&top.embedding[..], &e2.embedding[..]);
+    // The next snapshot (after a change: an unchanged engine writes none)
+    // is in the current format.
+    engine
+        .remember("c", episode("new", vecs[0].clone()))
+        .await
+        .unwrap();
+    let e = engine.clone();
+    let v2 = tokio::task::spawn_blocking(move || e.snapshot())
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("a new snapshot");
+    assert_eq!(snapshot_version(&v2), 2);
+    engine.shutdown();
+    drop(engine);
+
+    let engine = Engine::open(config(dir.path())).unwrap();
+    assert_ne!(
+        engine.recovery_report().snapshot.as_deref(),
+        Some(v1.as_path())
+    );
+    expect(&engine);
+    wait_indexed(&engine);
+    for space in ["a", "b"] {
+        engine.check_integrity(space).unwrap();
+    }
+    engine.shutdown();
+}
+
+/// Issue 15: once indexed, a memory's vector is kept once, in the index.
+/// Recall still returns it (from the index), with the stored episode not
+/// holding it; a fresh memory holds its own until it is indexed; both
+/// survive a restart from a snapshot and from the WAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_indexed_memory_keeps_its_vector_only_in_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let vecs: Vec<Vec<f32>> = random_vectors(300, 16, 93)
+        .iter()
+        .map(|v| unit(v))
+        .collect();
+    {
+        let engine = Engine::open(config(dir.path())).unwrap();
+        for (i, v) in vecs[..200].iter().enumerate() {
+            engine
+                .remember("s", episode(&format!("e{i}"), v.clone()))
+                .await
+                .unwrap();
+        }
+        wait_indexed(&engine);
+        engine.check_integrity("s").unwrap();
+        let e = engine.clone();
+        tokio::task::spawn_blocking(move || e.snapshot().unwrap())
+            .await
+            .unwrap();
+        engine.pause_indexing();
+        for (i, v) in vecs[200..].iter().enumerate() {
+            engine
+                .remember("s", episode(&format!("e{}", 200 + i), v.clone()))
+                .await
+                .unwrap();
+        }
+        for (i, v) in [(5usize, &vecs[5]), (250, &vecs[250])] {
+            let m = &engine.recall("s", cue(v, 1)).unwrap().memories[0];
+            assert_eq!(m.episode.id, format!("e{i}"));
+            assert_eq!(m.indexed, i < 200);
+            assert_eq!(m.episode.holds_embedding(), i >= 200, "{m:?}");
+            assert!(close(&m.embedding, v), "{m:?}");
+        }
+        engine.check_integrity("s").unwrap();
+        // No shutdown: the restart replays the last 100 from the WAL.
+    }
+    let engine = Engine::open(config(dir.path())).unwrap();
+    assert_eq!(engine.recovery_report().wal_records, 100);
+    wait_indexed(&engine);
+    engine.check_integrity("s").unwrap();
+    let stored = engine.live_episodes("s").unwrap();
+    assert_eq!(stored.len(), 300);
+    for e in &stored {
+        let i: usize = e.id[1..].parse().unwrap();
+        assert!(close(&e.embedding, &vecs[i]), "{}", e.id);
+        let m = &engine.recall("s", cue(&vecs[i], 1)).unwrap().memories[0];
+        assert!(m.episode.id == e.id && m.indexed && !m.episode.holds_embedding());
+    }
     engine.shutdown();
 }

@@ -639,3 +639,112 @@ async fn a_stream_before_init_gets_unavailable_at_shutdown() {
     }
     assert!(server.terminate(Duration::from_secs(30)).success());
 }
+
+/// Issue 15: an indexed memory's vector is kept once, in the index; asked
+/// for, recall returns it over gRPC (unary and streamed) and REST all the
+/// same, equal to the vector sent (L2-normalised).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recall_returns_the_vectors_of_indexed_memories_on_every_transport() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[]);
+    server.wait_ready().await;
+    let http = reqwest::Client::new();
+    let vecs = random_vectors(40, 12, 77);
+    for (i, v) in vecs.iter().enumerate() {
+        let (s, b) = call(
+            &http,
+            reqwest::Method::POST,
+            &server.url("/v1/spaces/ve/memories"),
+            Some(episode(&format!("v{i}"), v)),
+        )
+        .await;
+        assert_eq!(s, 201, "{b}");
+    }
+    server
+        .get_until(
+            &http,
+            "/v1/spaces/ve",
+            Duration::from_secs(60),
+            "every memory to be indexed",
+            |s, b| s == 200 && b["indexed_count"] == 40,
+        )
+        .await;
+    let unit = |v: &[f32]| {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter().map(|x| x / n).collect::<Vec<f32>>()
+    };
+    let same = |got: &[f32], want: &[f32]| {
+        got.len() == want.len() && got.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-5)
+    };
+    let ch = channel(&server).await;
+    let mut memory = MemoryClient::new(ch.clone());
+    for i in [0usize, 17, 39] {
+        let want = unit(&vecs[i]);
+        let request = pb::RecallRequest {
+            memory_space_id: "ve".into(),
+            cue: Some(pb::Cue {
+                embedding: vecs[i].clone(),
+                max_results: 3,
+                similarity_threshold: -1.0,
+                ..Default::default()
+            }),
+            batch_size: 0,
+            include_embeddings: true,
+        };
+        let unary = memory.recall(request.clone()).await.unwrap().into_inner();
+        let top = &unary.memories[0];
+        assert!(top.indexed, "memory {i} is indexed");
+        let e = top.episode.as_ref().unwrap();
+        assert_eq!(e.id, format!("v{i}"));
+        assert!(
+            same(&e.embedding, &want),
+            "gRPC unary, v{i}: {:?}",
+            e.embedding
+        );
+        assert!(unary
+            .memories
+            .iter()
+            .all(|m| m.episode.as_ref().unwrap().embedding.len() == 12));
+
+        let mut stream = StreamingClient::new(ch.clone())
+            .recall_stream(request.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        let first = stream.message().await.unwrap().unwrap();
+        let e = first.memories[0].episode.as_ref().unwrap();
+        assert!(same(&e.embedding, &want), "gRPC stream, v{i}");
+
+        let (s, b) = call(
+            &http,
+            reqwest::Method::POST,
+            &server.url("/v1/spaces/ve/recall?include_embeddings=true"),
+            Some(serde_json::json!({"embedding": vecs[i], "max_results": 1})),
+        )
+        .await;
+        assert_eq!(s, 200, "{b}");
+        let got: Vec<f32> = b["memories"][0]["episode"]["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        assert!(same(&got, &want), "REST, v{i}: {got:?}");
+
+        // Not asked for: not sent.
+        let plain = memory
+            .recall(pb::RecallRequest {
+                include_embeddings: false,
+                ..request
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(plain.memories[0]
+            .episode
+            .as_ref()
+            .unwrap()
+            .embedding
+            .is_empty());
+    }
+}

@@ -447,6 +447,15 @@ impl Hnsw {
         id.is_some_and(|id| self.store.is_ready(id))
     }
 
+    /// A copy of the exact vector stored under `label`, if its insert
+    /// completed.
+    pub fn vector(&self, label: u64) -> Option<Vec<f32>> {
+        let id = self.label_ids.lock().get(&label).copied()?;
+        self.store
+            .is_ready(id)
+            .then(|| self.store.vector(id).to_vec())
+    }
+
     /// Top-`k` labels by cosine similarity among those for which
     /// `filter(label)` is true, as (label, similarity) sorted by similarity
     /// descending, ties by smaller label. The beam width is `max(ef, k)`;

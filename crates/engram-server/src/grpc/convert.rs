@@ -1,7 +1,5 @@
 //! Conversions between wire messages and engine types.
 
-use std::sync::Arc;
-
 use engram_core::model::Remembered;
 use engram_core::{Cue, EpisodeInput, Priority, RecalledMemory, SpaceInfo, StoredEpisode};
 use engram_proto::v1 as pb;
@@ -83,16 +81,14 @@ pub fn priority(p: i32) -> Priority {
     }
 }
 
-pub fn episode(e: &Arc<StoredEpisode>, include_embeddings: bool) -> pb::Episode {
+/// An episode on the wire; `embedding` is its vector when the caller asked
+/// for it (a stored episode may not hold it: see `StoredEpisode::embedding`).
+pub fn episode(e: &StoredEpisode, embedding: Option<&[f32]>) -> pb::Episode {
     pb::Episode {
         id: e.id.clone(),
         when: Some(timestamp(e.when_unix_nanos)),
         what: e.what.clone(),
-        embedding: if include_embeddings {
-            e.embedding.to_vec()
-        } else {
-            Vec::new()
-        },
+        embedding: embedding.map(<[f32]>::to_vec).unwrap_or_default(),
         encoding_confidence: Some(e.encoding_confidence),
         tags: e.tags.clone(),
         metadata: e.metadata.clone().into_iter().collect(),
@@ -101,7 +97,10 @@ pub fn episode(e: &Arc<StoredEpisode>, include_embeddings: bool) -> pb::Episode 
 
 pub fn recalled(m: &RecalledMemory, include_embeddings: bool) -> pb::RecalledMemory {
     pb::RecalledMemory {
-        episode: Some(episode(&m.episode, include_embeddings)),
+        episode: Some(episode(
+            &m.episode,
+            include_embeddings.then_some(&m.embedding[..]),
+        )),
         similarity: m.similarity,
         confidence: m.confidence,
         server_sequence: m.episode.server_sequence,

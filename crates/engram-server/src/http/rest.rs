@@ -1,5 +1,6 @@
-//! REST routes of SPEC 5.2. JSON bodies are shaped like the gRPC messages
-//! (snake_case); `when` fields are RFC 3339 timestamps.
+//! The REST routes (listed in the README's "REST API"). JSON bodies are
+//! shaped like the gRPC messages (snake_case); `when` fields are RFC 3339
+//! timestamps.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
@@ -167,7 +168,7 @@ pub(crate) fn recalled_out(m: &RecalledMemory, include_embeddings: bool) -> Reca
             id: &e.id,
             when: format_time(e.when_unix_nanos),
             what: &e.what,
-            embedding: include_embeddings.then_some(&e.embedding[..]),
+            embedding: include_embeddings.then_some(&m.embedding[..]),
             encoding_confidence: e.encoding_confidence,
             tags: &e.tags,
             metadata: &e.metadata,
