@@ -23,6 +23,7 @@ from .types import (
     RejectReason,
     RememberResult,
     SpaceInfo,
+    SpaceMemory,
     StreamClosed,
     StreamState,
     StreamStatus,
@@ -224,6 +225,13 @@ def space_info(msg: memory_pb2.SpaceInfo) -> SpaceInfo:
         last_sequence=msg.last_sequence,
         index_lag_seconds=msg.index_lag_seconds,
         quarantined_count=msg.quarantined_count,
+        memory=SpaceMemory(
+            vectors=msg.memory.vectors,
+            codes=msg.memory.codes,
+            graph=msg.memory.graph,
+            episodes=msg.memory.episodes,
+            fresh=msg.memory.fresh,
+        ),
     )
 
 

@@ -196,6 +196,28 @@ class RecallResult:
 
 
 @dataclass(frozen=True)
+class SpaceMemory:
+    """Memory the server holds for a space, by kind, in bytes (its estimates
+    of what the structures hold; the process's resident memory is the
+    measured total)."""
+
+    #: Exact float32 vectors of indexed memories (kept once, in the index).
+    vectors: int = 0
+    #: The index's quantized code rows (what searches traverse).
+    codes: int = 0
+    #: The index's link lists, labels, locks and label table.
+    graph: int = 0
+    #: Stored episodes besides their vectors: ids, texts, tags, metadata.
+    episodes: int = 0
+    #: Vectors of memories not indexed yet.
+    fresh: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.vectors + self.codes + self.graph + self.episodes + self.fresh
+
+
+@dataclass(frozen=True)
 class SpaceInfo:
     memory_space_id: str
     dimension: int
@@ -207,6 +229,8 @@ class SpaceInfo:
     #: Observations whose indexing kept panicking on the server: kept in its
     #: exact-scanned fresh tier (durable, recalled), not in ``queue_depth``.
     quarantined_count: int = 0
+    #: Memory held for the space, by kind.
+    memory: SpaceMemory = SpaceMemory()
 
 
 @dataclass(frozen=True)

@@ -447,6 +447,7 @@ impl Engine {
                         s.index().memory_bytes(),
                         info.index_lag_seconds,
                         s.fresh_bytes(),
+                        info.memory,
                     )
                 })
                 .collect(),

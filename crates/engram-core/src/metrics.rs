@@ -58,6 +58,7 @@ pub struct Metrics {
     quarantined: IntCounterVec,
     index_vectors: IntGaugeVec,
     index_memory: IntGaugeVec,
+    space_memory: IntGaugeVec,
     queue_memory: IntGauge,
     index_lag: prometheus::GaugeVec,
     wal_sync: Histogram,
@@ -140,8 +141,9 @@ pub struct ScrapeState {
     pub kept_sessions: usize,
     /// (space, per-priority depth)
     pub queue_depths: Vec<(SpaceId, [usize; 3])>,
-    /// (space, vectors in the index, index bytes, oldest fresh age s, fresh bytes)
-    pub spaces: Vec<(SpaceId, usize, usize, f64, usize)>,
+    /// (space, vectors in the index, index bytes, oldest fresh age s, fresh
+    /// bytes, memory by kind)
+    pub spaces: Vec<(SpaceId, usize, usize, f64, usize, crate::model::SpaceMemory)>,
     /// Busy nanoseconds so far, per worker.
     pub worker_busy_nanos: Vec<u64>,
     /// Workers stuck on one observation past the watchdog's threshold.
@@ -318,6 +320,16 @@ impl Metrics {
                 ),
                 &["space_id"]
             ),
+            space_memory: make!(
+                IntGaugeVec,
+                Opts::new(
+                    "engram_space_memory_bytes",
+                    "Memory held for the space by kind: vectors (exact f32 of indexed memories), \
+                     codes (the index's quantized rows), graph (links, labels, locks), episodes \
+                     (ids, texts, tags, metadata), fresh (vectors not indexed yet)."
+                ),
+                &["space_id", "kind"]
+            ),
             queue_memory: make!(
                 IntGauge,
                 Opts::new(
@@ -459,9 +471,15 @@ impl Metrics {
         self.index_vectors.reset();
         self.index_memory.reset();
         self.index_lag.reset();
+        self.space_memory.reset();
         let mut fresh_bytes = 0;
-        for (space, vectors, bytes, lag, fresh) in &s.spaces {
+        for (space, vectors, bytes, lag, fresh, memory) in &s.spaces {
             let label = self.label(space);
+            for (kind, b) in memory.by_kind() {
+                self.space_memory
+                    .with_label_values(&[&label, kind])
+                    .add(b as i64);
+            }
             self.index_vectors
                 .with_label_values(&[&label])
                 .add(*vectors as i64);
@@ -585,7 +603,20 @@ mod tests {
             active_sessions: 1,
             kept_sessions: 1,
             queue_depths: vec![(SpaceId::parse("x").unwrap(), [0, 3, 0])],
-            spaces: vec![(SpaceId::parse("x").unwrap(), 10, 4096, 0.5, 300)],
+            spaces: vec![(
+                SpaceId::parse("x").unwrap(),
+                10,
+                4096,
+                0.5,
+                300,
+                crate::model::SpaceMemory {
+                    vectors: 1000,
+                    codes: 300,
+                    graph: 200,
+                    episodes: 150,
+                    fresh: 300,
+                },
+            )],
             worker_busy_nanos: vec![0, 0],
             stuck_workers: vec![],
         });
@@ -609,5 +640,19 @@ mod tests {
             text.contains(r#"engram_streaming_queue_depth{priority="normal",space_id="x"} 3"#),
             "{text}"
         );
+        for (kind, bytes) in [
+            ("vectors", 1000),
+            ("codes", 300),
+            ("graph", 200),
+            ("episodes", 150),
+            ("fresh", 300),
+        ] {
+            assert!(
+                text.contains(&format!(
+                    r#"engram_space_memory_bytes{{kind="{kind}",space_id="x"}} {bytes}"#
+                )),
+                "{kind}:\n{text}"
+            );
+        }
     }
 }

@@ -127,6 +127,27 @@ impl StoredEpisode {
         !self.embedding.is_empty()
     }
 
+    /// Bytes a stored episode takes besides its vector (an estimate, without
+    /// allocator rounding): the struct behind its `Arc`, its strings, tags
+    /// and metadata, and the copy of its id in the space's id table.
+    pub fn bytes_without_embedding(&self) -> usize {
+        use std::mem::size_of;
+        size_of::<Self>()
+            + 2 * size_of::<usize>()
+            + 2 * self.id.len()
+            + self.what.len()
+            + self
+                .tags
+                .iter()
+                .map(|t| size_of::<String>() + t.len())
+                .sum::<usize>()
+            + self
+                .metadata
+                .iter()
+                .map(|(k, v)| 2 * size_of::<String>() + k.len() + v.len() + 4 * size_of::<usize>())
+                .sum::<usize>()
+    }
+
     /// This episode without its vector, for once the index holds it.
     pub fn without_embedding(&self) -> StoredEpisode {
         StoredEpisode {
@@ -371,6 +392,42 @@ pub struct RecallResult {
     pub snapshot_sequence: u64,
 }
 
+/// A space's memory by kind, in bytes (estimates of what the structures
+/// hold, without allocator overhead; the process's resident memory is the
+/// measured total).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SpaceMemory {
+    /// Exact `f32` vectors of indexed memories (in the index).
+    pub vectors: u64,
+    /// The index's quantized code rows (what searches traverse).
+    pub codes: u64,
+    /// The index's link lists, labels, locks and label table.
+    pub graph: u64,
+    /// Stored episodes besides their vectors: ids, texts, tags, metadata,
+    /// the id table.
+    pub episodes: u64,
+    /// Vectors of memories not indexed yet (the fresh tier).
+    pub fresh: u64,
+}
+
+impl SpaceMemory {
+    /// Every kind together.
+    pub fn total(&self) -> u64 {
+        self.vectors + self.codes + self.graph + self.episodes + self.fresh
+    }
+
+    /// The kinds with their metric label, in a fixed order.
+    pub fn by_kind(&self) -> [(&'static str, u64); 5] {
+        [
+            ("vectors", self.vectors),
+            ("codes", self.codes),
+            ("graph", self.graph),
+            ("episodes", self.episodes),
+            ("fresh", self.fresh),
+        ]
+    }
+}
+
 /// What `describe` reports about a space.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SpaceInfo {
@@ -391,6 +448,8 @@ pub struct SpaceInfo {
     /// fresh tier (recalled, durable), not in the index, not in
     /// `queue_depth`; indexing is tried again at the next start.
     pub quarantined_count: u64,
+    /// Memory held for the space, by kind.
+    pub memory: SpaceMemory,
 }
 
 /// The result of remembering one observation.

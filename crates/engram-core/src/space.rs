@@ -15,7 +15,7 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 use crate::index::{Hnsw, HnswParams};
 use crate::metrics::SpaceMetrics;
-use crate::model::{no_embedding, now_unix_nanos, SpaceId, SpaceInfo, StoredEpisode};
+use crate::model::{no_embedding, now_unix_nanos, SpaceId, SpaceInfo, SpaceMemory, StoredEpisode};
 
 /// A memory space. Shared as `Arc<Space>` between the engine's map, the
 /// commit thread, indexing tasks and recalls.
@@ -50,6 +50,9 @@ pub struct SpaceState {
     /// Fresh episodes whose indexing kept panicking (see the indexer's
     /// quarantine): recalled exactly from the fresh tier, not waited for.
     quarantined: std::collections::BTreeSet<u64>,
+    /// Live episodes' bytes besides their vectors
+    /// (`StoredEpisode::bytes_without_embedding`), kept as they come and go.
+    episode_bytes: usize,
 }
 
 /// What only the commit thread reads and writes.
@@ -100,6 +103,7 @@ impl Space {
                 live: 0,
                 fresh: BTreeMap::new(),
                 quarantined: Default::default(),
+                episode_bytes: 0,
             }),
             commit: Mutex::new(CommitMeta::default()),
             visible_seq: AtomicU64::new(0),
@@ -182,6 +186,7 @@ impl Space {
             // A snapshot omits forgotten episodes, so a loaded space can
             // have holes below its first replayed sequence.
             st.episodes.resize(seq as usize - 1, None);
+            st.episode_bytes += episode.bytes_without_embedding();
             st.episodes.push(Some(episode.clone()));
             st.live += 1;
             if needs_index {
@@ -211,9 +216,10 @@ impl Space {
         else {
             return false;
         };
-        if slot.take().is_none() {
+        let Some(gone) = slot.take() else {
             return false;
-        }
+        };
+        st.episode_bytes -= gone.bytes_without_embedding();
         st.live -= 1;
         st.fresh.remove(&seq);
         st.quarantined.remove(&seq);
@@ -284,8 +290,29 @@ impl Space {
         }
     }
 
-    /// Counts and lag for `describe`.
+    /// Memory held for the space, by kind (see [`SpaceMemory`]).
+    pub fn memory(&self) -> SpaceMemory {
+        let (vectors, codes, graph) = self.index.memory_by_kind();
+        // The id table's slots (its keys' bytes are in each episode's
+        // estimate).
+        let id_table =
+            self.commit.lock().by_id.capacity() * (std::mem::size_of::<(String, u64)>() + 1);
+        let st = self.state.read();
+        SpaceMemory {
+            vectors: vectors as u64,
+            codes: codes as u64,
+            graph: graph as u64,
+            episodes: (st.episode_bytes
+                + id_table
+                + st.episodes.capacity() * std::mem::size_of::<Option<Arc<StoredEpisode>>>())
+                as u64,
+            fresh: (st.fresh.len() * self.dimension * std::mem::size_of::<f32>()) as u64,
+        }
+    }
+
+    /// Counts, lag and memory for `describe`.
     pub fn info(&self) -> SpaceInfo {
+        let memory = self.memory();
         let st = self.state.read();
         // The oldest episode still waiting (a quarantined one waits for
         // nothing, and must not make the lag grow for ever).
@@ -305,6 +332,7 @@ impl Space {
             last_sequence: self.visible_sequence(),
             index_lag_seconds: lag,
             quarantined_count: quarantined,
+            memory,
         }
     }
 

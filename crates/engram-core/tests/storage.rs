@@ -421,3 +421,66 @@ async fn an_indexed_memory_keeps_its_vector_only_in_the_index() {
     }
     engine.shutdown();
 }
+
+/// Issue 15: memory is reported by kind, and follows the one-copy rule: a
+/// fresh memory's vector is counted as `fresh`, an indexed one's as
+/// `vectors` (once), and the metric carries the same numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_is_reported_by_kind_and_each_vector_is_counted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(engram_core::EngineConfig {
+        metrics: true,
+        ..config(dir.path())
+    })
+    .unwrap();
+    let dim = 32;
+    let vecs = random_vectors(150, dim, 94);
+    for (i, v) in vecs[..100].iter().enumerate() {
+        engine
+            .remember("m", episode(&format!("m{i}"), v.clone()))
+            .await
+            .unwrap();
+    }
+    wait_indexed(&engine);
+    let row = (dim * 4) as u64;
+    let indexed = engine.describe_space("m").unwrap().memory;
+    assert_eq!(
+        (indexed.vectors, indexed.fresh),
+        (100 * row, 0),
+        "{indexed:?}"
+    );
+    assert!(indexed.codes > 0 && indexed.graph > 0 && indexed.episodes > 0);
+
+    engine.pause_indexing();
+    for (i, v) in vecs[100..].iter().enumerate() {
+        engine
+            .remember("m", episode(&format!("m{}", 100 + i), v.clone()))
+            .await
+            .unwrap();
+    }
+    let waiting = engine.describe_space("m").unwrap().memory;
+    assert_eq!(
+        (waiting.vectors, waiting.fresh),
+        (100 * row, 50 * row),
+        "{waiting:?}"
+    );
+    assert!(waiting.episodes > indexed.episodes);
+    engine.resume_indexing();
+    wait_indexed(&engine);
+    let all = engine.describe_space("m").unwrap().memory;
+    assert_eq!((all.vectors, all.fresh), (150 * row, 0), "{all:?}");
+
+    engine.forget("m", "m3").await.unwrap();
+    let after_forget = engine.describe_space("m").unwrap().memory;
+    assert!(
+        after_forget.episodes < all.episodes,
+        "{after_forget:?} vs {all:?}"
+    );
+
+    let text = engine.render_metrics().unwrap();
+    for (kind, bytes) in after_forget.by_kind() {
+        let line = format!(r#"engram_space_memory_bytes{{kind="{kind}",space_id="m"}} {bytes}"#);
+        assert!(text.contains(&line), "{line} missing");
+    }
+    engine.shutdown();
+}

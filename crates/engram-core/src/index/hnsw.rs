@@ -533,6 +533,19 @@ impl Hnsw {
             .collect()
     }
 
+    /// Approximate heap bytes by kind: (exact vectors, code rows, the rest:
+    /// links, labels, locks, the label table and pooled search scratch).
+    pub fn memory_by_kind(&self) -> (usize, usize, usize) {
+        let n = self.allocated.load(Ordering::Acquire);
+        let (vectors, codes, links) = self.store.memory_by_kind(n);
+        let table = self.label_ids.lock().capacity() * (std::mem::size_of::<(u64, u32)>() + 1);
+        (
+            vectors,
+            codes,
+            links + std::mem::size_of::<Self>() + table + self.pool.bytes(),
+        )
+    }
+
     /// Approximate heap bytes used: vectors, links, labels, locks, the label
     /// table and pooled search scratch.
     pub fn memory_bytes(&self) -> usize {

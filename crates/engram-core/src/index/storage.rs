@@ -371,6 +371,14 @@ impl NodeStore {
     /// level-0 lists (the untouched tail of the last segment is not
     /// committed memory and is not counted), the per-node bookkeeping of
     /// every allocated segment, and the upper-level lists.
+    /// Bytes of `n` nodes' vectors, code rows, and everything else (links,
+    /// labels, levels, locks, segment headers).
+    pub(super) fn memory_by_kind(&self, n: usize) -> (usize, usize, usize) {
+        let vectors = n * self.dim * 4;
+        let codes = n * self.code_stride;
+        (vectors, codes, self.memory_bytes(n) - vectors - codes)
+    }
+
     pub(super) fn memory_bytes(&self, n: usize) -> usize {
         let per_node = self.dim * 4 + self.code_stride + self.stride0 * 4;
         let per_slot = 1 + 8 + std::mem::size_of::<Mutex<()>>() + 1 + 4;

@@ -118,6 +118,13 @@ pub fn space_info(i: &SpaceInfo) -> pb::SpaceInfo {
         last_sequence: i.last_sequence,
         index_lag_seconds: i.index_lag_seconds,
         quarantined_count: i.quarantined_count,
+        memory: Some(pb::SpaceMemory {
+            vectors: i.memory.vectors,
+            codes: i.memory.codes,
+            graph: i.memory.graph,
+            episodes: i.memory.episodes,
+            fresh: i.memory.fresh,
+        }),
     }
 }
 

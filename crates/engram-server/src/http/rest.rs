@@ -190,6 +190,7 @@ fn space_json(info: &SpaceInfo) -> serde_json::Value {
         "last_sequence": info.last_sequence,
         "index_lag_seconds": info.index_lag_seconds,
         "quarantined_count": info.quarantined_count,
+        "memory_bytes": info.memory,
     })
 }
 

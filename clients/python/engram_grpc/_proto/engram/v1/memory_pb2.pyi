@@ -93,7 +93,7 @@ class DeleteSpaceResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class SpaceInfo(_message.Message):
-    __slots__ = ("memory_space_id", "dimension", "count", "indexed_count", "queue_depth", "last_sequence", "index_lag_seconds", "quarantined_count")
+    __slots__ = ("memory_space_id", "dimension", "count", "indexed_count", "queue_depth", "last_sequence", "index_lag_seconds", "quarantined_count", "memory")
     MEMORY_SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +102,7 @@ class SpaceInfo(_message.Message):
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     INDEX_LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
     QUARANTINED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
     memory_space_id: str
     dimension: int
     count: int
@@ -110,4 +111,19 @@ class SpaceInfo(_message.Message):
     last_sequence: int
     index_lag_seconds: float
     quarantined_count: int
-    def __init__(self, memory_space_id: _Optional[str] = ..., dimension: _Optional[int] = ..., count: _Optional[int] = ..., indexed_count: _Optional[int] = ..., queue_depth: _Optional[int] = ..., last_sequence: _Optional[int] = ..., index_lag_seconds: _Optional[float] = ..., quarantined_count: _Optional[int] = ...) -> None: ...
+    memory: SpaceMemory
+    def __init__(self, memory_space_id: _Optional[str] = ..., dimension: _Optional[int] = ..., count: _Optional[int] = ..., indexed_count: _Optional[int] = ..., queue_depth: _Optional[int] = ..., last_sequence: _Optional[int] = ..., index_lag_seconds: _Optional[float] = ..., quarantined_count: _Optional[int] = ..., memory: _Optional[_Union[SpaceMemory, _Mapping]] = ...) -> None: ...
+
+class SpaceMemory(_message.Message):
+    __slots__ = ("vectors", "codes", "graph", "episodes", "fresh")
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    CODES_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_FIELD_NUMBER: _ClassVar[int]
+    EPISODES_FIELD_NUMBER: _ClassVar[int]
+    FRESH_FIELD_NUMBER: _ClassVar[int]
+    vectors: int
+    codes: int
+    graph: int
+    episodes: int
+    fresh: int
+    def __init__(self, vectors: _Optional[int] = ..., codes: _Optional[int] = ..., graph: _Optional[int] = ..., episodes: _Optional[int] = ..., fresh: _Optional[int] = ...) -> None: ...
