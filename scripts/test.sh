@@ -38,9 +38,11 @@ need curl "the examples' servers are polled for readiness with curl (apt-get ins
 cargo fmt --version >/dev/null 2>&1 || { echo "error: rustfmt missing: rustup component add rustfmt" >&2; exit 1; }
 cargo clippy --version >/dev/null 2>&1 || { echo "error: clippy missing: rustup component add clippy" >&2; exit 1; }
 
-# The recall-quality tests read the shared data set beside the checkout.
-data="../shared/data/minilm-dev/base.fvecs"
-[ -f "$data" ] || { echo "error: $data not found: the tests need ../shared/data beside the checkout" >&2; exit 1; }
+# The tests read only data the repository ships (the real-text sample in
+# crates/engram-testdata/data/minilm-sample) or generates; ../shared/data
+# beside the checkout is for benchmarks only.
+sample="crates/engram-testdata/data/minilm-sample/base.fvecs"
+[ -f "$sample" ] || { echo "error: $sample is missing: the checkout is incomplete (it is committed with the repository)" >&2; exit 1; }
 
 log_dir=$(mktemp -d)
 trap 'rm -rf "$log_dir"' EXIT

@@ -104,18 +104,21 @@ async fn small_spaces_equal_brute_force_across_both_tiers() {
     engine.shutdown();
 }
 
+/// Recall@10 at default index settings on real text: the sample of MiniLM
+/// embeddings shipped in `engram-testdata` (3,000 base vectors, 200
+/// queries), against the exact top 10 computed here by brute force.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minilm_recall_at_10_meets_target_at_default_settings() {
-    let data = shared_data().join("minilm-dev");
-    let (dim, base) = read_fvecs(&data.join("base.fvecs"));
-    let (_, queries) = read_fvecs(&data.join("query.fvecs"));
-    let gt = read_ivecs(&data.join("groundtruth.ivecs"), base.len());
+    let sample = engram_testdata::minilm_sample();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config_with(dir.path(), SyncPolicy::None);
-    cfg.queue.capacity = 2 * base.len();
+    cfg.queue.capacity = 2 * sample.base.len();
     let engine = Engine::open(cfg).unwrap();
-    engine.create_space("minilm", Some(dim)).await.unwrap();
-    for (i, v) in base.iter().enumerate() {
+    engine
+        .create_space("minilm", Some(sample.dim))
+        .await
+        .unwrap();
+    for (i, (_, v)) in sample.base.iter().enumerate() {
         engine
             .remember("minilm", episode(&i.to_string(), v.clone()))
             .await
@@ -123,8 +126,11 @@ async fn minilm_recall_at_10_meets_target_at_default_settings() {
     }
     wait_indexed(&engine);
     let mut hits = 0usize;
-    for (q, truth) in queries.iter().zip(&gt) {
-        let truth: HashSet<String> = truth[..10].iter().map(|i| i.to_string()).collect();
+    for (_, q) in &sample.queries {
+        let truth: HashSet<String> = engram_testdata::exact_top_k(&sample.base, q, 10)
+            .iter()
+            .map(|i| i.to_string())
+            .collect();
         let r = engine.recall("minilm", cue(q, 10)).unwrap();
         assert_eq!(r.memories.len(), 10);
         hits += r
@@ -133,8 +139,8 @@ async fn minilm_recall_at_10_meets_target_at_default_settings() {
             .filter(|m| truth.contains(&m.episode.id))
             .count();
     }
-    let recall = hits as f64 / (10 * queries.len()) as f64;
-    println!("minilm-dev recall@10 at default settings: {recall:.4}");
+    let recall = hits as f64 / (10 * sample.queries.len()) as f64;
+    println!("minilm-sample recall@10 at default settings: {recall:.4}");
     assert!(recall >= 0.95, "recall@10 {recall:.4} is below 0.95");
     engine.check_integrity("minilm").unwrap();
     engine.shutdown();

@@ -22,20 +22,13 @@ use serde_json::json;
 use support::ServerProcess;
 use tokio::time::{Instant, MissedTickBehavior};
 
-/// The first `n` MiniLM vectors and texts of the shared data set, or, where
-/// it is not present, random vectors with made-up texts.
-fn minilm_or_random(n: usize) -> Vec<(String, Vec<f32>)> {
-    let Some(data) = engram_testdata::minilm_dev(n) else {
-        eprintln!("minilm-dev not found: using random vectors");
-        return (0..n as u64)
-            .map(|i| (format!("random text {i}"), vector(1, i, DIM)))
-            .collect();
-    };
-    assert!(
-        data.iter().all(|(_, v)| v.len() == DIM),
-        "minilm-dev dimension"
-    );
-    data
+/// `n` distinct real-text observations: the MiniLM sample shipped in
+/// `engram-testdata`, its 3,000 base rows first, then normalised means of
+/// pairs of them (see `MinilmSample::observations`).
+fn minilm_observations(n: usize) -> Vec<(String, Vec<f32>)> {
+    let sample = engram_testdata::minilm_sample();
+    assert_eq!(sample.dim, DIM, "minilm-sample dimension");
+    sample.observations(n)
 }
 
 /// The accepted memory with the highest server sequence so far.
@@ -61,7 +54,7 @@ async fn integration_streaming_workflow_10k_observations() {
     let server = start_server(dir.path(), None, &[]).await;
     let client = connect(server.grpc).await;
     client.create_space(SPACE, DIM as u32).await.unwrap();
-    let data = Arc::new(minilm_or_random(N as usize));
+    let data = Arc::new(minilm_observations(N as usize));
 
     let (sender, acks) = client.observe_stream(SPACE).await.unwrap();
     let acked = Acked::default();

@@ -1,7 +1,14 @@
 //! The data sets tests and benchmarks read, in one place.
 //!
+//! - [`minilm_sample`]: the real-text sample shipped in this crate
+//!   (`data/minilm-sample`, 3,000 base and 200 query MiniLM vectors with
+//!   their texts; provenance in its README). Always present, so tests read
+//!   it and pass on a fresh clone.
+//! - [`shared_data`] / [`minilm_dev`]: the larger sets beside the checkout
+//!   (`../shared/data`), for benchmarks only; they are optional.
+//!
 //! Readers for the `fvecs` / `ivecs` files of ANN benchmarks (format in
-//! `../shared/data/README.md`): little-endian, each record an `i32`
+//! `data/minilm-sample/README.md`): little-endian, each record an `i32`
 //! dimension followed by that many values. Every value is decoded from its
 //! bytes, so the host's byte order and alignment do not matter. Malformed
 //! files are errors (`InvalidData`) that name the file and the record.
@@ -9,46 +16,159 @@
 use std::io::{Error, ErrorKind, Result};
 use std::path::{Path, PathBuf};
 
-/// The shared data folder (`../shared/data` beside the checkout).
+/// The shared data folder (`../shared/data` beside the checkout), which
+/// benchmarks may use when it is there. Tests must not need it: they read
+/// [`minilm_sample`].
 pub fn shared_data() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data")
 }
 
 /// The first `n` base vectors of `shared/data/minilm-dev` (real 384-d
 /// sentence embeddings) with their texts, or `None` when the folder is
-/// absent.
+/// absent. For benchmarks; tests use [`minilm_sample`].
 ///
 /// # Panics
 /// When the folder is there but its files are malformed or hold fewer than
 /// `n` vectors: a broken data set must not pass for a missing one.
 pub fn minilm_dev(n: usize) -> Option<Vec<(String, Vec<f32>)>> {
     let dir = shared_data().join("minilm-dev");
-    let path = dir.join("base.fvecs");
-    if !path.exists() {
+    if !dir.join("base.fvecs").exists() {
         return None;
     }
-    let base = read_fvecs(&path).unwrap_or_else(|e| panic!("{e}"));
-    let texts = std::fs::read_to_string(dir.join("base.txt"))
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.join("base.txt").display()));
+    let base = read_texts_and_vectors(&dir, "base");
     assert!(
-        base.rows() >= n,
+        base.len() >= n,
         "{} holds {} vectors, fewer than {n}",
-        path.display(),
-        base.rows()
+        dir.join("base.fvecs").display(),
+        base.len()
     );
-    assert!(
-        texts.lines().count() >= n,
-        "{} has fewer than {n} lines",
-        dir.join("base.txt").display()
+    Some(base.into_iter().take(n).collect())
+}
+
+/// The folder of the shipped sample, `data/minilm-sample` in this crate.
+pub fn minilm_sample_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/minilm-sample")
+}
+
+/// The real-text sample shipped in the repository: a prefix of
+/// `minilm-dev` (sentence-transformers/all-MiniLM-L6-v2, 384-d,
+/// L2-normalised, so inner product is cosine). It has no ground truth:
+/// compute it with [`exact_top_k`].
+pub struct MinilmSample {
+    pub dim: usize,
+    /// 3,000 (text, vector) pairs; row `i` is base vector `i` of minilm-dev.
+    pub base: Vec<(String, Vec<f32>)>,
+    /// 200 (text, vector) pairs; row `i` is query `i` of minilm-dev.
+    pub queries: Vec<(String, Vec<f32>)>,
+}
+
+/// Base rows in the shipped sample (see its README for how it was cut).
+pub const SAMPLE_BASE_ROWS: usize = 3_000;
+/// Query rows in the shipped sample.
+pub const SAMPLE_QUERY_ROWS: usize = 200;
+
+/// Reads the shipped sample (`data/minilm-sample`).
+///
+/// # Panics
+/// When a file is missing, malformed or of the wrong size: the sample is
+/// committed with the crate, so that is a broken checkout, never a reason
+/// to skip a test.
+pub fn minilm_sample() -> MinilmSample {
+    let dir = minilm_sample_dir();
+    let base = read_texts_and_vectors(&dir, "base");
+    let queries = read_texts_and_vectors(&dir, "query");
+    assert_eq!(
+        (base.len(), queries.len()),
+        (SAMPLE_BASE_ROWS, SAMPLE_QUERY_ROWS),
+        "{}: unexpected (base, query) row counts; regenerate it with scripts/make-test-sample.py",
+        dir.display()
     );
-    Some(
-        texts
-            .lines()
-            .take(n)
-            .enumerate()
-            .map(|(i, t)| (t.to_owned(), base.row(i).to_vec()))
-            .collect(),
-    )
+    MinilmSample {
+        dim: base[0].1.len(),
+        base,
+        queries,
+    }
+}
+
+impl MinilmSample {
+    /// `n` distinct observations built from the real sample, for tests that
+    /// stream more than its 3,000 base rows. The first 3,000 are the base
+    /// rows as they are; observation `i` past them, in round `r = i / 3000`
+    /// at `j = i % 3000`, is the normalised mean of base rows `j` and
+    /// `(j + 1009 r) % 3000`, with the two texts joined. 1009 is prime to
+    /// 3,000, so while rounds stay below 1,500 no two observations share a
+    /// pair of rows and no row is paired with itself: every observation is
+    /// a distinct unit vector, the top-1 for its own embedding.
+    ///
+    /// # Panics
+    /// When `n` needs 1,500 rounds or more.
+    pub fn observations(&self, n: usize) -> Vec<(String, Vec<f32>)> {
+        const STEP: usize = 1009;
+        let rows = self.base.len();
+        assert!(
+            n.saturating_sub(1) / rows < rows / 2,
+            "{n} observations are more than the sample's pairs keep distinct"
+        );
+        (0..n)
+            .map(|i| {
+                let (round, j) = (i / rows, i % rows);
+                if round == 0 {
+                    return self.base[j].clone();
+                }
+                let (a, b) = (&self.base[j], &self.base[(j + STEP * round) % rows]);
+                let mean: Vec<f32> = a.1.iter().zip(&b.1).map(|(x, y)| x + y).collect();
+                let norm = mean.iter().map(|x| x * x).sum::<f32>().sqrt();
+                (
+                    format!("{} {}", a.0, b.0),
+                    mean.iter().map(|x| x / norm).collect(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// The exact top `k` of `base` for `query` by inner product (cosine for the
+/// L2-normalised MiniLM vectors), computed in `f64`, ties broken by the
+/// smaller index: the same rule as `minilm-dev`'s `groundtruth.ivecs`.
+pub fn exact_top_k(base: &[(String, Vec<f32>)], query: &[f32], k: usize) -> Vec<usize> {
+    let mut scored: Vec<(f64, usize)> = base
+        .iter()
+        .enumerate()
+        .map(|(i, (_, v))| {
+            let dot = v.iter().zip(query).map(|(a, b)| *a as f64 * *b as f64);
+            (dot.sum(), i)
+        })
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    scored.into_iter().take(k).map(|(_, i)| i).collect()
+}
+
+/// `NAME.fvecs` with the lines of `NAME.txt` in `dir`, one pair per row.
+///
+/// # Panics
+/// When a file is missing or malformed, or the counts differ.
+fn read_texts_and_vectors(dir: &Path, name: &str) -> Vec<(String, Vec<f32>)> {
+    let (vecs, txt) = (
+        dir.join(format!("{name}.fvecs")),
+        dir.join(format!("{name}.txt")),
+    );
+    let m = read_fvecs(&vecs).unwrap_or_else(|e| panic!("{e}"));
+    let texts =
+        std::fs::read_to_string(&txt).unwrap_or_else(|e| panic!("reading {}: {e}", txt.display()));
+    let lines = texts.lines().count();
+    assert_eq!(
+        lines,
+        m.rows(),
+        "{} has {lines} lines for the {} vectors of {}",
+        txt.display(),
+        m.rows(),
+        vecs.display()
+    );
+    texts
+        .lines()
+        .enumerate()
+        .map(|(i, t)| (t.to_owned(), m.row(i).to_vec()))
+        .collect()
 }
 
 fn invalid(msg: String) -> Error {
@@ -68,17 +188,6 @@ impl<T> Matrix<T> {
 
     pub fn row(&self, i: usize) -> &[T] {
         &self.data[i * self.dim..(i + 1) * self.dim]
-    }
-
-    /// One `Vec` per row.
-    pub fn to_rows(&self) -> Vec<Vec<T>>
-    where
-        T: Clone,
-    {
-        self.data
-            .chunks_exact(self.dim)
-            .map(<[T]>::to_vec)
-            .collect()
     }
 }
 
@@ -186,5 +295,32 @@ mod tests {
         std::fs::write(&f, [2u8, 0, 0, 0, 1]).unwrap();
         assert!(read_fvecs(&f).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_shipped_sample_is_there_and_normalised() {
+        let s = minilm_sample();
+        assert_eq!(s.dim, 384);
+        for (text, v) in s.base.iter().chain(&s.queries) {
+            assert!(!text.trim().is_empty());
+            assert_eq!(v.len(), s.dim);
+            let norm = v.iter().map(|x| *x as f64 * *x as f64).sum::<f64>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-5, "norm {norm}");
+        }
+        let top = exact_top_k(&s.base, &s.base[7].1, 3);
+        assert_eq!(top[0], 7);
+    }
+
+    #[test]
+    fn observations_are_distinct_and_start_with_the_base_rows() {
+        let s = minilm_sample();
+        let obs = s.observations(10_000);
+        assert_eq!(obs.len(), 10_000);
+        assert_eq!(obs[..s.base.len()], s.base[..]);
+        let distinct: std::collections::HashSet<Vec<u32>> = obs
+            .iter()
+            .map(|(_, v)| v.iter().map(|x| x.to_bits()).collect())
+            .collect();
+        assert_eq!(distinct.len(), obs.len());
     }
 }

@@ -70,22 +70,6 @@ pub fn cue(embedding: &[f32], k: usize) -> Cue {
     }
 }
 
-#[allow(unused_imports)] // not every test binary reads the data set
-pub use engram_testdata::shared_data;
-
-/// Reads an fvecs file into (dimension, rows).
-pub fn read_fvecs(path: &Path) -> (usize, Vec<Vec<f32>>) {
-    let m = engram_testdata::read_fvecs(path).unwrap_or_else(|e| panic!("{e}"));
-    (m.dim, m.to_rows())
-}
-
-/// Reads an ivecs file of ids into `0..limit`.
-pub fn read_ivecs(path: &Path, limit: usize) -> Vec<Vec<usize>> {
-    engram_testdata::read_ivecs_ids(path, limit)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .to_rows()
-}
-
 pub fn normalized(v: &[f32]) -> Vec<f32> {
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     v.iter().map(|x| x / n).collect()
