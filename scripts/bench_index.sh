@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Index benchmark: engram's HNSW against hnswlib, side by side on the same
-# files in one run (SPEC sections 8-9), on
+# files in one run, on
 #   1. a clustered N x DIM set made by the baseline tool (default 100K x 768),
 #   2. the real-text set ../shared/data/minilm-dev (20K x 384).
 # Prints one combined JSON object and writes it to

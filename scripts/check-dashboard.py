@@ -9,16 +9,20 @@
    - has the `datasource` variable (type datasource, Prometheus) and the
      `space_id` query variable (label_values(engram_streaming_observations_total,
      space_id), multi-value, with "All");
-   - has exactly the eight panels of SPEC 6, by title;
+   - has exactly the eight panels listed in REQUIRED_PANELS, by title;
    - every panel and every target uses the `${datasource}` variable;
    - every PromQL expression uses only metric names the server exports
-     (histograms through their _bucket/_sum/_count series), and every
-     selector of a metric labelled by space_id filters on `$space_id`.
+     (histograms through their _bucket/_sum/_count series) or that
+     Prometheus writes itself for a target (`up`), and every selector of a
+     metric labelled by space_id filters on `$space_id`;
+   - no panel draws a backpressure mark as a fixed fraction of the
+     capacity: the marks are configurable, and the server exports them.
 2. deployments/prometheus/alerts/streaming.yml
    - every alert has severity, summary, description and runbook_url, and
-     its expression uses only exported metric names;
-   - every runbook_url points into docs/operations/streaming-monitoring.md at
-     an anchor that a heading of that document produces (GitHub's rules:
+     its expression uses only those metric names;
+   - every runbook_url is the path docs/operations/streaming-monitoring.md
+     (relative to the repository root: no hosting URL is assumed) with an
+     anchor that a heading of that document produces (GitHub's rules:
      lower case, punctuation other than '-' and '_' dropped, spaces to '-',
      repeated anchors numbered -1, -2, ...).
 
@@ -36,7 +40,8 @@ DASHBOARD = ROOT / "deployments/grafana/dashboards/streaming_dashboard.json"
 ALERTS = ROOT / "deployments/prometheus/alerts/streaming.yml"
 DOC_REL = "docs/operations/streaming-monitoring.md"
 DOC = ROOT / DOC_REL
-RUNBOOK_PREFIX = "https://github.com/engram/engram/blob/main/" + DOC_REL + "#"
+RUNBOOK_PREFIX = DOC_REL + "#"
+ALERT_COUNT = 7
 
 # What the server exports on /metrics: name -> (type, labels).
 METRICS = {
@@ -52,6 +57,8 @@ METRICS = {
     "engram_streaming_recall_latency_seconds": ("histogram", {"space_id"}),
     "engram_streaming_batch_size": ("histogram", {"worker_id"}),
     "engram_streaming_queue_capacity": ("gauge", set()),
+    "engram_streaming_queue_slow_down_ratio": ("gauge", set()),
+    "engram_streaming_queue_overloaded_ratio": ("gauge", set()),
     "engram_streaming_backpressure_active": ("gauge", set()),
     "engram_streaming_worker_restarts_total": ("counter", {"worker_id"}),
     "engram_streaming_quarantined_total": ("counter", {"space_id"}),
@@ -65,12 +72,17 @@ METRICS = {
     "process_resident_memory_bytes": ("gauge", set()),
     "process_cpu_seconds_total": ("counter", set()),
 }
+# What Prometheus writes itself for every scrape target (job and instance
+# are the only labels, and every series may use those anyway).
+PROMETHEUS_SERIES = {
+    "up": ("gauge", set()),
+}
 
 
 def series_names():
     """Series names a query may select: histograms only via their parts."""
     names = {}
-    for name, (kind, labels) in METRICS.items():
+    for name, (kind, labels) in (METRICS | PROMETHEUS_SERIES).items():
         if kind == "histogram":
             names[name + "_bucket"] = labels | {"le"}
             names[name + "_sum"] = labels
@@ -165,6 +177,19 @@ def check_expr(report, where, expr, require_space_filter):
                          f'{where}: {name} must filter on space_id=~"$space_id"')
 
 
+def check_no_fixed_mark(report, where, expr):
+    """The queue capacity times, or compared with, a number is a backpressure
+    mark copied from the defaults; the server exports the marks it uses."""
+    if "engram_streaming_queue_capacity" not in expr:
+        return
+    text = strip_strings(expr)
+    fixed = re.search(r"engram_streaming_queue_capacity(?:\s*\))*\s*(?:\*|[<>]=?)\s*\d"
+                      r"|\d\s*\*\s*(?:\w+\s*)?\(*\s*engram_streaming_queue_capacity", text)
+    report.check(fixed is None,
+                 f"{where}: a fixed fraction of the queue capacity in {expr!r}; use the marks the "
+                 "server exports (engram_streaming_queue_slow_down_ratio, engram_streaming_queue_overloaded_ratio)")
+
+
 def uses_datasource_variable(ds):
     return isinstance(ds, dict) and ds.get("uid") in ("${datasource}", "$datasource") \
         and ds.get("type", "prometheus") == "prometheus"
@@ -223,6 +248,7 @@ def check_dashboard(report):
             expr = t.get("expr", "")
             if report.check(bool(expr.strip()), f"{twhere}: has an expr"):
                 check_expr(report, twhere, expr, require_space_filter=True)
+                check_no_fixed_mark(report, twhere, expr)
 
 
 def github_anchors(markdown):
@@ -290,7 +316,8 @@ def check_alerts(report):
         return
     anchors = set(github_anchors(doc))
     blocks = list(alert_blocks(rules))
-    report.check(len(blocks) == 6, f"six alerts in {ALERTS.relative_to(ROOT)} (found {len(blocks)})")
+    report.check(len(blocks) == ALERT_COUNT,
+                 f"{ALERT_COUNT} alerts in {ALERTS.relative_to(ROOT)} (found {len(blocks)})")
     for name, block in blocks:
         where = f"alert {name}"
         sev = yaml_value(block, "severity")
@@ -300,6 +327,7 @@ def check_alerts(report):
         expr = yaml_value(block, "expr")
         if report.check(bool(expr), f"{where}: has an expr"):
             check_expr(report, where, expr, require_space_filter=False)
+            check_no_fixed_mark(report, where, expr)
         url = yaml_value(block, "runbook_url")
         if report.check(bool(url) and url.startswith(RUNBOOK_PREFIX),
                         f"{where}: runbook_url starts with {RUNBOOK_PREFIX} (got {url!r})"):

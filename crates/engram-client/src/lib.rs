@@ -1,4 +1,4 @@
-//! Rust client for engram's gRPC API (SPEC 5.4).
+//! Rust client for engram's gRPC API (`proto/engram/v1`).
 //!
 //! [`StreamingClient::connect`] gives a cheap-to-clone client.
 //! [`StreamingClient::observe_stream`] opens an observe session: an

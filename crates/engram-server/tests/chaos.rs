@@ -1,4 +1,4 @@
-//! The chaos run of SPEC 7: several client streams write continuously
+//! The chaos run: several client streams write continuously
 //! through a TCP proxy that drops their connections at random, while
 //! indexing workers are killed, group commits are delayed and overload
 //! bursts fill the queue. Afterwards: zero acked observations lost, none

@@ -433,18 +433,25 @@ async fn bad_input_gets_precise_errors_and_harms_nothing() {
     assert_eq!((s, b["code"].as_str()), (404, Some("not_found")));
     let (s, b) = call(&c, Method::PATCH, &server.url("/v1/spaces/s"), None).await;
     assert_eq!((s, b["code"].as_str()), (405, Some("method_not_allowed")));
-    let (s, b) = call(
-        &c,
-        Method::POST,
-        &server.url("/v1/admin/indexing/pause"),
-        None,
-    )
-    .await;
-    assert_eq!(
-        (s, b["code"].as_str()),
-        (403, Some("forbidden")),
-        "admin routes are off by default"
-    );
+    // Admin routes are off by default, the CPU-heavy integrity check
+    // included; the answer names the setting that turns them on.
+    for (route, body) in [
+        ("/v1/admin/indexing/pause", None),
+        ("/v1/admin/faults", Some(json!({}))),
+        ("/v1/admin/spaces/s/integrity", None),
+    ] {
+        let (s, b) = call(&c, Method::POST, &server.url(route), body).await;
+        assert_eq!(
+            (s, b["code"].as_str()),
+            (403, Some("forbidden")),
+            "{route}: {b}"
+        );
+        let message = b["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("--fault-injection") && message.contains("engine.fault_injection"),
+            "{route}: {b}"
+        );
+    }
 
     // The server is healthy and the stored data untouched.
     let (s, _) = call(&c, Method::GET, &server.url("/health/ready"), None).await;
@@ -566,4 +573,48 @@ async fn read_after_ack_and_429_with_retry_after_while_indexing_is_held() {
     )
     .await;
     assert_eq!(s, 201, "admission reopens once the queue drains");
+}
+
+/// The integrity check searches for every stored vector of a space: an
+/// admin route, on only with `--fault-injection` (off, it answers 403, see
+/// `bad_input_gets_precise_errors_and_harms_nothing`).
+#[tokio::test]
+async fn integrity_check_runs_with_fault_injection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &["--fault-injection"]);
+    server.wait_ready().await;
+    let c = reqwest::Client::new();
+    for (i, v) in random_vectors(20, 8, 5).iter().enumerate() {
+        let (s, b) = call(
+            &c,
+            Method::POST,
+            &server.url("/v1/spaces/checked/memories"),
+            Some(episode(&format!("m{i}"), v)),
+        )
+        .await;
+        assert_eq!(s, 201, "{b}");
+    }
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    let mut poll = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        poll.tick().await;
+        let (_, b) = call(&c, Method::GET, &server.url("/v1/spaces/checked"), None).await;
+        if b["indexed_count"] == 20 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "indexing did not catch up: {b}"
+        );
+    }
+    let integrity = |space: &str| server.url(&format!("/v1/admin/spaces/{space}/integrity"));
+    let (s, b) = call(&c, Method::POST, &integrity("checked"), None).await;
+    assert_eq!((s, &b["ok"]), (200, &json!(true)), "{b}");
+    assert!(b["took_ms"].is_u64(), "{b}");
+    let (s, b) = call(&c, Method::POST, &integrity("nowhere"), None).await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (404, Some("space_not_found")),
+        "{b}"
+    );
 }

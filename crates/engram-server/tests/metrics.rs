@@ -1,9 +1,11 @@
-//! SPEC 6 metrics on `GET /metrics` of the real server, read back in the
-//! Prometheus text format: every metric of the table with its type and
-//! exactly its labels, values that follow what the test did to the server
+//! The metrics on `GET /metrics` of the real server, read back in the
+//! Prometheus text format: every core metric (the first table of
+//! `docs/operations/streaming-monitoring.md`) with its type and exactly
+//! its labels, values that follow what the test did to the server
 //! (accepted per space and priority, rejections by reason, recalls,
 //! indexing batches, a worker restart, queue depth while indexing is
-//! paused), and the cap on distinct `space_id` label values.
+//! paused), the backpressure marks as configured, and the cap on distinct
+//! `space_id` label values.
 
 mod support;
 
@@ -17,7 +19,8 @@ use serde_json::{json, Value};
 use support::*;
 
 const DIM: usize = 8;
-/// The fixed label values of SPEC 6 (and of `engram_core`'s enums).
+/// The fixed label values of the monitoring contract (and of
+/// `engram_core`'s enums).
 const PRIORITIES: [&str; 3] = ["high", "normal", "low"];
 const REASONS: [&str; 5] = [
     "overloaded",
@@ -371,7 +374,7 @@ async fn stream(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_spec_metric_is_exported_with_its_type_and_labels() {
+async fn every_core_metric_is_exported_with_its_type_and_labels() {
     let dir = tempfile::tempdir().unwrap();
     let capacity = QUEUE_CAPACITY.to_string();
     let workers = WORKERS.to_string();
@@ -756,6 +759,13 @@ async fn every_spec_metric_is_exported_with_its_type_and_labels() {
         m.sum("engram_streaming_queue_capacity", &[]),
         QUEUE_CAPACITY as f64
     );
+    for (name, default) in [
+        ("engram_streaming_queue_slow_down_ratio", 0.8),
+        ("engram_streaming_queue_overloaded_ratio", 0.9),
+    ] {
+        m.family(name, "gauge", &[]);
+        assert_eq!(m.sum(name, &[]), default, "{name} at its default");
+    }
 
     // Last, so a failure here does not hide the checks above: the gauge
     // must read 0 for a drained queue, not vanish (an idle server would
@@ -837,5 +847,30 @@ async fn space_id_cardinality_is_capped() {
             ),
             1.0
         );
+    }
+}
+
+/// The alert rules and the dashboard compare queue pressure with the marks
+/// the server exports, so the exported marks must be the configured ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backpressure_marks_follow_the_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("engram.toml");
+    std::fs::write(
+        &config,
+        "[engine.queue]\nslow_down_at = 0.6\nslow_down_clear_at = 0.5\n\
+         reject_at = 0.75\nreject_clear_at = 0.7\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let server = start(&data, &["--config", config.to_str().unwrap()]).await;
+    let m = Scrape::take(&reqwest::Client::new(), &server).await;
+    for (name, configured) in [
+        ("engram_streaming_queue_slow_down_ratio", 0.6),
+        ("engram_streaming_queue_overloaded_ratio", 0.75),
+    ] {
+        let family = m.family(name, "gauge", &[]);
+        assert_eq!(family.samples.len(), 1, "{name}");
+        assert_eq!(m.sum(name, &[]), configured, "{name}");
     }
 }

@@ -1,4 +1,4 @@
-//! SPEC 6 against a real Prometheus: the repository's alert rules
+//! Monitoring against a real Prometheus: the repository's alert rules
 //! (`deployments/prometheus/alerts/streaming.yml`) fire while the real
 //! server is driven into overload, and every query of the Grafana dashboard
 //! (`deployments/grafana/dashboards/streaming_dashboard.json`) returns data.

@@ -15,6 +15,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use engram_core::queue::QueueConfig;
 use engram_core::Engine;
 use serde_json::json;
 
@@ -170,11 +171,13 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// `POST /v1/admin/indexing/{pause|resume}`, only with `admin.fault_injection`.
-async fn admin_indexing(
-    State(state): State<AppState>,
-    rest::PathParams(action): rest::PathParams<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+/// The engine of an admin route: every `/v1/admin/...` route works only
+/// with `engine.fault_injection` (tests and drills), and answers 403
+/// `forbidden`, naming the setting, without it.
+///
+/// # Errors
+/// 503 while recovering; 403 with fault injection off.
+fn admin_engine(state: &AppState) -> Result<&Engine, ApiError> {
     let engine = state.engine()?;
     if engine.faults().is_none() {
         return Err(ApiError::new(
@@ -183,6 +186,15 @@ async fn admin_indexing(
             "admin routes are disabled; start the server with --fault-injection (engine.fault_injection = true) to enable them",
         ));
     }
+    Ok(engine)
+}
+
+/// `POST /v1/admin/indexing/{pause|resume}`, only with `engine.fault_injection`.
+async fn admin_indexing(
+    State(state): State<AppState>,
+    rest::PathParams(action): rest::PathParams<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let engine = admin_engine(&state)?;
     match action.as_str() {
         "pause" => engine.pause_indexing(),
         "resume" => engine.resume_indexing(),
@@ -246,14 +258,10 @@ async fn admin_faults(
     State(state): State<AppState>,
     rest::JsonBody(body): rest::JsonBody<FaultsJson>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let engine = state.engine()?;
-    let Some(faults) = engine.faults() else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "admin routes are disabled; start the server with --fault-injection (engine.fault_injection = true) to enable them",
-        ));
-    };
+    let engine = admin_engine(&state)?;
+    let faults = engine
+        .faults()
+        .expect("admin_engine checked fault injection");
     if let Some(w) = body.kill_worker {
         faults.kill_worker(w);
     }
@@ -282,16 +290,19 @@ async fn admin_faults(
     })))
 }
 
-/// `POST /v1/admin/spaces/{space_id}/integrity`: the index integrity check
-/// (graph invariants, every stored vector findable, every live memory in
-/// exactly one tier). Read-only but CPU-heavy (seconds for 100K vectors),
-/// hence POST and not part of health checks. 200 `{"ok": true}`, or 500
-/// with code `integrity_violation` and the first violation.
+/// `POST /v1/admin/spaces/{space_id}/integrity`, only with
+/// `engine.fault_injection`: the index integrity check (graph invariants,
+/// every stored vector findable, every live memory in exactly one tier).
+/// Read-only but CPU-heavy (it searches for every stored vector: seconds
+/// for 100K), so it is a test and drill tool like the other admin routes,
+/// not something any client may start, and not part of health checks.
+/// 200 `{"ok": true, "took_ms"}`, or 500 with code `integrity_violation`
+/// and the first violation.
 async fn admin_integrity(
     State(state): State<AppState>,
     rest::PathParams(space_id): rest::PathParams<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let engine = state.engine()?.clone();
+    let engine = admin_engine(&state)?.clone();
     if let Err(e) = engine.describe_space(&space_id) {
         return Err(e.into());
     }
@@ -317,24 +328,53 @@ async fn admin_integrity(
     }
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// `GET /metrics`: Prometheus text format: the engine's metrics, then the
+/// backpressure marks this server runs with.
 async fn metrics(State(state): State<AppState>) -> Result<axum::response::Response, ApiError> {
     let engine = state.engine()?;
-    match engine.render_metrics() {
-        Some(text) => Ok((
-            [(
-                axum::http::header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response()),
-        None => Err(ApiError::new(
+    let Some(mut text) = engine.render_metrics() else {
+        return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             "metrics are disabled (engine.metrics = false)",
-        )),
+        ));
+    };
+    text.push_str(&backpressure_marks(&engine.config().queue));
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// The queue-pressure marks of `engine.queue` as gauges, so that alert
+/// rules and dashboards compare `sum(engram_streaming_queue_depth) /
+/// engram_streaming_queue_capacity` with the marks this server enforces,
+/// not with copies of the defaults. They are configuration, fixed for the
+/// life of the process, so they are written here from the configuration
+/// rather than kept in the engine's registry.
+fn backpressure_marks(queue: &QueueConfig) -> String {
+    let mut out = String::new();
+    for (name, help, value) in [
+        (
+            "engram_streaming_queue_slow_down_ratio",
+            "Queue pressure (depth / capacity) from which writers are told to slow down (engine.queue.slow_down_at).",
+            queue.slow_down_at,
+        ),
+        (
+            "engram_streaming_queue_overloaded_ratio",
+            "Queue pressure (depth / capacity) from which NORMAL and LOW observations are rejected as overloaded (engine.queue.reject_at).",
+            queue.reject_at,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+        ));
     }
+    out
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -29,11 +29,13 @@ use crate::support::{call, ServerProcess};
 pub const DIM: usize = 384;
 
 /// Starts `engram serve` on a temporary HTTP port and on `grpc` (port 0
-/// when `None`), with `extra` flags, and waits until it is ready.
+/// when `None`), with `extra` flags, and waits until it is ready. Always
+/// with `--fault-injection`: every suite ends with [`assert_integrity`],
+/// an admin route that works only with it.
 ///
 /// `support::ServerProcess::start` always passes `--grpc-addr 127.0.0.1:0`,
-/// and the flag may not be given twice, so a restart on the same port
-/// needs its own command line.
+/// and a flag may not be given twice, so a restart on the same port needs
+/// its own command line.
 pub async fn start_server(dir: &Path, grpc: Option<SocketAddr>, extra: &[&str]) -> ServerProcess {
     let grpc = grpc.map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string());
     let mut args = vec![
@@ -45,6 +47,9 @@ pub async fn start_server(dir: &Path, grpc: Option<SocketAddr>, extra: &[&str]) 
         "--grpc-addr",
         &grpc,
     ];
+    if !extra.contains(&"--fault-injection") {
+        args.push("--fault-injection");
+    }
     args.extend_from_slice(extra);
     // Spawning waits (synchronously) for the listener lines.
     let server = tokio::task::block_in_place(|| {
@@ -112,7 +117,8 @@ pub async fn faults(server: &ServerProcess, body: Value) -> Value {
     body
 }
 
-/// The index integrity check of `space` answers ok.
+/// The index integrity check of `space` answers ok (an admin route: the
+/// server runs with `--fault-injection`, as [`start_server`] starts it).
 pub async fn assert_integrity(server: &ServerProcess, space: &str) {
     let (status, body) = call(
         &reqwest::Client::new(),
