@@ -9,7 +9,7 @@ dependencies), and fails, naming the modules, when they form a cycle.
 Why: a circle of modules that all reach each other (it once held commit,
 config, engine, indexer, metrics, recall, session, snapshot and space) means
 no part can be read, tested or changed alone. The layers, lowest first:
-error, fault, index, queue -> model -> record -> wal -> metrics -> space ->
+error, fault, fs, index, queue -> model -> record -> wal -> metrics -> space ->
 recall, indexer -> commit, snapshot -> recovery, session -> config -> engine -> stream.
 
 Usage: scripts/check-core-layers.py [src-dir]; prints the graph, exit 1 on a

@@ -66,6 +66,7 @@ METRICS = {
     "engram_streaming_sessions_kept": ("gauge", set()),
     "engram_index_vectors": ("gauge", {"space_id"}),
     "engram_index_memory_bytes": ("gauge", {"space_id"}),
+    "engram_space_memory_bytes": ("gauge", {"space_id", "kind"}),
     "engram_queue_memory_bytes": ("gauge", set()),
     "engram_streaming_index_lag_seconds": ("gauge", {"space_id"}),
     "engram_wal_sync_duration_seconds": ("histogram", set()),
@@ -102,7 +103,7 @@ REQUIRED_PANELS = [
     "Latency P50 / P99 / P99.9",
     "Rejection rate by reason",
     "Active sessions",
-    "Memory usage (queue + HNSW index)",
+    "Memory by kind",
 ]
 
 SPACE_VARIABLE_QUERY = "label_values(engram_streaming_observations_total, space_id)"

@@ -18,6 +18,9 @@
 //! - [`commit`] — the group-commit thread: assigns server sequences, appends
 //!   to the WAL and syncs it per policy, applies to memory, then acks.
 //! - [`wal`] — the segmented write-ahead log (bytes, checksums, fsync).
+//! - [`fs`] — the file system the WAL, snapshots and recovery write
+//!   through: the real one, and `SimFs`, which loses what was not fsynced
+//!   when the power-loss tests cut its power.
 //! - [`record`] — the typed records carried in the WAL.
 //! - [`space`] — one memory space: its episodes, the fresh (not yet indexed)
 //!   tier and its HNSW index.
@@ -37,7 +40,7 @@
 //!
 //! Dependencies between these modules run one way (the test command checks
 //! it with `scripts/check-core-layers.py`), lowest first: `error`, `fault`,
-//! `index`, `queue` → `model` → `record` → `wal` → `metrics` → `space` →
+//! `fs`, `index`, `queue` → `model` → `record` → `wal` → `metrics` → `space` →
 //! `recall`, `indexer` → `commit`, `snapshot` → `recovery`, `session` →
 //! `config` → `engine` → `stream`. A session reaches the engine only through the small
 //! `SessionHost` trait the engine implements.

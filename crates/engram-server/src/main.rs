@@ -6,6 +6,14 @@ use clap::{Parser, Subcommand};
 use engram_server::config::{Overrides, ServerConfig};
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc instead of the system allocator: memory freed by the engine
+/// (a vector leaves each episode once it is indexed, see
+/// docs/design/memory.md) goes back to the OS instead of staying in the
+/// glibc heap, so resident memory follows what the engine holds.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "engram", version, about = "engram: a streaming memory server")]
 struct Cli {

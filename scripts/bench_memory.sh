@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Memory per memory (issue 15): engram's server RSS per memory against
+# hnswlib's index bytes per vector, on the same clustered N x DIM vectors, in
+# one run, with recall@10 and recall latency for each (scripts/bench_memory.py
+# says exactly what is measured). Writes bench-results/memory-<N>-<date>.json.
+#
+# Environment (defaults in brackets):
+#   N [100000] DIM [768]          size of the generated clustered set
+#   THREADS [2]                   hnswlib build threads
+#   BASELINE_TOOL [../shared/tools/hnsw_baseline.py]   (generates the set)
+#   VENV [.venv-bench]            Python with numpy, hnswlib and engram-grpc
+#   ENGRAM_BIN [target/ci/engram]
+#   OUT [bench-results/memory-<N>-<date>.json]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+N="${N:-100000}"
+DIM="${DIM:-768}"
+THREADS="${THREADS:-2}"
+BASELINE_TOOL="${BASELINE_TOOL:-../shared/tools/hnsw_baseline.py}"
+VENV="${VENV:-.venv-bench}"
+export ENGRAM_BIN="${ENGRAM_BIN:-target/ci/engram}"
+OUT="${OUT:-bench-results/memory-$N-$(date -u +%Y-%m-%d).json}"
+WORK="bench-results/tmp"
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+die() { echo "error: $*" >&2; exit 1; }
+
+[ -f "$BASELINE_TOOL" ] || die "baseline tool $BASELINE_TOOL not found (set BASELINE_TOOL)"
+command -v python3 >/dev/null || die "python3 is required"
+if [ ! -x "$VENV/bin/python" ]; then
+  step "creating Python environment $VENV"
+  python3 -m venv "$VENV" || die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
+fi
+PY="$VENV/bin/python"
+if ! "$PY" -c 'import numpy, hnswlib' 2>/dev/null; then
+  step "installing numpy and hnswlib into $VENV"
+  "$VENV/bin/pip" install --quiet numpy hnswlib || die "pip install numpy hnswlib failed (hnswlib builds from source: needs g++)"
+fi
+step "installing the Python client into $VENV"
+"$VENV/bin/pip" install --quiet "./clients/python[test]" || die "pip install ./clients/python[test] failed (its test runner starts the server)"
+
+step "building engram (ci profile)"
+cargo build --profile ci -p engram-server >&2
+
+mkdir -p "$WORK"
+DATA="$WORK/clustered-$DIM-$N"
+if [ ! -f "$DATA/groundtruth.ivecs" ]; then
+  step "generating $N x $DIM clustered vectors into $DATA"
+  "$PY" "$BASELINE_TOOL" gen --dim "$DIM" --n "$N" --queries 1000 --out "$DATA" >&2
+fi
+
+step "measuring (hnswlib, then engram)"
+"$PY" scripts/bench_memory.py --data "$DATA" --threads "$THREADS" --out "$OUT"
+echo "wrote $OUT" >&2
