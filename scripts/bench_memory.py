@@ -11,7 +11,9 @@ the data set). For one fvecs data set with exact ground truth:
    p50/p99 in process.
 2. engram: `engram serve` on a fresh data directory; RSS once ready (empty),
    then every vector streamed over gRPC with the Python client, then RSS
-   once every memory is indexed; (full - empty) / N is its bytes per memory.
+   once every memory is indexed and the RSS has settled (freed memory goes
+   back to the OS after a delay); (full - empty) / N is its bytes per
+   memory.
    The server's own account by kind (describe's `memory`) is recorded too.
    Then recall@10 at the server's default settings over the queries, with
    the latency each recall took as the client saw it (gRPC round trip on
@@ -41,6 +43,20 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
+
+
+def settled_rss(pid: int, at_least_s: float = 15.0) -> int:
+    """Resident memory once it has settled: freed memory goes back to the OS
+    after a delay (jemalloc's decay, 10 s by default), so the process is
+    sampled every second for at least `at_least_s` and until two samples in
+    a row differ by under 0.5%."""
+    start, last = time.monotonic(), rss_bytes(pid)
+    while True:
+        time.sleep(1.0)
+        now = rss_bytes(pid)
+        if time.monotonic() - start >= at_least_s and abs(now - last) <= 0.005 * last:
+            return now
+        last = now
 
 
 def read_vecs(path: Path, as_float: bool = True):
@@ -143,8 +159,7 @@ async def run_engram(data: Path, n: int, workers: int) -> dict:
                         break
                     await asyncio.sleep(0.5)
                 indexed_s = time.perf_counter() - t
-                time.sleep(1.0)
-                full = rss_bytes(pid)
+                full = settled_rss(pid)
                 lat, hits = [], 0
                 for q, g in zip(queries, gt):
                     t0 = time.perf_counter()
