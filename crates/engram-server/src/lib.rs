@@ -1,10 +1,12 @@
 //! The engram server: configuration, transports over the engine, lifecycle.
 //!
+//! - [`bench`] — `engram bench`: a load generator against a running server.
 //! - [`config`] — `ServerConfig`: defaults, TOML file, environment, flags.
 //! - [`grpc`] — engram.v1 Streaming and Memory, health, reflection (tonic).
 //! - [`http`] — REST routes and health endpoints (axum).
 //! - [`server`] — bind listeners, recover, serve, shut down in order.
 
+pub mod bench;
 pub mod config;
 pub mod grpc;
 pub mod http;

@@ -1,5 +1,6 @@
 //! `engram`: the command line. `engram serve` runs the server; `engram
-//! config` prints the effective configuration.
+//! config` prints the effective configuration; `engram bench` measures a
+//! running server end to end.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -27,6 +28,10 @@ enum Command {
     Serve(Overrides),
     /// Print the effective configuration (defaults, file, environment, flags) as TOML.
     Config(Overrides),
+    /// Stream a data set into a running server over gRPC and measure
+    /// throughput, ack latency, visibility, indexing lag, recall latency and
+    /// recall@10; prints a table (and JSON with --json).
+    Bench(engram_server::bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,6 +41,14 @@ fn main() -> anyhow::Result<()> {
             let config = ServerConfig::load(&o)?;
             print!("{}", config.to_toml());
             Ok(())
+        }
+        Command::Bench(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("engram-bench")
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(engram_server::bench::run(args))
         }
         Command::Serve(o) => {
             tracing_subscriber::fmt()
