@@ -324,7 +324,8 @@ impl Engine {
     }
 
     /// Stores one observation durably and makes it visible to recall before
-    /// answering (SPEC 3.1–3.3).
+    /// answering: an ack means durable (per the WAL sync policy) and
+    /// visible to every later recall.
     ///
     /// # Errors
     /// Validation errors, [`Error::SpaceNotFound`] (auto-creation off),

@@ -5,7 +5,7 @@
 //! scraped, so the hot paths pay only for counters and histograms, through
 //! handles resolved once per space (`SpaceMetrics`).
 //!
-//! Names and labels follow SPEC 6 exactly; `docs/operations/
+//! Names and labels are a contract with dashboards and alerts; `docs/operations/
 //! streaming-monitoring.md` explains each one. `space_id` values are
 //! capped: past `max_spaces` distinct spaces the label is `_overflow`.
 

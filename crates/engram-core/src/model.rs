@@ -1,4 +1,4 @@
-//! The data model of SPEC section 2 and its validation. Everything that
+//! The data model (memory spaces, episodes, cues) and its validation. Everything that
 //! enters the engine passes through here first, so the limits live here.
 
 use std::collections::BTreeMap;

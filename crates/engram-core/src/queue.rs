@@ -1,4 +1,4 @@
-//! The indexing queue of SPEC 4: observations accepted but not yet in the
+//! The indexing queue: observations accepted but not yet in the
 //! HNSW index, per memory space, in three priority lanes, with the global
 //! bound, the per-space share, the backpressure levels, admission with a
 //! retry-after from the measured drain rate, and the hand-out of work to a
@@ -37,23 +37,23 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use parking_lot::{Condvar, Mutex};
 
-/// SPEC 4: default bound on accepted-but-not-yet-indexed observations.
+/// Default bound on accepted-but-not-yet-indexed observations.
 pub const DEFAULT_CAPACITY: usize = 100_000;
 /// One space may use the whole queue unless configured otherwise: with a
 /// single busy space (the common case) a smaller share would only waste room.
 pub const DEFAULT_PER_SPACE_SHARE: f64 = 1.0;
-/// SPEC 4: from 50% workers take larger batches.
+/// Default adaptive mark: from 50% workers take larger batches.
 pub const DEFAULT_ADAPTIVE_AT: f64 = 0.5;
 /// ADAPTIVE ends only below 45%: without a band, every admission and
 /// completion at exactly 50% would flip the level (and wake the session
 /// keeper) twice.
 pub const DEFAULT_ADAPTIVE_CLEAR_AT: f64 = 0.45;
-/// SPEC 4: from 80% writers are told to slow down.
+/// Default SLOW_DOWN mark: from 80% writers are told to slow down.
 pub const DEFAULT_SLOW_DOWN_AT: f64 = 0.8;
 /// SLOW_DOWN ends only below 70%, so that a depth hovering around 80% does
 /// not toggle writers between slow and fast on every observation.
 pub const DEFAULT_SLOW_DOWN_CLEAR_AT: f64 = 0.7;
-/// SPEC 4: from 90% NORMAL and LOW observations are rejected; HIGH may use
+/// Default overload mark: from 90% NORMAL and LOW observations are rejected; HIGH may use
 /// the last 10%.
 pub const DEFAULT_REJECT_AT: f64 = 0.9;
 /// OVERLOADED (and the rejection of NORMAL and LOW observations) ends only
@@ -116,7 +116,7 @@ impl Priority {
     }
 }
 
-/// Backpressure level of SPEC 4, from the queue depth against capacity.
+/// Backpressure level, from the queue depth against capacity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
     /// Small batches, low latency.

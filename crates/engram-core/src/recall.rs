@@ -3,7 +3,7 @@
 //! searches the HNSW index restricted to the same point; the two candidate
 //! lists are merged into one top-k.
 //!
-//! Why nothing acked is missed (SPEC 3.3): an indexing worker inserts an
+//! Why nothing acked is missed (read-after-ack): an indexing worker inserts an
 //! episode into the index *before* removing it from the fresh tier. The
 //! fresh tier is read before the index is searched, so an episode is either
 //! still in the fresh copy, or was already in the index when the search
@@ -132,7 +132,7 @@ pub struct RecallBatch {
     pub snapshot_sequence: u64,
 }
 
-/// An incremental, snapshot-isolated recall (SPEC 3.5). The snapshot point
+/// An incremental, snapshot-isolated recall. The snapshot point
 /// is fixed when it is created. The first `next()` searches for just
 /// `batch_size` results, so the first batch is ready (and can be sent)
 /// before the full top-k is searched for; the second `next()` runs the

@@ -1,4 +1,4 @@
-//! Streaming sessions (SPEC 3.4, 3.7 and 4 "Sessions"): init → active ⇄
+//! Streaming sessions: init → active ⇄
 //! paused → closed, per-session sequence numbers, idle timeout, close with
 //! drain, and resume within a window.
 //!

@@ -1,4 +1,4 @@
-//! End-to-end tests of SPEC 7 against the real server over the network,
+//! End-to-end tests of the product's workflows against the real server over the network,
 //! through the real Rust client (`engram-client`): the streaming workflow,
 //! several clients at once, backpressure, indexing-worker crashes, recall
 //! while streaming, and a server restart (graceful and SIGKILL) under a
@@ -44,7 +44,7 @@ fn distinct_ids(log: &AckLog) -> HashSet<String> {
     log.accepted.iter().map(|a| a.memory_id.clone()).collect()
 }
 
-/// SPEC 7.1: 10K observations over about 10 s, recalls during the stream,
+/// 10K observations over about 10 s, recalls during the stream,
 /// every observation top-1 for its own embedding afterwards, integrity.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn integration_streaming_workflow_10k_observations() {
@@ -157,7 +157,7 @@ async fn integration_streaming_workflow_10k_observations() {
     eprintln!("integrity checked after {:?}", started.elapsed());
 }
 
-/// SPEC 7.2: three clients on their own connections stream 5K each into
+/// Three clients on their own connections stream 5K each into
 /// their own space at once; no recall ever shows another client's data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn integration_multi_client_concurrent() {
@@ -297,7 +297,7 @@ struct Seen {
 /// exactly this long means the server gave none.
 const NO_HINT_DELAY: Duration = Duration::from_millis(1);
 
-/// SPEC 7.3: writing faster than indexing brings SLOW_DOWN and overload
+/// Writing faster than indexing brings SLOW_DOWN and overload
 /// rejections with a retry-after, which the client absorbs; when load drops
 /// the stream is ACTIVE again, the queue drains and nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -466,7 +466,7 @@ async fn integration_backpressure_workflow() {
     assert_integrity(&server, SPACE).await;
 }
 
-/// SPEC 7.4: indexing workers killed during a 10K stream are restarted,
+/// Indexing workers killed during a 10K stream are restarted,
 /// their batches indexed again, nothing lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn integration_worker_crash_recovery() {
@@ -557,7 +557,7 @@ async fn integration_worker_crash_recovery() {
     );
 }
 
-/// SPEC 7.5: 100 observations/s and a recall every second: each recall
+/// 100 observations/s and a recall every second: each recall
 /// sees more than the one before, and everything acked before it started
 /// (staleness 0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

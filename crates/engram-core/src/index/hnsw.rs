@@ -36,9 +36,9 @@ use super::storage::{NodeStore, MAX_NODES};
 use super::visited::{Keyed, Scratch, ScratchPool};
 
 /// Links per node on upper levels; level 0 allows twice as many. hnswlib's
-/// default and the benchmark setting (SPEC 8).
+/// default and the setting of the side-by-side benchmark.
 pub const DEFAULT_M: usize = 16;
-/// Beam width while inserting; the benchmark setting (SPEC 8).
+/// Beam width while inserting; the setting of the side-by-side benchmark.
 pub const DEFAULT_EF_CONSTRUCTION: usize = 100;
 /// Beam width for searches: the smallest value that gives recall@10 >= 0.95
 /// on both minilm-dev and the 100K x 768-d clustered set. 32 is enough on
