@@ -2,15 +2,16 @@
 # Checks the Prometheus artefacts under deployments/prometheus with promtool:
 #
 #   1. promtool check rules   deployments/prometheus/alerts/streaming.yml
-#   2. promtool check config  deployments/prometheus/prometheus.yml
+#   2. promtool check config  deployments/prometheus/prometheus.yml, and the
+#      local stack's deployments/observability/prometheus.yml
 #   3. promtool test rules    deployments/prometheus/tests/streaming_test.yml
 #   4. coverage: every alert of the rule file has, in the test file, at least
 #      one case where it fires and one where it does not.
 #
 # Installs the Debian package `prometheus` (it ships promtool) when promtool
 # is missing; fails loudly when it cannot. Exits non-zero on any failure.
-# The last line is `promtool: N passed, M failed`, where N + M counts the two
-# file checks, every alert test case (one `eval_time` entry of the test
+# The last line is `promtool: N passed, M failed`, where N + M counts the
+# three file checks, every alert test case (one `eval_time` entry of the test
 # file) and the coverage check of every alert.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +54,8 @@ run_check() { # name, command...
 
 run_check "promtool check rules $rules" promtool check rules "$rules"
 run_check "promtool check config $config" promtool check config "$config"
+stack=deployments/observability/prometheus.yml
+run_check "promtool check config $stack" promtool check config "$stack"
 
 # promtool test rules reports the whole file; count its cases (one per
 # eval_time entry) and the failing ones (each reported with "alertname: X,
