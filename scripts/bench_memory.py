@@ -45,17 +45,21 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def settled_rss(pid: int, at_least_s: float = 15.0) -> int:
+def settled_rss(pid: int, at_least_s: float = 15.0, at_most_s: float = 120.0) -> int:
     """Resident memory once it has settled: freed memory goes back to the OS
     after a delay (jemalloc's decay, 10 s by default), so the process is
     sampled every second for at least `at_least_s` and until two samples in
-    a row differ by under 0.5%."""
+    a row differ by under 0.5%; after `at_most_s` it fails rather than
+    report a number that never settled."""
     start, last = time.monotonic(), rss_bytes(pid)
     while True:
         time.sleep(1.0)
         now = rss_bytes(pid)
-        if time.monotonic() - start >= at_least_s and abs(now - last) <= 0.005 * last:
+        waited = time.monotonic() - start
+        if waited >= at_least_s and abs(now - last) <= 0.005 * last:
             return now
+        if waited >= at_most_s:
+            raise RuntimeError(f"the server's RSS did not settle in {at_most_s:.0f} s ({last} -> {now} bytes)")
         last = now
 
 
@@ -68,6 +72,11 @@ def read_vecs(path: Path, as_float: bool = True):
     assert (raw[:, 0] == d).all(), f"{path}: not an fvecs/ivecs file"
     body = raw[:, 1:]
     return body.view("<f4") if as_float else body
+
+
+#: Longest wait for the server to index everything (1M 768-d vectors on two
+#: cores take minutes).
+INDEX_TIMEOUT_S = 3600
 
 
 def percentile(xs, p):
@@ -153,10 +162,13 @@ async def run_engram(data: Path, n: int, workers: int) -> dict:
                     accepted += bool(ack.accepted)
                 assert accepted == n, f"{accepted} of {n} accepted"
                 stream_s = time.perf_counter() - t
+                deadline = time.monotonic() + INDEX_TIMEOUT_S
                 while True:
                     info = await client.describe_space()
                     if info.indexed_count == n:
                         break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{info.indexed_count} of {n} indexed after {INDEX_TIMEOUT_S} s")
                     await asyncio.sleep(0.5)
                 indexed_s = time.perf_counter() - t
                 full = settled_rss(pid)

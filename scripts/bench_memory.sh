@@ -28,15 +28,7 @@ die() { echo "error: $*" >&2; exit 1; }
 
 [ -f "$BASELINE_TOOL" ] || die "baseline tool $BASELINE_TOOL not found (set BASELINE_TOOL)"
 command -v python3 >/dev/null || die "python3 is required"
-if [ ! -x "$VENV/bin/python" ]; then
-  step "creating Python environment $VENV"
-  python3 -m venv "$VENV" || die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
-fi
-PY="$VENV/bin/python"
-if ! "$PY" -c 'import numpy, hnswlib' 2>/dev/null; then
-  step "installing numpy and hnswlib into $VENV"
-  "$VENV/bin/pip" install --quiet numpy hnswlib || die "pip install numpy hnswlib failed (hnswlib builds from source: needs g++)"
-fi
+. scripts/bench-venv.sh
 step "installing the Python client into $VENV"
 "$VENV/bin/pip" install --quiet "./clients/python[test]" || die "pip install ./clients/python[test] failed (its test runner starts the server)"
 

@@ -445,9 +445,7 @@ impl Engine {
                     (
                         s.id().clone(),
                         s.index().len(),
-                        s.index().memory_bytes(),
                         info.index_lag_seconds,
-                        s.fresh_bytes(),
                         info.memory,
                     )
                 })

@@ -141,9 +141,9 @@ pub struct ScrapeState {
     pub kept_sessions: usize,
     /// (space, per-priority depth)
     pub queue_depths: Vec<(SpaceId, [usize; 3])>,
-    /// (space, vectors in the index, index bytes, oldest fresh age s, fresh
-    /// bytes, memory by kind)
-    pub spaces: Vec<(SpaceId, usize, usize, f64, usize, crate::model::SpaceMemory)>,
+    /// (space, vectors in the index, oldest fresh age s, memory by kind;
+    /// the index's bytes and the queue's are derived from the latter)
+    pub spaces: Vec<(SpaceId, usize, f64, crate::model::SpaceMemory)>,
     /// Busy nanoseconds so far, per worker.
     pub worker_busy_nanos: Vec<u64>,
     /// Workers stuck on one observation past the watchdog's threshold.
@@ -473,7 +473,7 @@ impl Metrics {
         self.index_lag.reset();
         self.space_memory.reset();
         let mut fresh_bytes = 0;
-        for (space, vectors, bytes, lag, fresh, memory) in &s.spaces {
+        for (space, vectors, lag, memory) in &s.spaces {
             let label = self.label(space);
             for (kind, b) in memory.by_kind() {
                 self.space_memory
@@ -485,12 +485,12 @@ impl Metrics {
                 .add(*vectors as i64);
             self.index_memory
                 .with_label_values(&[&label])
-                .add(*bytes as i64);
+                .add((memory.vectors + memory.codes + memory.graph) as i64);
             let lag_gauge = self.index_lag.with_label_values(&[&label]);
             let worst = memory_labels.entry(label).or_insert(0.0f64);
             *worst = worst.max(*lag);
             lag_gauge.set(*worst);
-            fresh_bytes += fresh;
+            fresh_bytes += memory.fresh;
         }
         self.queue_memory.set(fresh_bytes as i64);
         self.update_utilization(Instant::now(), &s.worker_busy_nanos);
@@ -606,9 +606,7 @@ mod tests {
             spaces: vec![(
                 SpaceId::parse("x").unwrap(),
                 10,
-                4096,
                 0.5,
-                300,
                 crate::model::SpaceMemory {
                     vectors: 1000,
                     codes: 300,

@@ -129,11 +129,6 @@ impl Space {
         let _ = self.metrics.set(m);
     }
 
-    /// Bytes of embeddings in the fresh tier (for the queue memory metric).
-    pub fn fresh_bytes(&self) -> usize {
-        self.state.read().fresh.len() * self.dimension * std::mem::size_of::<f32>()
-    }
-
     pub fn index(&self) -> &Hnsw {
         &self.index
     }

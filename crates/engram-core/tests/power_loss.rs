@@ -34,7 +34,6 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -382,7 +381,8 @@ impl Run {
                 ledger.sent.insert(format!("{tag}-w{w}-{i}"));
             }
         }
-        let done = Arc::new(AtomicUsize::new(0));
+        // Operations the writers have started; the snapshot taker waits on it.
+        let done = Arc::new(tokio::sync::watch::Sender::new(0usize));
         self.rt.block_on(async {
             let mut writers = Vec::new();
             for (w, plan) in plans.into_iter().enumerate() {
@@ -393,7 +393,7 @@ impl Run {
                     let mut log = RoundLog::default();
                     let mut mine: Vec<(String, &'static str)> = Vec::new();
                     for (i, (space, forget)) in plan.into_iter().enumerate() {
-                        done.fetch_add(1, Ordering::Relaxed);
+                        done.send_modify(|n| *n += 1);
                         if forget && !mine.is_empty() {
                             let (id, space) = mine.swap_remove(0);
                             match engine.forget(space, &id).await {
@@ -435,12 +435,12 @@ impl Run {
             }
             let snapshots = {
                 let engine = engine.clone();
-                let done = done.clone();
+                let mut done = done.subscribe();
                 tokio::spawn(async move {
                     for after in snapshot_after {
-                        while done.load(Ordering::Relaxed) < after {
-                            tokio::time::sleep(Duration::from_micros(200)).await;
-                        }
+                        // Released at the latest when the writers are done
+                        // (the end of the round below).
+                        let _ = done.wait_for(|n| *n >= after).await;
                         let engine = engine.clone();
                         let taken = tokio::task::spawn_blocking(move || engine.snapshot())
                             .await
@@ -462,7 +462,7 @@ impl Run {
                 all.forget_failed.extend(log.forget_failed);
             }
             // Writers done: let the snapshot taker finish its last one.
-            done.store(usize::MAX / 2, Ordering::Relaxed);
+            done.send_replace(usize::MAX / 2);
             tokio::time::timeout(Duration::from_secs(60), snapshots)
                 .await
                 .expect("the snapshot taker hung for 60 s")

@@ -7,7 +7,7 @@ mod support;
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use support::ServerProcess;
+use support::{call, ServerProcess};
 
 /// Every metric the table must name.
 const ROWS: &[&str] = &[
@@ -190,4 +190,51 @@ fn bad_flags_fail_with_a_clear_message() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--clients must be at least 1"), "{err}");
+}
+
+/// A server that stops answering mid-stream (here: every commit held for
+/// 3 s by fault injection) makes the bench fail after --stall-secs with a
+/// message saying so, instead of waiting for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_answering_fails_the_run_after_the_stall_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("data"), &["--fault-injection"]);
+    server.wait_ready().await;
+    let http = reqwest::Client::new();
+    let (s, b) = call(
+        &http,
+        reqwest::Method::POST,
+        &server.url("/v1/admin/faults"),
+        Some(serde_json::json!({"accept_delay_ms": 3000})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let grpc = format!("http://{}", server.grpc);
+    let began = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(move || {
+        bench(&[
+            "--grpc",
+            &grpc,
+            "--generate",
+            "50",
+            "--dim",
+            "8",
+            "--clients",
+            "1",
+            "--recall-rate",
+            "0",
+            "--stall-secs",
+            "1",
+        ])
+    })
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the run succeeded:\n{err}");
+    assert!(err.contains("stopped answering"), "{err}");
+    assert!(
+        began.elapsed() < std::time::Duration::from_secs(30),
+        "took {:?}",
+        began.elapsed()
+    );
 }

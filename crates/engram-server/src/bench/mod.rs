@@ -108,6 +108,11 @@ pub struct BenchArgs {
     /// then has no indexed throughput).
     #[arg(long, default_value_t = 600)]
     pub index_timeout_secs: u64,
+    /// Fail when no observation is answered for this many seconds while
+    /// streaming (a server that stopped answering), instead of waiting for
+    /// ever.
+    #[arg(long, default_value_t = 60)]
+    pub stall_secs: u64,
     /// Offer every N-th accepted observation for a visibility probe.
     #[arg(long, default_value_t = 100)]
     pub visibility_every: usize,
@@ -221,6 +226,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     drop(samples_tx);
     let mut streamed = StreamOutcome::default();
     let mut redraw = tokio::time::interval(POLL_INTERVAL);
+    let stall = Duration::from_secs(args.stall_secs.max(1));
+    let (mut last_acked, mut progressed_at) = (0, Instant::now());
     loop {
         tokio::select! {
             done = streams.join_next() => match done {
@@ -229,6 +236,16 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             },
             _ = redraw.tick() => {
                 let acked = counters.acked.load(Ordering::Relaxed);
+                if acked != last_acked {
+                    (last_acked, progressed_at) = (acked, Instant::now());
+                } else if progressed_at.elapsed() >= stall {
+                    // Dropping the set aborts the streams.
+                    bail!(
+                        "no observation was answered for {stall:?} ({acked} of {n} answered): \
+                         the server at {} stopped answering (raise --stall-secs for a slower one)",
+                        args.grpc
+                    );
+                }
                 let rate = acked as f64 / start.elapsed().as_secs_f64().max(1e-9);
                 progress.bar("streaming", acked, n as u64, &format!("acked, {rate:.0} obs/s"));
             }

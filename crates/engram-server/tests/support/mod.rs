@@ -194,18 +194,7 @@ impl ServerProcess {
         // SAFETY: kill(2) with a pid we own and a valid signal number.
         let rc = unsafe { libc::kill(self.pid(), libc::SIGTERM) };
         assert_eq!(rc, 0, "sending SIGTERM");
-        let until = Instant::now() + deadline;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("waiting for the server") {
-                return status;
-            }
-            assert!(
-                Instant::now() < until,
-                "server did not exit within {deadline:?} of SIGTERM; log:\n{}",
-                self.log_text()
-            );
-            std::thread::park_timeout(Duration::from_millis(10));
-        }
+        self.wait_exit(deadline)
     }
 }
 
