@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use engram_core::index::{Hnsw, HnswParams};
+use engram_core::index::{Hnsw, HnswParams, VectorPlacement};
 use serde::Serialize;
 
 use engram_testdata::{read_fvecs, read_ivecs_ids};
@@ -33,6 +33,11 @@ pub struct IndexArgs {
     /// Also write the JSON result to this file.
     #[arg(long)]
     json_out: Option<PathBuf>,
+    /// Build a compact index: exact vectors in an unnamed file created in
+    /// this directory (read to re-score each search's best candidates),
+    /// 8-bit codes in RAM, as a `compact` memory space keeps them.
+    #[arg(long)]
+    vectors_on_disk: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -50,6 +55,8 @@ struct Report {
     simd: &'static str,
     n: usize,
     dim: usize,
+    /// `memory` or `compact` (see `--vectors-on-disk`).
+    vector_storage: &'static str,
     #[serde(rename = "M")]
     m: usize,
     ef_construction: usize,
@@ -97,7 +104,12 @@ pub fn run(args: &IndexArgs) -> Result<()> {
         seed: args.seed.unwrap_or(defaults.seed),
         ..defaults
     };
-    let index = Hnsw::new(dim, params);
+    let placement = match &args.vectors_on_disk {
+        None => VectorPlacement::Memory,
+        Some(dir) => VectorPlacement::Disk(dir.clone()),
+    };
+    let index = Hnsw::with_placement(dim, params, &placement)
+        .with_context(|| format!("creating the vector file in {:?}", args.vectors_on_disk))?;
 
     let next = AtomicUsize::new(0);
     let t = Instant::now();
@@ -155,6 +167,11 @@ pub fn run(args: &IndexArgs) -> Result<()> {
         simd: simd_kernel(),
         n,
         dim,
+        vector_storage: if args.vectors_on_disk.is_some() {
+            "compact"
+        } else {
+            "memory"
+        },
         m: args.m,
         ef_construction: args.efc,
         seed: index.params().seed,

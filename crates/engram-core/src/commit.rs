@@ -25,7 +25,9 @@ use crate::fault::Faults;
 use crate::index::HnswParams;
 use crate::indexer::{IndexTask, Queue, QueueReservation};
 use crate::metrics::Metrics;
-use crate::model::{now_unix_nanos, Remembered, SpaceId, StoredEpisode, ValidEpisode};
+use crate::model::{
+    now_unix_nanos, Remembered, SpaceId, StoredEpisode, ValidEpisode, VectorStorage,
+};
 use crate::queue::Priority;
 use crate::record::WalRecord;
 use crate::space::Space;
@@ -62,6 +64,9 @@ pub(crate) enum Command {
     CreateSpace {
         space: SpaceId,
         dimension: usize,
+        /// `None`: the engine's default (`engine.vector_storage`); an
+        /// existing space with any storage then matches.
+        vector_storage: Option<VectorStorage>,
         reply: Reply<bool>,
     },
     Forget {
@@ -109,6 +114,11 @@ pub(crate) struct CommitSettings {
     pub sync_interval: Duration,
     pub max_batch: usize,
     pub params: HnswParams,
+    /// Vector storage of spaces created without one (explicitly or by
+    /// auto-creation).
+    pub vector_storage: VectorStorage,
+    /// Where compact spaces create their vector files.
+    pub vector_dir: std::path::PathBuf,
     /// See [`crate::EngineConfig::max_spaces`].
     pub max_spaces: usize,
     pub faults: Option<Arc<Faults>>,
@@ -123,6 +133,8 @@ pub(crate) struct Committer {
     sync_interval: Duration,
     max_batch: usize,
     params: HnswParams,
+    vector_storage: VectorStorage,
+    vector_dir: std::path::PathBuf,
     /// The commit thread's view of the spaces: includes changes prepared in
     /// the current batch that readers cannot see yet.
     spaces: HashMap<SpaceId, Arc<Space>>,
@@ -204,6 +216,8 @@ impl Committer {
             sync_interval,
             max_batch,
             params,
+            vector_storage,
+            vector_dir,
             max_spaces,
             faults,
             metrics,
@@ -215,6 +229,8 @@ impl Committer {
             sync_interval,
             max_batch: max_batch.max(1),
             params,
+            vector_storage,
+            vector_dir,
             spaces: HashMap::new(),
             published,
             queue,
@@ -233,9 +249,14 @@ impl Committer {
     pub fn replay(&mut self, record: WalRecord) -> Result<()> {
         match record {
             WalRecord::CreateSpace { space, dimension } => {
-                let s = Arc::new(Space::new(space.clone(), dimension, self.params.clone()));
-                self.attach_metrics(&s);
-                self.spaces.insert(space, s);
+                self.replay_create(space, dimension, VectorStorage::Memory)?;
+            }
+            WalRecord::CreateSpaceWith {
+                space,
+                dimension,
+                vector_storage,
+            } => {
+                self.replay_create(space, dimension, vector_storage)?;
             }
             WalRecord::Observe { space, episode } => {
                 let s = self.spaces.get(&space).cloned().ok_or_else(|| {
@@ -245,8 +266,7 @@ impl Committer {
                 })?;
                 {
                     let mut meta = s.commit_meta();
-                    meta.by_id
-                        .insert(episode.id.clone(), episode.server_sequence);
+                    meta.by_id.insert(&episode.id, episode.server_sequence);
                     meta.last_seq = episode.server_sequence;
                 }
                 self.apply_observe(&s, Arc::new(episode), None);
@@ -429,21 +449,24 @@ impl Committer {
             Command::CreateSpace {
                 space,
                 dimension,
+                vector_storage,
                 reply,
             } => match self.spaces.get(&space) {
-                Some(s) if s.dimension() == dimension => answer(out, reply, Ok(false)),
-                Some(s) => {
-                    let dimension = s.dimension();
-                    answer(
-                        out,
-                        reply,
-                        Err(Error::SpaceExists {
-                            space: space.to_string(),
-                            dimension,
-                        }),
-                    )
+                Some(s)
+                    if s.dimension() == dimension
+                        && vector_storage.is_none_or(|v| v == s.vector_storage()) =>
+                {
+                    answer(out, reply, Ok(false))
                 }
-                None => match self.create_space(space, dimension) {
+                Some(s) => {
+                    let err = Error::SpaceExists {
+                        space: space.to_string(),
+                        dimension: s.dimension(),
+                        vector_storage: s.vector_storage(),
+                    };
+                    answer(out, reply, Err(err))
+                }
+                None => match self.create_space(space, dimension, vector_storage) {
                     Ok(s) => out.push(Prepared::Created(s, reply)),
                     Err(e) => answer(out, reply, Err(e)),
                 },
@@ -515,7 +538,8 @@ impl Committer {
         };
         let s = match self.spaces.get(&space) {
             Some(s) => s.clone(),
-            None if auto_create => match self.create_space(space.clone(), ep.embedding.len()) {
+            None if auto_create => match self.create_space(space.clone(), ep.embedding.len(), None)
+            {
                 Ok(s) => {
                     // Readers see the new space once this batch is synced.
                     out.push(Prepared::Created(s.clone(), Box::new(|_| {})));
@@ -582,7 +606,7 @@ impl Committer {
             unreachable!()
         };
         meta.last_seq = seq;
-        meta.by_id.insert(episode.id.clone(), seq);
+        meta.by_id.insert(&episode.id, seq);
         drop(meta);
         out.push(Prepared::Observe {
             space: s,
@@ -594,7 +618,14 @@ impl Committer {
     }
 
     /// Creates a space (WAL first), unless `max_spaces` are there already.
-    fn create_space(&mut self, space: SpaceId, dimension: usize) -> Result<Arc<Space>> {
+    /// Its vector file (compact storage) is created before anything is
+    /// logged, so a failure there leaves no trace.
+    fn create_space(
+        &mut self,
+        space: SpaceId,
+        dimension: usize,
+        vector_storage: Option<VectorStorage>,
+    ) -> Result<Arc<Space>> {
         if self.spaces.len() >= self.max_spaces {
             return Err(Error::LimitReached {
                 what: "memory spaces",
@@ -602,16 +633,51 @@ impl Committer {
                 setting: "engine.max_spaces",
             });
         }
-        if !self.append(&WalRecord::CreateSpace {
-            space: space.clone(),
+        let vector_storage = vector_storage.unwrap_or(self.vector_storage);
+        let s = Arc::new(Space::create(
+            space.clone(),
             dimension,
-        }) {
+            self.params.clone(),
+            vector_storage,
+            &self.vector_dir,
+        )?);
+        // Spaces in RAM keep the record every build reads.
+        let record = match vector_storage {
+            VectorStorage::Memory => WalRecord::CreateSpace {
+                space: space.clone(),
+                dimension,
+            },
+            VectorStorage::Compact => WalRecord::CreateSpaceWith {
+                space: space.clone(),
+                dimension,
+                vector_storage,
+            },
+        };
+        if !self.append(&record) {
             return Err(self.storage_error());
         }
-        let s = Arc::new(Space::new(space.clone(), dimension, self.params.clone()));
         self.attach_metrics(&s);
         self.spaces.insert(space, s.clone());
         Ok(s)
+    }
+
+    /// A space created by a replayed WAL record.
+    fn replay_create(
+        &mut self,
+        space: SpaceId,
+        dimension: usize,
+        vector_storage: VectorStorage,
+    ) -> Result<()> {
+        let s = Arc::new(Space::create(
+            space.clone(),
+            dimension,
+            self.params.clone(),
+            vector_storage,
+            &self.vector_dir,
+        )?);
+        self.attach_metrics(&s);
+        self.spaces.insert(space, s);
+        Ok(())
     }
 
     /// Appends a record; false (and the engine marked failed) on error.
@@ -954,6 +1020,8 @@ mod tests {
                 sync_interval: Duration::from_secs(1),
                 max_batch: 64,
                 params: HnswParams::default(),
+                vector_storage: VectorStorage::Memory,
+                vector_dir: std::env::temp_dir(),
                 max_spaces: usize::MAX,
                 faults: None,
                 metrics: None,

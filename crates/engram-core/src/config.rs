@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::index::HnswParams;
+use crate::model::VectorStorage;
 use crate::queue::QueueConfig;
 use crate::session::SessionConfig;
 use crate::wal::SyncPolicy;
@@ -99,6 +100,12 @@ pub struct EngineConfig {
     pub sessions: SessionConfig,
     pub wal: WalConfig,
     pub index: HnswParams,
+    /// Vector storage of spaces created without one (by a create-space
+    /// call that names none, or on their first observation): `memory` (the
+    /// exact vectors in RAM) or `compact` (in a file under
+    /// `<data_dir>/vectors`, RAM holding 8-bit codes; see
+    /// `docs/design/memory.md`). Existing spaces keep theirs.
+    pub vector_storage: VectorStorage,
 }
 
 impl Default for EngineConfig {
@@ -122,11 +129,17 @@ impl Default for EngineConfig {
             sessions: SessionConfig::default(),
             wal: WalConfig::default(),
             index: HnswParams::default(),
+            vector_storage: VectorStorage::Memory,
         }
     }
 }
 
 impl EngineConfig {
+    /// Where compact spaces create their (unnamed) vector files.
+    pub fn vector_dir(&self) -> PathBuf {
+        self.data_dir.join("vectors")
+    }
+
     /// Worker count with 0 resolved to the number of cores.
     pub fn effective_workers(&self) -> usize {
         if self.workers > 0 {

@@ -19,7 +19,7 @@ use crate::fs::{FileSystem, LockGuard};
 use crate::indexer::{Indexer, Queue};
 use crate::metrics::{Metrics, ScrapeState};
 use crate::model::{
-    Cue, EpisodeInput, RecallResult, Remembered, SpaceId, SpaceInfo, StoredEpisode,
+    Cue, EpisodeInput, RecallResult, Remembered, SpaceId, SpaceInfo, StoredEpisode, VectorStorage,
     DEFAULT_DIMENSION, MAX_DIMENSION,
 };
 use crate::queue::{IndexQueue, Priority, Rejected};
@@ -500,16 +500,34 @@ impl Engine {
         .await
     }
 
-    /// Creates a space; returns its description and whether it was new
-    /// (creating an existing space with the same dimension is a no-op).
+    /// Creates a space with the default vector storage
+    /// ([`EngineConfig::vector_storage`]); see [`Engine::create_space_with`].
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for a bad id or dimension,
-    /// [`Error::SpaceExists`] when it exists with another dimension.
+    /// As [`Engine::create_space_with`].
     pub async fn create_space(
         &self,
         space: &str,
         dimension: Option<usize>,
+    ) -> Result<(SpaceInfo, bool)> {
+        self.create_space_with(space, dimension, None).await
+    }
+
+    /// Creates a space; returns its description and whether it was new
+    /// (creating an existing space with the same dimension, and the same
+    /// vector storage when one is named, is a no-op). `vector_storage`:
+    /// `None` for the engine's default.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a bad id or dimension,
+    /// [`Error::SpaceExists`] when it exists with another dimension or
+    /// vector storage, [`Error::Storage`] when a compact space's vector
+    /// file cannot be created.
+    pub async fn create_space_with(
+        &self,
+        space: &str,
+        dimension: Option<usize>,
+        vector_storage: Option<VectorStorage>,
     ) -> Result<(SpaceInfo, bool)> {
         let space = SpaceId::parse(space)?;
         let dimension = dimension.unwrap_or(DEFAULT_DIMENSION);
@@ -525,6 +543,7 @@ impl Engine {
             .call(|reply| Command::CreateSpace {
                 space,
                 dimension,
+                vector_storage,
                 reply,
             })
             .await?;

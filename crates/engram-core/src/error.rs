@@ -32,9 +32,14 @@ pub enum Error {
     )]
     SpaceNotFound(String),
 
-    /// Creating a space that already exists with a different dimension.
-    #[error("memory space '{space}' already exists with dimension {dimension}")]
-    SpaceExists { space: String, dimension: usize },
+    /// Creating a space that already exists with a different dimension or
+    /// vector storage.
+    #[error("memory space '{space}' already exists with dimension {dimension} and vector storage '{vector_storage}'")]
+    SpaceExists {
+        space: String,
+        dimension: usize,
+        vector_storage: crate::model::VectorStorage,
+    },
 
     /// No memory with this id in the space.
     #[error("memory '{memory_id}' not found in memory space '{space}'")]

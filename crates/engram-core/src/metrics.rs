@@ -613,6 +613,7 @@ mod tests {
                     graph: 200,
                     episodes: 150,
                     fresh: 300,
+                    vectors_on_disk: 0,
                 },
             )],
             worker_busy_nanos: vec![0, 0],

@@ -129,12 +129,12 @@ impl StoredEpisode {
 
     /// Bytes a stored episode takes besides its vector (an estimate, without
     /// allocator rounding): the struct behind its `Arc`, its strings, tags
-    /// and metadata, and the copy of its id in the space's id table.
+    /// and metadata (the space's id table keeps a hash, counted there).
     pub fn bytes_without_embedding(&self) -> usize {
         use std::mem::size_of;
         size_of::<Self>()
             + 2 * size_of::<usize>()
-            + 2 * self.id.len()
+            + self.id.len()
             + self.what.len()
             + self
                 .tags
@@ -392,6 +392,56 @@ pub struct RecallResult {
     pub snapshot_sequence: u64,
 }
 
+/// Where a space keeps the exact `f32` vectors of its indexed memories.
+///
+/// - `memory` (the default): in RAM beside the index's 8-bit code rows;
+///   about 4 KB of RAM per 768-d memory. Fastest recall.
+/// - `compact`: in a file on disk, read only to re-score a recall's best
+///   candidates; RAM holds the code rows, the graph and the episodes (about
+///   1.2 KB per 768-d memory). Graph building compares code rows instead of
+///   exact vectors. Recall reads `2k` (at least `k + 10`) vectors from the
+///   page cache, or from disk when they are not cached.
+///
+/// Memories not yet indexed keep their vector in RAM in both modes (the
+/// fresh tier), and snapshots hold every vector in both, so the mode
+/// changes nothing about durability.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VectorStorage {
+    #[default]
+    Memory,
+    Compact,
+}
+
+impl VectorStorage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VectorStorage::Memory => "memory",
+            VectorStorage::Compact => "compact",
+        }
+    }
+}
+
+impl fmt::Display for VectorStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for VectorStorage {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "memory" => Ok(VectorStorage::Memory),
+            "compact" => Ok(VectorStorage::Compact),
+            other => Err(Error::InvalidArgument {
+                field: "vector_storage",
+                message: format!("is '{other}'; expected 'memory' or 'compact'"),
+            }),
+        }
+    }
+}
+
 /// A space's memory by kind, in bytes (estimates of what the structures
 /// hold, without allocator overhead; the process's resident memory is the
 /// measured total).
@@ -408,10 +458,13 @@ pub struct SpaceMemory {
     pub episodes: u64,
     /// Vectors of memories not indexed yet (the fresh tier).
     pub fresh: u64,
+    /// Exact vectors kept on disk instead (compact mode; not RAM, not in
+    /// [`SpaceMemory::total`]).
+    pub vectors_on_disk: u64,
 }
 
 impl SpaceMemory {
-    /// Every kind together.
+    /// Every kind held in RAM together.
     pub fn total(&self) -> u64 {
         self.vectors + self.codes + self.graph + self.episodes + self.fresh
     }
@@ -450,6 +503,8 @@ pub struct SpaceInfo {
     pub quarantined_count: u64,
     /// Memory held for the space, by kind.
     pub memory: SpaceMemory,
+    /// Where the exact vectors of indexed memories are kept.
+    pub vector_storage: VectorStorage,
 }
 
 /// The result of remembering one observation.

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::{SpaceId, StoredEpisode};
+use crate::model::{SpaceId, StoredEpisode, VectorStorage};
 
 /// One logged state change. Replaying these in LSN order over a snapshot
 /// rebuilds exactly the state that was acked.
@@ -26,6 +26,15 @@ pub enum WalRecord {
     },
     DeleteSpace {
         space: SpaceId,
+    },
+    /// A space created with options beyond its dimension (written for
+    /// compact spaces only: a space in RAM is logged as `CreateSpace`, which
+    /// builds before this record existed can read). New variants go at the
+    /// end: bincode numbers them in order.
+    CreateSpaceWith {
+        space: SpaceId,
+        dimension: usize,
+        vector_storage: VectorStorage,
     },
 }
 

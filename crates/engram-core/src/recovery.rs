@@ -60,7 +60,7 @@ pub(crate) fn recover(
     let spaces: Arc<SpaceMap> = Arc::default();
     let mut report = RecoveryReport::default();
 
-    let loaded = snapshot::load_latest(&**fs, &config.data_dir)?;
+    let loaded = snapshot::load_latest(&**fs, &config.data_dir, &config.vector_dir())?;
     let from_lsn = loaded.as_ref().map_or(1, |l| l.next_lsn);
     let (wal, records) = Wal::open_on(
         fs.clone(),
@@ -78,6 +78,8 @@ pub(crate) fn recover(
             sync_interval: Duration::from_millis(config.wal.sync_interval_ms),
             max_batch: config.max_commit_batch,
             params: config.index.clone(),
+            vector_storage: config.vector_storage,
+            vector_dir: config.vector_dir(),
             max_spaces: config.max_spaces,
             faults,
             metrics,
@@ -92,11 +94,9 @@ pub(crate) fn recover(
             {
                 let mut meta = space.commit_meta();
                 meta.last_seq = ls.last_seq;
-                meta.by_id = ls
-                    .episodes
-                    .iter()
-                    .map(|e| (e.id.clone(), e.server_sequence))
-                    .collect();
+                for e in &ls.episodes {
+                    meta.by_id.insert(&e.id, e.server_sequence);
+                }
             }
             report.snapshot_episodes += ls.episodes.len();
             for e in ls.episodes {

@@ -7,13 +7,16 @@
 //! space count u32; per space a bincode `SpaceHeader`, its episodes, then the
 //! index's own serialisation; finally a CRC32 of everything before it.
 //!
-//! Versions: 2 (written now) stores an indexed episode without its vector,
-//! which the index that follows holds (one copy on disk as in memory);
-//! episodes still in the fresh tier keep theirs. 1 stored every episode's
-//! vector beside the index's copy; it is read, and the duplicate dropped,
-//! so a data directory written by an older build upgrades in place with
-//! its next snapshot. A build that predates version 2 refuses a version 2
-//! file by its number instead of misreading it.
+//! Versions: 3 (written now) adds each space's vector storage (`memory` or
+//! `compact`) to its header; the index's serialisation holds every vector in
+//! both, so a compact space's vectors are as durable as any. 2 stores an
+//! indexed episode without its vector, which the index that follows holds
+//! (one copy on disk as in memory); episodes still in the fresh tier keep
+//! theirs; its spaces load with their vectors in memory. 1 stored every
+//! episode's vector beside the index's copy; it is read, and the duplicate
+//! dropped. Older files upgrade in place with the next snapshot. A build
+//! that predates a version refuses its files by number instead of
+//! misreading them.
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -24,23 +27,34 @@ use serde::{Deserialize, Serialize};
 use crate::commit::Capture;
 use crate::error::{Error, Result};
 use crate::fs::{self, FileSystem};
-use crate::index::Hnsw;
-use crate::model::{SpaceId, StoredEpisode};
-use crate::space::Space;
+use crate::index::{Hnsw, VectorFileError};
+use crate::model::{SpaceId, StoredEpisode, VectorStorage};
+use crate::space::{placement, Space};
 use crate::wal::Lsn;
 
 const MAGIC: &[u8; 8] = b"ENGRAMSN";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 /// The oldest version this build reads.
 const OLDEST_READABLE: u32 = 1;
 const DIR: &str = "snapshots";
 
+/// A space's header in versions 1 and 2.
+#[derive(Serialize, Deserialize)]
+struct SpaceHeaderV2 {
+    id: SpaceId,
+    dimension: usize,
+    last_seq: u64,
+    episodes: u64,
+}
+
+/// A space's header since version 3.
 #[derive(Serialize, Deserialize)]
 struct SpaceHeader {
     id: SpaceId,
     dimension: usize,
     last_seq: u64,
     episodes: u64,
+    vector_storage: VectorStorage,
 }
 
 /// A space as loaded from a snapshot, before WAL replay.
@@ -166,6 +180,7 @@ pub fn write(fs: &dyn FileSystem, data_dir: &Path, capture: &Capture) -> Result<
                 dimension: sc.space.dimension(),
                 last_seq: sc.last_seq,
                 episodes: sc.episodes.len() as u64,
+                vector_storage: sc.space.vector_storage(),
             };
             bincode::serialize_into(&mut w, &header).map_err(io::Error::other)?;
             for e in &sc.episodes {
@@ -246,9 +261,17 @@ fn verify(fs: &dyn FileSystem, path: &Path) -> io::Result<()> {
 /// readable, recovery replays the WAL from its start (and fails with a
 /// clear gap error if that start was removed).
 ///
+/// Compact spaces get their vector files in `vector_dir`.
+///
 /// # Errors
-/// [`Error::Storage`] when the snapshot directory cannot be listed.
-pub fn load_latest(fs: &dyn FileSystem, data_dir: &Path) -> Result<Option<Loaded>> {
+/// [`Error::Storage`] when the snapshot directory cannot be listed, or a
+/// compact space's vector file cannot be created or written (the snapshot
+/// is fine, the disk is not: recovery stops instead of falling back).
+pub fn load_latest(
+    fs: &dyn FileSystem,
+    data_dir: &Path,
+    vector_dir: &Path,
+) -> Result<Option<Loaded>> {
     let dir = snapshot_dir(data_dir);
     if let Ok(entries) = fs.read_dir(&dir) {
         for entry in entries {
@@ -259,9 +282,10 @@ pub fn load_latest(fs: &dyn FileSystem, data_dir: &Path) -> Result<Option<Loaded
     }
     let all = list(fs, data_dir).map_err(|e| storage("listing snapshots", e))?;
     for (_, path) in all.into_iter().rev() {
-        match load(fs, &path) {
+        match load(fs, &path, vector_dir) {
             Ok(loaded) => return Ok(Some(loaded)),
-            Err(e) => {
+            Err(Failure::Disk(e)) => return Err(e),
+            Err(Failure::Corrupt(e)) => {
                 let aside = path.with_extension("snap.corrupt");
                 tracing::error!(
                     snapshot = %path.display(),
@@ -276,8 +300,26 @@ pub fn load_latest(fs: &dyn FileSystem, data_dir: &Path) -> Result<Option<Loaded
     Ok(None)
 }
 
+/// Why a snapshot did not load.
+enum Failure {
+    /// The file is unreadable or corrupt: set aside, try the previous one.
+    Corrupt(Error),
+    /// A compact space's vector file failed: nothing wrong with the file.
+    Disk(Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Corrupt(e)
+    }
+}
+
 /// Reads one snapshot file whole.
-fn load(fs: &dyn FileSystem, path: &Path) -> Result<Loaded> {
+fn load(
+    fs: &dyn FileSystem,
+    path: &Path,
+    vector_dir: &Path,
+) -> std::result::Result<Loaded, Failure> {
     let path = path.to_path_buf();
     let file = fs
         .open_read(&path)
@@ -286,8 +328,12 @@ fn load(fs: &dyn FileSystem, path: &Path) -> Result<Loaded> {
         inner: BufReader::with_capacity(1 << 20, file),
         hasher: crc32fast::Hasher::new(),
     };
-    let corrupt =
-        |what: String| Error::Storage(format!("snapshot {} is corrupt: {what}", path.display()));
+    let corrupt = |what: String| {
+        Failure::Corrupt(Error::Storage(format!(
+            "snapshot {} is corrupt: {what}",
+            path.display()
+        )))
+    };
     let mut buf8 = [0u8; 8];
     let mut buf4 = [0u8; 4];
     let io = |e: io::Error| Error::Storage(format!("reading snapshot {}: {e}", path.display()));
@@ -308,16 +354,37 @@ fn load(fs: &dyn FileSystem, path: &Path) -> Result<Loaded> {
     let n_spaces = u32::from_le_bytes(buf4);
     let mut spaces = Vec::with_capacity(n_spaces as usize);
     for _ in 0..n_spaces {
-        let header: SpaceHeader =
-            bincode::deserialize_from(&mut r).map_err(|e| corrupt(format!("space header: {e}")))?;
+        let header: SpaceHeader = if version >= 3 {
+            bincode::deserialize_from(&mut r)
+        } else {
+            bincode::deserialize_from(&mut r).map(|h: SpaceHeaderV2| SpaceHeader {
+                id: h.id,
+                dimension: h.dimension,
+                last_seq: h.last_seq,
+                episodes: h.episodes,
+                vector_storage: VectorStorage::Memory,
+            })
+        }
+        .map_err(|e| corrupt(format!("space header: {e}")))?;
         let mut episodes = Vec::with_capacity(header.episodes.min(1 << 24) as usize);
         for _ in 0..header.episodes {
             let e: StoredEpisode =
                 bincode::deserialize_from(&mut r).map_err(|e| corrupt(format!("episode: {e}")))?;
             episodes.push(e);
         }
-        let mut index = Hnsw::read_from(&mut r)
-            .map_err(|e| corrupt(format!("index of '{}': {e}", header.id)))?;
+        let mut index = Hnsw::read_from_with(&mut r, &placement(header.vector_storage, vector_dir))
+            .map_err(|e| {
+                if VectorFileError::is(&e) {
+                    Failure::Disk(Error::Storage(format!(
+                        "loading compact space '{}' from snapshot {}: {e} (in {})",
+                        header.id,
+                        path.display(),
+                        vector_dir.display()
+                    )))
+                } else {
+                    corrupt(format!("index of '{}': {e}", header.id))
+                }
+            })?;
         // The index is written after the episodes were captured, so it can
         // hold later sequences; their WAL records may not have survived (a
         // power loss in `interval`/`none` mode). Those nodes are retired,

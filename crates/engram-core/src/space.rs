@@ -13,9 +13,21 @@ use std::sync::OnceLock;
 
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
-use crate::index::{Hnsw, HnswParams};
+use crate::error::Error;
+use crate::index::{Hnsw, HnswParams, VectorPlacement};
 use crate::metrics::SpaceMetrics;
-use crate::model::{no_embedding, now_unix_nanos, SpaceId, SpaceInfo, SpaceMemory, StoredEpisode};
+use crate::model::{
+    no_embedding, now_unix_nanos, SpaceId, SpaceInfo, SpaceMemory, StoredEpisode, VectorStorage,
+};
+
+/// Where an index with `storage` keeps its vectors, given the directory for
+/// compact spaces' vector files.
+pub(crate) fn placement(storage: VectorStorage, vector_dir: &std::path::Path) -> VectorPlacement {
+    match storage {
+        VectorStorage::Memory => VectorPlacement::Memory,
+        VectorStorage::Compact => VectorPlacement::Disk(vector_dir.to_path_buf()),
+    }
+}
 
 /// A memory space. Shared as `Arc<Space>` between the engine's map, the
 /// commit thread, indexing tasks and recalls.
@@ -58,8 +70,58 @@ pub struct SpaceState {
 /// What only the commit thread reads and writes.
 #[derive(Default)]
 pub struct CommitMeta {
-    pub by_id: HashMap<String, u64>,
+    pub by_id: IdTable,
     pub last_seq: u64,
+}
+
+/// Memory id -> server sequence (idempotent retries, forget by id).
+///
+/// Keyed by a 128-bit hash of the id (two SipHash-1-3 with independent
+/// random keys, drawn per process) instead of a copy of the id: 24 bytes a
+/// slot instead of a `String` slot plus the id's own allocation, which at a
+/// million memories is about 40 bytes per memory (docs/design/memory.md).
+/// Two distinct ids would have to agree on 128 keyed bits to be confused;
+/// at 10^9 ids in a space the odds of any such pair are below 10^-20, far
+/// below those of undetected disk or memory corruption, which is the bar
+/// content-addressed stores use for the same trade.
+#[derive(Default)]
+pub struct IdTable {
+    keys: (std::hash::RandomState, std::hash::RandomState),
+    map: HashMap<(u64, u64), u64>,
+}
+
+impl IdTable {
+    fn key(&self, id: &str) -> (u64, u64) {
+        use std::hash::BuildHasher;
+        (self.keys.0.hash_one(id), self.keys.1.hash_one(id))
+    }
+
+    pub fn get(&self, id: &str) -> Option<&u64> {
+        self.map.get(&self.key(id))
+    }
+
+    pub fn insert(&mut self, id: &str, seq: u64) {
+        let k = self.key(id);
+        self.map.insert(k, seq);
+    }
+
+    pub fn remove(&mut self, id: &str) -> Option<u64> {
+        let k = self.key(id);
+        self.map.remove(&k)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Bytes of the table's slots (allocated, used or not).
+    pub fn bytes(&self) -> usize {
+        self.map.capacity() * (std::mem::size_of::<((u64, u64), u64)>() + 1)
+    }
 }
 
 impl SpaceState {
@@ -88,8 +150,39 @@ impl SpaceState {
 }
 
 impl Space {
+    /// A space with its vectors in RAM.
     pub fn new(id: SpaceId, dimension: usize, params: HnswParams) -> Self {
         Self::with_index(id, Hnsw::new(dimension, params))
+    }
+
+    /// A space keeping its vectors as `storage` says (compact: in an
+    /// unnamed file in `vector_dir`).
+    ///
+    /// # Errors
+    /// [`Error::Storage`] when the vector file cannot be created.
+    pub fn create(
+        id: SpaceId,
+        dimension: usize,
+        params: HnswParams,
+        storage: VectorStorage,
+        vector_dir: &std::path::Path,
+    ) -> crate::error::Result<Self> {
+        let index = Hnsw::with_placement(dimension, params, &placement(storage, vector_dir))
+            .map_err(|e| {
+                Error::Storage(format!(
+                    "creating the vector file of compact space '{id}' in {}: {e}",
+                    vector_dir.display()
+                ))
+            })?;
+        Ok(Self::with_index(id, index))
+    }
+
+    /// Where the space keeps the exact vectors of indexed memories.
+    pub fn vector_storage(&self) -> VectorStorage {
+        match self.index.placement() {
+            VectorPlacement::Memory => VectorStorage::Memory,
+            VectorPlacement::Disk(_) => VectorStorage::Compact,
+        }
     }
 
     /// A space around an index loaded from a snapshot.
@@ -288,10 +381,8 @@ impl Space {
     /// Memory held for the space, by kind (see [`SpaceMemory`]).
     pub fn memory(&self) -> SpaceMemory {
         let (vectors, codes, graph) = self.index.memory_by_kind();
-        // The id table's slots (its keys' bytes are in each episode's
-        // estimate).
-        let id_table =
-            self.commit.lock().by_id.capacity() * (std::mem::size_of::<(String, u64)>() + 1);
+        // The id table's slots (hashes of the ids, not copies).
+        let id_table = self.commit.lock().by_id.bytes();
         let st = self.state.read();
         SpaceMemory {
             vectors: vectors as u64,
@@ -302,6 +393,7 @@ impl Space {
                 + st.episodes.capacity() * std::mem::size_of::<Option<Arc<StoredEpisode>>>())
                 as u64,
             fresh: (st.fresh.len() * self.dimension * std::mem::size_of::<f32>()) as u64,
+            vectors_on_disk: self.index.disk_bytes() as u64,
         }
     }
 
@@ -328,6 +420,7 @@ impl Space {
             index_lag_seconds: lag,
             quarantined_count: quarantined,
             memory,
+            vector_storage: self.vector_storage(),
         }
     }
 

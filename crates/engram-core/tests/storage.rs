@@ -7,7 +7,7 @@ use std::sync::Arc;
 use common::*;
 use engram_core::commit::{Capture, SpaceCapture};
 use engram_core::index::HnswParams;
-use engram_core::model::StoredEpisode;
+use engram_core::model::{StoredEpisode, VectorStorage};
 use engram_core::space::Space;
 use engram_core::{snapshot, Engine, SpaceId};
 
@@ -270,15 +270,26 @@ async fn a_failed_sync_answers_unknown_and_a_resend_with_the_same_id_stores_it_o
     engine.shutdown();
 }
 
-/// Issue 15: one copy of each vector. A data directory written by snapshot
-/// format version 1 (every episode stored its vector beside the index's
-/// copy; `tests/data/snapshot-v1/README.md` says how it was made) loads:
-/// every memory comes back with its own vector, the indexed ones keep it
-/// only in the index, the fresh ones are indexed; the next snapshot is
+/// Issue 15: data directories written by older snapshot formats load:
+/// version 1 (every episode stored its vector beside the index's copy) and
+/// version 2 (no vector storage per space: all in memory). Each fixture's
+/// `README.md` says how it was made. Every memory comes back with its own
+/// vector, the indexed ones keep it only in the index, the fresh ones are
+/// indexed, every space has its vectors in memory; the next snapshot is
 /// written in the current format and loads again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_1_snapshot_loads_and_is_rewritten_in_the_current_format() {
-    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/snapshot-v1");
+    an_old_snapshot_loads_and_is_rewritten_in_the_current_format(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_snapshot_loads_and_is_rewritten_in_the_current_format() {
+    an_old_snapshot_loads_and_is_rewritten_in_the_current_format(2).await;
+}
+
+async fn an_old_snapshot_loads_and_is_rewritten_in_the_current_format(version: u32) {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("tests/data/snapshot-v{version}"));
     let dir = tempfile::tempdir().unwrap();
     for sub in ["snapshots", "wal"] {
         std::fs::create_dir(dir.path().join(sub)).unwrap();
@@ -294,7 +305,11 @@ async fn a_version_1_snapshot_loads_and_is_rewritten_in_the_current_format() {
     let v1 = dir
         .path()
         .join("snapshots/snapshot-00000000000000000065.snap");
-    assert_eq!(snapshot_version(&v1), 1, "the fixture is a version 1 file");
+    assert_eq!(
+        snapshot_version(&v1),
+        version,
+        "the fixture is a version {version} file"
+    );
 
     let vecs: Vec<Vec<f32>> = random_vectors(60, 8, 4242)
         .iter()
@@ -329,6 +344,7 @@ async fn a_version_1_snapshot_loads_and_is_rewritten_in_the_current_format() {
         engine.check_integrity(space).unwrap();
         let info = engine.describe_space(space).unwrap();
         assert_eq!(info.indexed_count, info.count);
+        assert_eq!(info.vector_storage, VectorStorage::Memory);
     }
     let top = &engine.recall("a", cue(&vecs[2], 1)).unwrap().memories[0];
     assert_eq!(top.episode.id, "e2");
@@ -348,7 +364,7 @@ async fn a_version_1_snapshot_loads_and_is_rewritten_in_the_current_format() {
         .unwrap()
         .unwrap()
         .expect("a new snapshot");
-    assert_eq!(snapshot_version(&v2), 2);
+    assert_eq!(snapshot_version(&v2), 3);
     engine.shutdown();
     drop(engine);
 

@@ -31,8 +31,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use super::distance::{dot, dot_i8};
-use super::storage::{NodeStore, MAX_NODES};
+use super::distance::dot_i8;
+use super::labels::LabelTable;
+use super::storage::{NodeStore, VectorPlacement, MAX_NODES};
 use super::visited::{Keyed, Scratch, ScratchPool};
 
 /// Links per node on upper levels; level 0 allows twice as many. hnswlib's
@@ -124,7 +125,7 @@ pub struct Hnsw {
     /// label -> node id. A mutex (not a concurrent map) because it is taken
     /// once per insert, for a check-and-reserve that must be atomic, and
     /// never on the search path.
-    pub(super) label_ids: Mutex<HashMap<u64, u32>>,
+    pub(super) label_ids: Mutex<LabelTable>,
     /// Node ids handed out (`0..allocated`); their segments exist.
     pub(super) allocated: AtomicUsize,
     /// Inserts completed.
@@ -225,14 +226,30 @@ impl Hnsw {
     /// # Panics
     /// If `dim == 0` or `params.m < 2`.
     pub fn new(dim: usize, params: HnswParams) -> Self {
+        Self::with_placement(dim, params, &VectorPlacement::Memory)
+            .expect("an index with vectors in RAM creates no file")
+    }
+
+    /// An empty index keeping its exact vectors where `placement` says.
+    ///
+    /// # Errors
+    /// Creating the vector file of [`VectorPlacement::Disk`].
+    ///
+    /// # Panics
+    /// If `dim == 0` or `params.m < 2`.
+    pub fn with_placement(
+        dim: usize,
+        params: HnswParams,
+        placement: &VectorPlacement,
+    ) -> std::io::Result<Self> {
         assert!(dim > 0, "HNSW dimension must be positive");
         assert!(params.m >= 2, "HNSW m must be at least 2, got {}", params.m);
-        Hnsw {
+        Ok(Hnsw {
             dim,
             level_mult: 1.0 / (params.m as f64).ln(),
-            store: NodeStore::new(dim, 2 * params.m, params.m),
+            store: NodeStore::new(dim, 2 * params.m, params.m, placement)?,
             params,
-            label_ids: Mutex::new(HashMap::new()),
+            label_ids: Mutex::new(LabelTable::default()),
             allocated: AtomicUsize::new(0),
             len: AtomicUsize::new(0),
             entry: AtomicU64::new(NO_ENTRY),
@@ -244,7 +261,12 @@ impl Hnsw {
             insert_faults_armed: std::sync::atomic::AtomicBool::new(false),
             search_delay_ms: AtomicU64::new(0),
             searches_delayed: AtomicU64::new(0),
-        }
+        })
+    }
+
+    /// Where the exact vectors are kept.
+    pub fn placement(&self) -> VectorPlacement {
+        self.store.placement()
     }
 
     pub fn dim(&self) -> usize {
@@ -288,13 +310,13 @@ impl Hnsw {
         let _gate = self.gate.read();
         let id = {
             let mut ids = self.label_ids.lock();
-            if ids.contains_key(&label) {
+            if ids.contains(label) {
                 drop(ids);
                 // Claimed by one thread only: removed under the lock.
                 let Some(id) = self.abandoned.lock().remove(&label) else {
                     return false;
                 };
-                self.finish(label, id);
+                self.finish(label, id, Some(vector));
                 return true;
             }
             let id = self.allocated.load(Ordering::Relaxed);
@@ -317,24 +339,50 @@ impl Hnsw {
             id,
             done: false,
         };
-        self.connect(id, level);
+        self.write_vector(id, vector);
+        self.connect(id, level, vector);
         guard.done = true;
         self.store.set_ready(id);
         self.len.fetch_add(1, Ordering::Release);
         true
     }
 
+    /// Writes the node's vector to the vector file (compact placement), or
+    /// panics, before the node is linked: a failed write abandons the
+    /// insert with the node unreachable, and a retry writes it again.
+    fn write_vector(&self, id: u32, vector: &[f32]) {
+        if let Err(e) = self.store.write_vector(id, vector) {
+            panic!(
+                "writing the vector of label {} to the index's vector file failed: {e}",
+                self.store.label(id)
+            );
+        }
+    }
+
     /// Links an abandoned node again (its own lists are merged with what is
     /// there, back links already added are skipped) and makes it ready. A
-    /// panic abandons it again.
-    fn finish(&self, label: u64, id: u32) {
+    /// panic abandons it again. `vector`: the node's vector, from a retried
+    /// insert (written again to the vector file, whose write may be what
+    /// failed); `None` reads the stored one.
+    fn finish(&self, label: u64, id: u32, vector: Option<&[f32]>) {
         let mut guard = AbandonOnPanic {
             h: self,
             label,
             id,
             done: false,
         };
-        self.connect(id, self.store.level(id));
+        let stored;
+        let q = match vector {
+            Some(v) => {
+                self.write_vector(id, v);
+                v
+            }
+            None => {
+                stored = self.store.vector_owned(id);
+                &stored[..]
+            }
+        };
+        self.connect(id, self.store.level(id), q);
         guard.done = true;
         self.store.set_ready(id);
         self.len.fetch_add(1, Ordering::Release);
@@ -347,11 +395,21 @@ impl Hnsw {
         let pending: Vec<u64> = self.abandoned.lock().keys().copied().collect();
         for label in pending {
             let _gate = self.gate.read();
-            let Some(id) = self.abandoned.lock().remove(&label) else {
-                continue;
+            let id = {
+                let mut abandoned = self.abandoned.lock();
+                match abandoned.get(&label) {
+                    // Its vector write failed: only a retried insert, which
+                    // brings the vector, can finish it.
+                    Some(&id) if self.store.vector_missing(id) => continue,
+                    Some(&id) => {
+                        abandoned.remove(&label);
+                        id
+                    }
+                    None => continue,
+                }
             };
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.finish(label, id);
+                self.finish(label, id, None);
             }));
         }
         self.abandoned.lock().len()
@@ -379,7 +437,7 @@ impl Hnsw {
             let dead = u64::MAX - u64::from(id);
             // SAFETY: `&mut self`: the index is not shared.
             unsafe { self.store.set_label(id, dead) };
-            ids.remove(&label);
+            ids.remove(label);
             ids.insert(dead, id);
             if abandoned.remove(&label).is_some() {
                 abandoned.insert(dead, id);
@@ -408,6 +466,18 @@ impl Hnsw {
     pub fn inject_poison_label(&self, label: u64) {
         self.insert_faults.lock().poison.insert(label);
         self.insert_faults_armed.store(true, Ordering::Release);
+    }
+
+    /// Fault injection: the next `n` writes to the vector file (compact
+    /// placement) fail, as on a full disk.
+    pub fn inject_vector_write_failures(&self, n: u32) {
+        self.store.inject_vector_write_failures(n);
+    }
+
+    /// Reads from the vector file that failed so far; each search that met
+    /// one re-scored that node on its code row instead.
+    pub fn vector_read_errors(&self) -> u64 {
+        self.store.vector_read_errors()
     }
 
     /// Fault injection: every search sleeps `delay` first (zero turns it
@@ -443,17 +513,17 @@ impl Hnsw {
     /// progress, nor one abandoned by a panic, which still has to be
     /// finished by inserting the label again).
     pub fn contains(&self, label: u64) -> bool {
-        let id = self.label_ids.lock().get(&label).copied();
+        let id = self.label_ids.lock().get(label);
         id.is_some_and(|id| self.store.is_ready(id))
     }
 
     /// A copy of the exact vector stored under `label`, if its insert
     /// completed.
     pub fn vector(&self, label: u64) -> Option<Vec<f32>> {
-        let id = self.label_ids.lock().get(&label).copied()?;
+        let id = self.label_ids.lock().get(label)?;
         self.store
             .is_ready(id)
-            .then(|| self.store.vector(id).to_vec())
+            .then(|| self.store.vector_owned(id).into_owned())
     }
 
     /// Top-`k` labels by cosine similarity among those for which
@@ -517,7 +587,7 @@ impl Hnsw {
         }
         let mut out: Vec<(u64, f32)> = pairs
             .iter()
-            .map(|&(_, id)| (self.store.label(id), dot(query, self.store.vector(id))))
+            .map(|&(_, id)| (self.store.label(id), self.store.sim_exact(query, id)))
             .collect();
         out.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         out.truncate(k);
@@ -538,7 +608,7 @@ impl Hnsw {
     pub fn memory_by_kind(&self) -> (usize, usize, usize) {
         let n = self.allocated.load(Ordering::Acquire);
         let (vectors, codes, links) = self.store.memory_by_kind(n);
-        let table = self.label_ids.lock().capacity() * (std::mem::size_of::<(u64, u32)>() + 1);
+        let table = self.label_ids.lock().bytes();
         (
             vectors,
             codes,
@@ -546,11 +616,18 @@ impl Hnsw {
         )
     }
 
+    /// Bytes of exact vectors kept on disk (the compact placement's vector
+    /// file; 0 with vectors in RAM).
+    pub fn disk_bytes(&self) -> usize {
+        self.store
+            .disk_bytes(self.allocated.load(Ordering::Acquire))
+    }
+
     /// Approximate heap bytes used: vectors, links, labels, locks, the label
     /// table and pooled search scratch.
     pub fn memory_bytes(&self) -> usize {
         let n = self.allocated.load(Ordering::Acquire);
-        let table = self.label_ids.lock().capacity() * (std::mem::size_of::<(u64, u32)>() + 1);
+        let table = self.label_ids.lock().bytes();
         std::mem::size_of::<Self>() + self.store.memory_bytes(n) + table + self.pool.bytes()
     }
 
@@ -675,11 +752,7 @@ impl Hnsw {
             if out.len() >= m {
                 break;
             }
-            let vc = self.store.vector(c);
-            if out
-                .iter()
-                .all(|&kept| dot(self.store.vector(kept), vc) <= sim)
-            {
+            if out.iter().all(|&kept| self.store.sim_nodes(kept, c) <= sim) {
                 out.push(c);
             }
         }
@@ -687,8 +760,8 @@ impl Hnsw {
 
     /// Links the initialised node `id` into the graph on levels
     /// `0..=level`, and makes it the entry point if it is the first node or
-    /// raises the top level.
-    fn connect(&self, id: u32, level: usize) {
+    /// raises the top level. `q` is the node's vector.
+    fn connect(&self, id: u32, level: usize, q: &[f32]) {
         let top_guard = self.top.lock();
         let Some((entry, top)) = unpack_entry(self.entry.load(Ordering::Acquire)) else {
             self.entry.store(pack_entry(id, level), Ordering::Release);
@@ -697,7 +770,6 @@ impl Hnsw {
         // Raising the top level: keep other inserts from reading the entry
         // point until this node is linked (hnswlib does the same).
         let top_guard = (level > top).then_some(top_guard);
-        let q = self.store.vector(id);
         let metric = Quantized {
             store: &self.store,
             q,
@@ -726,14 +798,15 @@ impl Hnsw {
                 selected,
                 ..
             } = &mut *s;
-            // Traversal was on codes; neighbour selection is exact.
+            // Traversal was on codes; neighbour selection is exact (on
+            // codes again in the compact placement: see `sim_build`).
             pairs.clear();
             pairs.extend(results.drain().map(|r| (0.0, r.id)));
             for &(_, n) in pairs.iter() {
                 self.store.prefetch_vector(n, EXACT_PREFETCH_LINES);
             }
             for p in pairs.iter_mut() {
-                p.0 = dot(q, self.store.vector(p.1));
+                p.0 = self.store.sim_build(q, p.1);
             }
             pairs.sort_unstable_by(by_similarity_desc);
             self.select_neighbours(pairs, self.params.m, selected);
@@ -831,15 +904,14 @@ impl Hnsw {
             }
             return;
         }
-        let base = self.store.vector(n);
         let Scratch {
             pairs, selected, ..
         } = s;
         pairs.clear();
-        pairs.push((dot(base, self.store.vector(id)), id));
+        pairs.push((self.store.sim_nodes(n, id), id));
         for w in &list[1..=count] {
             let x = w.load(Ordering::Relaxed);
-            pairs.push((dot(base, self.store.vector(x)), x));
+            pairs.push((self.store.sim_nodes(n, x), x));
         }
         pairs.sort_unstable_by(by_similarity_desc);
         self.select_neighbours(pairs, cap, selected);
@@ -894,11 +966,10 @@ impl Hnsw {
         if ids.len() < cap {
             ids.push(id);
         } else {
-            let base = self.store.vector(n);
             let mut order: Vec<(f32, usize)> = ids
                 .iter()
                 .enumerate()
-                .map(|(i, &x)| (dot(base, self.store.vector(x)), i))
+                .map(|(i, &x)| (self.store.sim_nodes(n, x), i))
                 .collect();
             order.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
             let Some(&(_, pos)) = order.iter().find(|&&(_, i)| self.release_in_link(ids[i])) else {
@@ -914,7 +985,7 @@ impl Hnsw {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::index::distance::normalize;
+    use crate::index::distance::{dot, normalize};
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
     use std::panic::AssertUnwindSafe;
@@ -1127,5 +1198,116 @@ pub(super) mod tests {
         let upper = (0..100_000u64).filter(|&l| h.random_level(l) > 0).count();
         // P(level > 0) = 1/M = 1/16.
         assert!((5_500..7_000).contains(&upper), "{upper}");
+    }
+
+    fn compact(dim: usize, dir: &std::path::Path) -> Hnsw {
+        Hnsw::with_placement(
+            dim,
+            HnswParams::default(),
+            &VectorPlacement::Disk(dir.to_path_buf()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_compact_index_keeps_vectors_on_disk_and_searches_as_well() {
+        let dir = tempfile::tempdir().unwrap();
+        let vectors = random_unit_vectors(5000, 24, 3);
+        let h = compact(24, dir.path());
+        for (i, v) in vectors.iter().enumerate() {
+            assert!(h.insert(i as u64, v));
+        }
+        h.check_integrity().unwrap();
+        let (ram_vectors, codes, _) = h.memory_by_kind();
+        assert_eq!(ram_vectors, 0, "no vector in RAM");
+        assert!(codes > 0);
+        assert_eq!(h.disk_bytes(), 5000 * 24 * 4);
+        // The vector file is unnamed: nothing is left in the directory.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        // Vectors read back bit for bit, and similarities are exact.
+        for (i, v) in vectors.iter().enumerate().step_by(97) {
+            assert_eq!(h.vector(i as u64).unwrap(), *v);
+        }
+        let queries = random_unit_vectors(200, 24, 4);
+        let mut hits = 0;
+        for q in &queries {
+            let want: Vec<u64> = brute_force(&vectors, q, 10, |_| true)
+                .into_iter()
+                .map(|p| p.0)
+                .collect();
+            let got = h.search(q, 10, h.params().ef_search, &|_| true);
+            for (l, sim) in &got {
+                assert_eq!(*sim, dot(q, &vectors[*l as usize]), "exact score");
+            }
+            hits += got.iter().filter(|(l, _)| want.contains(l)).count();
+        }
+        let recall = hits as f64 / (10 * queries.len()) as f64;
+        assert!(recall >= 0.95, "recall@10 {recall}");
+        assert_eq!(h.vector_read_errors(), 0);
+    }
+
+    #[test]
+    fn a_compact_index_round_trips_through_a_snapshot_in_either_placement() {
+        let dir = tempfile::tempdir().unwrap();
+        let vectors = random_unit_vectors(600, 16, 21);
+        let h = compact(16, dir.path());
+        for (i, v) in vectors.iter().enumerate() {
+            assert!(h.insert(i as u64, v));
+        }
+        let mut buf = Vec::new();
+        h.write_to(&mut buf).unwrap();
+        let on_disk = Hnsw::read_from_with(
+            &mut buf.as_slice(),
+            &VectorPlacement::Disk(dir.path().into()),
+        )
+        .unwrap();
+        let in_ram = Hnsw::read_from(&mut buf.as_slice()).unwrap();
+        for r in [&on_disk, &in_ram] {
+            assert_eq!(r.len(), 600);
+            r.check_integrity().unwrap();
+            for (i, v) in vectors.iter().enumerate() {
+                assert_eq!(r.vector(i as u64).unwrap(), *v);
+                assert_eq!(r.search(v, 1, 64, &|_| true)[0].0, i as u64);
+            }
+        }
+        assert_eq!(
+            on_disk.placement(),
+            VectorPlacement::Disk(dir.path().into())
+        );
+        assert_eq!(in_ram.placement(), VectorPlacement::Memory);
+    }
+
+    #[test]
+    fn a_failed_vector_write_abandons_the_insert_and_a_retry_finishes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let vectors = random_unit_vectors(300, 16, 22);
+        let h = compact(16, dir.path());
+        for (i, v) in vectors.iter().enumerate().take(200) {
+            assert!(h.insert(i as u64, v));
+        }
+        h.inject_vector_write_failures(1);
+        let err = std::panic::catch_unwind(AssertUnwindSafe(|| h.insert(200, &vectors[200])))
+            .unwrap_err();
+        let msg = err.downcast_ref::<String>().unwrap();
+        assert!(msg.contains("vector file failed"), "{msg}");
+        assert_eq!(h.abandoned_labels(), vec![200]);
+        assert!(!h.contains(200));
+        // Without the vector, it cannot be finished (a snapshot keeps it
+        // abandoned); the graph stays sound and never returns it.
+        assert_eq!(h.finish_abandoned(), 1);
+        h.check_integrity().unwrap();
+        assert!(h
+            .search(&vectors[200], 10, 300, &|_| true)
+            .iter()
+            .all(|(l, _)| *l != 200));
+        // The retried insert brings the vector and finishes the node.
+        assert!(h.insert(200, &vectors[200]));
+        assert!(h.abandoned_labels().is_empty());
+        for (i, v) in vectors.iter().enumerate().skip(201) {
+            assert!(h.insert(i as u64, v));
+        }
+        h.check_integrity().unwrap();
+        assert_eq!(h.vector(200).unwrap(), vectors[200]);
+        assert_eq!(h.search(&vectors[200], 1, 64, &|_| true)[0].0, 200);
     }
 }

@@ -3,7 +3,6 @@
 
 use std::sync::atomic::Ordering;
 
-use super::distance::dot;
 use super::hnsw::{link_count, unpack_entry, Hnsw, Quantized};
 use super::visited::{Keyed, Scratch};
 
@@ -100,7 +99,7 @@ impl Hnsw {
             let ab = self.abandoned.lock();
             let ids = self.label_ids.lock();
             for (label, id) in ab.iter() {
-                if ids.get(label) != Some(id) || self.store.is_ready(*id) {
+                if ids.get(*label) != Some(*id) || self.store.is_ready(*id) {
                     return Err(format!(
                         "abandoned node {id} (label {label}) is ready or not in the label table"
                     ));
@@ -141,10 +140,10 @@ impl Hnsw {
         let mut in_links = vec![0u32; n];
         for id in 0..n as u32 {
             let label = self.store.label(id);
-            if ids.get(&label) != Some(&id) {
+            if ids.get(label) != Some(id) {
                 return Err(format!(
                     "node {id}: label {label} maps to {:?}",
-                    ids.get(&label)
+                    ids.get(label)
                 ));
             }
             let level = self.store.level(id);
@@ -261,7 +260,8 @@ impl Hnsw {
                 continue;
             }
             const PROBE_EF: usize = 64;
-            let q = self.store.vector(id);
+            let q = self.store.vector_owned(id);
+            let q = &q[..];
             let start = self
                 .descend(
                     &Quantized {
@@ -319,7 +319,7 @@ impl Hnsw {
         s.begin(self.allocated.load(Ordering::Acquire));
         s.candidates.clear();
         s.results.clear();
-        let esim = dot(q, self.store.vector(start));
+        let esim = self.store.sim_exact(q, start);
         let mut best = esim;
         if start == target {
             return true;
@@ -343,7 +343,7 @@ impl Hnsw {
                 if !s.visit(n) {
                     continue;
                 }
-                let sim = dot(q, self.store.vector(n));
+                let sim = self.store.sim_exact(q, n);
                 if n == target {
                     return sim >= best - SAME_SIMILARITY;
                 }

@@ -12,8 +12,10 @@
 pub mod distance;
 pub mod hnsw;
 mod integrity;
+mod labels;
 mod persist;
 mod storage;
 mod visited;
 
 pub use hnsw::{Hnsw, HnswParams};
+pub use storage::{VectorFileError, VectorPlacement};

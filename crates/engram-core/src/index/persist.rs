@@ -25,7 +25,8 @@ use std::io::{self, Read, Write};
 use std::sync::atomic::Ordering;
 
 use super::hnsw::{link_count, pack_entry, Hnsw, HnswParams, MAX_LEVEL, NO_ENTRY};
-use super::storage::MAX_NODES;
+use super::labels::LabelTable;
+use super::storage::{VectorFileError, VectorPlacement, MAX_NODES};
 
 const MAGIC: &[u8; 8] = b"ENGRHNSW";
 const VERSION: u32 = 1;
@@ -148,7 +149,7 @@ impl Hnsw {
                 pos += 1 + count;
             }
             bytes.clear();
-            for x in self.store.vector(id) {
+            for x in self.store.vector_owned(id).iter() {
                 bytes.extend_from_slice(&x.to_le_bytes());
             }
             out.write_all(&bytes)?;
@@ -182,13 +183,24 @@ impl Hnsw {
         }
     }
 
-    /// Reads an index written by [`Hnsw::write_to`].
+    /// Reads an index written by [`Hnsw::write_to`], with its vectors in RAM.
     ///
     /// # Errors
     /// `InvalidData` for a wrong magic or version, out-of-range fields, a
     /// checksum mismatch or a graph that fails the structural checks;
     /// `UnexpectedEof` for truncated input; any error of `r`.
     pub fn read_from(r: &mut dyn Read) -> io::Result<Self> {
+        Self::read_from_with(r, &VectorPlacement::Memory)
+    }
+
+    /// Reads an index written by [`Hnsw::write_to`] into the given vector
+    /// placement (the file format does not depend on it: a snapshot of a
+    /// compact index holds its vectors like any other).
+    ///
+    /// # Errors
+    /// As [`Hnsw::read_from`]; errors creating or writing the vector file
+    /// are wrapped in a [`VectorFileError`] (see [`VectorFileError::is`]).
+    pub fn read_from_with(r: &mut dyn Read, placement: &VectorPlacement) -> io::Result<Self> {
         let mut rd = CrcReader {
             inner: r,
             crc: crc32fast::Hasher::new(),
@@ -244,8 +256,8 @@ impl Hnsw {
             ef_search: ef_search as usize,
             seed,
         };
-        let h = Hnsw::new(dim, params);
-        let mut ids: HashMap<u64, u32> = HashMap::with_capacity(nodes.min(1 << 20) as usize);
+        let h = Hnsw::with_placement(dim, params, placement).map_err(VectorFileError::wrap)?;
+        let mut ids = LabelTable::with_capacity(nodes.min(1 << 20) as usize);
         let mut bytes = vec![0u8; dim * 4];
         let mut vector = vec![0f32; dim];
         let mut links: Vec<Vec<u32>> = Vec::new();
@@ -285,12 +297,15 @@ impl Hnsw {
             for (v, c) in vector.iter_mut().zip(bytes.chunks_exact(4)) {
                 *v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
             }
-            if ids.insert(label, id).is_some() {
+            if !ids.insert(label, id) {
                 return Err(invalid(format!("label {label} appears twice")));
             }
             h.store.ensure(id);
             // SAFETY: `h` is not shared yet and each id is initialised once.
             unsafe { h.store.init(id, label, level, &vector) };
+            h.store
+                .write_vector(id, &vector)
+                .map_err(VectorFileError::wrap)?;
             for (l, list) in links.iter().enumerate().take(level + 1) {
                 let words = h.store.links(id, l);
                 for (w, &x) in words[1..].iter().zip(list) {

@@ -10,14 +10,18 @@
 //! without being touched, so the operating system only commits the pages
 //! that nodes actually use.
 //!
-//! Within a segment the data is stored by kind, each row 64-byte aligned:
-//! - the exact `f32` vectors (inserts, re-ranking, snapshots);
+//! Within a segment the data is stored by kind:
+//! - the exact `f32` vectors (inserts, re-ranking, snapshots), 64-byte
+//!   aligned rows; or, in the *compact* placement, none: the vectors are in
+//!   an unnamed file on disk ([`VectorPlacement::Disk`]), read only to
+//!   re-score a search's best candidates, and graph building compares code
+//!   rows instead;
 //! - the *code rows* searches traverse with: a 16-byte header (label, scale)
-//!   and the vector quantized to `i8` (see `distance::quantize`). A 768-d
-//!   row is 832 bytes instead of 3,072, and graph search is bound by memory
-//!   traffic, so a query touches a quarter of the memory. The label sits in
-//!   the row's first cache line, which the search loads anyway, so filters
-//!   cost no extra cache miss;
+//!   and the vector quantized to `i8` (see `distance::quantize`), 16-byte
+//!   aligned. A 768-d row is 784 bytes instead of 3,072, and graph search is
+//!   bound by memory traffic, so a query touches a quarter of the memory.
+//!   The label sits in the row's first bytes, which the search loads
+//!   anyway, so filters cost no extra cache miss;
 //! - the level-0 link lists.
 //!
 //! # Concurrency contract
@@ -33,12 +37,21 @@
 //!   (hnswlib makes the same trade, without the atomics).
 
 use std::alloc::{self, Layout};
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{
+    AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
 
 use parking_lot::{Mutex, MutexGuard};
 
-use super::distance::{prefetch, quantize};
+use super::distance::{dot, dot_i8, dot_i8_i8, prefetch, quantize};
 
 /// log2 of the first segment's size.
 const BASE_SHIFT: u32 = 10;
@@ -47,14 +60,126 @@ const MAX_SEGMENTS: usize = 23;
 const CACHE_LINE: usize = 64;
 /// Code row header: label (u64), scale (f32), 4 bytes unused.
 const CODE_HEADER: usize = 16;
+/// Code rows are padded to this (not to a cache line: 784 bytes at 768-d
+/// instead of 832, with no measurable cost to searches, which load whole
+/// rows anyway).
+const CODE_ALIGN: usize = 16;
+
+/// Where an index keeps its exact `f32` vectors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VectorPlacement {
+    /// In RAM beside the code rows: inserts and re-scoring read them there.
+    Memory,
+    /// In an unnamed file created in this directory (compact mode): RAM holds
+    /// code rows and links only. The file is unlinked as soon as it is
+    /// created, so it never outlives the process (nothing to clean up after
+    /// a crash); the index's snapshot, not this file, is what persists the
+    /// vectors.
+    Disk(PathBuf),
+}
+
+/// A failure of the compact placement's vector file (not of the input being
+/// read): what lets a snapshot reader tell "this disk cannot take the
+/// vectors" from "this snapshot is corrupt".
+#[derive(Debug)]
+pub struct VectorFileError(pub io::Error);
+
+impl std::fmt::Display for VectorFileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the index's vector file failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for VectorFileError {}
+
+impl VectorFileError {
+    /// Wraps `e` so that [`VectorFileError::is`] recognises it.
+    pub fn wrap(e: io::Error) -> io::Error {
+        io::Error::new(e.kind(), VectorFileError(e))
+    }
+
+    /// True if `e` came from the vector file.
+    pub fn is(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|i| i.is::<VectorFileError>())
+    }
+}
+
+/// The compact placement's vector file: row `id` at `id * dim * 4`.
+struct DiskVectors {
+    file: File,
+    dir: PathBuf,
+    /// Nodes whose vector write failed (their insert was abandoned; a retry
+    /// with the vector writes it again).
+    missing: Mutex<HashSet<u32>>,
+    /// Fault injection: the next this many writes fail.
+    fail_writes: AtomicU32,
+    /// Reads that failed (the caller fell back to the code row).
+    read_errors: AtomicU64,
+}
+
+thread_local! {
+    /// Per-thread buffer for rows read from a vector file.
+    static ROW: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+impl DiskVectors {
+    fn create(dir: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Ok(DiskVectors {
+            file: tempfile::tempfile_in(dir)?,
+            dir: dir.to_path_buf(),
+            missing: Mutex::new(HashSet::new()),
+            fail_writes: AtomicU32::new(0),
+            read_errors: AtomicU64::new(0),
+        })
+    }
+
+    fn write(&self, id: u32, v: &[f32]) -> io::Result<()> {
+        let injected = self
+            .fail_writes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok();
+        let res = if injected {
+            Err(io::Error::other("injected fault: vector file write failed"))
+        } else {
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            self.file
+                .write_all_at(&bytes, u64::from(id) * bytes.len() as u64)
+        };
+        let mut missing = self.missing.lock();
+        if res.is_ok() {
+            missing.remove(&id);
+        } else {
+            missing.insert(id);
+        }
+        res
+    }
+
+    /// Reads row `id` and hands it to `f`.
+    fn read<R>(&self, id: u32, dim: usize, f: impl FnOnce(&[f32]) -> R) -> io::Result<R> {
+        ROW.with(|row| {
+            let mut row = row.borrow_mut();
+            row.resize(dim * 4, 0);
+            self.file
+                .read_exact_at(&mut row, u64::from(id) * (dim * 4) as u64)?;
+            let v: Vec<f32> = row
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            Ok(f(&v))
+        })
+    }
+}
 
 /// Largest number of nodes the store can address.
 pub(super) const MAX_NODES: u64 = u32::MAX as u64 - (1 << BASE_SHIFT);
 
 pub(super) struct NodeStore {
     dim: usize,
-    /// Bytes per code row (header + codes, rounded up to a cache line).
+    /// Bytes per code row (header + codes, rounded up to `CODE_ALIGN`).
     code_stride: usize,
+    /// The vector file in the compact placement; `None`: vectors in RAM.
+    disk: Option<DiskVectors>,
     /// Words per level-0 list: count + `cap0` ids.
     stride0: usize,
     /// Words per upper-level list: count + `cap_upper` ids.
@@ -135,16 +260,40 @@ fn locate(id: u32) -> (usize, usize) {
 }
 
 impl NodeStore {
-    pub(super) fn new(dim: usize, cap0: usize, cap_upper: usize) -> Self {
-        NodeStore {
+    /// # Errors
+    /// Creating the vector file of the [`VectorPlacement::Disk`] placement.
+    pub(super) fn new(
+        dim: usize,
+        cap0: usize,
+        cap_upper: usize,
+        placement: &VectorPlacement,
+    ) -> io::Result<Self> {
+        let disk = match placement {
+            VectorPlacement::Memory => None,
+            VectorPlacement::Disk(dir) => Some(DiskVectors::create(dir)?),
+        };
+        Ok(NodeStore {
             dim,
-            code_stride: (CODE_HEADER + dim).div_ceil(CACHE_LINE) * CACHE_LINE,
+            code_stride: (CODE_HEADER + dim).div_ceil(CODE_ALIGN) * CODE_ALIGN,
+            disk,
             stride0: 1 + cap0,
             stride_upper: 1 + cap_upper,
             segments: std::array::from_fn(|_| AtomicPtr::new(std::ptr::null_mut())),
             grow: Mutex::new(()),
             upper_words: AtomicUsize::new(0),
+        })
+    }
+
+    /// Where the exact vectors are.
+    pub(super) fn placement(&self) -> VectorPlacement {
+        match &self.disk {
+            None => VectorPlacement::Memory,
+            Some(d) => VectorPlacement::Disk(d.dir.clone()),
         }
+    }
+
+    fn in_memory_vectors(&self) -> bool {
+        self.disk.is_none()
     }
 
     /// Makes sure the segment holding `id` exists.
@@ -158,7 +307,14 @@ impl NodeStore {
             let cap = 1usize << (BASE_SHIFT as usize + seg);
             let s = Box::new(Segment {
                 cap,
-                vectors: RawBuf::new(cap * self.dim * 4, false),
+                vectors: RawBuf::new(
+                    if self.in_memory_vectors() {
+                        cap * self.dim * 4
+                    } else {
+                        0
+                    },
+                    false,
+                ),
                 codes: RawBuf::new(cap * self.code_stride, false),
                 // All-zero bytes are valid `AtomicU32`s.
                 links0: RawBuf::new(cap * self.stride0 * 4, true),
@@ -191,7 +347,8 @@ impl NodeStore {
         unsafe { s.codes.ptr.as_ptr().add(off * self.code_stride) }
     }
 
-    /// Writes a freshly reserved node.
+    /// Writes a freshly reserved node: its code row and level, and its
+    /// vector when vectors are in RAM (on disk: [`Self::write_vector`]).
     ///
     /// # Safety
     /// `id` must have been reserved by the caller (after [`Self::ensure`]),
@@ -206,8 +363,10 @@ impl NodeStore {
         // SAFETY: `off < s.cap`, both rows are inside their allocations, and
         // by the caller's contract no one else accesses them yet.
         unsafe {
-            let v = s.vectors.ptr.as_ptr().cast::<f32>().add(off * self.dim);
-            std::ptr::copy_nonoverlapping(vector.as_ptr(), v, self.dim);
+            if self.in_memory_vectors() {
+                let v = s.vectors.ptr.as_ptr().cast::<f32>().add(off * self.dim);
+                std::ptr::copy_nonoverlapping(vector.as_ptr(), v, self.dim);
+            }
             let row = s.codes.ptr.as_ptr().add(off * self.code_stride);
             row.cast::<[u8; 8]>().write(label.to_le_bytes());
             row.add(8).cast::<[u8; 4]>().write(scale.to_le_bytes());
@@ -232,9 +391,125 @@ impl NodeStore {
     // callers through link lists or the entry point, which are published
     // after `init`, and the rows they read are never written again.
 
-    /// The exact vector of a node.
+    /// Writes the node's vector to the vector file (compact placement; a
+    /// no-op in RAM, where `init` copied it). Writing it again after a
+    /// failure is how an abandoned node gets it.
+    pub(super) fn write_vector(&self, id: u32, vector: &[f32]) -> io::Result<()> {
+        match &self.disk {
+            None => Ok(()),
+            Some(d) => d.write(id, vector),
+        }
+    }
+
+    /// True if the node's vector write failed and has not been redone.
+    pub(super) fn vector_missing(&self, id: u32) -> bool {
+        self.disk
+            .as_ref()
+            .is_some_and(|d| d.missing.lock().contains(&id))
+    }
+
+    /// Fault injection: the next `n` vector file writes fail.
+    pub(super) fn inject_vector_write_failures(&self, n: u32) {
+        if let Some(d) = &self.disk {
+            d.fail_writes.fetch_add(n, Ordering::AcqRel);
+        }
+    }
+
+    /// Vector file reads that failed so far (each fell back to the code row).
+    pub(super) fn vector_read_errors(&self) -> u64 {
+        self.disk
+            .as_ref()
+            .map_or(0, |d| d.read_errors.load(Ordering::Acquire))
+    }
+
+    /// The node's vector rebuilt from its code row (`scale * codes`).
+    fn dequantized(&self, id: u32) -> Vec<f32> {
+        let c = self.code(id);
+        c.codes.iter().map(|&x| f32::from(x) * c.scale).collect()
+    }
+
+    /// Runs `f` on the node's exact vector: in place in RAM, read from the
+    /// vector file otherwise. A failed read (or a vector never written)
+    /// falls back to the code row's approximation, counted and logged: a
+    /// search stays answerable when a disk read fails.
+    #[inline]
+    fn with_vector<R>(&self, id: u32, f: impl FnOnce(&[f32]) -> R) -> R {
+        let Some(d) = &self.disk else {
+            return f(self.vector(id));
+        };
+        if d.missing.lock().contains(&id) {
+            return f(&self.dequantized(id));
+        }
+        // `f` runs at most once: inside `read` on success, below otherwise.
+        let mut f = Some(f);
+        match d.read(id, self.dim, |v| (f.take().expect("called once"))(v)) {
+            Ok(r) => r,
+            Err(e) => {
+                if d.read_errors.fetch_add(1, Ordering::AcqRel) == 0 {
+                    tracing::error!(
+                        node = id,
+                        error = %e,
+                        "reading a vector from the compact index's vector file failed; using its code row instead (logged once per index)"
+                    );
+                }
+                (f.take().expect("not yet called"))(&self.dequantized(id))
+            }
+        }
+    }
+
+    /// A copy of the node's exact vector, wherever it is.
+    pub(super) fn vector_owned(&self, id: u32) -> Cow<'_, [f32]> {
+        if self.in_memory_vectors() {
+            Cow::Borrowed(self.vector(id))
+        } else {
+            Cow::Owned(self.with_vector(id, <[f32]>::to_vec))
+        }
+    }
+
+    /// Exact similarity of `q` to the node (a disk read in the compact
+    /// placement): what searches re-score their best candidates with.
+    #[inline]
+    pub(super) fn sim_exact(&self, q: &[f32], id: u32) -> f32 {
+        self.with_vector(id, |v| dot(q, v))
+    }
+
+    /// Similarity of `q` to the node while building the graph: exact in
+    /// RAM; on the code row in the compact placement (no disk reads while
+    /// inserting).
+    #[inline]
+    pub(super) fn sim_build(&self, q: &[f32], id: u32) -> f32 {
+        if self.in_memory_vectors() {
+            dot(q, self.vector(id))
+        } else {
+            let c = self.code(id);
+            dot_i8(q, c.codes) * c.scale
+        }
+    }
+
+    /// Similarity of two nodes while building the graph (the neighbour
+    /// heuristic, pruning): exact in RAM, code row by code row in the
+    /// compact placement.
+    #[inline]
+    pub(super) fn sim_nodes(&self, a: u32, b: u32) -> f32 {
+        if self.in_memory_vectors() {
+            dot(self.vector(a), self.vector(b))
+        } else {
+            let (ca, cb) = (self.code(a), self.code(b));
+            dot_i8_i8(ca.codes, cb.codes) as f32 * ca.scale * cb.scale
+        }
+    }
+
+    /// The exact vector of a node in RAM.
+    ///
+    /// # Panics
+    /// In the compact placement (no vectors in RAM): use
+    /// [`Self::vector_owned`] or the `sim_*` methods.
     #[inline(always)]
     pub(super) fn vector(&self, id: u32) -> &[f32] {
+        assert!(
+            self.in_memory_vectors(),
+            "vectors of a compact index are on disk"
+        );
         let (s, off) = self.slot(id);
         // SAFETY: see above; the row is inside the allocation.
         unsafe {
@@ -291,6 +566,9 @@ impl NodeStore {
     /// Hints the CPU to load the first `lines` cache lines of the vector.
     #[inline(always)]
     pub(super) fn prefetch_vector(&self, id: u32, lines: usize) {
+        if !self.in_memory_vectors() {
+            return;
+        }
         let v = self.vector(id);
         let bytes = (lines * CACHE_LINE).min(v.len() * 4);
         // SAFETY: `bytes` is within the vector.
@@ -374,13 +652,31 @@ impl NodeStore {
     /// Bytes of `n` nodes' vectors, code rows, and everything else (links,
     /// labels, levels, locks, segment headers).
     pub(super) fn memory_by_kind(&self, n: usize) -> (usize, usize, usize) {
-        let vectors = n * self.dim * 4;
+        let vectors = self.vector_row_bytes() * n;
         let codes = n * self.code_stride;
         (vectors, codes, self.memory_bytes(n) - vectors - codes)
     }
 
+    /// RAM per node for its vector (0 in the compact placement).
+    fn vector_row_bytes(&self) -> usize {
+        if self.in_memory_vectors() {
+            self.dim * 4
+        } else {
+            0
+        }
+    }
+
+    /// Bytes of vectors in the vector file (0 with vectors in RAM).
+    pub(super) fn disk_bytes(&self, n: usize) -> usize {
+        if self.in_memory_vectors() {
+            0
+        } else {
+            n * self.dim * 4
+        }
+    }
+
     pub(super) fn memory_bytes(&self, n: usize) -> usize {
-        let per_node = self.dim * 4 + self.code_stride + self.stride0 * 4;
+        let per_node = self.vector_row_bytes() + self.code_stride + self.stride0 * 4;
         let per_slot = 1 + 8 + std::mem::size_of::<Mutex<()>>() + 1 + 4;
         let mut small = 0;
         for seg in &self.segments {
