@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from google.protobuf import timestamp_pb2
 
@@ -215,6 +215,36 @@ def _recalled(m: types_pb2.RecalledMemory) -> RecalledMemory:
     )
 
 
+#: The vector storages by name, as ``create_space`` takes them and
+#: ``SpaceInfo.vector_storage`` gives them.
+VECTOR_STORAGES: Dict[str, memory_pb2.VectorStorage] = {
+    "memory": memory_pb2.VECTOR_STORAGE_MEMORY,
+    "compact": memory_pb2.VECTOR_STORAGE_COMPACT,
+}
+
+
+def vector_storage_to_proto(value: Optional[str]) -> memory_pb2.VectorStorage:
+    """The wire value of a storage name; ``None``: unspecified (the server's
+    default). Raises ValueError for another name, TypeError for a non-string."""
+    if value is None:
+        return memory_pb2.VECTOR_STORAGE_UNSPECIFIED
+    if not isinstance(value, str):
+        raise TypeError(f"vector_storage must be a string ('memory' or 'compact') or None, not {type(value).__name__}")
+    try:
+        return VECTOR_STORAGES[value]
+    except KeyError:
+        raise ValueError(f"invalid vector_storage: is {value!r}; expected 'memory' or 'compact'") from None
+
+
+def vector_storage_name(value: int) -> str:
+    """The name of a wire storage value; one this client does not know
+    (from a newer server) reads as its number."""
+    for name, number in VECTOR_STORAGES.items():
+        if number == value:
+            return name
+    return str(value)
+
+
 def space_info(msg: memory_pb2.SpaceInfo) -> SpaceInfo:
     return SpaceInfo(
         memory_space_id=msg.memory_space_id,
@@ -231,7 +261,9 @@ def space_info(msg: memory_pb2.SpaceInfo) -> SpaceInfo:
             graph=msg.memory.graph,
             episodes=msg.memory.episodes,
             fresh=msg.memory.fresh,
+            vectors_on_disk=msg.memory.vectors_on_disk,
         ),
+        vector_storage=vector_storage_name(msg.vector_storage),
     )
 
 

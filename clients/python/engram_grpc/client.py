@@ -346,11 +346,25 @@ class StreamingClient:
         request = memory_pb2.ForgetRequest(memory_space_id=space or self.space, memory_id=memory_id)
         await self._conn.unary(self._conn.memory.Forget, request)
 
-    async def create_space(self, space: Optional[str] = None, *, dimension: int = 0) -> SpaceInfo:
+    async def create_space(
+        self, space: Optional[str] = None, *, dimension: int = 0, vector_storage: Optional[str] = None
+    ) -> SpaceInfo:
         """Creates the space (``dimension`` 0: the server's default, 768);
         an existing space of that dimension is fine, another dimension
-        raises :class:`AlreadyExists`."""
-        request = memory_pb2.CreateSpaceRequest(memory_space_id=space or self.space, dimension=dimension)
+        raises :class:`AlreadyExists`.
+
+        ``vector_storage``: where the server keeps the exact vectors of the
+        space's indexed memories, ``"memory"`` (in RAM) or ``"compact"`` (in a
+        file on its disk, RAM holding 8-bit codes; recall re-scores its best
+        candidates from that file); ``None``: the server's default
+        (``engine.vector_storage``). An existing space with another storage
+        raises :class:`AlreadyExists`; another string raises ``ValueError``
+        before anything is sent."""
+        request = memory_pb2.CreateSpaceRequest(
+            memory_space_id=space or self.space,
+            dimension=dimension,
+            vector_storage=_convert.vector_storage_to_proto(vector_storage),
+        )
         response = await self._conn.unary(self._conn.memory.CreateSpace, request)
         return _convert.space_info(response.space)
 

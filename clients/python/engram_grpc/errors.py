@@ -41,7 +41,8 @@ class NotFound(EngramError):
 
 
 class AlreadyExists(EngramError):
-    """The space exists with another dimension (``ALREADY_EXISTS``)."""
+    """The space exists with another dimension or vector storage
+    (``ALREADY_EXISTS``)."""
 
     code = grpc.StatusCode.ALREADY_EXISTS
 

@@ -110,8 +110,10 @@ class Client:
     def forget(self, memory_id: str, *, space: Optional[str] = None) -> None:
         self._call(self._client.forget(memory_id, space=space))
 
-    def create_space(self, space: Optional[str] = None, *, dimension: int = 0) -> SpaceInfo:
-        return self._call(self._client.create_space(space, dimension=dimension))
+    def create_space(
+        self, space: Optional[str] = None, *, dimension: int = 0, vector_storage: Optional[str] = None
+    ) -> SpaceInfo:
+        return self._call(self._client.create_space(space, dimension=dimension, vector_storage=vector_storage))
 
     def describe_space(self, space: Optional[str] = None) -> SpaceInfo:
         return self._call(self._client.describe_space(space))

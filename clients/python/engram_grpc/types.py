@@ -211,9 +211,14 @@ class SpaceMemory:
     episodes: int = 0
     #: Vectors of memories not indexed yet.
     fresh: int = 0
+    #: Exact float32 vectors of indexed memories kept on the server's disk
+    #: instead of in ``vectors`` (compact spaces; 0 for memory spaces). Disk,
+    #: not RAM: not part of :attr:`total`.
+    vectors_on_disk: int = 0
 
     @property
     def total(self) -> int:
+        """Every kind held in RAM together (``vectors_on_disk`` is not)."""
         return self.vectors + self.codes + self.graph + self.episodes + self.fresh
 
 
@@ -231,6 +236,10 @@ class SpaceInfo:
     quarantined_count: int = 0
     #: Memory held for the space, by kind.
     memory: SpaceMemory = SpaceMemory()
+    #: Where the exact vectors of its indexed memories are kept: ``"memory"``
+    #: (in RAM) or ``"compact"`` (in a file on the server's disk, RAM holding
+    #: 8-bit codes). Chosen at creation (see :meth:`StreamingClient.create_space`).
+    vector_storage: str = "memory"
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ use engram_proto::v1::streaming_client::StreamingClient as GrpcStreaming;
 use engram_proto::v1::{
     CreateSpaceRequest, CreateSpaceResponse, Cue, DeleteSpaceRequest, DescribeSpaceRequest,
     Episode, ForgetRequest, ListSpacesRequest, Priority, RecallRequest, RecallResponse,
-    RememberRequest, RememberResponse, SpaceInfo,
+    RememberRequest, RememberResponse, SpaceInfo, VectorStorage,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -195,12 +195,31 @@ impl StreamingClient {
         Ok(())
     }
 
-    /// Creates a space of `dimension` (0: the server default, 768). The
-    /// response says whether it was `created` or already existed.
+    /// Creates a space of `dimension` (0: the server default, 768) with the
+    /// server's default vector storage. The response says whether it was
+    /// `created` or already existed.
     pub async fn create_space(&self, space: &str, dimension: u32) -> Result<CreateSpaceResponse> {
+        self.create_space_with(space, dimension, VectorStorage::Unspecified)
+            .await
+    }
+
+    /// [`create_space`](Self::create_space) with a vector storage:
+    /// [`VectorStorage::Compact`] keeps the exact vectors of indexed
+    /// memories in a file on the server's disk instead of RAM,
+    /// [`VectorStorage::Memory`] in RAM, [`VectorStorage::Unspecified`]
+    /// takes the server's default (`engine.vector_storage`). The response's
+    /// `space.vector_storage()` is the storage the space has. A space that
+    /// exists with another storage is an error (`ALREADY_EXISTS`).
+    pub async fn create_space_with(
+        &self,
+        space: &str,
+        dimension: u32,
+        vector_storage: VectorStorage,
+    ) -> Result<CreateSpaceResponse> {
         let request = CreateSpaceRequest {
             memory_space_id: space.to_owned(),
             dimension,
+            vector_storage: vector_storage as i32,
         };
         Ok(self
             .memory
@@ -221,7 +240,8 @@ impl StreamingClient {
             .spaces)
     }
 
-    /// Dimension, count, indexed count, queue depth and index lag of a space.
+    /// Dimension, vector storage, counts, queue depth, index lag and memory
+    /// of a space.
     pub async fn describe_space(&self, space: &str) -> Result<SpaceInfo> {
         let request = DescribeSpaceRequest {
             memory_space_id: space.to_owned(),

@@ -54,8 +54,8 @@ mod session;
 /// The generated wire types (`engram.v1`).
 pub use engram_proto::v1 as proto;
 pub use engram_proto::v1::{
-    Cue, Episode, Priority, RecallResponse, RecalledMemory, SpaceInfo, StreamCapabilities,
-    StreamClosed, StreamStatus,
+    Cue, Episode, Priority, RecallResponse, RecalledMemory, SpaceInfo, SpaceMemory,
+    StreamCapabilities, StreamClosed, StreamStatus, VectorStorage,
 };
 
 pub use answer::{Ack, Answer, RejectReason, Rejection};

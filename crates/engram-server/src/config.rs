@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use engram_core::model::VectorStorage;
 use engram_core::wal::SyncPolicy;
 use engram_core::EngineConfig;
 use serde::{Deserialize, Serialize};
@@ -113,6 +114,11 @@ pub struct Overrides {
     /// WAL sync policy.
     #[arg(long, env = "ENGRAM_WAL_SYNC", value_name = "always|interval|none")]
     pub wal_sync: Option<SyncPolicy>,
+    /// Vector storage of new spaces that name none: memory (exact vectors
+    /// in RAM) or compact (on disk under DATA_DIR/vectors, RAM holding
+    /// 8-bit codes). Existing spaces keep theirs.
+    #[arg(long, env = "ENGRAM_VECTOR_STORAGE", value_name = "memory|compact")]
+    pub vector_storage: Option<VectorStorage>,
     /// Seconds between periodic snapshots (0 = only at shutdown).
     #[arg(long, env = "ENGRAM_SNAPSHOT_INTERVAL_SECS", value_name = "SECS")]
     pub snapshot_interval_secs: Option<u64>,
@@ -162,6 +168,9 @@ impl ServerConfig {
         }
         if let Some(v) = o.wal_sync {
             c.engine.wal.sync = v;
+        }
+        if let Some(v) = o.vector_storage {
+            c.engine.vector_storage = v;
         }
         if let Some(v) = o.snapshot_interval_secs {
             c.engine.snapshot_interval_secs = v;
@@ -277,6 +286,39 @@ mod tests {
             ..Overrides::default()
         };
         assert!(ServerConfig::load(&o).is_err());
+    }
+
+    #[test]
+    fn vector_storage_from_the_file_and_the_flag() {
+        assert_eq!(
+            ServerConfig::default().engine.vector_storage,
+            VectorStorage::Memory
+        );
+        let f = write("[engine]\nvector_storage = \"compact\"\n");
+        let from_file = Overrides {
+            config: Some(f.path().to_owned()),
+            ..Overrides::default()
+        };
+        let c = ServerConfig::load(&from_file).unwrap();
+        assert_eq!(c.engine.vector_storage, VectorStorage::Compact);
+        assert!(c.to_toml().contains("vector_storage = \"compact\""));
+        let flag = Overrides {
+            vector_storage: Some(VectorStorage::Memory),
+            ..from_file
+        };
+        assert_eq!(
+            ServerConfig::load(&flag).unwrap().engine.vector_storage,
+            VectorStorage::Memory,
+            "the flag wins"
+        );
+        let bad = write("[engine]\nvector_storage = \"disk\"\n");
+        let e = ServerConfig::load(&Overrides {
+            config: Some(bad.path().to_owned()),
+            ..Overrides::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("disk") && e.contains("compact"), "{e}");
     }
 
     #[test]

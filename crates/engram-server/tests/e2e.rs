@@ -1,9 +1,10 @@
 //! End-to-end tests of the product's workflows against the real server over the network,
 //! through the real Rust client (`engram-client`): the streaming workflow,
 //! several clients at once, backpressure, indexing-worker crashes, recall
-//! while streaming, and a server restart (graceful and SIGKILL) under a
-//! live stream. Each test starts its own server on port 0 with a temporary
-//! data directory.
+//! while streaming, a server restart (graceful and SIGKILL) under a live
+//! stream, and compact vector storage over gRPC and REST across restarts.
+//! Each test starts its own server on port 0 with a temporary data
+//! directory.
 
 mod e2e_support;
 mod support;
@@ -783,4 +784,330 @@ async fn integration_server_restart_mid_stream_graceful() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn integration_server_restart_mid_stream_sigkill() {
     restart_mid_stream(true).await;
+}
+
+/// The vector of `v` as the server stores and returns it (L2-normalised).
+fn unit(v: &[f32]) -> Vec<f32> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter().map(|x| x / norm).collect()
+}
+
+/// `PUT /v1/spaces/{space}` with `body`: the status and the answer.
+async fn rest_create(
+    server: &ServerProcess,
+    space: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    support::call(
+        &reqwest::Client::new(),
+        reqwest::Method::PUT,
+        &server.url(&format!("/v1/spaces/{space}")),
+        Some(body),
+    )
+    .await
+}
+
+/// `POST /v1/spaces/{space}/memories`: answered 201.
+async fn rest_remember(server: &ServerProcess, space: &str, id: &str, v: &[f32]) {
+    let (status, body) = support::call(
+        &reqwest::Client::new(),
+        reqwest::Method::POST,
+        &server.url(&format!("/v1/spaces/{space}/memories")),
+        Some(support::episode(id, v)),
+    )
+    .await;
+    assert_eq!(status, 201, "{id}: {body}");
+}
+
+async fn rest_describe(server: &ServerProcess, space: &str) -> serde_json::Value {
+    let (status, body) = support::call(
+        &reqwest::Client::new(),
+        reqwest::Method::GET,
+        &server.url(&format!("/v1/spaces/{space}")),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "GET /v1/spaces/{space}: {body}");
+    body
+}
+
+/// Both transports say `space` is compact with `n` memories, all indexed,
+/// whose exact vectors are on disk (not in RAM).
+async fn assert_compact(server: &ServerProcess, client: &StreamingClient, space: &str, n: u64) {
+    let info = wait_indexed(client, space, Duration::from_secs(120)).await;
+    assert_eq!(info.count, n, "{space}: {info:?}");
+    assert_eq!(
+        info.vector_storage(),
+        engram_client::VectorStorage::Compact,
+        "{space}: {info:?}"
+    );
+    let memory = info.memory.expect("SpaceInfo.memory");
+    assert_eq!(memory.vectors, 0, "{space}: no exact vectors in RAM");
+    assert!(memory.vectors_on_disk > 0, "{space}: {memory:?}");
+    let rest = rest_describe(server, space).await;
+    assert_eq!(rest["vector_storage"], "compact", "{rest}");
+    assert_eq!(rest["count"], n, "{rest}");
+    assert_eq!(rest["memory_bytes"]["vectors"], 0, "{rest}");
+    assert_eq!(
+        rest["memory_bytes"]["vectors_on_disk"], memory.vectors_on_disk,
+        "{rest}"
+    );
+}
+
+/// Every memory `(id, vector)` comes first for its own vector, and the
+/// recall returns the vector it stored (the exact one, read back from the
+/// compact space's vector file).
+async fn assert_recalled_exactly(
+    client: &StreamingClient,
+    space: &str,
+    items: &[(String, Vec<f32>)],
+) {
+    let mut memory = client.raw_memory();
+    for (id, v) in items {
+        let got = memory
+            .recall(RecallRequest {
+                memory_space_id: space.to_owned(),
+                cue: Some(engram_client::cue(v.clone(), 10)),
+                batch_size: 0,
+                include_embeddings: true,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("recall {id} in {space}: {e}"))
+            .into_inner();
+        let top = got
+            .memories
+            .first()
+            .expect("a recall of a stored vector finds something");
+        let episode = top.episode.as_ref().unwrap();
+        assert_eq!(
+            &episode.id, id,
+            "{space}: {id} is not first for its own vector"
+        );
+        assert!(top.indexed, "{space}: {id} is indexed");
+        let want = unit(v);
+        assert_eq!(episode.embedding.len(), want.len(), "{space}: {id}");
+        let worst = episode
+            .embedding
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst <= 1e-6, "{space}: {id}'s vector differs by {worst}");
+    }
+}
+
+/// Compact vector storage end to end: a compact space created over gRPC
+/// (streamed into) and one over REST (remembered into), recalled by their
+/// own vectors with the exact vectors returned, described as compact with
+/// no exact vectors in RAM; after a graceful restart and after a SIGKILL
+/// they are still compact with every memory there. Bad storage values and
+/// creating a space again with another storage are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integration_compact_vector_storage_over_grpc_and_rest() {
+    use engram_client::proto::CreateSpaceRequest;
+    use engram_client::VectorStorage;
+    const N: u64 = 300;
+    const MORE: u64 = 50;
+    const GRPC_SPACE: &str = "compact-grpc";
+    const REST_SPACE: &str = "compact-rest";
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start_server(dir.path(), None, &[]).await;
+    let client = connect(server.grpc).await;
+
+    // Created over gRPC; again (the same storage, or none named): no-op.
+    let made = client
+        .create_space_with(GRPC_SPACE, DIM as u32, VectorStorage::Compact)
+        .await
+        .unwrap();
+    assert!(made.created);
+    let space = made.space.unwrap();
+    assert_eq!(space.vector_storage(), VectorStorage::Compact);
+    assert_eq!(space.memory.unwrap().vectors_on_disk, 0, "empty");
+    for storage in [VectorStorage::Compact, VectorStorage::Unspecified] {
+        let again = client
+            .create_space_with(GRPC_SPACE, DIM as u32, storage)
+            .await
+            .unwrap();
+        assert!(!again.created, "{storage:?}");
+        assert_eq!(
+            again.space.unwrap().vector_storage(),
+            VectorStorage::Compact
+        );
+    }
+    // Created over REST; again: 200.
+    let body = json!({"dimension": DIM, "vector_storage": "compact"});
+    let (status, made) = rest_create(&server, REST_SPACE, body.clone()).await;
+    assert_eq!(status, 201, "{made}");
+    assert_eq!(made["vector_storage"], "compact", "{made}");
+    assert_eq!(made["memory_bytes"]["vectors_on_disk"], 0, "{made}");
+    let (status, again) = rest_create(&server, REST_SPACE, body).await;
+    assert_eq!(status, 200, "{again}");
+    // Without a storage: the default, memory.
+    let (status, plain) = rest_create(&server, "plain", json!({"dimension": DIM})).await;
+    assert_eq!(status, 201, "{plain}");
+    assert_eq!(plain["vector_storage"], "memory", "{plain}");
+    assert_eq!(plain["memory_bytes"]["vectors_on_disk"], 0, "{plain}");
+
+    // Another storage than the space has: 409 / ALREADY_EXISTS, naming it.
+    let (status, conflict) = rest_create(
+        &server,
+        "plain",
+        json!({"dimension": DIM, "vector_storage": "compact"}),
+    )
+    .await;
+    assert_eq!(status, 409, "{conflict}");
+    assert_eq!(conflict["code"], "space_exists", "{conflict}");
+    assert!(
+        conflict["message"].as_str().unwrap().contains("'memory'"),
+        "{conflict}"
+    );
+    let (status, conflict) = rest_create(
+        &server,
+        REST_SPACE,
+        json!({"dimension": DIM, "vector_storage": "memory"}),
+    )
+    .await;
+    assert_eq!(status, 409, "{conflict}");
+    for (space, storage) in [
+        ("plain", VectorStorage::Compact),
+        (GRPC_SPACE, VectorStorage::Memory),
+    ] {
+        let e = client
+            .create_space_with(space, DIM as u32, storage)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some(tonic::Code::AlreadyExists), "{space}: {e}");
+        assert!(e.to_string().contains("vector storage"), "{e}");
+    }
+
+    // Bad storage values: 400 / INVALID_ARGUMENT naming the field; nothing
+    // is created.
+    let (status, bad) = rest_create(
+        &server,
+        "bad-rest",
+        json!({"dimension": DIM, "vector_storage": "disk"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{bad}");
+    assert_eq!(bad["code"], "invalid_argument", "{bad}");
+    let message = bad["message"].as_str().unwrap();
+    assert!(
+        message.contains("vector_storage") && message.contains("'disk'"),
+        "{bad}"
+    );
+    let (status, bad) = rest_create(&server, "bad-rest", json!({"vector_storage": 2})).await;
+    assert_eq!(status, 400, "{bad}");
+    assert_eq!(bad["code"], "invalid_argument", "{bad}");
+    let e = client
+        .raw_memory()
+        .create_space(CreateSpaceRequest {
+            memory_space_id: "bad-grpc".into(),
+            dimension: DIM as u32,
+            vector_storage: 7,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("vector_storage"), "{e:?}");
+    for space in ["bad-rest", "bad-grpc"] {
+        let e = client.describe_space(space).await.unwrap_err();
+        assert_eq!(e.code(), Some(tonic::Code::NotFound), "{space}: {e}");
+    }
+
+    // Stream into the gRPC space, remember into the REST one.
+    let grpc_item = |i: u64| (format!("cg-{i}"), vector(70, i, DIM));
+    let rest_item = |i: u64| (format!("cr-{i}"), vector(71, i, DIM));
+    let (sender, acks) = client.observe_stream(GRPC_SPACE).await.unwrap();
+    let reader = read_acks(acks, Acked::default());
+    let make = |i: u64| {
+        let (id, v) = grpc_item(i);
+        episode(&id, format!("compact {i}"), v)
+    };
+    assert_eq!(send_paced(&sender, N, 2000.0, make, || false).await, N);
+    let closed = sender.close(true).await.unwrap();
+    let log = reader.await.unwrap();
+    assert_eq!(log.error, None);
+    assert!(log.rejected.is_empty(), "{:?}", log.rejected.first());
+    assert_eq!((closed.final_sequence, closed.accepted), (N, N));
+    for i in 0..N {
+        let (id, v) = rest_item(i);
+        rest_remember(&server, REST_SPACE, &id, &v).await;
+    }
+
+    let grpc_items: Vec<_> = (0..N).map(grpc_item).collect();
+    let rest_items: Vec<_> = (0..N).map(rest_item).collect();
+    assert_compact(&server, &client, GRPC_SPACE, N).await;
+    assert_compact(&server, &client, REST_SPACE, N).await;
+    assert_recalled_exactly(&client, GRPC_SPACE, &grpc_items).await;
+    assert_recalled_exactly(&client, REST_SPACE, &rest_items).await;
+    let listed = client.list_spaces().await.unwrap();
+    let storage_of = |name: &str| {
+        listed
+            .iter()
+            .find(|s| s.memory_space_id == name)
+            .map(|s| s.vector_storage())
+    };
+    assert_eq!(storage_of(GRPC_SPACE), Some(VectorStorage::Compact));
+    assert_eq!(storage_of(REST_SPACE), Some(VectorStorage::Compact));
+    assert_eq!(storage_of("plain"), Some(VectorStorage::Memory));
+    assert_integrity(&server, GRPC_SPACE).await;
+
+    // A graceful restart (the shutdown snapshot): still compact, all there.
+    tokio::task::block_in_place(|| {
+        let status = server.terminate(Duration::from_secs(30));
+        assert!(status.success(), "graceful shutdown exited with {status}");
+    });
+    server = start_server(dir.path(), None, &[]).await;
+    let client = connect(server.grpc).await;
+    assert_compact(&server, &client, GRPC_SPACE, N).await;
+    assert_compact(&server, &client, REST_SPACE, N).await;
+    assert_recalled_exactly(&client, GRPC_SPACE, &grpc_items).await;
+    assert_recalled_exactly(&client, REST_SPACE, &rest_items).await;
+    assert_eq!(
+        rest_describe(&server, "plain").await["vector_storage"],
+        "memory"
+    );
+
+    // More memories, then SIGKILL (recovery replays the WAL into the
+    // compact space): still compact, all there.
+    for i in N..N + MORE {
+        let (id, v) = rest_item(i);
+        rest_remember(&server, REST_SPACE, &id, &v).await;
+    }
+    tokio::task::block_in_place(|| server.kill9());
+    server = start_server(dir.path(), None, &[]).await;
+    let client = connect(server.grpc).await;
+    let rest_items: Vec<_> = (0..N + MORE).map(rest_item).collect();
+    assert_compact(&server, &client, GRPC_SPACE, N).await;
+    assert_compact(&server, &client, REST_SPACE, N + MORE).await;
+    assert_recalled_exactly(&client, GRPC_SPACE, &grpc_items).await;
+    assert_recalled_exactly(&client, REST_SPACE, &rest_items).await;
+    assert_integrity(&server, REST_SPACE).await;
+}
+
+/// `--vector-storage compact` makes compact the default: a space created
+/// by its first observation, or by a create that names no storage, is
+/// compact; one that names memory is memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integration_default_vector_storage_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), None, &["--vector-storage", "compact"]).await;
+    let client = connect(server.grpc).await;
+    let items: Vec<_> = (0..40)
+        .map(|i| (format!("auto-{i}"), vector(72, i, DIM)))
+        .collect();
+    for (id, v) in &items {
+        client
+            .remember("auto", episode(id, String::new(), v.clone()))
+            .await
+            .unwrap();
+    }
+    assert_compact(&server, &client, "auto", items.len() as u64).await;
+    assert_recalled_exactly(&client, "auto", &items).await;
+    let (status, body) = rest_create(&server, "unnamed", json!({})).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["vector_storage"], "compact", "{body}");
+    let (status, body) = rest_create(&server, "in-ram", json!({"vector_storage": "memory"})).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["vector_storage"], "memory", "{body}");
 }

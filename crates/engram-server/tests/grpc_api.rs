@@ -360,6 +360,7 @@ async fn bad_streams_end_with_precise_statuses_and_the_server_goes_on() {
         .create_space(pb::CreateSpaceRequest {
             memory_space_id: "full".into(),
             dimension: 4,
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -1,6 +1,6 @@
 //! Conversions between wire messages and engine types.
 
-use engram_core::model::Remembered;
+use engram_core::model::{Remembered, VectorStorage};
 use engram_core::{Cue, EpisodeInput, Priority, RecalledMemory, SpaceInfo, StoredEpisode};
 use engram_proto::v1 as pb;
 use prost_types::Timestamp;
@@ -108,6 +108,32 @@ pub fn recalled(m: &RecalledMemory, include_embeddings: bool) -> pb::RecalledMem
     }
 }
 
+/// The storage a create-space request names: `None` for unspecified (the
+/// engine's default).
+///
+/// # Errors
+/// INVALID_ARGUMENT naming the field for a number that is not a
+/// `VectorStorage` value.
+pub fn vector_storage_request(v: i32) -> Result<Option<VectorStorage>, Status> {
+    match pb::VectorStorage::try_from(v) {
+        Ok(pb::VectorStorage::Unspecified) => Ok(None),
+        Ok(pb::VectorStorage::Memory) => Ok(Some(VectorStorage::Memory)),
+        Ok(pb::VectorStorage::Compact) => Ok(Some(VectorStorage::Compact)),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "invalid vector_storage: {v} is not a VectorStorage; expected \
+             VECTOR_STORAGE_UNSPECIFIED (0, the server's default), \
+             VECTOR_STORAGE_MEMORY (1) or VECTOR_STORAGE_COMPACT (2)"
+        ))),
+    }
+}
+
+pub fn vector_storage(v: VectorStorage) -> pb::VectorStorage {
+    match v {
+        VectorStorage::Memory => pb::VectorStorage::Memory,
+        VectorStorage::Compact => pb::VectorStorage::Compact,
+    }
+}
+
 pub fn space_info(i: &SpaceInfo) -> pb::SpaceInfo {
     pb::SpaceInfo {
         memory_space_id: i.memory_space_id.clone(),
@@ -124,7 +150,9 @@ pub fn space_info(i: &SpaceInfo) -> pb::SpaceInfo {
             graph: i.memory.graph,
             episodes: i.memory.episodes,
             fresh: i.memory.fresh,
+            vectors_on_disk: i.memory.vectors_on_disk,
         }),
+        vector_storage: vector_storage(i.vector_storage) as i32,
     }
 }
 

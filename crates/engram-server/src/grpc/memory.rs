@@ -80,9 +80,10 @@ impl Memory for MemoryService {
     ) -> Result<Response<pb::CreateSpaceResponse>, Status> {
         let req = req.into_inner();
         let dimension = (req.dimension > 0).then_some(req.dimension as usize);
+        let vector_storage = convert::vector_storage_request(req.vector_storage)?;
         let (info, created) = self
             .engine()?
-            .create_space(&req.memory_space_id, dimension)
+            .create_space_with(&req.memory_space_id, dimension, vector_storage)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::CreateSpaceResponse {

@@ -9,7 +9,7 @@ use axum::extract::{FromRequest, FromRequestParts, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use engram_core::model::Remembered;
+use engram_core::model::{Remembered, VectorStorage};
 use engram_core::{Cue, EpisodeInput, RecalledMemory, SpaceInfo};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -64,6 +64,11 @@ pub struct CueJson {
 pub struct CreateSpaceJson {
     #[serde(default)]
     dimension: Option<usize>,
+    /// `"memory"` or `"compact"`; absent or null: the engine's default.
+    /// Parsed by `VectorStorage::from_str`, so that a bad value is answered
+    /// with the engine's `invalid vector_storage: ...` message.
+    #[serde(default)]
+    vector_storage: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -191,6 +196,7 @@ fn space_json(info: &SpaceInfo) -> serde_json::Value {
         "index_lag_seconds": info.index_lag_seconds,
         "quarantined_count": info.quarantined_count,
         "memory_bytes": info.memory,
+        "vector_storage": info.vector_storage,
     })
 }
 
@@ -204,7 +210,8 @@ fn remembered_json(r: &Remembered) -> serde_json::Value {
 }
 
 /// `PUT /v1/spaces/{space_id}`: 201 when created, 200 when it already
-/// existed with the same dimension. An empty body means the default dimension.
+/// existed with the same dimension (and the same vector storage, when the
+/// body names one). An empty body means the default dimension and storage.
 pub async fn create_space(
     State(state): State<AppState>,
     PathParams(space_id): PathParams<String>,
@@ -227,7 +234,14 @@ pub async fn create_space(
             )
         })?
     };
-    let (info, created) = engine.create_space(&space_id, req.dimension).await?;
+    let vector_storage = req
+        .vector_storage
+        .as_deref()
+        .map(str::parse::<VectorStorage>)
+        .transpose()?;
+    let (info, created) = engine
+        .create_space_with(&space_id, req.dimension, vector_storage)
+        .await?;
     let status = if created {
         StatusCode::CREATED
     } else {

@@ -3,12 +3,22 @@ import datetime
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from engram_grpc._proto.engram.v1 import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class VectorStorage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VECTOR_STORAGE_UNSPECIFIED: _ClassVar[VectorStorage]
+    VECTOR_STORAGE_MEMORY: _ClassVar[VectorStorage]
+    VECTOR_STORAGE_COMPACT: _ClassVar[VectorStorage]
+VECTOR_STORAGE_UNSPECIFIED: VectorStorage
+VECTOR_STORAGE_MEMORY: VectorStorage
+VECTOR_STORAGE_COMPACT: VectorStorage
 
 class RememberRequest(_message.Message):
     __slots__ = ("memory_space_id", "episode", "priority")
@@ -45,12 +55,14 @@ class ForgetResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class CreateSpaceRequest(_message.Message):
-    __slots__ = ("memory_space_id", "dimension")
+    __slots__ = ("memory_space_id", "dimension", "vector_storage")
     MEMORY_SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_STORAGE_FIELD_NUMBER: _ClassVar[int]
     memory_space_id: str
     dimension: int
-    def __init__(self, memory_space_id: _Optional[str] = ..., dimension: _Optional[int] = ...) -> None: ...
+    vector_storage: VectorStorage
+    def __init__(self, memory_space_id: _Optional[str] = ..., dimension: _Optional[int] = ..., vector_storage: _Optional[_Union[VectorStorage, str]] = ...) -> None: ...
 
 class CreateSpaceResponse(_message.Message):
     __slots__ = ("space", "created")
@@ -93,7 +105,7 @@ class DeleteSpaceResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class SpaceInfo(_message.Message):
-    __slots__ = ("memory_space_id", "dimension", "count", "indexed_count", "queue_depth", "last_sequence", "index_lag_seconds", "quarantined_count", "memory")
+    __slots__ = ("memory_space_id", "dimension", "count", "indexed_count", "queue_depth", "last_sequence", "index_lag_seconds", "quarantined_count", "memory", "vector_storage")
     MEMORY_SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +115,7 @@ class SpaceInfo(_message.Message):
     INDEX_LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
     QUARANTINED_COUNT_FIELD_NUMBER: _ClassVar[int]
     MEMORY_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_STORAGE_FIELD_NUMBER: _ClassVar[int]
     memory_space_id: str
     dimension: int
     count: int
@@ -112,18 +125,21 @@ class SpaceInfo(_message.Message):
     index_lag_seconds: float
     quarantined_count: int
     memory: SpaceMemory
-    def __init__(self, memory_space_id: _Optional[str] = ..., dimension: _Optional[int] = ..., count: _Optional[int] = ..., indexed_count: _Optional[int] = ..., queue_depth: _Optional[int] = ..., last_sequence: _Optional[int] = ..., index_lag_seconds: _Optional[float] = ..., quarantined_count: _Optional[int] = ..., memory: _Optional[_Union[SpaceMemory, _Mapping]] = ...) -> None: ...
+    vector_storage: VectorStorage
+    def __init__(self, memory_space_id: _Optional[str] = ..., dimension: _Optional[int] = ..., count: _Optional[int] = ..., indexed_count: _Optional[int] = ..., queue_depth: _Optional[int] = ..., last_sequence: _Optional[int] = ..., index_lag_seconds: _Optional[float] = ..., quarantined_count: _Optional[int] = ..., memory: _Optional[_Union[SpaceMemory, _Mapping]] = ..., vector_storage: _Optional[_Union[VectorStorage, str]] = ...) -> None: ...
 
 class SpaceMemory(_message.Message):
-    __slots__ = ("vectors", "codes", "graph", "episodes", "fresh")
+    __slots__ = ("vectors", "codes", "graph", "episodes", "fresh", "vectors_on_disk")
     VECTORS_FIELD_NUMBER: _ClassVar[int]
     CODES_FIELD_NUMBER: _ClassVar[int]
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     EPISODES_FIELD_NUMBER: _ClassVar[int]
     FRESH_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_ON_DISK_FIELD_NUMBER: _ClassVar[int]
     vectors: int
     codes: int
     graph: int
     episodes: int
     fresh: int
-    def __init__(self, vectors: _Optional[int] = ..., codes: _Optional[int] = ..., graph: _Optional[int] = ..., episodes: _Optional[int] = ..., fresh: _Optional[int] = ...) -> None: ...
+    vectors_on_disk: int
+    def __init__(self, vectors: _Optional[int] = ..., codes: _Optional[int] = ..., graph: _Optional[int] = ..., episodes: _Optional[int] = ..., fresh: _Optional[int] = ..., vectors_on_disk: _Optional[int] = ...) -> None: ...
