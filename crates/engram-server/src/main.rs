@@ -15,6 +15,19 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, compiled in (`_RJEM_MALLOC_CONF` in the environment
+/// still overrides them). `background_thread:true`: freed pages are
+/// returned to the OS by jemalloc's own threads after the decay time
+/// (10 s). Without them, an arena purges only when the threads that use it
+/// allocate again, so memory freed by a burst (the vectors of memories that
+/// were waiting to be indexed) stayed resident in arenas whose threads had
+/// gone quiet: 4,554 B per memory resident for an account of 4,257 B at
+/// 100K x 768-d, against 4,337 B with the threads (docs/design/memory.md).
+#[cfg(all(target_os = "linux", not(target_env = "msvc")))]
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8; 23] = b"background_thread:true\0";
+
 #[derive(Parser)]
 #[command(name = "engram", version, about = "engram: a streaming memory server")]
 struct Cli {
