@@ -170,6 +170,7 @@ def cue_to_proto(value: CueLike) -> types_pb2.Cue:
     msg = types_pb2.Cue(
         max_results=int(f.get("max_results") or 0),
         similarity_threshold=float(f.get("similarity_threshold") or 0.0),
+        ef_search=int(f.get("ef_search") or 0),
     )
     msg.embedding.extend(embedding_list(f.get("embedding")))
     for name in ("when_from", "when_to"):

@@ -91,13 +91,17 @@ class Episode:
 class Cue:
     """What to recall by. ``max_results``: 1-1000, 0 means the server's
     default (10); ``similarity_threshold``: minimum cosine similarity;
-    ``when_from`` / ``when_to``: an inclusive window on ``Episode.when``."""
+    ``when_from`` / ``when_to``: an inclusive window on ``Episode.when``;
+    ``ef_search``: the index's search breadth for this recall, 1-4096, 0
+    means the server's ``engine.index.ef_search`` (higher: better recall,
+    slower; large spaces need more for the same recall)."""
 
     embedding: Embedding
     max_results: int = 0
     similarity_threshold: float = 0.0
     when_from: Optional[datetime] = None
     when_to: Optional[datetime] = None
+    ef_search: int = 0
 
 
 #: What the client accepts where an episode is expected.

@@ -33,6 +33,9 @@ export interface Cue {
   /** Inclusive window on `Episode.when` (RFC 3339). */
   when_from?: string;
   when_to?: string;
+  /** The index's search breadth for this recall, 1-4096; default: the
+   * server's `engine.index.ef_search`. Higher: better recall, slower. */
+  ef_search?: number;
 }
 
 export type Priority = "normal" | "high" | "low";

@@ -125,6 +125,7 @@ async fn measure(args: &AckUnderRecallArgs) -> anyhow::Result<Value> {
                         similarity_threshold: None,
                         when_from: None,
                         when_to: None,
+                        ef_search: None,
                     };
                     engine.recall("bench", cue).expect("recall");
                     recalls.fetch_add(1, Ordering::Relaxed);

@@ -477,7 +477,8 @@ impl Engine {
         let started = Instant::now();
         let space = self.space(&SpaceId::parse(space)?)?;
         let cue = cue.validate()?;
-        let result = recall::recall(&space, &cue, self.inner.config.index.ef_search);
+        let ef = cue.ef_search.unwrap_or(self.inner.config.index.ef_search);
+        let result = recall::recall(&space, &cue, ef);
         if let Some(m) = space.metrics() {
             m.recall_latency.observe(started.elapsed().as_secs_f64());
         }
@@ -740,7 +741,8 @@ impl Engine {
     pub fn recall_stream(&self, space: &str, cue: Cue, batch_size: usize) -> Result<RecallStream> {
         let space = self.space(&SpaceId::parse(space)?)?;
         let cue = cue.validate()?;
-        RecallStream::new(space, cue, self.inner.config.index.ef_search, batch_size)
+        let ef = cue.ef_search.unwrap_or(self.inner.config.index.ef_search);
+        RecallStream::new(space, cue, ef, batch_size)
     }
 
     /// Holds indexing back: observations stay in the fresh tier. For tests

@@ -31,6 +31,10 @@ pub const MAX_METADATA_VALUE_BYTES: usize = 1024;
 /// Bounds of a cue's `max_results`, and its default.
 pub const MAX_RESULTS_LIMIT: usize = 1000;
 pub const DEFAULT_MAX_RESULTS: usize = 10;
+/// Largest search breadth a cue may ask for: the cost of a recall grows
+/// with it, and past a few thousand a search visits most of a space that
+/// an exact scan would serve as well.
+pub const MAX_EF_SEARCH: usize = 4096;
 
 /// A memory space id: `^[a-z0-9][a-z0-9_-]{0,63}$`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -303,7 +307,7 @@ impl EpisodeInput {
 }
 
 /// A recall request.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Cue {
     pub embedding: Vec<f32>,
     /// 1..=1000; `None` means 10.
@@ -313,6 +317,11 @@ pub struct Cue {
     /// Inclusive time window on `when` (Unix nanoseconds).
     pub when_from: Option<i64>,
     pub when_to: Option<i64>,
+    /// The index's search breadth for this recall, 1..=`MAX_EF_SEARCH`
+    /// (at least `max_results` is used); `None`: the server's
+    /// `engine.index.ef_search`. Higher: better recall, slower; large
+    /// spaces need more than small ones for the same recall@10.
+    pub ef_search: Option<usize>,
 }
 
 /// A cue that passed validation.
@@ -323,6 +332,7 @@ pub struct ValidCue {
     pub similarity_threshold: f32,
     pub when_from: i64,
     pub when_to: i64,
+    pub ef_search: Option<usize>,
 }
 
 impl ValidCue {
@@ -361,12 +371,21 @@ impl Cue {
         if when_from > when_to {
             return Err(Error::invalid("cue.when_from", "is after cue.when_to"));
         }
+        if let Some(ef) = self.ef_search {
+            if !(1..=MAX_EF_SEARCH).contains(&ef) {
+                return Err(Error::invalid(
+                    "cue.ef_search",
+                    format!("is {ef}; expected 1 to {MAX_EF_SEARCH} (or unset for the server's default)"),
+                ));
+            }
+        }
         Ok(ValidCue {
             embedding,
             max_results,
             similarity_threshold,
             when_from,
             when_to,
+            ef_search: self.ef_search,
         })
     }
 }
@@ -583,6 +602,7 @@ mod tests {
             similarity_threshold: None,
             when_from: None,
             when_to: None,
+            ef_search: None,
         };
         assert!(cue(1).validate().is_ok());
         assert!(cue(1000).validate().is_ok());

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use engram_core::wal::SyncPolicy;
-use engram_core::{Engine, Error, Priority};
+use engram_core::{Cue, Engine, Error, Priority};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_after_ack_with_indexing_paused() {
@@ -762,4 +762,56 @@ fn a_snapshot_from_a_task_whose_budget_is_spent_returns() {
         .expect("snapshot() never returned inside a task with a spent budget");
     assert!(r.unwrap(), "a snapshot was written");
     engine.shutdown();
+}
+
+/// A cue's `ef_search` sets the search breadth of that recall: as wide as
+/// the space, the index search is exhaustive and the top-k is exactly the
+/// brute-force one; out of range is a clear error naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cue_sets_its_own_search_breadth() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    let vecs: Vec<Vec<f32>> = random_vectors(2000, 16, 515)
+        .iter()
+        .map(|v| normalized(v))
+        .collect();
+    for (i, v) in vecs.iter().enumerate() {
+        engine
+            .remember("s", episode(&format!("m{i}"), v.clone()))
+            .await
+            .unwrap();
+    }
+    wait_indexed(&engine);
+    for q in random_vectors(30, 16, 516).iter().map(|v| normalized(v)) {
+        let mut want: Vec<(f32, usize)> = vecs
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.iter().zip(&q).map(|(a, b)| a * b).sum::<f32>(), i))
+            .collect();
+        want.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let want: Vec<String> = want[..10].iter().map(|(_, i)| format!("m{i}")).collect();
+        let got = engine
+            .recall(
+                "s",
+                Cue {
+                    ef_search: Some(2000),
+                    ..cue(&q, 10)
+                },
+            )
+            .unwrap();
+        let got: Vec<String> = got.memories.iter().map(|m| m.episode.id.clone()).collect();
+        assert_eq!(got, want);
+    }
+    for bad in [0, 4097] {
+        let err = engine
+            .recall(
+                "s",
+                Cue {
+                    ef_search: Some(bad),
+                    ..cue(&vecs[0], 10)
+                },
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("cue.ef_search"), "{err}");
+    }
 }

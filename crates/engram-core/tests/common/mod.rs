@@ -67,6 +67,7 @@ pub fn cue(embedding: &[f32], k: usize) -> Cue {
         similarity_threshold: Some(-1.0),
         when_from: None,
         when_to: None,
+        ef_search: None,
     }
 }
 

@@ -70,6 +70,7 @@ pub fn cue(c: Option<pb::Cue>) -> Result<Cue, Status> {
             .as_ref()
             .map(|t| nanos("cue.when_to", t))
             .transpose()?,
+        ef_search: (c.ef_search > 0).then_some(c.ef_search as usize),
     })
 }
 

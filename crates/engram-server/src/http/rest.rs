@@ -57,6 +57,9 @@ pub struct CueJson {
     when_from: Option<String>,
     #[serde(default)]
     when_to: Option<String>,
+    /// Search breadth for this recall (1-4096); absent: the server's.
+    #[serde(default)]
+    ef_search: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -141,6 +144,7 @@ impl CueJson {
                 .as_deref()
                 .map(|w| parse_time("cue.when_to", w))
                 .transpose()?,
+            ef_search: self.ef_search,
         })
     }
 }

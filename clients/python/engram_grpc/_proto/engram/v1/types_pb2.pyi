@@ -45,18 +45,20 @@ class Episode(_message.Message):
     def __init__(self, id: _Optional[str] = ..., when: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., what: _Optional[str] = ..., embedding: _Optional[_Iterable[float]] = ..., encoding_confidence: _Optional[float] = ..., tags: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Cue(_message.Message):
-    __slots__ = ("embedding", "max_results", "similarity_threshold", "when_from", "when_to")
+    __slots__ = ("embedding", "max_results", "similarity_threshold", "when_from", "when_to", "ef_search")
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     MAX_RESULTS_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     WHEN_FROM_FIELD_NUMBER: _ClassVar[int]
     WHEN_TO_FIELD_NUMBER: _ClassVar[int]
+    EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
     embedding: _containers.RepeatedScalarFieldContainer[float]
     max_results: int
     similarity_threshold: float
     when_from: _timestamp_pb2.Timestamp
     when_to: _timestamp_pb2.Timestamp
-    def __init__(self, embedding: _Optional[_Iterable[float]] = ..., max_results: _Optional[int] = ..., similarity_threshold: _Optional[float] = ..., when_from: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., when_to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    ef_search: int
+    def __init__(self, embedding: _Optional[_Iterable[float]] = ..., max_results: _Optional[int] = ..., similarity_threshold: _Optional[float] = ..., when_from: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., when_to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ef_search: _Optional[int] = ...) -> None: ...
 
 class RecallRequest(_message.Message):
     __slots__ = ("memory_space_id", "cue", "batch_size", "include_embeddings")
