@@ -2,10 +2,11 @@
 //!
 //! engram's labels are server sequences, dense from 1, so most labels live
 //! in a vector indexed by label (4 bytes a slot) instead of a hash map (16
-//! bytes a slot plus control bytes, at up to 87.5% load: 22 to 36 bytes per
-//! memory measured at 100K and 1M). Labels far above the dense range (tests'
-//! arbitrary labels, the retired labels `u64::MAX - id` of recovery) go to a
-//! map, so a stray large label can never allocate a huge vector.
+//! bytes a slot plus a control byte, at up to 87.5% load: 22 to 36 bytes
+//! per memory at 100K and 1M, computed from its capacity). Labels far above
+//! the dense range (tests' arbitrary labels, the retired labels
+//! `u64::MAX - id` of recovery) go to a map, so a stray large label can
+//! never allocate a huge vector.
 
 use std::collections::HashMap;
 
