@@ -474,6 +474,12 @@ impl Hnsw {
         self.store.inject_vector_write_failures(n);
     }
 
+    /// Fault injection: the next `n` reads from the vector file (compact
+    /// placement) fail, as on a disk error.
+    pub fn inject_vector_read_failures(&self, n: u32) {
+        self.store.inject_vector_read_failures(n);
+    }
+
     /// Reads from the vector file that failed so far; each search that met
     /// one re-scored that node on its code row instead.
     pub fn vector_read_errors(&self) -> u64 {
@@ -1309,5 +1315,33 @@ pub(super) mod tests {
         h.check_integrity().unwrap();
         assert_eq!(h.vector(200).unwrap(), vectors[200]);
         assert_eq!(h.search(&vectors[200], 1, 64, &|_| true)[0].0, 200);
+    }
+
+    #[test]
+    fn failed_vector_reads_fall_back_to_code_rows_and_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let vectors = random_unit_vectors(500, 16, 23);
+        let h = compact(16, dir.path());
+        for (i, v) in vectors.iter().enumerate() {
+            assert!(h.insert(i as u64, v));
+        }
+        // A search re-scores 20 candidates at k = 10: every one of its
+        // reads fails. It still answers, its own vector first, with the
+        // code rows' similarities (close to exact), and counts them.
+        h.inject_vector_read_failures(20);
+        let got = h.search(&vectors[7], 10, 64, &|_| true);
+        assert_eq!(got.len(), 10);
+        assert_eq!(got[0].0, 7);
+        for (l, sim) in &got {
+            assert!((sim - dot(&vectors[7], &vectors[*l as usize])).abs() < 1e-2);
+        }
+        assert_eq!(h.vector_read_errors(), 20);
+        // Once the disk answers again, scores are exact again.
+        let got = h.search(&vectors[7], 10, 64, &|_| true);
+        assert_eq!(got[0], (7, dot(&vectors[7], &vectors[7])));
+        for (l, sim) in &got {
+            assert_eq!(*sim, dot(&vectors[7], &vectors[*l as usize]));
+        }
+        assert_eq!(h.vector_read_errors(), 20);
     }
 }

@@ -111,8 +111,12 @@ struct DiskVectors {
     /// Nodes whose vector write failed (their insert was abandoned; a retry
     /// with the vector writes it again).
     missing: Mutex<HashSet<u32>>,
+    /// `missing.len()`, read without the lock on the search path.
+    missing_count: AtomicUsize,
     /// Fault injection: the next this many writes fail.
     fail_writes: AtomicU32,
+    /// Fault injection: the next this many reads fail.
+    fail_reads: AtomicU32,
     /// Reads that failed (the caller fell back to the code row).
     read_errors: AtomicU64,
 }
@@ -129,7 +133,9 @@ impl DiskVectors {
             file: tempfile::tempfile_in(dir)?,
             dir: dir.to_path_buf(),
             missing: Mutex::new(HashSet::new()),
+            missing_count: AtomicUsize::new(0),
             fail_writes: AtomicU32::new(0),
+            fail_reads: AtomicU32::new(0),
             read_errors: AtomicU64::new(0),
         })
     }
@@ -152,11 +158,19 @@ impl DiskVectors {
         } else {
             missing.insert(id);
         }
+        self.missing_count.store(missing.len(), Ordering::Release);
         res
     }
 
     /// Reads row `id` and hands it to `f`.
     fn read<R>(&self, id: u32, dim: usize, f: impl FnOnce(&[f32]) -> R) -> io::Result<R> {
+        if self
+            .fail_reads
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(io::Error::other("injected fault: vector file read failed"));
+        }
         ROW.with(|row| {
             let mut row = row.borrow_mut();
             row.resize(dim * 4, 0);
@@ -415,6 +429,13 @@ impl NodeStore {
         }
     }
 
+    /// Fault injection: the next `n` vector file reads fail.
+    pub(super) fn inject_vector_read_failures(&self, n: u32) {
+        if let Some(d) = &self.disk {
+            d.fail_reads.fetch_add(n, Ordering::AcqRel);
+        }
+    }
+
     /// Vector file reads that failed so far (each fell back to the code row).
     pub(super) fn vector_read_errors(&self) -> u64 {
         self.disk
@@ -437,7 +458,7 @@ impl NodeStore {
         let Some(d) = &self.disk else {
             return f(self.vector(id));
         };
-        if d.missing.lock().contains(&id) {
+        if d.missing_count.load(Ordering::Acquire) > 0 && d.missing.lock().contains(&id) {
             return f(&self.dequantized(id));
         }
         // `f` runs at most once: inside `read` on success, below otherwise.
