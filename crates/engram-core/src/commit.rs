@@ -462,7 +462,7 @@ impl Committer {
                     let err = Error::SpaceExists {
                         space: space.to_string(),
                         dimension: s.dimension(),
-                        vector_storage: s.vector_storage(),
+                        vector_storage: s.vector_storage().as_str(),
                     };
                     answer(out, reply, Err(err))
                 }

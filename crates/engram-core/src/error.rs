@@ -38,7 +38,8 @@ pub enum Error {
     SpaceExists {
         space: String,
         dimension: usize,
-        vector_storage: crate::model::VectorStorage,
+        /// `memory` or `compact` (`VectorStorage::as_str`).
+        vector_storage: &'static str,
     },
 
     /// No memory with this id in the space.
