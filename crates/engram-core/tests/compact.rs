@@ -90,6 +90,9 @@ async fn a_compact_space_recalls_forgets_and_recovers_like_one_in_memory() {
         // After the snapshot: more, only in the WAL.
         engine.resume_indexing();
         engine.forget("c", "m8").await.unwrap();
+        // The check wants each memory in exactly one tier: not while a
+        // worker is between inserting it and taking it off the fresh tier.
+        wait_indexed(&engine);
         engine.check_integrity("c").unwrap();
         engine.shutdown();
     }
