@@ -32,8 +32,7 @@ die() { echo "error: $*" >&2; exit 1; }
 [ -f "$BASELINE_TOOL" ] || die "baseline tool $BASELINE_TOOL not found (set BASELINE_TOOL)"
 command -v python3 >/dev/null || die "python3 is required"
 . scripts/bench-venv.sh
-step "installing the Python client into $VENV"
-"$VENV/bin/pip" install --quiet "./clients/python[test]" || die "pip install ./clients/python[test] failed (its test runner starts the server)"
+install_python_client
 
 step "building engram and engram-bench (ci profile)"
 cargo build --profile ci -p engram-server -p engram-bench >&2

@@ -182,26 +182,24 @@ def perf_top(pid: int, secs: float, out_dir: Path) -> dict:
     )
     if rec.returncode != 0:
         return {"error": rec.stderr.strip()[-500:]}
-    rep = subprocess.run(
-        ["perf", "report", "-i", str(data), "--no-children", "--stdio", "--sort", "sym", "--percent-limit", "1.5", "-g", "none"],
-        capture_output=True, text=True,
-    )
-    rows = []
-    for line in rep.stdout.splitlines():
-        line = line.strip()
-        if line and line[0].isdigit() and "%" in line:
-            pct, _, rest = line.partition("%")
-            rows.append({"self_percent": float(pct), "symbol": rest.strip()})
-    threads = subprocess.run(
-        ["perf", "report", "-i", str(data), "--no-children", "--stdio", "--sort", "comm", "-g", "none"],
-        capture_output=True, text=True,
-    )
-    by_thread = []
-    for line in threads.stdout.splitlines():
-        line = line.strip()
-        if line and line[0].isdigit() and "%" in line:
-            pct, _, rest = line.partition("%")
-            by_thread.append({"percent": float(pct), "thread": rest.strip()})
+
+    def report(sort: str, limit: str) -> list:
+        """`perf report` rows: (percent, name), largest first."""
+        out = subprocess.run(
+            ["perf", "report", "-i", str(data), "--no-children", "--stdio", "--sort", sort,
+             "--percent-limit", limit, "-g", "none"],
+            capture_output=True, text=True,
+        ).stdout
+        rows = []
+        for line in out.splitlines():
+            line = line.strip()
+            if line and line[0].isdigit() and "%" in line:
+                pct, _, rest = line.partition("%")
+                rows.append((float(pct), rest.strip()))
+        return rows
+
+    rows = [{"self_percent": p, "symbol": name} for p, name in report("sym", "1.5")]
+    by_thread = [{"percent": p, "thread": name} for p, name in report("comm", "0")]
     return {"seconds": secs, "top_self": rows[:25], "by_thread": by_thread[:15]}
 
 

@@ -634,13 +634,7 @@ impl Committer {
             });
         }
         let vector_storage = vector_storage.unwrap_or(self.vector_storage);
-        let s = Arc::new(Space::create(
-            space.clone(),
-            dimension,
-            self.params.clone(),
-            vector_storage,
-            &self.vector_dir,
-        )?);
+        let s = self.new_space(&space, dimension, vector_storage)?;
         // Spaces in RAM keep the record every build reads.
         let record = match vector_storage {
             VectorStorage::Memory => WalRecord::CreateSpace {
@@ -656,8 +650,7 @@ impl Committer {
         if !self.append(&record) {
             return Err(self.storage_error());
         }
-        self.attach_metrics(&s);
-        self.spaces.insert(space, s.clone());
+        self.register(space, s.clone());
         Ok(s)
     }
 
@@ -668,16 +661,32 @@ impl Committer {
         dimension: usize,
         vector_storage: VectorStorage,
     ) -> Result<()> {
-        let s = Arc::new(Space::create(
+        let s = self.new_space(&space, dimension, vector_storage)?;
+        self.register(space, s);
+        Ok(())
+    }
+
+    /// A new, unregistered space with this engine's index parameters (a
+    /// compact one creates its vector file here, before anything is logged).
+    fn new_space(
+        &self,
+        space: &SpaceId,
+        dimension: usize,
+        vector_storage: VectorStorage,
+    ) -> Result<Arc<Space>> {
+        Ok(Arc::new(Space::create(
             space.clone(),
             dimension,
             self.params.clone(),
             vector_storage,
             &self.vector_dir,
-        )?);
+        )?))
+    }
+
+    /// Makes a space known to the commit thread, with its metrics.
+    fn register(&mut self, space: SpaceId, s: Arc<Space>) {
         self.attach_metrics(&s);
         self.spaces.insert(space, s);
-        Ok(())
     }
 
     /// Appends a record; false (and the engine marked failed) on error.

@@ -20,6 +20,25 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// Creates `space` with compact vector storage.
+async fn create_compact(engine: &Engine, space: &str, dim: usize) {
+    let (info, _) = engine
+        .create_space_with(space, Some(dim), Some(VectorStorage::Compact))
+        .await
+        .unwrap();
+    assert_eq!(info.vector_storage, VectorStorage::Compact);
+}
+
+/// Remembers `vecs[i]` as `m{i}`.
+async fn remember_all(engine: &Engine, space: &str, vecs: &[Vec<f32>]) {
+    for (i, v) in vecs.iter().enumerate() {
+        engine
+            .remember(space, episode(&format!("m{i}"), v.clone()))
+            .await
+            .unwrap();
+    }
+}
+
 /// Every memory of `space` is recalled first by its own vector, with that
 /// vector (as the engine normalised it: within 1e-6) and an exact score.
 fn assert_all_recalled(engine: &Engine, space: &str, vecs: &[Vec<f32>], skip: &[usize]) {
@@ -123,16 +142,8 @@ async fn a_compact_space_created_in_the_wal_only_comes_back_compact() {
     let vecs = unit_vectors(50, 8, 72);
     {
         let engine = Engine::open(config(dir.path())).unwrap();
-        engine
-            .create_space_with("c", Some(8), Some(VectorStorage::Compact))
-            .await
-            .unwrap();
-        for (i, v) in vecs.iter().enumerate() {
-            engine
-                .remember("c", episode(&format!("m{i}"), v.clone()))
-                .await
-                .unwrap();
-        }
+        create_compact(&engine, "c", 8).await;
+        remember_all(&engine, "c", &vecs).await;
         // No snapshot (dropped without `shutdown`, which would write one):
         // recovery replays the WAL alone.
         drop(engine);
@@ -237,16 +248,8 @@ async fn a_restart_without_room_for_the_vector_file_fails_clearly_and_keeps_the_
     let vecs = unit_vectors(40, 8, 75);
     {
         let engine = Engine::open(config(dir.path())).unwrap();
-        engine
-            .create_space_with("c", Some(8), Some(VectorStorage::Compact))
-            .await
-            .unwrap();
-        for (i, v) in vecs.iter().enumerate() {
-            engine
-                .remember("c", episode(&format!("m{i}"), v.clone()))
-                .await
-                .unwrap();
-        }
+        create_compact(&engine, "c", 8).await;
+        remember_all(&engine, "c", &vecs).await;
         wait_indexed(&engine);
         let e = engine.clone();
         tokio::task::spawn_blocking(move || e.snapshot())

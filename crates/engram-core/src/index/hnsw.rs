@@ -1008,7 +1008,11 @@ pub(super) mod tests {
     }
 
     pub(crate) fn build(vectors: &[Vec<f32>], params: HnswParams) -> Hnsw {
-        let h = Hnsw::new(vectors[0].len(), params);
+        fill(Hnsw::new(vectors[0].len(), params), vectors)
+    }
+
+    /// Inserts `vectors[i]` under label `i`.
+    fn fill(h: Hnsw, vectors: &[Vec<f32>]) -> Hnsw {
         for (i, v) in vectors.iter().enumerate() {
             assert!(h.insert(i as u64, v));
         }
@@ -1219,10 +1223,7 @@ pub(super) mod tests {
     fn a_compact_index_keeps_vectors_on_disk_and_searches_as_well() {
         let dir = tempfile::tempdir().unwrap();
         let vectors = random_unit_vectors(5000, 24, 3);
-        let h = compact(24, dir.path());
-        for (i, v) in vectors.iter().enumerate() {
-            assert!(h.insert(i as u64, v));
-        }
+        let h = fill(compact(24, dir.path()), &vectors);
         h.check_integrity().unwrap();
         let (ram_vectors, codes, _) = h.memory_by_kind();
         assert_eq!(ram_vectors, 0, "no vector in RAM");
@@ -1256,10 +1257,7 @@ pub(super) mod tests {
     fn a_compact_index_round_trips_through_a_snapshot_in_either_placement() {
         let dir = tempfile::tempdir().unwrap();
         let vectors = random_unit_vectors(600, 16, 21);
-        let h = compact(16, dir.path());
-        for (i, v) in vectors.iter().enumerate() {
-            assert!(h.insert(i as u64, v));
-        }
+        let h = fill(compact(16, dir.path()), &vectors);
         let mut buf = Vec::new();
         h.write_to(&mut buf).unwrap();
         let on_disk = Hnsw::read_from_with(
@@ -1321,10 +1319,7 @@ pub(super) mod tests {
     fn failed_vector_reads_fall_back_to_code_rows_and_are_counted() {
         let dir = tempfile::tempdir().unwrap();
         let vectors = random_unit_vectors(500, 16, 23);
-        let h = compact(16, dir.path());
-        for (i, v) in vectors.iter().enumerate() {
-            assert!(h.insert(i as u64, v));
-        }
+        let h = fill(compact(16, dir.path()), &vectors);
         // A search re-scores 20 candidates at k = 10: every one of its
         // reads fails. It still answers, its own vector first, with the
         // code rows' similarities (close to exact), and counts them.

@@ -122,8 +122,9 @@ struct DiskVectors {
 }
 
 thread_local! {
-    /// Per-thread buffer for rows read from a vector file.
-    static ROW: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Per-thread buffers for a row read from a vector file: its bytes and
+    /// the decoded vector (reused, so a re-scoring read allocates nothing).
+    static ROW: RefCell<(Vec<u8>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 impl DiskVectors {
@@ -172,15 +173,17 @@ impl DiskVectors {
             return Err(io::Error::other("injected fault: vector file read failed"));
         }
         ROW.with(|row| {
-            let mut row = row.borrow_mut();
-            row.resize(dim * 4, 0);
+            let (bytes, v) = &mut *row.borrow_mut();
+            bytes.resize(dim * 4, 0);
             self.file
-                .read_exact_at(&mut row, u64::from(id) * (dim * 4) as u64)?;
-            let v: Vec<f32> = row
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            Ok(f(&v))
+                .read_exact_at(bytes, u64::from(id) * (dim * 4) as u64)?;
+            v.clear();
+            v.extend(
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
+            Ok(f(v))
         })
     }
 }
