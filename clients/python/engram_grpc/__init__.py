@@ -13,10 +13,12 @@ from .errors import (
     InvalidArgument,
     NotFound,
     Overloaded,
+    PermissionDenied,
     ProtocolError,
     Rejected,
     RpcError,
     SessionClosed,
+    Unauthenticated,
     Unavailable,
 )
 from .events import Disconnected, Reconnected, Retrying, SessionEvent, SessionStats, StatusReceived
@@ -63,6 +65,7 @@ __all__ = [
     "InvalidArgument",
     "NotFound",
     "Overloaded",
+    "PermissionDenied",
     "Priority",
     "ProtocolError",
     "RecallResult",
@@ -86,6 +89,7 @@ __all__ = [
     "StreamState",
     "StreamStatus",
     "StreamingClient",
+    "Unauthenticated",
     "Unavailable",
     "__version__",
 ]

@@ -239,7 +239,14 @@ class ObserveSession:
                     grpc.StatusCode.DEADLINE_EXCEEDED, f"no init_ack within {self._options.connect_timeout:g} s"
                 ) from None
             if isinstance(e, grpc.aio.AioRpcError):
-                raise from_rpc_error(e) from None
+                error = from_rpc_error(e)
+                if e.code() == grpc.StatusCode.INTERNAL:
+                    # Perhaps a refusal that grpc.aio misreported (see
+                    # Connection.observe_refusal): ask once more.
+                    refusal = await self._conn.observe_refusal(self._options.connect_timeout)
+                    if refusal is not None and refusal.code != grpc.StatusCode.INTERNAL:
+                        error = refusal
+                raise error from None
             raise
         return _Stream(call, queue, msg.init_ack)
 

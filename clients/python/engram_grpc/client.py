@@ -22,7 +22,7 @@ from typing import (
 )
 
 from . import _convert
-from ._connection import Connection, normalize_target
+from ._connection import Connection, normalize_target, resolve_target
 from ._proto.engram.v1 import memory_pb2, types_pb2
 from ._session import ObserveSession
 from .errors import Rejected, SessionClosed
@@ -72,10 +72,16 @@ class StreamingClient:
         **overrides: Any,
     ) -> None:
         """``overrides`` are :class:`ClientOptions` fields, applied on top of
-        ``options`` (e.g. ``StreamingClient(target, max_in_flight=256)``)."""
+        ``options`` (e.g. ``StreamingClient(target, max_in_flight=256)``).
+
+        ``target``: ``host:port``; ``https://host:port`` (or ``grpcs://``)
+        means TLS, like ``tls=True``. With an ``api_key`` every call carries
+        it; with TLS the server's certificate is checked against
+        ``root_certificates`` (the system's roots when None)."""
         base = options or ClientOptions()
         if overrides:
             base = _replace(base, overrides)
+        resolve_target(target, base)  # contradicting TLS settings fail here, not on first use
         self.options = base
         self.space = space
         self._target = target

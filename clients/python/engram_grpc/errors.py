@@ -66,6 +66,22 @@ class Unavailable(EngramError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class Unauthenticated(EngramError):
+    """The server wants an API key and got none, or one it does not know
+    (``UNAUTHENTICATED``). Set ``ClientOptions.api_key``; retrying with the
+    same key does not help."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(EngramError):
+    """The API key is valid but lacks the role the call needs on its space
+    (``PERMISSION_DENIED``): read for recalls and describing, write for
+    storing, forgetting and creating, admin for deleting spaces."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class RpcError(EngramError):
     """Any other gRPC status (the code is in :attr:`code`)."""
 
@@ -86,7 +102,9 @@ class SessionClosed(EngramError):
 
 class Rejected(EngramError):
     """The server answered an observation with ``ACK_REJECTED`` (after the
-    client's own retries, for overload). Details in :attr:`rejection`."""
+    client's own retries, for overload). Details in :attr:`rejection`;
+    :attr:`reason` ``UNAUTHORIZED`` means the API key lacks write on the
+    stream's space (never retried; the stream goes on)."""
 
     def __init__(self, rejection: Rejection) -> None:
         super().__init__(f"observation {rejection.sequence_number} rejected ({rejection.reason.name}): {rejection.message}")
@@ -116,6 +134,10 @@ def from_rpc_error(error: grpc.RpcError) -> EngramError:
         return AlreadyExists(message)
     if code == grpc.StatusCode.UNAVAILABLE:
         return Unavailable(message)
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return Unauthenticated(message)
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return PermissionDenied(message)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         # Only RESOURCE_EXHAUSTED with RetryInfo is the server's admission
         # control; without it, it is one of gRPC's own limits (message
@@ -144,7 +166,8 @@ def is_transient(error: EngramError) -> bool:
     ``CANCELLED`` or ``DEADLINE_EXCEEDED``; the server uses ``UNAVAILABLE``
     while it shuts down or recovers. ``ABORTED`` is not retried: another
     stream took the session over (or it idled out), and fighting over a
-    session would loop.
+    session would loop. Neither are ``UNAUTHENTICATED`` and
+    ``PERMISSION_DENIED``: the same key would be refused again.
     """
     return error.code in (
         grpc.StatusCode.UNAVAILABLE,

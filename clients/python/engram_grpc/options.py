@@ -90,3 +90,30 @@ class ClientOptions:
     #: Called (on the event loop) with every session event: statuses,
     #: overload retries, disconnects, reconnects. Must not block.
     on_event: Optional[Callable[[SessionEvent], None]] = None
+    #: The API key, sent as ``authorization: Bearer <key>`` metadata on
+    #: every call (unary, streamed, and every reconnect of a stream); None
+    #: or "" sends none. Never shown in ``repr`` and never logged.
+    api_key: Optional[str] = field(default=None, repr=False)
+    #: Speak TLS to the server (also implied by an ``https://`` or
+    #: ``grpcs://`` target).
+    tls: bool = False
+    #: PEM of the CA certificate(s) to trust for TLS (e.g. ``ca.pem`` from
+    #: ``engram tls generate``); None: the system's roots.
+    root_certificates: Optional[bytes] = field(default=None, repr=False)
+    #: The name the server's certificate must carry, instead of the target's
+    #: host (gRPC's ``grpc.ssl_target_name_override``); None: the host.
+    tls_server_name: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        key = self.api_key
+        if key is not None:
+            if not isinstance(key, str):
+                raise TypeError(f"api_key must be a str, not {type(key).__name__}")
+            # A gRPC metadata value is visible ASCII; the message never quotes the key.
+            if any(not ("\x21" <= c <= "\x7e") for c in key):
+                raise ValueError("api_key must be printable ASCII without spaces (as engram keys generate makes them)")
+        if self.root_certificates is not None and not isinstance(self.root_certificates, bytes):
+            raise TypeError(
+                "root_certificates must be the PEM as bytes (open(path, 'rb').read()), "
+                f"not {type(self.root_certificates).__name__}"
+            )

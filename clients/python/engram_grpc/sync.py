@@ -46,8 +46,8 @@ class Client:
         async def make() -> StreamingClient:
             return StreamingClient(target, space, options, **overrides)
 
-        self._client = self._call(make())
         try:
+            self._client = self._call(make())
             self._call(self._client.connect())
         except BaseException:
             self.close(drain=False)

@@ -27,7 +27,11 @@ class Priority(enum.IntEnum):
 
 
 class RejectReason(enum.IntEnum):
-    """Why the server (or the client, for ``CLOSED``) rejected an observation."""
+    """Why the server (or the client, for ``CLOSED``) rejected an observation.
+
+    ``UNAUTHORIZED``: the stream's API key lacks write on its space; the
+    stream goes on, and the client does not resend it (the same key would be
+    refused again)."""
 
     UNSPECIFIED = 0
     OVERLOADED = 1

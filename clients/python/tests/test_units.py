@@ -7,6 +7,8 @@ import asyncio
 import math
 from typing import List
 
+import grpc
+import grpc.aio
 import pytest
 
 import engram_grpc as eg
@@ -132,3 +134,75 @@ def test_episode_conversion() -> None:
     cue = _convert.cue_to_proto(np.ones(3))
     assert list(cue.embedding) == [1.0, 1.0, 1.0]
     assert _convert.cue_to_proto({"embedding": [1.0], "max_results": 3}).max_results == 3
+
+
+def test_unauthorized_rejection_is_handed_over_not_retried() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        out = Outstanding(eg.RetryPolicy(max_retries=5), lambda: None)
+        f: "asyncio.Future[eg.Answer]" = loop.create_future()
+        out.push(Entry(1, types_pb2.Episode(id="e1"), 0, f), 0.0)
+        out.take_next()
+        answer = out.on_ack(_ack(1, REJECTED, Reason.REJECT_UNAUTHORIZED), 0.0)
+        assert isinstance(answer, eg.Rejection) and answer.reason == eg.RejectReason.UNAUTHORIZED
+        assert answer.retries == 0 and f.result() == answer and len(out) == 0
+        assert not eg.RejectReason.UNAUTHORIZED.retryable
+        assert eg.Rejected(answer).reason == eg.RejectReason.UNAUTHORIZED
+    finally:
+        loop.close()
+
+
+def _rpc_error(code: "grpc.StatusCode", details: str) -> "grpc.aio.AioRpcError":
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details, None)
+
+
+def test_auth_status_codes_map_to_typed_errors() -> None:
+    from engram_grpc.errors import from_rpc_error, is_transient
+
+    unauth = from_rpc_error(_rpc_error(grpc.StatusCode.UNAUTHENTICATED, "missing API key"))
+    assert type(unauth) is eg.Unauthenticated and unauth.message == "missing API key"
+    assert unauth.code == grpc.StatusCode.UNAUTHENTICATED and str(unauth) == "missing API key"
+    denied = from_rpc_error(_rpc_error(grpc.StatusCode.PERMISSION_DENIED, "key 'x' lacks write on space 'y'"))
+    assert type(denied) is eg.PermissionDenied and denied.message == "key 'x' lacks write on space 'y'"
+    assert isinstance(unauth, eg.EngramError) and isinstance(denied, eg.EngramError)
+    # Neither is worth a reconnect: the same key would be refused again.
+    assert not is_transient(unauth) and not is_transient(denied)
+
+
+def test_api_key_and_tls_options() -> None:
+    from engram_grpc._connection import auth_metadata, channel_options, normalize_target, resolve_target
+
+    secret = "ek_s3cr3t-value"
+    options = eg.ClientOptions(api_key=secret, tls=True, root_certificates=b"-----BEGIN CERTIFICATE-----")
+    assert secret not in repr(options) and "BEGIN CERTIFICATE" not in repr(options)
+    assert auth_metadata(options) == (("authorization", f"Bearer {secret}"),)
+    assert auth_metadata(eg.ClientOptions()) is None and auth_metadata(eg.ClientOptions(api_key="")) is None
+    with pytest.raises(ValueError) as bad_key:
+        eg.ClientOptions(api_key="two words")
+    assert "two words" not in str(bad_key.value)
+    with pytest.raises(ValueError):
+        eg.ClientOptions(api_key="line\nbreak")
+    with pytest.raises(TypeError):
+        eg.ClientOptions(root_certificates="pem as str")  # type: ignore[arg-type]
+
+    plain = eg.ClientOptions()
+    assert resolve_target("localhost:50051", plain) == ("localhost:50051", False)
+    assert resolve_target("http://localhost:50051/", plain) == ("localhost:50051", False)
+    assert resolve_target("https://localhost:50051", plain) == ("localhost:50051", True)
+    assert resolve_target("grpcs://localhost:50051", plain) == ("localhost:50051", True)
+    assert resolve_target("localhost:50051", eg.ClientOptions(tls=True)) == ("localhost:50051", True)
+    assert normalize_target("grpcs://h:1") == "h:1" and normalize_target("grpc://h:1") == "h:1"
+    # Contradictions fail rather than fall back to plaintext.
+    with pytest.raises(ValueError):
+        resolve_target("http://localhost:50051", eg.ClientOptions(tls=True))
+    with pytest.raises(ValueError):
+        resolve_target("localhost:50051", eg.ClientOptions(root_certificates=b"pem"))
+    with pytest.raises(ValueError):
+        eg.StreamingClient("localhost:50051", tls_server_name="localhost")
+    assert resolve_target("https://h:1", eg.ClientOptions(root_certificates=b"pem")) == ("h:1", True)
+
+    named = dict(channel_options(eg.ClientOptions(tls=True, tls_server_name="engram.internal")))
+    assert named["grpc.ssl_target_name_override"] == "engram.internal"
+    assert "grpc.ssl_target_name_override" not in dict(channel_options(plain))
+    client = eg.StreamingClient("https://127.0.0.1:1", api_key=secret)
+    assert client.target == "127.0.0.1:1" and secret not in repr(client.options)

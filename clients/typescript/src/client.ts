@@ -15,10 +15,13 @@ import {
   ObservationRejectedError,
   ProtocolError,
   ServerError,
+  serverError,
   TimeoutError,
+  TlsCertificateError,
+  UnauthenticatedError,
 } from "./errors.js";
 import { Emitter, type Handler } from "./events.js";
-import { resolveOptions, type ClientOptions, type ResolvedOptions } from "./options.js";
+import { resolveOptions, STREAM_SUBPROTOCOL, type ClientOptions, type ResolvedOptions } from "./options.js";
 import {
   Outstanding,
   type ObservationAccepted,
@@ -190,12 +193,15 @@ export class EngramWebSocketClient {
   #closing: Closing | undefined;
   #closed: ClosedMessage | undefined;
   #failure: EngramError | undefined;
+  /** The API key: kept here, out of `options`, so that logging the client or its options never shows it. */
+  readonly #apiKey: string | undefined;
   /** The last fatal `error` the server sent on the current socket (its close follows). */
   #fatalError: ServerError | undefined;
 
   constructor(url: string, options: ClientOptions) {
     this.url = url;
     this.options = Object.freeze(resolveOptions(options));
+    this.#apiKey = options.apiKey;
     this.#out = new Outstanding<Ticket>(this.options.overloadRetry);
   }
 
@@ -671,10 +677,17 @@ export class EngramWebSocketClient {
 
   /** Opens a socket, sends `init`, waits for `init_ack`. */
   async #handshake(resume: string | undefined): Promise<Handshake> {
-    const Ctor = await resolveWebSocket(this.options.WebSocket);
+    const key = this.#apiKey;
+    const transport = this.options.apiKeyTransport;
+    const tls = this.options.tls;
+    const Ctor = await resolveWebSocket(this.options.WebSocket, {
+      preferPackage: key !== undefined || tls !== undefined,
+      requirePackage: tls !== undefined,
+    });
     return new Promise<Handshake>((resolve, reject) => {
       let settled = false;
-      let serverError: ServerError | undefined;
+      /** Why the handshake failed, when known before the close (a server `error`, HTTP 401, TLS). */
+      let failure: EngramError | undefined;
       let ws: WebSocketLike;
       const settle = (f: () => void): void => {
         if (settled) return;
@@ -683,9 +696,16 @@ export class EngramWebSocketClient {
         f();
       };
       try {
-        ws = new Ctor(this.url);
+        if (tls !== undefined) {
+          ws = new Ctor(this.url, key !== undefined && transport === "subprotocol" ? [STREAM_SUBPROTOCOL, `bearer.${key}`] : [], { ...tls });
+        } else if (key !== undefined && transport === "subprotocol") {
+          ws = new Ctor(this.url, [STREAM_SUBPROTOCOL, `bearer.${key}`]);
+        } else {
+          ws = new Ctor(this.url);
+        }
       } catch (e) {
-        reject(new ConnectionError(`cannot open ${this.url}: ${String(e)}`, undefined, 0, { cause: e }));
+        const text = this.#redact(String(e));
+        reject(new ConnectionError(`cannot open ${this.url}: ${text}`, undefined, 0, this.#mentionsKey(e) ? undefined : { cause: e }));
         return;
       }
       const timer = setTimeout(() => {
@@ -701,6 +721,7 @@ export class EngramWebSocketClient {
           memory_space_id: this.options.space,
           enable_backpressure: this.options.enableBackpressure,
           ...(resume !== undefined ? { resume_session_id: resume } : {}),
+          ...(key !== undefined && transport === "init" ? { api_key: key } : {}),
         };
         ws.send(JSON.stringify(init));
       };
@@ -714,12 +735,13 @@ export class EngramWebSocketClient {
             resolve({ ws, ack: msg });
           });
         } else if (msg.type === "error") {
-          serverError = new ServerError(msg.code, msg.message, msg.request_id, msg.fatal === true);
-          if (msg.fatal) {
+          const e = serverError(msg.code, this.#redact(msg.message), msg.request_id, msg.fatal === true);
+          failure = e;
+          if (e.fatal) {
             settle(() => {
               detach(ws);
               abort(ws);
-              reject(serverError);
+              reject(e);
             });
           }
         }
@@ -727,14 +749,16 @@ export class EngramWebSocketClient {
       let socketError = "";
       ws.onerror = (ev) => {
         const m = (ev as { message?: unknown } | undefined)?.message;
-        if (typeof m === "string" && m !== "") socketError = m;
+        if (typeof m === "string" && m !== "") socketError = this.#redact(m);
+        const known = this.#socketFailure(ev);
+        if (known) failure ??= known;
       };
       ws.onclose = (ev) => {
         settle(() => {
           detach(ws);
-          const why = ev.reason || socketError;
+          const why = this.#redact(ev.reason || "") || socketError;
           reject(
-            serverError ??
+            failure ??
               new ConnectionError(
                 `the connection to ${this.url} closed before init_ack (code ${ev.code}${why ? `: ${why}` : ""})`,
                 ev.code,
@@ -743,6 +767,50 @@ export class EngramWebSocketClient {
         });
       };
     });
+  }
+
+  /**
+   * What a socket `error` event before the session opened says, when it is
+   * final: the upgrade refused with 401 (the key), or an untrusted server
+   * certificate. Both come from the `ws` package (Node); a browser's error
+   * event says nothing.
+   */
+  #socketFailure(ev: unknown): EngramError | undefined {
+    const e = ev as { message?: unknown; error?: unknown } | undefined;
+    const message = typeof e?.message === "string" ? e.message : "";
+    const status = /^Unexpected server response: (\d{3})$/.exec(message)?.[1];
+    if (status === "401") {
+      return new UnauthenticatedError(
+        this.#apiKey === undefined
+          ? `the server wants an API key (HTTP 401 on the upgrade request to ${this.url}); set options.apiKey`
+          : `the server refused the API key (HTTP 401 on the upgrade request to ${this.url})`,
+        401,
+      );
+    }
+    const inner = e?.error as { code?: unknown; message?: unknown } | undefined;
+    const code = typeof inner?.code === "string" ? inner.code : "";
+    if (code !== "" && TLS_CERTIFICATE_CODE.test(code)) {
+      const detail = this.#redact(typeof inner?.message === "string" ? inner.message : message);
+      return new TlsCertificateError(
+        `TLS: the certificate of ${this.url} is not accepted (${code}: ${detail}); a server with a private CA needs options.tls = { ca: <its CA certificate, PEM> }`,
+        code,
+        { cause: inner },
+      );
+    }
+    return undefined;
+  }
+
+  /** `text` with the API key (should it ever appear) replaced. */
+  #redact(text: string): string {
+    const key = this.#apiKey;
+    return key === undefined || !text.includes(key) ? text : text.split(key).join("<api key>");
+  }
+
+  #mentionsKey(e: unknown): boolean {
+    const key = this.#apiKey;
+    if (key === undefined) return false;
+    const m = e instanceof Error ? `${e.message} ${e.stack ?? ""}` : String(e);
+    return m.includes(key);
   }
 
   #attach(hs: Handshake): void {
@@ -861,7 +929,7 @@ export class EngramWebSocketClient {
   }
 
   #onError(m: ErrorMessage): void {
-    const e = new ServerError(m.code, m.message, m.request_id, m.fatal === true);
+    const e = serverError(m.code, this.#redact(m.message), m.request_id, m.fatal === true);
     if (m.request_id !== undefined && m.request_id !== "") {
       const p = this.#recalls.get(m.request_id);
       if (p) {
@@ -1054,7 +1122,13 @@ export class EngramWebSocketClient {
 
 // ------------------------------------------------------------------ helpers
 
+/** Node's codes for a server certificate that is not trusted, not valid now, or not for this host. */
+const TLS_CERTIFICATE_CODE =
+  /^(CERT_|UNABLE_TO_GET_ISSUER_CERT|UNABLE_TO_VERIFY_LEAF_SIGNATURE|SELF_SIGNED_CERT_IN_CHAIN|DEPTH_ZERO_SELF_SIGNED_CERT|ERR_TLS_CERT_ALTNAME_INVALID|HOSTNAME_MISMATCH|INVALID_CA|INVALID_PURPOSE|PATH_LENGTH_EXCEEDED)/;
+
 function isTransient(e: EngramError): boolean {
+  // An untrusted certificate or a refused key would only fail again.
+  if (e instanceof TlsCertificateError || e instanceof UnauthenticatedError) return false;
   if (e instanceof TimeoutError || e instanceof ConnectionError) {
     // A close during the handshake: only "policy" and "too big" are final.
     return e instanceof TimeoutError || (e.closeCode !== CloseCode.PolicyViolation && e.closeCode !== CloseCode.MessageTooBig);

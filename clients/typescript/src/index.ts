@@ -13,7 +13,7 @@ export {
   type RecallOptions,
   type RecallResult,
 } from "./client.js";
-export type { ClientOptions } from "./options.js";
+export { STREAM_SUBPROTOCOL, type ApiKeyTransport, type ClientOptions } from "./options.js";
 export { Backoff, backoffDelay, DEFAULT_BACKOFF, type BackoffPolicy } from "./backoff.js";
 export { Pacer, MIN_RATE } from "./pacer.js";
 export {
@@ -34,7 +34,17 @@ export {
   ClientClosedError,
   ProtocolError,
   TimeoutError,
+  UnauthenticatedError,
+  PermissionDeniedError,
+  TlsCertificateError,
 } from "./errors.js";
-export { resolveWebSocket, type WebSocketConstructor, type WebSocketLike } from "./transport.js";
+export {
+  resolveWebSocket,
+  type EventHandler,
+  type TlsOptions,
+  type WebSocketConstructor,
+  type WebSocketConstructorOptions,
+  type WebSocketLike,
+} from "./transport.js";
 export type { Handler } from "./events.js";
 export * from "./protocol.js";

@@ -57,6 +57,10 @@ export type ErrorCode =
   | "unavailable"
   | "aborted"
   | "internal"
+  /** No API key, or an unknown one (then close 1008). */
+  | "unauthenticated"
+  /** The key lacks the role for the space (e.g. a recall without `read`). */
+  | "permission_denied"
   | (string & {});
 
 // ---------------------------------------------------------------- client → server
@@ -67,6 +71,12 @@ export interface InitMessage {
   /** Empty or absent: a new session. */
   resume_session_id?: string;
   enable_backpressure?: boolean;
+  /**
+   * The API key, when it is not sent with the upgrade request (client
+   * option `apiKeyTransport: "init"`). Default: absent (the key goes in the
+   * subprotocol `bearer.<KEY>`).
+   */
+  api_key?: string;
 }
 
 export interface ObservationMessage {

@@ -1,9 +1,17 @@
 // Compiled (never run) by `npm run typecheck`: the public types as a
 // consumer sees them (from dist/index.d.ts), under strict settings.
+import { readFileSync } from "node:fs";
+import { WebSocket as NodeWebSocket } from "ws";
 import {
   EngramWebSocketClient,
   ObservationRejectedError,
+  PermissionDeniedError,
   ServerError,
+  TlsCertificateError,
+  UnauthenticatedError,
+  type ClientOptions,
+  type TlsOptions,
+  type WebSocketConstructor,
   type ClosedMessage,
   type ObservationAccepted,
   type ObservationResult,
@@ -47,5 +55,53 @@ export async function consumer(): Promise<void> {
       break;
     default:
       break;
+  }
+}
+
+/** The browser's WebSocket as lib.dom.d.ts declares it (this config has no DOM lib): url and protocols, no options. */
+interface DomEvent {
+  readonly type: string;
+}
+interface DomMessageEvent extends DomEvent {
+  readonly data: unknown;
+}
+interface DomCloseEvent extends DomEvent {
+  readonly code: number;
+  readonly reason: string;
+  readonly wasClean: boolean;
+}
+interface DomWebSocket {
+  binaryType: "blob" | "arraybuffer";
+  readonly bufferedAmount: number;
+  readonly readyState: number;
+  readonly protocol: string;
+  onclose: ((this: DomWebSocket, ev: DomCloseEvent) => unknown) | null;
+  onerror: ((this: DomWebSocket, ev: DomEvent) => unknown) | null;
+  onmessage: ((this: DomWebSocket, ev: DomMessageEvent) => unknown) | null;
+  onopen: ((this: DomWebSocket, ev: DomEvent) => unknown) | null;
+  close(code?: number, reason?: string): void;
+  send(data: string | ArrayBufferLike | ArrayBufferView): void;
+}
+declare const BrowserWebSocket: {
+  prototype: DomWebSocket;
+  new (url: string | URL, protocols?: string | string[]): DomWebSocket;
+  readonly OPEN: 1;
+};
+
+export async function security(): Promise<void> {
+  // Both the browser's and ws's constructors are WebSocketConstructors.
+  const browser: WebSocketConstructor = BrowserWebSocket;
+  const node: WebSocketConstructor = NodeWebSocket;
+  const tls: TlsOptions = { ca: readFileSync("ca.pem"), rejectUnauthorized: true };
+  const opts: ClientOptions = { space: "demo", apiKey: "k", apiKeyTransport: "subprotocol", tls, WebSocket: node };
+  const inBrowser = new EngramWebSocketClient("wss://engram.example/v1/stream", { space: "demo", apiKey: "k", WebSocket: browser });
+  const inNode = new EngramWebSocketClient("wss://localhost:8080/v1/stream", opts);
+  void [inBrowser.options.apiKeyTransport, inNode.options.tls?.ca];
+  try {
+    await inNode.recall({ embedding: [1, 0, 0] }, { memorySpaceId: "other" });
+  } catch (e) {
+    if (e instanceof UnauthenticatedError) void [e.httpStatus, e.code, e.serverMessage];
+    if (e instanceof PermissionDeniedError) void e.requestId;
+    if (e instanceof TlsCertificateError) void [e.certificateCode, e.closeCode];
   }
 }

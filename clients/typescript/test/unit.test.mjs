@@ -1,9 +1,26 @@
 // Unit tests of the pure logic (no server): numbering, retries, resume,
-// pacing, backoff. Mirrors crates/engram-client's unit tests.
+// pacing, backoff (mirrors crates/engram-client's unit tests); and the API
+// key / TLS handling of the client against a scripted fake WebSocket.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 
-import { Backoff, backoffDelay, Outstanding, Pacer, parseServerMessage, uuid } from "../dist/index.js";
+import { inspect } from "node:util";
+
+import {
+  Backoff,
+  backoffDelay,
+  ConnectionError,
+  EngramWebSocketClient,
+  ObservationRejectedError,
+  Outstanding,
+  Pacer,
+  parseServerMessage,
+  PermissionDeniedError,
+  ServerError,
+  TlsCertificateError,
+  UnauthenticatedError,
+  uuid,
+} from "../dist/index.js";
 
 const policy = (maxRetries) => ({ maxRetries, defaultDelayMs: 100, maxDelayMs: 1000 });
 const ep = (i) => ({ id: `e${i}`, embedding: [1, 0] });
@@ -166,5 +183,261 @@ describe("public types", () => {
         });
     }
     assert.deepEqual(offenders, []);
+  });
+});
+
+/**
+ * A scripted stand-in for a WebSocket class: records the constructor's
+ * arguments and the messages sent; `script(socket, n)` plays the server
+ * (n: 1 for the first socket, 2 for the second...). By default the server
+ * opens, answers `init` with `init_ack` and `close` with `closed`.
+ */
+function fakeWebSocket(script = (s) => s.open()) {
+  const made = [];
+  class Fake {
+    constructor(...args) {
+      this.args = args;
+      this.readyState = 0;
+      this.bufferedAmount = 0;
+      this.onopen = this.onmessage = this.onclose = this.onerror = null;
+      this.sent = [];
+      this.onClientMessage = (m) => {
+        if (m.type === "init") this.reply({ type: "init_ack", session_id: `s${made.length}`, last_acked_sequence: 0, capabilities: { queue_capacity: 8, dimension: 2, max_message_size: 1 << 20 } });
+        if (m.type === "close") {
+          this.reply({ type: "closed", final_sequence: 0, accepted: 0, rejected: 0 });
+          this.serverClose(1000);
+        }
+      };
+      made.push(this);
+      const n = made.length;
+      setTimeout(() => script(this, n), 0);
+    }
+    send(d) {
+      const m = JSON.parse(d);
+      this.sent.push(m);
+      setTimeout(() => this.onClientMessage(m), 0);
+    }
+    close(code = 1000) {
+      if (this.readyState === 3) return;
+      this.readyState = 3;
+      setTimeout(() => this.onclose?.({ code, reason: "" }), 0);
+    }
+    open() {
+      this.readyState = 1;
+      this.onopen?.({});
+    }
+    reply(m) {
+      if (this.readyState === 1) this.onmessage?.({ data: JSON.stringify(m) });
+    }
+    fail(message, error) {
+      this.onerror?.({ type: "error", message, error });
+      this.serverClose(1006);
+    }
+    serverClose(code, reason = "") {
+      if (this.readyState === 3) return;
+      this.readyState = 3;
+      this.onclose?.({ code, reason });
+    }
+  }
+  return { Fake, made };
+}
+
+const KEY = "ek_test_0123456789abcdefSECRET";
+const fastReconnect = { initialMs: 1, maxMs: 5, maxAttempts: 5 };
+
+describe("API key and TLS (a fake WebSocket, no server)", () => {
+  async function connected(opts) {
+    const { Fake, made } = fakeWebSocket();
+    const c = new EngramWebSocketClient("wss://engram.test/v1/stream", { space: "s", WebSocket: Fake, ...opts });
+    await c.connect();
+    await c.close({ drain: false });
+    return made;
+  }
+
+  it("sends the key as the subprotocols engram.v1 + bearer.<key> by default, not in init", async () => {
+    const [ws] = await connected({ apiKey: KEY });
+    assert.deepEqual(ws.args, ["wss://engram.test/v1/stream", ["engram.v1", `bearer.${KEY}`]]);
+    const init = ws.sent.find((m) => m.type === "init");
+    assert.equal(init.api_key, undefined);
+  });
+  it("apiKeyTransport 'init' sends the key as init.api_key and no subprotocol", async () => {
+    const [ws] = await connected({ apiKey: "key/with=chars", apiKeyTransport: "init" });
+    assert.deepEqual(ws.args, ["wss://engram.test/v1/stream"]);
+    assert.equal(ws.sent.find((m) => m.type === "init").api_key, "key/with=chars");
+  });
+  it("without key or tls the constructor gets the url only (as before)", async () => {
+    const [ws] = await connected({});
+    assert.deepEqual(ws.args, ["wss://engram.test/v1/stream"]);
+    assert.equal(ws.sent[0].api_key, undefined);
+  });
+  it("tls options go to the constructor's third argument", async () => {
+    const [a] = await connected({ tls: { ca: "PEM", rejectUnauthorized: true } });
+    assert.deepEqual(a.args, ["wss://engram.test/v1/stream", [], { ca: "PEM", rejectUnauthorized: true }]);
+    const [b] = await connected({ apiKey: KEY, tls: { ca: "PEM" } });
+    assert.deepEqual(b.args, ["wss://engram.test/v1/stream", ["engram.v1", `bearer.${KEY}`], { ca: "PEM" }]);
+    // CA bytes (a Buffer from readFileSync) go as PEM text.
+    const [c] = await connected({ tls: { ca: [Buffer.from("PEM-1"), new TextEncoder().encode("PEM-2")] } });
+    assert.deepEqual(c.args[2], { ca: ["PEM-1", "PEM-2"] });
+  });
+  it("rejects a key a subprotocol cannot carry, without echoing it", () => {
+    for (const apiKey of ["has space", "a/b=", "ключ"]) {
+      assert.throws(
+        () => new EngramWebSocketClient("ws://x/v1/stream", { space: "s", apiKey }),
+        (e) => e instanceof TypeError && /apiKeyTransport: "init"/.test(e.message) && !e.message.includes(apiKey),
+      );
+    }
+    assert.throws(() => new EngramWebSocketClient("ws://x/v1/stream", { space: "s", apiKey: "" }), TypeError);
+    assert.throws(() => new EngramWebSocketClient("ws://x/v1/stream", { space: "s", apiKey: "k", apiKeyTransport: "header" }), TypeError);
+  });
+  it("keeps the key out of client.options and util.inspect", () => {
+    const c = new EngramWebSocketClient("ws://x/v1/stream", { space: "s", apiKey: KEY });
+    assert.equal(c.options.apiKeyTransport, "subprotocol");
+    assert.ok(!JSON.stringify(c.options).includes(KEY));
+    assert.ok(!inspect(c, { depth: 10, showHidden: true }).includes(KEY));
+  });
+
+  /** Connects with `script` playing the server; returns the failure, the sockets made and the reconnect events. */
+  async function failing(script, opts = {}) {
+    const { Fake, made } = fakeWebSocket(script);
+    const c = new EngramWebSocketClient("wss://engram.test/v1/stream", { space: "s", WebSocket: Fake, reconnect: fastReconnect, ...opts });
+    const reconnecting = [];
+    c.on("reconnecting", (e) => reconnecting.push(e));
+    const error = await c.connect().then(
+      () => assert.fail("connect() resolved"),
+      (e) => e,
+    );
+    assert.equal(c.state, "failed");
+    await assert.rejects(c.observe({ embedding: [1, 0] }), (e) => e === error);
+    return { error, made, reconnecting };
+  }
+
+  it("an upgrade refused with HTTP 401 is UnauthenticatedError, final (no reconnect), key not in the message", async () => {
+    const { error, made, reconnecting } = await failing(
+      (s) => s.fail("Unexpected server response: 401", new Error("Unexpected server response: 401")),
+      { apiKey: KEY },
+    );
+    assert.ok(error instanceof UnauthenticatedError, String(error));
+    assert.ok(error instanceof ServerError);
+    assert.equal(error.kind, "unauthenticated");
+    assert.equal(error.code, "unauthenticated");
+    assert.equal(error.httpStatus, 401);
+    assert.match(error.message, /refused the API key \(HTTP 401/);
+    assert.ok(!error.message.includes(KEY));
+    assert.equal(made.length, 1);
+    assert.equal(reconnecting.length, 0);
+  });
+  it("a 401 without a key says to set options.apiKey", async () => {
+    const { error } = await failing((s) => s.fail("Unexpected server response: 401"));
+    assert.ok(error instanceof UnauthenticatedError);
+    assert.match(error.message, /set options\.apiKey/);
+  });
+  it("other refused upgrades (503) stay transient: retried", async () => {
+    const { error, made, reconnecting } = await failing((s) => s.fail("Unexpected server response: 503"));
+    assert.ok(error instanceof ConnectionError && !(error instanceof TlsCertificateError), String(error));
+    assert.match(error.message, /gave up after 5 reconnect attempts.*503/);
+    assert.equal(made.length, 6);
+    assert.equal(reconnecting.length, 5);
+  });
+  it("the server's error 'unauthenticated' after init is UnauthenticatedError, final", async () => {
+    const { error, made, reconnecting } = await failing((s) => {
+      s.onClientMessage = (m) => {
+        if (m.type !== "init") return;
+        s.reply({ type: "error", code: "unauthenticated", message: "no API key", fatal: true });
+        s.serverClose(1008);
+      };
+      s.open();
+    });
+    assert.ok(error instanceof UnauthenticatedError, String(error));
+    assert.equal(error.serverMessage, "no API key");
+    assert.equal(error.httpStatus, undefined);
+    assert.equal(made.length, 1);
+    assert.equal(reconnecting.length, 0);
+  });
+  it("the same error without the fatal flag, then close 1008, is final too", async () => {
+    const { error, made } = await failing((s) => {
+      s.onClientMessage = (m) => {
+        if (m.type !== "init") return;
+        s.reply({ type: "error", code: "unauthenticated", message: "unknown key" });
+        s.serverClose(1008);
+      };
+      s.open();
+    }, { apiKey: KEY, apiKeyTransport: "init" });
+    assert.ok(error instanceof UnauthenticatedError, String(error));
+    assert.equal(made.length, 1);
+  });
+  it("an untrusted server certificate is TlsCertificateError, final, pointing at tls.ca", async () => {
+    const cause = Object.assign(new Error("unable to get local issuer certificate"), { code: "UNABLE_TO_GET_ISSUER_CERT_LOCALLY" });
+    const { error, made, reconnecting } = await failing((s) => s.fail(cause.message, cause));
+    assert.ok(error instanceof TlsCertificateError, String(error));
+    assert.ok(error instanceof ConnectionError);
+    assert.equal(error.certificateCode, "UNABLE_TO_GET_ISSUER_CERT_LOCALLY");
+    assert.match(error.message, /options\.tls = \{ ca:/);
+    assert.equal(made.length, 1);
+    assert.equal(reconnecting.length, 0);
+  });
+  it("a constructor error that quotes the key is redacted", async () => {
+    const { Fake } = fakeWebSocket();
+    class Throwing extends Fake {
+      constructor(url, protocols) {
+        throw new SyntaxError(`The subprotocol '${protocols[1]}' is invalid.`);
+      }
+    }
+    const c = new EngramWebSocketClient("ws://x/v1/stream", { space: "s", WebSocket: Throwing, apiKey: KEY, reconnect: false });
+    const e = await c.connect().then(() => assert.fail("resolved"), (x) => x);
+    assert.ok(e instanceof ConnectionError);
+    assert.match(e.message, /bearer\.<api key>/);
+    assert.ok(!e.message.includes(KEY));
+    assert.ok(!inspect(e, { depth: 10 }).includes(KEY), "the cause (which quotes the key) is not attached");
+  });
+  it("an ack rejected 'unauthorized' is a final rejection (not resent), the stream goes on", async () => {
+    const { Fake, made } = fakeWebSocket((s) => {
+      const base = s.onClientMessage;
+      s.onClientMessage = (m) => {
+        if (m.type === "observation") {
+          if (m.episode.id === "denied") s.reply({ type: "ack", sequence_number: m.sequence_number, status: "rejected", reason: "unauthorized", message: "key 'r' has no write on space 's'" });
+          else s.reply({ type: "ack", sequence_number: m.sequence_number, status: "accepted", memory_id: m.episode.id, server_sequence: 1, committed_at: "2026-01-01T00:00:00Z" });
+        } else base(m);
+      };
+      s.open();
+    });
+    const c = new EngramWebSocketClient("ws://x/v1/stream", { space: "s", WebSocket: Fake, apiKey: KEY });
+    await assert.rejects(c.observe({ id: "denied", embedding: [1, 0] }), (e) => {
+      assert.ok(e instanceof ObservationRejectedError);
+      assert.equal(e.reason, "unauthorized");
+      assert.equal(e.retries, 0);
+      assert.match(e.serverMessage, /no write/);
+      return true;
+    });
+    const ok = await c.observe({ id: "fine", embedding: [1, 0] });
+    assert.equal(ok.status, "accepted");
+    assert.equal(ok.wire_sequence_number, 2);
+    assert.deepEqual(made[0].sent.filter((m) => m.type === "observation").map((m) => m.episode.id), ["denied", "fine"]);
+    assert.equal(c.stats.retries, 0);
+    assert.equal(made.length, 1);
+    await c.close();
+  });
+  it("a recall answered 'permission_denied' throws PermissionDeniedError, the stream goes on", async () => {
+    const { Fake, made } = fakeWebSocket((s) => {
+      const base = s.onClientMessage;
+      s.onClientMessage = (m) => {
+        if (m.type === "recall") {
+          if (m.memory_space_id === "secret") s.reply({ type: "error", code: "permission_denied", message: "no read on 'secret'", request_id: m.request_id });
+          else s.reply({ type: "recall_result", request_id: m.request_id, memories: [], more: false, snapshot_sequence: 0 });
+        } else base(m);
+      };
+      s.open();
+    });
+    const c = new EngramWebSocketClient("ws://x/v1/stream", { space: "s", WebSocket: Fake, apiKey: KEY });
+    await assert.rejects(c.recall({ embedding: [1, 0] }, { memorySpaceId: "secret" }), (e) => {
+      assert.ok(e instanceof PermissionDeniedError, String(e));
+      assert.ok(e instanceof ServerError);
+      assert.equal(e.code, "permission_denied");
+      assert.equal(e.kind, "permission_denied");
+      return true;
+    });
+    assert.equal((await c.recall({ embedding: [1, 0] })).batches, 1);
+    assert.equal(c.state, "open");
+    assert.equal(made.length, 1);
+    await c.close();
   });
 });

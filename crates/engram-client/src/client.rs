@@ -8,7 +8,9 @@ use engram_proto::v1::{
     Episode, ForgetRequest, ListSpacesRequest, Priority, RecallRequest, RecallResponse,
     RememberRequest, RememberResponse, SpaceInfo, VectorStorage,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::error::{ClientError, Result};
 use crate::observe::{AckStream, ObserveSender};
@@ -38,9 +40,42 @@ use crate::session;
 #[derive(Clone)]
 pub struct StreamingClient {
     endpoint: Endpoint,
-    streaming: GrpcStreaming<Channel>,
-    memory: GrpcMemory<Channel>,
+    streaming: GrpcStreaming<AuthChannel>,
+    memory: GrpcMemory<AuthChannel>,
     options: ClientOptions,
+}
+
+/// The connection with the API key put on every call.
+pub type AuthChannel = InterceptedService<Channel, BearerKey>;
+
+/// Adds `authorization: Bearer <key>` to every call (nothing without a key).
+#[derive(Clone, Default)]
+pub struct BearerKey(Option<MetadataValue<Ascii>>);
+
+impl BearerKey {
+    fn new(options: &ClientOptions) -> Result<Self> {
+        let Some(key) = &options.api_key else {
+            return Ok(BearerKey(None));
+        };
+        let value = format!("Bearer {}", key.0).parse().map_err(|_| {
+            ClientError::InvalidArgument(
+                "the API key has characters that cannot go in a header".into(),
+            )
+        })?;
+        Ok(BearerKey(Some(value)))
+    }
+}
+
+impl tonic::service::Interceptor for BearerKey {
+    fn call(
+        &mut self,
+        mut req: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
 }
 
 impl std::fmt::Debug for StreamingClient {
@@ -69,25 +104,30 @@ impl StreamingClient {
     pub async fn connect_with(url: impl Into<String>, options: ClientOptions) -> Result<Self> {
         let endpoint = endpoint(url.into(), &options)?;
         let channel = endpoint.connect().await?;
-        Ok(Self::from_channel(endpoint, channel, options))
+        Self::from_channel(endpoint, channel, options)
     }
 
     /// Replaces the options. Stream and retry settings apply to sessions
     /// opened from now on; the connection is re-made (lazily, on the next
     /// call) with the new transport settings.
-    pub fn with_options(self, options: ClientOptions) -> Self {
-        let endpoint = configure(self.endpoint, &options);
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] for an API key that cannot go in a
+    /// header, [`ClientError::Transport`] for unusable TLS settings.
+    pub fn with_options(self, options: ClientOptions) -> Result<Self> {
+        let endpoint = configure(self.endpoint, &options)?;
         let channel = endpoint.connect_lazy();
         Self::from_channel(endpoint, channel, options)
     }
 
-    fn from_channel(endpoint: Endpoint, channel: Channel, options: ClientOptions) -> Self {
-        StreamingClient {
+    fn from_channel(endpoint: Endpoint, channel: Channel, options: ClientOptions) -> Result<Self> {
+        let key = BearerKey::new(&options)?;
+        Ok(StreamingClient {
             endpoint,
-            streaming: GrpcStreaming::new(channel.clone()),
-            memory: GrpcMemory::new(channel),
+            streaming: GrpcStreaming::with_interceptor(channel.clone(), key.clone()),
+            memory: GrpcMemory::with_interceptor(channel, key),
             options,
-        }
+        })
     }
 
     /// The options in use.
@@ -270,12 +310,12 @@ impl StreamingClient {
 
     /// The generated `engram.v1.Streaming` client on this connection, for
     /// what this wrapper does not cover (e.g. `MemoryFlow`).
-    pub fn raw_streaming(&self) -> GrpcStreaming<Channel> {
+    pub fn raw_streaming(&self) -> GrpcStreaming<AuthChannel> {
         self.streaming.clone()
     }
 
     /// The generated `engram.v1.Memory` client on this connection.
-    pub fn raw_memory(&self) -> GrpcMemory<Channel> {
+    pub fn raw_memory(&self) -> GrpcMemory<AuthChannel> {
         self.memory.clone()
     }
 }
@@ -288,20 +328,36 @@ fn endpoint(url: String, options: &ClientOptions) -> Result<Endpoint> {
     };
     let endpoint =
         Endpoint::from_shared(full).map_err(|source| ClientError::InvalidUrl { url, source })?;
-    Ok(configure(endpoint, options))
+    configure(endpoint, options)
 }
 
-fn configure(endpoint: Endpoint, options: &ClientOptions) -> Endpoint {
+fn configure(endpoint: Endpoint, options: &ClientOptions) -> Result<Endpoint> {
     let endpoint = endpoint
         .connect_timeout(options.connect_timeout)
         .tcp_nodelay(true);
-    match options.keepalive_interval {
+    let https = endpoint.uri().scheme_str() == Some("https");
+    let endpoint = match (&options.tls, https) {
+        (None, false) => endpoint,
+        (tls, _) => {
+            let tls = tls.clone().unwrap_or_default();
+            let mut config = ClientTlsConfig::new();
+            config = match &tls.ca_pem {
+                Some(pem) => config.ca_certificate(Certificate::from_pem(pem)),
+                None => config.with_native_roots(),
+            };
+            if let Some(domain) = &tls.domain {
+                config = config.domain_name(domain.clone());
+            }
+            endpoint.tls_config(config)?
+        }
+    };
+    Ok(match options.keepalive_interval {
         Some(interval) => endpoint
             .http2_keep_alive_interval(interval)
             .keep_alive_timeout(options.keepalive_timeout)
             .keep_alive_while_idle(true),
         None => endpoint,
-    }
+    })
 }
 
 #[cfg(test)]

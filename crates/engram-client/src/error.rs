@@ -40,6 +40,14 @@ pub enum ClientError {
         retry_after: Option<Duration>,
         message: String,
     },
+    /// No API key, or one the server does not know (`UNAUTHENTICATED`).
+    /// Not retried: the key will not become valid by waiting.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The key does not grant this operation on this space
+    /// (`PERMISSION_DENIED`).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// Any other status the server (or tonic) answered with.
     #[error("gRPC status {code:?}: {message}")]
     Status { code: Code, message: String },
@@ -66,6 +74,8 @@ impl ClientError {
         match self {
             ClientError::InvalidArgument(_) => Some(Code::InvalidArgument),
             ClientError::NotFound(_) => Some(Code::NotFound),
+            ClientError::Unauthenticated(_) => Some(Code::Unauthenticated),
+            ClientError::PermissionDenied(_) => Some(Code::PermissionDenied),
             ClientError::Overloaded { .. } => Some(Code::ResourceExhausted),
             ClientError::Status { code, .. } => Some(*code),
             ClientError::ReconnectFailed { last, .. } => last.code(),
@@ -113,6 +123,8 @@ impl From<tonic::Status> for ClientError {
         match status.code() {
             Code::InvalidArgument => ClientError::InvalidArgument(message),
             Code::NotFound => ClientError::NotFound(message),
+            Code::Unauthenticated => ClientError::Unauthenticated(message),
+            Code::PermissionDenied => ClientError::PermissionDenied(message),
             // Only RESOURCE_EXHAUSTED with RetryInfo is the server's admission
             // control; without it, it is one of gRPC's own limits (message
             // size, ...), which waiting will not fix.

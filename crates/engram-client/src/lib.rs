@@ -59,12 +59,13 @@ pub use engram_proto::v1::{
 };
 
 pub use answer::{Ack, Answer, RejectReason, Rejection};
-pub use client::StreamingClient;
+pub use client::{AuthChannel, BearerKey, StreamingClient};
 pub use error::{ClientError, Result};
 pub use observe::{AckStream, ObserveSender, SessionEvent, SessionState};
 pub use options::{
-    BackoffPolicy, ClientOptions, RetryPolicy, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEARTBEAT_INTERVAL,
-    DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_IN_FLIGHT,
+    ApiKey, BackoffPolicy, ClientOptions, RetryPolicy, TlsOptions, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_MAX_IN_FLIGHT,
 };
 pub use recall::{RecallStream, Recalled};
 

@@ -63,6 +63,40 @@ pub struct ClientOptions {
     /// Memories per batch of [`StreamingClient::recall_stream`](crate::StreamingClient::recall_stream);
     /// 0 lets the server put all results in one batch.
     pub recall_batch_size: u32,
+    /// The API key, sent as `authorization: Bearer <key>` on every call
+    /// (servers started with an API keys file need one).
+    pub api_key: Option<ApiKey>,
+    /// TLS: `Some` for a server started with `--tls-cert`. An `https://`
+    /// address turns TLS on by itself, trusting the system's roots.
+    pub tls: Option<TlsOptions>,
+}
+
+/// An API key. Its `Debug` does not show it, so options can be logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(pub String);
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+impl<S: Into<String>> From<S> for ApiKey {
+    fn from(key: S) -> Self {
+        ApiKey(key.into())
+    }
+}
+
+/// How to check the server's certificate.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// PEM of the CA that signed the server's certificate (a private CA);
+    /// `None`: the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// The name to check the certificate against, when it is not the
+    /// host of the address (e.g. connecting by IP to a certificate for a
+    /// name).
+    pub domain: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -78,6 +112,8 @@ impl Default for ClientOptions {
             assign_episode_ids: true,
             enable_backpressure: true,
             recall_batch_size: 0,
+            api_key: None,
+            tls: None,
         }
     }
 }

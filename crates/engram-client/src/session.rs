@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use crate::client::AuthChannel;
 use engram_proto::v1::flow_control::Action;
 use engram_proto::v1::observe_request::Request;
 use engram_proto::v1::observe_response::Response;
@@ -18,7 +19,6 @@ use engram_proto::v1::{
 use tokio::sync::{broadcast, mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{sleep_until, Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::answer::Answer;
@@ -50,7 +50,7 @@ pub(crate) struct Opened {
 
 /// Opens an observe stream and waits for the server's `init_ack`.
 pub(crate) async fn open(
-    grpc: &mut GrpcStreaming<Channel>,
+    grpc: &mut GrpcStreaming<AuthChannel>,
     space: &str,
     resume: Option<&str>,
     options: &ClientOptions,
@@ -94,7 +94,7 @@ pub(crate) async fn open(
 
 /// Starts the task of a session whose first stream is `conn`.
 pub(crate) fn spawn(
-    grpc: GrpcStreaming<Channel>,
+    grpc: GrpcStreaming<AuthChannel>,
     space: &str,
     options: ClientOptions,
     conn: Opened,
@@ -169,7 +169,7 @@ enum Event {
 }
 
 struct Session {
-    grpc: GrpcStreaming<Channel>,
+    grpc: GrpcStreaming<AuthChannel>,
     space: String,
     options: ClientOptions,
     observe_rx: mpsc::Receiver<ObserveCommand>,

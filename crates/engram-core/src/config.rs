@@ -90,6 +90,10 @@ pub struct EngineConfig {
     /// Most memory spaces the server holds; creating one more (explicitly
     /// or by auto-creation) is refused with `limit_reached`.
     pub max_spaces: usize,
+    /// Widest embedding the server takes, 1 to 8192: a space of more
+    /// dimensions cannot be created, and a wider embedding is refused as
+    /// invalid (a limit on what one client can make the server hold).
+    pub max_dimension: usize,
     /// Seconds between snapshots (0 disables periodic snapshots; one is
     /// still written at shutdown).
     pub snapshot_interval_secs: u64,
@@ -122,6 +126,7 @@ impl Default for EngineConfig {
             metrics_max_spaces: crate::metrics::DEFAULT_MAX_SPACE_LABELS,
             auto_create_spaces: true,
             max_spaces: DEFAULT_MAX_SPACES,
+            max_dimension: crate::model::MAX_DIMENSION,
             snapshot_interval_secs: DEFAULT_SNAPSHOT_INTERVAL.as_secs(),
             max_commit_batch: DEFAULT_MAX_COMMIT_BATCH,
             commit_queue: DEFAULT_COMMIT_QUEUE,

@@ -386,6 +386,7 @@ impl Engine {
     ) -> Result<()> {
         let space = SpaceId::parse(space)?;
         let episode = input.validate()?;
+        self.check_dimension("embedding", episode.embedding.len())?;
         self.check_writable()?;
         match self.space(&space) {
             Ok(s) if s.dimension() != episode.embedding.len() => {
@@ -417,6 +418,29 @@ impl Engine {
             admitted: self.inner.metrics.is_some().then_some(received),
             reply,
         })
+    }
+
+    /// Refuses a dimension over `engine.max_dimension` (at most
+    /// [`MAX_DIMENSION`]): a new space's, or an embedding's, so that no
+    /// client can make the server hold vectors wider than the operator
+    /// allows. Existing wider spaces (from before the limit was lowered)
+    /// still answer recalls, but take no new memories.
+    fn check_dimension(&self, field: &'static str, dimension: usize) -> Result<()> {
+        let max = self.inner.config.max_dimension.clamp(1, MAX_DIMENSION);
+        if !(1..=max).contains(&dimension) {
+            let what = if field == "embedding" {
+                format!("has {dimension} values")
+            } else {
+                format!("is {dimension}")
+            };
+            return Err(Error::InvalidArgument {
+                field,
+                message: format!(
+                    "{what}; this server takes 1 to {max} dimensions (engine.max_dimension)"
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Counts a rejection decided outside the engine's submit path (the
@@ -532,12 +556,7 @@ impl Engine {
     ) -> Result<(SpaceInfo, bool)> {
         let space = SpaceId::parse(space)?;
         let dimension = dimension.unwrap_or(DEFAULT_DIMENSION);
-        if !(1..=MAX_DIMENSION).contains(&dimension) {
-            return Err(Error::InvalidArgument {
-                field: "dimension",
-                message: format!("is {dimension}; expected 1 to {MAX_DIMENSION}"),
-            });
-        }
+        self.check_dimension("dimension", dimension)?;
         self.check_writable()?;
         let id = space.clone();
         let created = self

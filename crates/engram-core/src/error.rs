@@ -122,15 +122,19 @@ pub enum RejectReason {
     Closed,
     /// The server is shutting down or cannot write.
     Unavailable,
+    /// The stream's credentials do not allow writing to its space (or no
+    /// longer exist: a key removed while the stream runs).
+    Unauthorized,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 5] = [
+    pub const ALL: [RejectReason; 6] = [
         RejectReason::Overloaded,
         RejectReason::Invalid,
         RejectReason::OutOfOrder,
         RejectReason::Closed,
         RejectReason::Unavailable,
+        RejectReason::Unauthorized,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -140,6 +144,7 @@ impl RejectReason {
             RejectReason::OutOfOrder => "out_of_order",
             RejectReason::Closed => "closed",
             RejectReason::Unavailable => "unavailable",
+            RejectReason::Unauthorized => "unauthorized",
         }
     }
 

@@ -45,6 +45,7 @@
 //! `config` → `engine` → `stream`. A session reaches the engine only through the small
 //! `SessionHost` trait the engine implements.
 
+pub mod access;
 pub mod commit;
 pub mod config;
 pub mod engine;

@@ -96,7 +96,7 @@ pub struct SpaceMetrics {
     pub label: String,
     accepted: [IntCounter; 3],
     duplicates: IntCounter,
-    rejected: [IntCounter; 5],
+    rejected: [IntCounter; RejectReason::ALL.len()],
     pub observation_latency: Histogram,
     pub recall_latency: Histogram,
 }

@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use crate::access::Denial;
 use crate::commit::Reply;
 use crate::error::{Error, Result};
 use crate::model::{EpisodeInput, Remembered, SpaceId};
@@ -563,6 +564,34 @@ impl Session {
                 self.host
                     .record_rejection(&self.shared.space, RejectReason::Invalid);
                 let ack = self.reject(seq, RejectReason::Invalid, message, None);
+                self.shared.record(ack.clone());
+                PendingAck::Ready(Some(ack))
+            }
+        }
+    }
+
+    /// Answers observation number `seq` as denied by the stream's
+    /// credentials ([`crate::access`]) without submitting it: unauthorized
+    /// (a rate limit: overloaded, with its retry-after). The sequence
+    /// rules apply as for [`Session::observe`].
+    pub fn observe_denied(&self, seq: u64, denial: Denial) -> PendingAck {
+        match self.check_sequence(seq) {
+            Err(ack) => PendingAck::Ready(Some(ack)),
+            Ok(_) => {
+                let (reason, retry_after) = match &denial {
+                    Denial::RateLimited { retry_after, .. } => {
+                        (RejectReason::Overloaded, Some(*retry_after))
+                    }
+                    Denial::Unauthenticated(_) | Denial::PermissionDenied(_) => {
+                        (RejectReason::Unauthorized, None)
+                    }
+                };
+                self.host.record_rejection(&self.shared.space, reason);
+                let message = match denial {
+                    Denial::Unauthenticated(m) | Denial::PermissionDenied(m) => m,
+                    Denial::RateLimited { message, .. } => message,
+                };
+                let ack = self.reject(seq, reason, message, retry_after);
                 self.shared.record(ack.clone());
                 PendingAck::Ready(Some(ack))
             }

@@ -29,6 +29,7 @@ use futures::{Stream, StreamExt};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::access::{AllowAll, Denial, Operation, StreamAccess};
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::model::{Cue, EpisodeInput, DEFAULT_MAX_RESULTS};
@@ -214,6 +215,10 @@ pub enum StreamErrorKind {
     Aborted,
     /// The server failed.
     Internal,
+    /// The stream's credentials are missing or no longer valid.
+    Unauthenticated,
+    /// The credentials do not grant this operation on this space.
+    PermissionDenied,
 }
 
 impl StreamErrorKind {
@@ -228,6 +233,8 @@ impl StreamErrorKind {
             StreamErrorKind::Unavailable => "unavailable",
             StreamErrorKind::Aborted => "aborted",
             StreamErrorKind::Internal => "internal",
+            StreamErrorKind::Unauthenticated => "unauthenticated",
+            StreamErrorKind::PermissionDenied => "permission_denied",
         }
     }
 }
@@ -286,10 +293,55 @@ impl From<Error> for StreamError {
 }
 
 /// What a transport tells [`run`] about itself.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct StreamLimits {
     /// The largest message the transport takes (reported in `init_ack`).
     pub max_message_bytes: usize,
+    /// What this stream's credentials allow, asked for every observation
+    /// and every recall (see [`crate::access`]).
+    pub access: Arc<dyn StreamAccess>,
+}
+
+impl StreamLimits {
+    /// A stream that may do everything (no authentication).
+    pub fn new(max_message_bytes: usize) -> Self {
+        StreamLimits {
+            max_message_bytes,
+            access: Arc::new(AllowAll),
+        }
+    }
+
+    /// The same, with what the stream's credentials allow.
+    pub fn with_access(mut self, access: Arc<dyn StreamAccess>) -> Self {
+        self.access = access;
+        self
+    }
+}
+
+impl std::fmt::Debug for StreamLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamLimits")
+            .field("max_message_bytes", &self.max_message_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<Denial> for StreamError {
+    fn from(d: Denial) -> Self {
+        match d {
+            Denial::Unauthenticated(m) => StreamError::new(StreamErrorKind::Unauthenticated, m),
+            Denial::PermissionDenied(m) => StreamError::new(StreamErrorKind::PermissionDenied, m),
+            Denial::RateLimited {
+                message,
+                retry_after,
+            } => StreamError::new(
+                StreamErrorKind::ResourceExhausted {
+                    retry_after: Some(retry_after),
+                },
+                message,
+            ),
+        }
+    }
 }
 
 /// Runs one stream on `engine`: reads `inbound` until the client finishes,
@@ -602,9 +654,14 @@ impl Driver {
                     .await;
                     return false;
                 };
-                let pending = match episode {
-                    Ok(input) => session.observe(sequence_number, input, priority),
-                    Err(message) => session.observe_invalid(sequence_number, message),
+                let allowed = self
+                    .limits
+                    .access
+                    .check(session.space().as_str(), Operation::Write);
+                let pending = match (allowed, episode) {
+                    (Err(denial), _) => session.observe_denied(sequence_number, denial),
+                    (Ok(()), Ok(input)) => session.observe(sequence_number, input, priority),
+                    (Ok(()), Err(message)) => session.observe_invalid(sequence_number, message),
                 };
                 self.pending.push_back(pending);
                 true
@@ -655,10 +712,15 @@ impl Driver {
         };
         self.events = session.take_events();
         self.backpressure = init.enable_backpressure;
-        let dimension = self
-            .engine
-            .describe_space(&init.memory_space_id)
-            .map_or(0, |i| i.dimension as u32);
+        // A stream whose credentials do not cover its space learns nothing
+        // of it (its observations will be rejected as unauthorized).
+        let dimension = if self.limits.access.covers(&init.memory_space_id) {
+            self.engine
+                .describe_space(&init.memory_space_id)
+                .map_or(0, |i| i.dimension as u32)
+        } else {
+            0
+        };
         self.session = Some(session);
         let sent = self
             .send(Outbound::InitAck(InitAck {
@@ -748,6 +810,9 @@ impl Driver {
                     }
                 }
             }
+            self.limits
+                .access
+                .check(&req.memory_space_id, Operation::Read)?;
             let include_embeddings = req.include_embeddings;
             start_recall(&self.engine, req)
                 .map(|batches| (batches, include_embeddings))

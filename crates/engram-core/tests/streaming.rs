@@ -646,9 +646,7 @@ async fn a_panicking_stream_ends_with_an_internal_error_and_its_session_resumes(
             _ => panic!("a bug while reading the stream"),
         }
     });
-    let limits = StreamLimits {
-        max_message_bytes: 1024,
-    };
+    let limits = StreamLimits::new(1024);
     let mut out = stream::run(engine.clone(), Box::pin(inbound), limits, stop);
     let session_id = match next(&mut out).await {
         Some(Ok(Outbound::InitAck(a))) => a.session_id,
@@ -719,9 +717,7 @@ async fn recalls_per_stream_are_bounded_and_paused_ones_complete_on_resume() {
     let inbound = Box::pin(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|m| (m, rx))
     }));
-    let limits = StreamLimits {
-        max_message_bytes: 1 << 20,
-    };
+    let limits = StreamLimits::new(1 << 20);
     let mut out = stream::run(engine.clone(), inbound, limits, stop);
     let recall = |id: usize| {
         Ok(Inbound::Recall {
@@ -880,5 +876,123 @@ async fn out_of_order_rejections_are_counted() {
     let line =
         "engram_streaming_observations_rejected_total{reason=\"out_of_order\",space_id=\"ooo\"} 2";
     assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+    engine.shutdown();
+}
+
+/// Issue 12: a stream's credentials are asked for every observation and
+/// every recall. A denied observation is answered as unauthorized (its
+/// sequence number used, nothing stored), a rate-limited one as overloaded
+/// with a retry-after, a denied recall fails alone; the stream goes on and
+/// takes the next observation the credentials allow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_access_is_checked_per_message_and_the_stream_goes_on() {
+    use engram_core::access::{Denial, Operation, StreamAccess};
+    use engram_core::stream::{
+        self, Inbound, Outbound, RecallRequest, StreamErrorKind, StreamInit, StreamLimits,
+    };
+    use std::sync::atomic::AtomicU8;
+    use std::sync::Arc;
+
+    /// 0: write allowed; 1: denied; 2: rate limited. Reads: always denied.
+    struct Switch(AtomicU8);
+    impl StreamAccess for Switch {
+        fn check(&self, space: &str, op: Operation) -> Result<(), Denial> {
+            match (op, self.0.load(Ordering::SeqCst)) {
+                (Operation::Read, _) => Err(Denial::PermissionDenied(format!(
+                    "key 'w' may not read space '{space}'"
+                ))),
+                (Operation::Write, 0) => Ok(()),
+                (Operation::Write, 1) => Err(Denial::PermissionDenied(format!(
+                    "key 'w' may not write to space '{space}'"
+                ))),
+                (Operation::Write, _) => Err(Denial::RateLimited {
+                    message: "key 'w' is over its rate".into(),
+                    retry_after: Duration::from_millis(250),
+                }),
+            }
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(streaming_config(dir.path())).unwrap();
+    let access = Arc::new(Switch(AtomicU8::new(1)));
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Inbound, stream::StreamError>>(64);
+    let inbound = Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|m| (m, rx))
+    }));
+    let limits = StreamLimits::new(1 << 20).with_access(access.clone());
+    let mut out = stream::run(engine.clone(), inbound, limits, stop);
+    tx.send(Ok(Inbound::Init(StreamInit {
+        memory_space_id: "acl".into(),
+        resume_session_id: None,
+        enable_backpressure: false,
+    })))
+    .await
+    .unwrap();
+    assert!(matches!(
+        next(&mut out).await,
+        Some(Ok(Outbound::InitAck(_)))
+    ));
+    let observe = |seq: u64| {
+        Ok(Inbound::Observation {
+            sequence_number: seq,
+            episode: Ok(episode(&format!("a{seq}"), vec![1.0, 0.0, seq as f32])),
+            priority: Priority::Normal,
+        })
+    };
+    let ack = |m: Option<Result<Outbound, stream::StreamError>>| match m {
+        Some(Ok(Outbound::Ack(a))) => a,
+        other => panic!("expected an ack, got {other:?}"),
+    };
+
+    tx.send(observe(1)).await.unwrap();
+    let a = ack(next(&mut out).await);
+    match &a.answer {
+        Answer::Rejected {
+            reason, message, ..
+        } => {
+            assert_eq!(*reason, RejectReason::Unauthorized);
+            assert!(message.contains("may not write"), "{message}");
+        }
+        other => panic!("expected unauthorized, got {other:?}"),
+    }
+    access.0.store(2, Ordering::SeqCst);
+    tx.send(observe(2)).await.unwrap();
+    match ack(next(&mut out).await).answer {
+        Answer::Rejected {
+            reason,
+            retry_after,
+            ..
+        } => {
+            assert_eq!(reason, RejectReason::Overloaded);
+            assert_eq!(retry_after, Some(Duration::from_millis(250)));
+        }
+        other => panic!("expected overloaded, got {other:?}"),
+    }
+    tx.send(Ok(Inbound::Recall {
+        request_id: "r".into(),
+        request: Ok(RecallRequest {
+            memory_space_id: String::new(),
+            cue: cue(&[1.0, 0.0, 0.0], 5),
+            batch_size: 0,
+            include_embeddings: false,
+        }),
+    }))
+    .await
+    .unwrap();
+    match next(&mut out).await {
+        Some(Ok(Outbound::RecallFailed { error, .. })) => {
+            assert_eq!(error.kind, StreamErrorKind::PermissionDenied, "{error}")
+        }
+        other => panic!("expected the recall denied, got {other:?}"),
+    }
+    // Allowed again: the next number is taken and stored.
+    access.0.store(0, Ordering::SeqCst);
+    tx.send(observe(3)).await.unwrap();
+    assert!(ack(next(&mut out).await).is_accepted());
+    let info = engine.describe_space("acl").unwrap();
+    assert_eq!(info.count, 1, "only the allowed observation is stored");
+    drop(tx);
     engine.shutdown();
 }

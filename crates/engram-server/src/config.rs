@@ -68,6 +68,56 @@ impl Default for GrpcConfig {
     }
 }
 
+/// Who may connect and how (docs/operations/security.md).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// The API keys file (TOML: names, hashed keys, roles, spaces),
+    /// reloaded on SIGHUP. Without it every call is allowed, and the server
+    /// listens only on loopback addresses unless `allow_unauthenticated`.
+    pub api_keys: Option<PathBuf>,
+    /// Listen on a non-loopback address without API keys. Without this,
+    /// such a configuration refuses to start.
+    pub allow_unauthenticated: bool,
+    /// PEM certificate chain: both listeners (gRPC, HTTP) speak TLS only.
+    /// Reloaded, with the key, on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+}
+
+/// Default of `limits.max_sessions_per_key`.
+pub const DEFAULT_MAX_SESSIONS_PER_KEY: usize = 256;
+
+/// Limits per API key (they apply to calls made with a key; a server
+/// without keys has only the engine's limits).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Open streams (gRPC ObserveStream / MemoryFlow, WebSocket) one key
+    /// may hold at once; one more is refused with RESOURCE_EXHAUSTED.
+    pub max_sessions_per_key: usize,
+    /// Requests per second one key may make, as a token bucket: each unary
+    /// call, stream message (observation, recall) and REST request takes a
+    /// token. Over it: RESOURCE_EXHAUSTED / 429 `rate_limited` with a
+    /// retry-after; on a stream the observation is rejected as overloaded.
+    /// 0: unlimited.
+    pub requests_per_second_per_key: f64,
+    /// Tokens the bucket holds (a burst above the rate); 0: one second's
+    /// worth of `requests_per_second_per_key` (at least 1).
+    pub burst_per_key: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_sessions_per_key: DEFAULT_MAX_SESSIONS_PER_KEY,
+            requests_per_second_per_key: 0.0,
+            burst_per_key: 0,
+        }
+    }
+}
+
 /// Everything `engram serve` runs with.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -76,6 +126,8 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
     pub grpc: GrpcConfig,
     pub http: HttpConfig,
+    pub security: SecurityConfig,
+    pub limits: LimitsConfig,
     pub engine: EngineConfig,
 }
 
@@ -85,6 +137,8 @@ impl Default for ServerConfig {
             shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
             grpc: GrpcConfig::default(),
             http: HttpConfig::default(),
+            security: SecurityConfig::default(),
+            limits: LimitsConfig::default(),
             engine: EngineConfig::default(),
         }
     }
@@ -125,6 +179,29 @@ pub struct Overrides {
     /// Enable the admin fault-injection routes (tests only).
     #[arg(long, env = "ENGRAM_FAULT_INJECTION", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub fault_injection: Option<bool>,
+    /// API keys file (TOML; reloaded on SIGHUP). Without one, every call is
+    /// allowed and only loopback addresses may be used.
+    #[arg(long, env = "ENGRAM_API_KEYS", value_name = "FILE")]
+    pub api_keys: Option<PathBuf>,
+    /// Listen on a non-loopback address without API keys.
+    #[arg(long, env = "ENGRAM_ALLOW_UNAUTHENTICATED", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_unauthenticated: Option<bool>,
+    /// PEM certificate chain: gRPC and HTTP speak TLS only (reloaded on SIGHUP).
+    #[arg(
+        long,
+        env = "ENGRAM_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "ENGRAM_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +255,18 @@ impl ServerConfig {
         if let Some(v) = o.fault_injection {
             c.engine.fault_injection = v;
         }
+        if let Some(v) = &o.api_keys {
+            c.security.api_keys = Some(v.clone());
+        }
+        if let Some(v) = o.allow_unauthenticated {
+            c.security.allow_unauthenticated = v;
+        }
+        if let Some(v) = &o.tls_cert {
+            c.security.tls_cert = Some(v.clone());
+        }
+        if let Some(v) = &o.tls_key {
+            c.security.tls_key = Some(v.clone());
+        }
         c.validate()?;
         Ok(c)
     }
@@ -220,6 +309,22 @@ impl ServerConfig {
         }
         if self.http.ws_ping_interval_secs == 0 {
             return bad("http.ws_ping_interval_secs must be at least 1");
+        }
+        if self.security.tls_cert.is_some() != self.security.tls_key.is_some() {
+            return bad("security.tls_cert and security.tls_key go together: set both or neither");
+        }
+        if !(1..=engram_core::model::MAX_DIMENSION).contains(&self.engine.max_dimension) {
+            return Err(ConfigError::Invalid(format!(
+                "engine.max_dimension must be 1 to {}",
+                engram_core::model::MAX_DIMENSION
+            )));
+        }
+        if self.limits.max_sessions_per_key == 0 {
+            return bad("limits.max_sessions_per_key must be at least 1");
+        }
+        let rate = self.limits.requests_per_second_per_key;
+        if !rate.is_finite() || rate < 0.0 {
+            return bad("limits.requests_per_second_per_key must be 0 (unlimited) or more");
         }
         Ok(())
     }

@@ -6,11 +6,13 @@
 //! - [`http`] — REST routes and health endpoints (axum).
 //! - [`server`] — bind listeners, recover, serve, shut down in order.
 
+pub mod auth;
 pub mod bench;
 pub mod config;
 pub mod grpc;
 pub mod http;
 pub mod server;
+pub mod tls;
 
 pub use config::ServerConfig;
 pub use server::serve;

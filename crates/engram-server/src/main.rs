@@ -45,6 +45,48 @@ enum Command {
     /// throughput, ack latency, visibility, indexing lag, recall latency and
     /// recall@10; prints a table (and JSON with --json).
     Bench(engram_server::bench::BenchArgs),
+    /// API keys: make a new one, or hash one for the keys file.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// TLS certificates for tests and first setups.
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new random key (first line), then its entry for the keys
+    /// file (TOML). The key itself is not stored anywhere: keep it.
+    Generate {
+        /// The key's name (unique in the file; appears in logs and errors).
+        #[arg(long)]
+        name: String,
+        /// Roles: read, write, admin (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "read,write")]
+        roles: Vec<String>,
+        /// Space ids or prefixes ending in '*' ('*' = every space), comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        spaces: Vec<String>,
+    },
+    /// Print the keys file's hash of KEY (sha256:...).
+    Hash {
+        /// The key.
+        key: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// Write a fresh CA (ca.pem) and a server certificate signed by it
+    /// (server.pem, server.key) into DIR.
+    Generate {
+        /// Where to write the files.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// Names and addresses the certificate is for (repeat the flag).
+        #[arg(long = "host", default_values = ["localhost", "127.0.0.1", "::1"])]
+        hosts: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,6 +104,43 @@ fn main() -> anyhow::Result<()> {
                 .build()
                 .context("starting the async runtime")?;
             runtime.block_on(engram_server::bench::run(args))
+        }
+        Command::Keys(KeysCommand::Generate {
+            name,
+            roles,
+            spaces,
+        }) => {
+            let key = engram_server::auth::keys::generate();
+            let quote = |v: &[String]| {
+                v.iter()
+                    .map(|s| format!("{s:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let entry = format!(
+                "[[keys]]\nname = {name:?}\nhash = \"{}\"\nroles = [{}]\nspaces = [{}]\n",
+                engram_server::auth::keys::hash_string(&key),
+                quote(&roles),
+                quote(&spaces)
+            );
+            // Refuse an entry the server would refuse.
+            engram_server::auth::KeyTable::parse(&entry).map_err(anyhow::Error::msg)?;
+            println!("{key}");
+            print!("{entry}");
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Hash { key }) => {
+            println!("{}", engram_server::auth::keys::hash_string(&key));
+            Ok(())
+        }
+        Command::Tls(TlsCommand::Generate { dir, hosts }) => {
+            engram_server::tls::generate(&dir, &hosts).map_err(anyhow::Error::msg)?;
+            println!(
+                "wrote {0}/ca.pem, {0}/server.pem, {0}/server.key for {1}",
+                dir.display(),
+                hosts.join(", ")
+            );
+            Ok(())
         }
         Command::Serve(o) => {
             tracing_subscriber::fmt()

@@ -12,9 +12,11 @@ use engram_core::Engine;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
+use crate::auth::Auth;
 use crate::config::ServerConfig;
 use crate::grpc;
 use crate::http::{self, AppState, Phase};
+use crate::tls::{self, CertStore};
 
 /// TCP keepalive on accepted gRPC sockets: a peer that vanished without a
 /// FIN (power loss, a cut network) is noticed and its streams end.
@@ -37,6 +39,11 @@ pub enum ServeError {
     /// process exits non-zero so a supervisor restarts it.
     #[error("fatal: {0}")]
     Fatal(String),
+    /// The security settings are unusable or unsafe (a keys file or
+    /// certificate that cannot be read; a non-loopback address without
+    /// keys).
+    #[error("{0}")]
+    Security(String),
 }
 
 /// Runs the server until `shutdown` resolves, then shuts down in order.
@@ -47,7 +54,21 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let state = AppState::default();
+    // SIGHUP reloads keys and certificates. Listen for it first thing: a
+    // SIGHUP that arrives before (e.g. `systemctl reload` right after the
+    // start) would otherwise end the process, as a clean exit.
+    #[cfg(unix)]
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| tracing::error!(error = %e, "cannot listen for SIGHUP: keys and certificates will not reload"))
+        .ok();
+    let auth = Auth::load(config.security.api_keys.clone(), config.limits.clone())
+        .map_err(ServeError::Security)?;
+    check_exposure(&config, &auth)?;
+    let tls = match (&config.security.tls_cert, &config.security.tls_key) {
+        (Some(cert), Some(key)) => Some(CertStore::load(cert, key).map_err(ServeError::Security)?),
+        _ => None,
+    };
+    let state = AppState::new(auth.clone());
     let listener = TcpListener::bind(config.http.addr)
         .await
         .map_err(|source| ServeError::Bind {
@@ -58,7 +79,7 @@ pub async fn serve(
     let http_addr = listener
         .local_addr()
         .map_err(|e| ServeError::Listener("http", e))?;
-    tracing::info!(listener = "http", addr = %http_addr, "listening");
+    tracing::info!(listener = "http", addr = %http_addr, tls = tls.is_some(), "listening");
 
     let grpc_listener = TcpListener::bind(config.grpc.addr)
         .await
@@ -70,7 +91,14 @@ pub async fn serve(
     let grpc_addr = grpc_listener
         .local_addr()
         .map_err(|e| ServeError::Listener("grpc", e))?;
-    tracing::info!(listener = "grpc", addr = %grpc_addr, "listening");
+    tracing::info!(listener = "grpc", addr = %grpc_addr, tls = tls.is_some(), "listening");
+    if auth.enabled() {
+        tracing::info!(keys = auth.key_count(), "API keys required on every call");
+    } else {
+        tracing::warn!(
+            "no API keys file (security.api_keys): every call is allowed, unauthenticated"
+        );
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (grpc_router, health) = grpc::router(
@@ -79,19 +107,41 @@ pub async fn serve(
         stop_rx.clone(),
     )
     .await;
-    // TCP_NODELAY on every accepted socket: without it a small response
-    // written in pieces (headers, data, trailers) waits for the client's
-    // delayed ACK, a ~40 ms floor on every unary call and recall batch.
-    let grpc_incoming = TcpIncoming::from_listener(grpc_listener, true, Some(GRPC_TCP_KEEPALIVE))
-        .map_err(|e| ServeError::Listener("grpc", std::io::Error::other(e)))?;
     let mut stop_grpc = stop_rx.clone();
-    let grpc_task = tokio::spawn(async move {
-        grpc_router
-            .serve_with_incoming_shutdown(grpc_incoming, async move {
-                let _ = stop_grpc.wait_for(|s| *s).await;
+    let grpc_stopped = async move {
+        let _ = stop_grpc.wait_for(|s| *s).await;
+    };
+    let grpc_task = match &tls {
+        None => {
+            // TCP_NODELAY on every accepted socket: without it a small
+            // response written in pieces (headers, data, trailers) waits for
+            // the client's delayed ACK, a ~40 ms floor on every unary call
+            // and recall batch.
+            let grpc_incoming =
+                TcpIncoming::from_listener(grpc_listener, true, Some(GRPC_TCP_KEEPALIVE))
+                    .map_err(|e| ServeError::Listener("grpc", std::io::Error::other(e)))?;
+            tokio::spawn(async move {
+                grpc_router
+                    .serve_with_incoming_shutdown(grpc_incoming, grpc_stopped)
+                    .await
             })
-            .await
-    });
+        }
+        Some(certs) => {
+            // The same socket options, set by the TLS accept loop.
+            let incoming = tokio_stream::wrappers::ReceiverStream::new(tls::accept_loop(
+                grpc_listener,
+                certs.server_config(&[b"h2"]),
+                Some(GRPC_TCP_KEEPALIVE),
+                stop_rx.clone(),
+                "grpc",
+            ));
+            tokio::spawn(async move {
+                grpc_router
+                    .serve_with_incoming_shutdown(incoming, grpc_stopped)
+                    .await
+            })
+        }
+    };
     let (open_sockets, mut sockets_gone) = tokio::sync::mpsc::channel::<()>(1);
     let app = http::router(
         state.clone(),
@@ -104,14 +154,32 @@ pub async fn serve(
         },
     );
     let mut stop_http = stop_rx.clone();
-    let http_task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .tcp_nodelay(true)
-            .with_graceful_shutdown(async move {
-                let _ = stop_http.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let http_task = match &tls {
+        None => tokio::spawn(async move {
+            axum::serve(listener, app)
+                .tcp_nodelay(true)
+                .with_graceful_shutdown(async move {
+                    let _ = stop_http.wait_for(|s| *s).await;
+                })
+                .await
+        }),
+        Some(certs) => {
+            // HTTP/1.1 only: the WebSocket stream upgrades an HTTP/1.1
+            // request, and REST needs nothing more.
+            let incoming = tls::accept_loop(
+                listener,
+                certs.server_config(&[b"http/1.1"]),
+                None,
+                stop_rx.clone(),
+                "http",
+            );
+            tokio::spawn(serve_https(incoming, app, stop_http))
+        }
+    };
+    #[cfg(unix)]
+    if let Some(hangups) = hangups {
+        tokio::spawn(reload_on_sighup(hangups, auth.clone(), tls.clone()));
+    }
     // Set when the engine turns fatal: the server stops as on a signal,
     // then exits with the cause.
     let fatal_stop = Arc::new(tokio::sync::Notify::new());
@@ -202,4 +270,99 @@ pub async fn serve(
     }
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Refuses to listen beyond loopback without API keys, unless the operator
+/// said so (`security.allow_unauthenticated`): a memory server holds
+/// private data, and an open port on a network is how it leaks.
+fn check_exposure(config: &ServerConfig, auth: &Auth) -> Result<(), ServeError> {
+    if auth.enabled() {
+        return Ok(());
+    }
+    let exposed: Vec<String> = [("grpc", config.grpc.addr), ("http", config.http.addr)]
+        .iter()
+        .filter(|(_, a)| !a.ip().is_loopback())
+        .map(|(name, a)| format!("{name} on {a}"))
+        .collect();
+    if exposed.is_empty() {
+        return Ok(());
+    }
+    if config.security.allow_unauthenticated {
+        tracing::warn!(
+            listeners = %exposed.join(", "),
+            "listening beyond loopback WITHOUT authentication (--allow-unauthenticated): anyone who reaches these ports can read, write and delete every space"
+        );
+        return Ok(());
+    }
+    Err(ServeError::Security(format!(
+        "refusing to start: {} is not a loopback address and no API keys are configured, so anyone who reaches it could read, write and delete every space. Give an API keys file (--api-keys FILE, see docs/operations/security.md), listen on 127.0.0.1, or pass --allow-unauthenticated if a network boundary you trust protects the port",
+        exposed.join(" and ")
+    )))
+}
+
+/// Serves the HTTP routes over TLS connections from `incoming` (HTTP/1.1
+/// with upgrades, for the WebSocket stream) until `stop`, then lets the
+/// open connections finish as `axum::serve` does.
+async fn serve_https(
+    mut incoming: tokio::sync::mpsc::Receiver<
+        Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
+    >,
+    app: axum::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let stream = tokio::select! {
+            s = incoming.recv() => match s {
+                Some(Ok(s)) => s,
+                Some(Err(_)) => continue,
+                None => break,
+            },
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "https connection ended with an error");
+            }
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// SIGHUP: read the API keys file and the TLS certificate again. Open
+/// streams stay; a file that does not load leaves what is in use and is
+/// logged as an error.
+#[cfg(unix)]
+async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    auth: Auth,
+    tls: Option<std::sync::Arc<CertStore>>,
+) {
+    while hup.recv().await.is_some() {
+        if auth.enabled() {
+            match auth.reload() {
+                Ok(n) => tracing::info!(keys = n, "SIGHUP: API keys reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: API keys NOT reloaded; the previous keys stay in use")
+                }
+            }
+        }
+        if let Some(certs) = &tls {
+            match certs.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: TLS certificate NOT reloaded; the previous one stays in use")
+                }
+            }
+        }
+    }
 }

@@ -323,14 +323,17 @@ async fn integration_backpressure_workflow() {
     faults(&server, json!({"index_delay_ms": 5})).await;
     // A window wider than the queue: the whole burst is on the wire before
     // the first SLOW_DOWN can arrive, so admission control must act.
-    let client = connect(server.grpc).await.with_options(ClientOptions {
-        max_in_flight: 4096,
-        overload_retry: RetryPolicy {
-            default_delay: NO_HINT_DELAY,
-            ..RetryPolicy::default()
-        },
-        ..client_options()
-    });
+    let client = connect(server.grpc)
+        .await
+        .with_options(ClientOptions {
+            max_in_flight: 4096,
+            overload_retry: RetryPolicy {
+                default_delay: NO_HINT_DELAY,
+                ..RetryPolicy::default()
+            },
+            ..client_options()
+        })
+        .unwrap();
     client.create_space(SPACE, DIM as u32).await.unwrap();
     let (sender, acks) = client.observe_stream(SPACE).await.unwrap();
     let acked = Acked::default();

@@ -22,12 +22,13 @@ const DIM: usize = 8;
 /// The fixed label values of the monitoring contract (and of
 /// `engram_core`'s enums).
 const PRIORITIES: [&str; 3] = ["high", "normal", "low"];
-const REASONS: [&str; 5] = [
+const REASONS: [&str; 6] = [
     "overloaded",
     "invalid",
     "out_of_order",
     "closed",
     "unavailable",
+    "unauthorized",
 ];
 const WORKERS: usize = 2;
 /// Small, so that 25 writes with indexing paused reach the 90% rejection

@@ -1,8 +1,12 @@
 // Starts a real `engram serve` for the tests: free ports (port 0, read back
 // from the log), a temp data dir, killed at the end. Can be SIGKILLed and
-// restarted on the same data dir and ports.
-import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+// restarted on the same data dir and ports. Optionally with a keys file
+// (`apiKeys`) and TLS (`tls`): then REST calls send `apiKey` and trust `tls.ca`.
+import { spawn, spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { request as httpRequest } from "node:http";
+import { request as httpsRequest } from "node:https";
 import { tmpdir } from "node:os";
 import { dirname, isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -34,9 +38,49 @@ export async function until(pred, { timeoutMs = 10_000, stepMs = 20, what = "con
   }
 }
 
+/** The keys file's hash of `key`: "sha256:" + lowercase hex of SHA-256 of its UTF-8 bytes. */
+export function keyHash(key) {
+  return `sha256:${createHash("sha256").update(key, "utf8").digest("hex")}`;
+}
+
+/**
+ * Writes a keys file (TOML) to `path`: `keys` is a list of
+ * `{ name, key, roles, spaces }` (the secret `key` is hashed here).
+ */
+export function writeKeysFile(path, keys) {
+  const q = (v) => JSON.stringify(v); // TOML basic strings and arrays of them read like JSON
+  const toml = keys
+    .map((k) => `[[keys]]\nname = ${q(k.name)}\nhash = ${q(keyHash(k.key))}\nroles = [${k.roles.map(q).join(", ")}]\nspaces = [${k.spaces.map(q).join(", ")}]\n`)
+    .join("\n");
+  writeFileSync(path, toml);
+  return path;
+}
+
+/**
+ * `engram tls generate --dir DIR`: a fresh CA and a server certificate for
+ * localhost, 127.0.0.1 and ::1. Returns the paths and the CA's PEM.
+ */
+export function generateTls(dir) {
+  const r = spawnSync(engramBin(), ["tls", "generate", "--dir", dir], { encoding: "utf8", timeout: 30_000 });
+  if (r.status !== 0) throw new Error(`engram tls generate failed (${r.status ?? r.signal}): ${r.stderr}${r.stdout}`);
+  const paths = { ca: join(dir, "ca.pem"), cert: join(dir, "server.pem"), key: join(dir, "server.key") };
+  for (const p of Object.values(paths)) if (!existsSync(p)) throw new Error(`engram tls generate did not write ${p}`);
+  return { ...paths, caPem: readFileSync(paths.ca, "utf8") };
+}
+
+/** True when the binary has the security features (`--api-keys`, `engram tls`). */
+export function hasSecurityFeatures() {
+  const serve = spawnSync(engramBin(), ["serve", "--help"], { encoding: "utf8", timeout: 30_000 });
+  const tls = spawnSync(engramBin(), ["tls", "--help"], { encoding: "utf8", timeout: 30_000 });
+  return serve.status === 0 && /--api-keys/.test(serve.stdout) && tls.status === 0;
+}
+
 export class EngramServer {
   /**
-   * @param {{queueCapacity?: number, walSync?: string, faultInjection?: boolean, extraArgs?: string[], env?: Record<string,string>}} opts
+   * @param {{queueCapacity?: number, walSync?: string, faultInjection?: boolean, extraArgs?: string[], env?: Record<string,string>,
+   *          apiKeys?: string, apiKey?: string, tls?: {cert: string, key: string, caPem?: string}}} opts
+   *   apiKeys: the keys file (--api-keys); apiKey: the key REST calls send;
+   *   tls: --tls-cert/--tls-key, and the CA (PEM) REST calls trust.
    */
   constructor(opts = {}) {
     this.opts = opts;
@@ -48,10 +92,10 @@ export class EngramServer {
   }
 
   get http() {
-    return `http://${this.httpAddr}`;
+    return `${this.opts.tls ? "https" : "http"}://${this.httpAddr}`;
   }
   get wsUrl() {
-    return `ws://${this.httpAddr}/v1/stream`;
+    return `${this.opts.tls ? "wss" : "ws"}://${this.httpAddr}/v1/stream`;
   }
 
   /** Starts the server (on the ports of the previous run, if any) and waits until /health/ready is 200. */
@@ -68,6 +112,8 @@ export class EngramServer {
     if (this.opts.queueCapacity) args.push("--queue-capacity", String(this.opts.queueCapacity));
     if (this.opts.walSync) args.push("--wal-sync", this.opts.walSync);
     if (this.opts.faultInjection) args.push("--fault-injection");
+    if (this.opts.apiKeys) args.push("--api-keys", this.opts.apiKeys);
+    if (this.opts.tls) args.push("--tls-cert", this.opts.tls.cert, "--tls-key", this.opts.tls.key);
     if (this.opts.extraArgs) args.push(...this.opts.extraArgs);
     const proc = spawn(engramBin(), args, {
       stdio: ["ignore", "pipe", "pipe"],
@@ -105,7 +151,7 @@ export class EngramServer {
       async () => {
         if (dead) throw new Error(`engram exited (${JSON.stringify(dead)})\n${this.log}`);
         try {
-          const r = await fetch(`${this.http}/health/ready`);
+          const r = await this.request("GET", "/health/ready", undefined, { auth: false });
           return r.status === 200;
         } catch {
           return false;
@@ -134,13 +180,35 @@ export class EngramServer {
     rmSync(this.dataDir, { recursive: true, force: true });
   }
 
-  async json(method, path, body) {
-    const r = await fetch(`${this.http}${path}`, {
-      method,
-      headers: body === undefined ? {} : { "content-type": "application/json" },
-      body: body === undefined ? undefined : JSON.stringify(body),
+  /**
+   * One HTTP(S) request (node:http, so that TLS can trust the test CA):
+   * sends `Authorization: Bearer <apiKey>` when the server has one (unless
+   * `auth: false`, or `key` names another). Resolves `{ status, headers, text }`.
+   */
+  request(method, path, body, { auth = true, key = this.opts.apiKey, timeoutMs = 10_000 } = {}) {
+    const headers = {};
+    if (body !== undefined) headers["content-type"] = "application/json";
+    if (auth && key) headers.authorization = `Bearer ${key}`;
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    const send = this.opts.tls ? httpsRequest : httpRequest;
+    const tls = this.opts.tls ? { ca: this.opts.tls.caPem } : {};
+    return new Promise((resolve, reject) => {
+      const req = send(`${this.http}${path}`, { method, headers, timeout: timeoutMs, ...tls }, (res) => {
+        let text = "";
+        res.setEncoding("utf8");
+        res.on("data", (d) => (text += d));
+        res.on("end", () => resolve({ status: res.statusCode, headers: res.headers, text }));
+        res.on("error", reject);
+      });
+      req.on("timeout", () => req.destroy(new Error(`${method} ${path}: no answer within ${timeoutMs} ms`)));
+      req.on("error", reject);
+      req.end(payload);
     });
-    const text = await r.text();
+  }
+
+  async json(method, path, body, opts) {
+    const r = await this.request(method, path, body, opts);
+    const text = r.text;
     let data;
     try {
       data = text ? JSON.parse(text) : undefined;
@@ -163,7 +231,7 @@ export class EngramServer {
   }
 
   async post(path) {
-    const r = await fetch(`${this.http}${path}`, { method: "POST" });
+    const r = await this.request("POST", path);
     return r.status;
   }
 }

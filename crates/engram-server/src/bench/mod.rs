@@ -58,6 +58,17 @@ pub struct BenchArgs {
     /// run goes on without those numbers when it does not answer.
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
     pub http: String,
+    /// API key for a server started with --api-keys: sent on every gRPC
+    /// call and on the /metrics scrape (it needs write and admin on
+    /// --space to replace it; /metrics needs the [metrics] key or an admin
+    /// key on every space, else the run goes on without server numbers).
+    #[arg(
+        long,
+        env = "ENGRAM_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
     /// The space to stream into, created with the data's dimension. One
     /// that already holds memories is refused unless --replace is given
     /// (the run deletes and re-creates it, so that its ids and ground truth
@@ -157,12 +168,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let progress = Progress::new();
     // Connect first: an unreachable server should fail before seconds of
     // data generation.
-    let client = connect(&args.grpc).await?;
+    let client = connect(&args.grpc, args.api_key.as_deref()).await?;
     let data = Arc::new(prepare_data(&args, &progress).await?);
     let n = data.base.len();
 
     replace_space(&client, &args.space, data.dim(), args.replace).await?;
-    let scraper = Scraper::new(&args.http, &args.space)?;
+    let scraper = Scraper::new(&args.http, &args.space, args.api_key.as_deref())?;
     let before = match scraper.sample().await {
         Ok(s) => s,
         Err(e) => {
@@ -172,7 +183,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     };
     let mut clients = Vec::with_capacity(args.clients);
     for _ in 0..args.clients {
-        clients.push(connect(&args.grpc).await?);
+        clients.push(connect(&args.grpc, args.api_key.as_deref()).await?);
     }
 
     progress.phase(&format!(
@@ -374,8 +385,12 @@ async fn prepare_data(args: &BenchArgs, progress: &Progress) -> Result<DataSet> 
     Ok(data)
 }
 
-async fn connect(url: &str) -> Result<StreamingClient> {
-    StreamingClient::connect(url).await.with_context(|| {
+async fn connect(url: &str, api_key: Option<&str>) -> Result<StreamingClient> {
+    let options = engram_client::ClientOptions {
+        api_key: api_key.map(Into::into),
+        ..engram_client::ClientOptions::default()
+    };
+    StreamingClient::connect_with(url, options).await.with_context(|| {
         format!("connecting to the engram gRPC server at {url}: is `engram serve` running there? (set --grpc)")
     })
 }

@@ -26,6 +26,7 @@ pub struct Scraper {
     http: reqwest::Client,
     url: String,
     space: String,
+    api_key: Option<String>,
 }
 
 impl Scraper {
@@ -34,7 +35,7 @@ impl Scraper {
     /// # Errors
     ///
     /// When the HTTP client cannot be built.
-    pub fn new(base: &str, space: &str) -> Result<Self> {
+    pub fn new(base: &str, space: &str, api_key: Option<&str>) -> Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(SCRAPE_TIMEOUT)
             .build()
@@ -43,6 +44,7 @@ impl Scraper {
             http,
             url: format!("{}/metrics", base.trim_end_matches('/')),
             space: space.to_owned(),
+            api_key: api_key.map(str::to_owned),
         })
     }
 
@@ -53,7 +55,11 @@ impl Scraper {
     /// Nothing answers, or the answer is not 200 (404: the server runs
     /// with `engine.metrics = false`).
     pub async fn sample(&self) -> Result<ServerSample> {
-        let response = self.http.get(&self.url).send().await.with_context(|| {
+        let mut request = self.http.get(&self.url);
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.with_context(|| {
             format!("GET {} (set --http to the server's HTTP address)", self.url)
         })?;
         let status = response.status();

@@ -5,8 +5,9 @@ use engram_proto::v1 as pb;
 use engram_proto::v1::memory_server::Memory;
 use tonic::{Request, Response, Status};
 
-use super::convert;
-use super::status::{not_ready, status};
+use super::status::{auth_status, not_ready, status};
+use super::{convert, principal};
+use crate::auth::Need;
 use crate::http::AppState;
 
 pub struct MemoryService {
@@ -17,6 +18,14 @@ impl MemoryService {
     fn engine(&self) -> Result<Engine, Status> {
         self.state.ready_engine().cloned().ok_or_else(not_ready)
     }
+
+    /// Checks the call's key for `need` on `space`.
+    fn authorize<T>(&self, req: &Request<T>, space: &str, need: Need) -> Result<(), Status> {
+        self.state
+            .auth()
+            .authorize(&principal(req)?, space, need)
+            .map_err(auth_status)
+    }
 }
 
 #[tonic::async_trait]
@@ -25,6 +34,7 @@ impl Memory for MemoryService {
         &self,
         req: Request<pb::RememberRequest>,
     ) -> Result<Response<pb::RememberResponse>, Status> {
+        self.authorize(&req, &req.get_ref().memory_space_id, Need::Write)?;
         let req = req.into_inner();
         let episode = req.episode.ok_or_else(|| {
             Status::invalid_argument("missing episode: expected an Episode with an embedding")
@@ -43,6 +53,7 @@ impl Memory for MemoryService {
         &self,
         req: Request<pb::RecallRequest>,
     ) -> Result<Response<pb::RecallResponse>, Status> {
+        self.authorize(&req, &req.get_ref().memory_space_id, Need::Read)?;
         let req = req.into_inner();
         let cue = convert::cue(req.cue)?;
         let engine = self.engine()?;
@@ -66,6 +77,7 @@ impl Memory for MemoryService {
         &self,
         req: Request<pb::ForgetRequest>,
     ) -> Result<Response<pb::ForgetResponse>, Status> {
+        self.authorize(&req, &req.get_ref().memory_space_id, Need::Write)?;
         let req = req.into_inner();
         self.engine()?
             .forget(&req.memory_space_id, &req.memory_id)
@@ -78,6 +90,7 @@ impl Memory for MemoryService {
         &self,
         req: Request<pb::CreateSpaceRequest>,
     ) -> Result<Response<pb::CreateSpaceResponse>, Status> {
+        self.authorize(&req, &req.get_ref().memory_space_id, Need::Write)?;
         let req = req.into_inner();
         let dimension = (req.dimension > 0).then_some(req.dimension as usize);
         let vector_storage = convert::vector_storage_request(req.vector_storage)?;
@@ -94,12 +107,18 @@ impl Memory for MemoryService {
 
     async fn list_spaces(
         &self,
-        _req: Request<pb::ListSpacesRequest>,
+        req: Request<pb::ListSpacesRequest>,
     ) -> Result<Response<pb::ListSpacesResponse>, Status> {
+        let principal = principal(&req)?;
+        let auth = self.state.auth();
+        auth.authorize_any(&principal).map_err(auth_status)?;
+        // Only the spaces the key covers: the others' names are not its
+        // business either.
         let spaces = self
             .engine()?
             .list_spaces()
             .iter()
+            .filter(|s| auth.covers(&principal, &s.memory_space_id))
             .map(convert::space_info)
             .collect();
         Ok(Response::new(pb::ListSpacesResponse { spaces }))
@@ -109,6 +128,7 @@ impl Memory for MemoryService {
         &self,
         req: Request<pb::DescribeSpaceRequest>,
     ) -> Result<Response<pb::DescribeSpaceResponse>, Status> {
+        self.authorize(&req, &req.get_ref().memory_space_id, Need::Read)?;
         let info = self
             .engine()?
             .describe_space(&req.into_inner().memory_space_id)
@@ -122,6 +142,7 @@ impl Memory for MemoryService {
         &self,
         req: Request<pb::DeleteSpaceRequest>,
     ) -> Result<Response<pb::DeleteSpaceResponse>, Status> {
+        self.authorize(&req, &req.get_ref().memory_space_id, Need::Admin)?;
         self.engine()?
             .delete_space(&req.into_inner().memory_space_id)
             .await

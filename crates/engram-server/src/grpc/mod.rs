@@ -6,7 +6,7 @@
 // tonic::Status is large, but it is what every handler returns anyway.
 #![allow(clippy::result_large_err)]
 
-mod convert;
+pub(crate) mod convert;
 mod memory;
 mod status;
 mod streaming;
@@ -17,7 +17,35 @@ use tonic::transport::server::Router;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
+use crate::auth::{Auth, Principal};
 use crate::http::AppState;
+
+/// Authenticates every engram.v1 call by its `authorization: Bearer KEY`
+/// metadata (UNAUTHENTICATED without a valid key) and hands the handlers
+/// the [`Principal`], which they check against the space they touch.
+/// Health and reflection are not behind it.
+#[derive(Clone)]
+pub struct Authenticate(Auth);
+
+impl tonic::service::Interceptor for Authenticate {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let header = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        let principal = self.0.authenticate(header).map_err(status::auth_status)?;
+        req.extensions_mut().insert(principal);
+        Ok(req)
+    }
+}
+
+/// The principal [`Authenticate`] put on the request.
+fn principal<T>(req: &tonic::Request<T>) -> Result<Principal, tonic::Status> {
+    req.extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| tonic::Status::internal("the call was not authenticated (a server bug)"))
+}
 
 /// The services health answers for, besides "" (the whole server).
 pub const SERVICES: [&str; 2] = ["engram.v1.Streaming", "engram.v1.Memory"];
@@ -41,6 +69,7 @@ pub async fn router(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .expect("engram's descriptors are valid");
+    let authenticate = Authenticate(state.auth().clone());
     let streaming = StreamingServer::new(streaming::StreamingService {
         state: state.clone(),
         max_message_bytes,
@@ -48,9 +77,12 @@ pub async fn router(
     })
     .max_decoding_message_size(max_message_bytes)
     .max_encoding_message_size(usize::MAX);
+    let streaming =
+        tonic::service::interceptor::InterceptedService::new(streaming, authenticate.clone());
     let memory = MemoryServer::new(memory::MemoryService { state })
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(usize::MAX);
+    let memory = tonic::service::interceptor::InterceptedService::new(memory, authenticate);
     let router = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection_v1)

@@ -1,6 +1,8 @@
 //! The one place where engine errors become gRPC statuses.
 
 use engram_core::Error;
+
+use crate::auth::AuthError;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -32,4 +34,22 @@ pub fn not_ready() -> Status {
     Status::unavailable(
         "the server is recovering its data; retry when grpc.health.v1 reports SERVING",
     )
+}
+
+/// A refused key: UNAUTHENTICATED, PERMISSION_DENIED, or
+/// RESOURCE_EXHAUSTED (with RetryInfo for a rate limit).
+pub fn auth_status(e: AuthError) -> Status {
+    match e {
+        AuthError::Unauthenticated(m) => Status::unauthenticated(m),
+        AuthError::PermissionDenied(m) => Status::permission_denied(m),
+        AuthError::TooManySessions(m) => Status::resource_exhausted(m),
+        AuthError::RateLimited {
+            message,
+            retry_after,
+        } => Status::with_error_details(
+            Code::ResourceExhausted,
+            message,
+            ErrorDetails::with_retry_info(Some(retry_after)),
+        ),
+    }
 }

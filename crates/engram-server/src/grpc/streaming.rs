@@ -21,8 +21,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::convert;
-use super::status::{not_ready, status};
+use super::status::{auth_status, not_ready, status};
+use super::{convert, principal};
+use crate::auth::{Need, StreamGuard};
 use crate::http::AppState;
 
 use pb::flow_control::Action;
@@ -44,21 +45,33 @@ impl StreamingService {
         self.state.ready_engine().cloned().ok_or_else(not_ready)
     }
 
+    /// Authenticates a stream as it opens: its key's place among the
+    /// key's open streams (held until the stream ends), and what its
+    /// messages may do.
+    fn open_guarded<T>(&self, req: &Request<T>) -> Result<(StreamLimits, StreamGuard), Status> {
+        let principal = principal(req)?;
+        let auth = self.state.auth();
+        let guard = auth.open_stream(&principal).map_err(auth_status)?;
+        let limits =
+            StreamLimits::new(self.max_message_bytes).with_access(auth.stream_access(&principal));
+        Ok((limits, guard))
+    }
+
     fn run<T, I>(
         &self,
         engine: Engine,
         inbound: I,
+        (limits, guard): (StreamLimits, StreamGuard),
         encode: fn(Outbound) -> Option<T>,
     ) -> Responses<T>
     where
         T: Send + 'static,
         I: Stream<Item = Result<Inbound, StreamError>> + Send + Unpin + 'static,
     {
-        let limits = StreamLimits {
-            max_message_bytes: self.max_message_bytes,
-        };
         let out = stream::run(engine, inbound, limits, self.shutdown.clone());
         Box::pin(ReceiverStream::new(out).filter_map(move |item| {
+            // The stream holds its key's place until its responses end.
+            let _held = &guard;
             std::future::ready(match item {
                 Ok(m) => encode(m).map(Ok),
                 Err(e) => Some(Err(stream_status(e))),
@@ -78,12 +91,13 @@ impl Streaming for StreamingService {
         req: Request<tonic::Streaming<pb::ObserveRequest>>,
     ) -> Result<Response<Self::ObserveStreamStream>, Status> {
         let engine = self.engine()?;
+        let opened = self.open_guarded(&req)?;
         let limit = self.max_message_bytes;
         let inbound = req.into_inner().map(move |r| {
             r.map_err(|st| inbound_error(st, limit))
                 .and_then(observe_request)
         });
-        Ok(Response::new(self.run(engine, inbound, |m| {
+        Ok(Response::new(self.run(engine, inbound, opened, |m| {
             observe_response(m).map(|response| pb::ObserveResponse {
                 response: Some(response),
             })
@@ -95,6 +109,14 @@ impl Streaming for StreamingService {
         req: Request<pb::RecallRequest>,
     ) -> Result<Response<Self::RecallStreamStream>, Status> {
         let engine = self.engine()?;
+        self.state
+            .auth()
+            .authorize(
+                &principal(&req)?,
+                &req.get_ref().memory_space_id,
+                Need::Read,
+            )
+            .map_err(auth_status)?;
         // Errors in the request itself fail the call before any batch.
         let req = recall_request(req.into_inner()).map_err(stream_status)?;
         let include = req.include_embeddings;
@@ -118,12 +140,18 @@ impl Streaming for StreamingService {
         req: Request<tonic::Streaming<pb::FlowRequest>>,
     ) -> Result<Response<Self::MemoryFlowStream>, Status> {
         let engine = self.engine()?;
+        let opened = self.open_guarded(&req)?;
         let limit = self.max_message_bytes;
         let inbound = req.into_inner().map(move |r| {
             r.map_err(|st| inbound_error(st, limit))
                 .and_then(flow_request)
         });
-        Ok(Response::new(self.run(engine, inbound, flow_response)))
+        Ok(Response::new(self.run(
+            engine,
+            inbound,
+            opened,
+            flow_response,
+        )))
     }
 }
 
@@ -279,6 +307,8 @@ fn grpc_code(kind: StreamErrorKind) -> Code {
         StreamErrorKind::Unavailable => Code::Unavailable,
         StreamErrorKind::Aborted => Code::Aborted,
         StreamErrorKind::Internal => Code::Internal,
+        StreamErrorKind::Unauthenticated => Code::Unauthenticated,
+        StreamErrorKind::PermissionDenied => Code::PermissionDenied,
     }
 }
 
@@ -356,6 +386,7 @@ fn ack_message(ack: Ack) -> pb::ObservationAck {
                 RejectReason::OutOfOrder => Reason::RejectOutOfOrder,
                 RejectReason::Closed => Reason::RejectClosed,
                 RejectReason::Unavailable => Reason::RejectUnavailable,
+                RejectReason::Unauthorized => Reason::RejectUnauthorized,
             } as i32;
             out.retry_after_ms = retry_after.map_or(0, |d| d.as_millis().max(1) as u64);
             out.message = message;

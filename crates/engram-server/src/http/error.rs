@@ -6,6 +6,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use engram_core::Error;
+
+use crate::auth::AuthError;
 use serde::Serialize;
 
 /// An error answer.
@@ -76,6 +78,31 @@ impl From<Error> for ApiError {
     }
 }
 
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Unauthenticated(m) => {
+                Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", m)
+            }
+            AuthError::PermissionDenied(m) => {
+                Self::new(StatusCode::FORBIDDEN, "permission_denied", m)
+            }
+            AuthError::TooManySessions(m) => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_sessions", m)
+            }
+            AuthError::RateLimited {
+                message,
+                retry_after,
+            } => ApiError {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                code: "rate_limited",
+                message,
+                retry_after_ms: Some(retry_after.as_millis().max(1) as u64),
+            },
+        }
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r {
@@ -135,6 +162,12 @@ impl IntoResponse for ApiError {
             retry_after_ms: self.retry_after_ms,
         });
         let mut resp = (self.status, body).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"engram\""),
+            );
+        }
         if let Some(ms) = self.retry_after_ms {
             // Retry-After is whole seconds; round up so clients never come back early.
             let secs = ms.div_ceil(1000).max(1);

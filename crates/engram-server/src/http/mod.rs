@@ -19,6 +19,8 @@ use engram_core::queue::QueueConfig;
 use engram_core::Engine;
 use serde_json::json;
 
+use crate::auth::Auth;
+
 pub use error::ApiError;
 
 /// Where the server is in its life; readiness follows it.
@@ -41,9 +43,25 @@ pub struct AppState {
 struct StateInner {
     engine: OnceLock<Engine>,
     phase: AtomicU8,
+    auth: Auth,
 }
 
 impl AppState {
+    /// A server whose calls `auth` checks.
+    pub fn new(auth: Auth) -> Self {
+        AppState {
+            inner: Arc::new(StateInner {
+                auth,
+                ..StateInner::default()
+            }),
+        }
+    }
+
+    /// The keys and limits every call is checked against.
+    pub fn auth(&self) -> &Auth {
+        &self.inner.auth
+    }
+
     pub fn set_engine(&self, engine: Engine) {
         let _ = self.inner.engine.set(engine);
     }
@@ -83,9 +101,11 @@ pub fn router(state: AppState, max_body_bytes: usize, ws: ws::WsSettings) -> Rou
     Router::new()
         .route(
             "/v1/stream",
-            get(move |upgrade: axum::extract::WebSocketUpgrade| {
-                ws::stream(upgrade, ws_state.clone(), ws.clone())
-            }),
+            get(
+                move |upgrade: axum::extract::WebSocketUpgrade, headers: axum::http::HeaderMap| {
+                    ws::stream(upgrade, headers, ws_state.clone(), ws.clone())
+                },
+            ),
         )
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
@@ -192,8 +212,10 @@ fn admin_engine(state: &AppState) -> Result<&Engine, ApiError> {
 /// `POST /v1/admin/indexing/{pause|resume}`, only with `engine.fault_injection`.
 async fn admin_indexing(
     State(state): State<AppState>,
+    caller: rest::Caller,
     rest::PathParams(action): rest::PathParams<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    state.auth().authorize_server_admin(&caller.0)?;
     let engine = admin_engine(&state)?;
     match action.as_str() {
         "pause" => engine.pause_indexing(),
@@ -256,8 +278,10 @@ struct PoisonJson {
 /// `POST /v1/admin/faults`, only with `engine.fault_injection`.
 async fn admin_faults(
     State(state): State<AppState>,
+    caller: rest::Caller,
     rest::JsonBody(body): rest::JsonBody<FaultsJson>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    state.auth().authorize_server_admin(&caller.0)?;
     let engine = admin_engine(&state)?;
     let faults = engine
         .faults()
@@ -300,8 +324,10 @@ async fn admin_faults(
 /// and the first violation.
 async fn admin_integrity(
     State(state): State<AppState>,
+    caller: rest::Caller,
     rest::PathParams(space_id): rest::PathParams<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    state.auth().authorize_server_admin(&caller.0)?;
     let engine = admin_engine(&state)?.clone();
     if let Err(e) = engine.describe_space(&space_id) {
         return Err(e.into());
@@ -329,8 +355,16 @@ async fn admin_integrity(
 }
 
 /// `GET /metrics`: Prometheus text format: the engine's metrics, then the
-/// backpressure marks this server runs with.
-async fn metrics(State(state): State<AppState>) -> Result<axum::response::Response, ApiError> {
+/// backpressure marks this server runs with. Open, unless the keys file
+/// names a `[metrics]` key (then that key or an admin key on every space).
+async fn metrics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    state.auth().authorize_metrics(header)?;
     let engine = state.engine()?;
     let Some(mut text) = engine.render_metrics() else {
         return Err(ApiError::new(

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{ApiError, AppState};
+use crate::auth::{Need, Principal};
 
 /// `axum::Json` whose rejections become our JSON errors.
 #[derive(FromRequest)]
@@ -213,14 +214,46 @@ fn remembered_json(r: &Remembered) -> serde_json::Value {
     })
 }
 
+/// The caller of a REST route, authenticated by `Authorization: Bearer
+/// KEY` (401 `unauthenticated` without a valid key when the server has
+/// keys). Routes then check it against the space they touch with
+/// [`Caller::may`].
+pub struct Caller(pub Principal);
+
+#[axum::async_trait]
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        Ok(Caller(state.auth().authenticate(header)?))
+    }
+}
+
+impl Caller {
+    /// 403 `permission_denied` unless the key may do `need` on `space`;
+    /// 429 `rate_limited` over its rate.
+    pub fn may(&self, state: &AppState, space: &str, need: Need) -> Result<(), ApiError> {
+        Ok(state.auth().authorize(&self.0, space, need)?)
+    }
+}
+
 /// `PUT /v1/spaces/{space_id}`: 201 when created, 200 when it already
 /// existed with the same dimension (and the same vector storage, when the
 /// body names one). An empty body means the default dimension and storage.
 pub async fn create_space(
     State(state): State<AppState>,
+    caller: Caller,
     PathParams(space_id): PathParams<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
+    caller.may(&state, &space_id, Need::Write)?;
     let engine = state.engine()?;
     let req: CreateSpaceJson = if body.is_empty() {
         CreateSpaceJson::default()
@@ -255,11 +288,18 @@ pub async fn create_space(
 }
 
 /// `GET /v1/spaces`
-pub async fn list_spaces(State(state): State<AppState>) -> Result<Response, ApiError> {
+///
+/// Lists only the spaces the caller's key covers.
+pub async fn list_spaces(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    state.auth().authorize_any(&caller.0)?;
     let spaces: Vec<_> = state
         .engine()?
         .list_spaces()
         .iter()
+        .filter(|s| state.auth().covers(&caller.0, &s.memory_space_id))
         .map(space_json)
         .collect();
     Ok(Json(json!({ "spaces": spaces })).into_response())
@@ -268,8 +308,10 @@ pub async fn list_spaces(State(state): State<AppState>) -> Result<Response, ApiE
 /// `GET /v1/spaces/{space_id}`
 pub async fn describe_space(
     State(state): State<AppState>,
+    caller: Caller,
     PathParams(space_id): PathParams<String>,
 ) -> Result<Response, ApiError> {
+    caller.may(&state, &space_id, Need::Read)?;
     let info = state.engine()?.describe_space(&space_id)?;
     Ok(Json(space_json(&info)).into_response())
 }
@@ -277,8 +319,10 @@ pub async fn describe_space(
 /// `DELETE /v1/spaces/{space_id}`
 pub async fn delete_space(
     State(state): State<AppState>,
+    caller: Caller,
     PathParams(space_id): PathParams<String>,
 ) -> Result<Response, ApiError> {
+    caller.may(&state, &space_id, Need::Admin)?;
     state.engine()?.delete_space(&space_id).await?;
     Ok(Json(json!({})).into_response())
 }
@@ -288,9 +332,11 @@ pub async fn delete_space(
 /// `"duplicate": true` when an episode with this id already exists.
 pub async fn remember(
     State(state): State<AppState>,
+    caller: Caller,
     PathParams(space_id): PathParams<String>,
     JsonBody(episode): JsonBody<EpisodeJson>,
 ) -> Result<Response, ApiError> {
+    caller.may(&state, &space_id, Need::Write)?;
     let engine = state.engine()?;
     let done = engine.remember(&space_id, episode.into_input()?).await?;
     let status = if done.duplicate {
@@ -304,10 +350,12 @@ pub async fn remember(
 /// `POST /v1/spaces/{space_id}/recall[?include_embeddings=true]`
 pub async fn recall(
     State(state): State<AppState>,
+    caller: Caller,
     PathParams(space_id): PathParams<String>,
     query: Result<Query<RecallQuery>, axum::extract::rejection::QueryRejection>,
     JsonBody(cue): JsonBody<CueJson>,
 ) -> Result<Response, ApiError> {
+    caller.may(&state, &space_id, Need::Read)?;
     let Query(query) = query?;
     let engine = state.engine()?.clone();
     let cue = cue.into_cue()?;
@@ -336,8 +384,10 @@ pub async fn recall(
 /// `DELETE /v1/spaces/{space_id}/memories/{memory_id}`
 pub async fn forget(
     State(state): State<AppState>,
+    caller: Caller,
     PathParams((space_id, memory_id)): PathParams<(String, String)>,
 ) -> Result<Response, ApiError> {
+    caller.may(&state, &space_id, Need::Write)?;
     state.engine()?.forget(&space_id, &memory_id).await?;
     Ok(Json(json!({})).into_response())
 }

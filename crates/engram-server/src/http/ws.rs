@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use engram_core::session::{Ack, Answer, RejectReason};
 use engram_core::stream::{
     self, FlowAction, Inbound, Outbound, RecallRequest, StreamError, StreamErrorKind, StreamInit,
@@ -23,11 +23,12 @@ use engram_core::{Engine, Priority};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::rest::{format_time, recalled_out, CueJson, EpisodeJson, RecalledOut};
 use super::AppState;
+use crate::auth::{AuthError, Principal};
 
 /// Close codes (RFC 6455 section 7.4.1).
 const CLOSE_NORMAL: u16 = 1000;
@@ -49,17 +50,81 @@ pub struct WsSettings {
     pub open_sockets: mpsc::Sender<()>,
 }
 
-/// `GET /v1/stream` (upgrade).
-pub async fn stream(ws: WebSocketUpgrade, state: AppState, settings: WsSettings) -> Response {
+/// The subprotocol the server selects (browsers fail a connection that
+/// offered subprotocols when the server selects none).
+pub const SUBPROTOCOL: &str = "engram.v1";
+/// Offered subprotocol that carries the API key: `bearer.<KEY>`.
+const KEY_SUBPROTOCOL_PREFIX: &str = "bearer.";
+/// How long a socket opened without a key has to send its `init` (with
+/// `api_key`) when the server needs keys.
+const INIT_AUTH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `GET /v1/stream` (upgrade). The API key, when the server needs one,
+/// comes in the `authorization` header, as an offered subprotocol
+/// `bearer.<KEY>` (browsers cannot set headers), or in the `init`
+/// message's `api_key`. A key given on the upgrade request and not valid
+/// is refused with 401 before the upgrade.
+pub async fn stream(
+    ws: WebSocketUpgrade,
+    headers: axum::http::HeaderMap,
+    state: AppState,
+    settings: WsSettings,
+) -> Response {
+    let principal = if !state.auth().enabled() {
+        // No keys: whatever credentials a client or proxy sends are not
+        // ours to judge (REST ignores them too).
+        Some(Principal::Open)
+    } else {
+        match upgrade_key(&headers) {
+            Some(key) => match key.and_then(|k| state.auth().authenticate_key(k)) {
+                Ok(p) => Some(p),
+                Err(e) => return super::ApiError::from(e).into_response(),
+            },
+            None => None,
+        }
+    };
     let limit = settings.max_message_bytes;
-    ws.max_message_size(limit)
+    ws.protocols([SUBPROTOCOL])
+        .max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| serve_socket(socket, state, settings))
+        .on_upgrade(move |socket| serve_socket(socket, state, settings, principal))
+}
+
+/// The key on the upgrade request: `authorization: Bearer KEY`, else an
+/// offered subprotocol `bearer.KEY`. None when neither is there;
+/// Some(Err) for a malformed authorization header.
+fn upgrade_key(headers: &axum::http::HeaderMap) -> Option<Result<&str, AuthError>> {
+    if let Some(h) = headers.get(axum::http::header::AUTHORIZATION) {
+        let key = h
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, key)| scheme.eq_ignore_ascii_case("bearer") && !key.trim().is_empty())
+            .map(|(_, key)| key.trim());
+        return Some(key.ok_or_else(|| {
+            AuthError::Unauthenticated(
+                "malformed authorization header: expected 'Bearer <key>'".into(),
+            )
+        }));
+    }
+    headers
+        .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix(KEY_SUBPROTOCOL_PREFIX))
+        .map(Ok)
 }
 
 type Tx = SplitSink<WebSocket, Message>;
 
-async fn serve_socket(socket: WebSocket, state: AppState, settings: WsSettings) {
+async fn serve_socket(
+    socket: WebSocket,
+    state: AppState,
+    settings: WsSettings,
+    principal: Option<Principal>,
+) {
     let open = settings.open_sockets.clone();
     let (mut tx, rx) = socket.split();
     let engine: Option<Engine> = if *settings.shutdown.borrow() {
@@ -77,11 +142,32 @@ async fn serve_socket(socket: WebSocket, state: AppState, settings: WsSettings) 
     };
     let limit = settings.max_message_bytes;
     let (in_tx, in_rx) = mpsc::channel(INBOUND_BUFFER);
-    tokio::spawn(read_socket(rx, in_tx, limit, open));
+    let (key_tx, key_rx) = oneshot::channel();
+    tokio::spawn(read_socket(rx, in_tx, limit, open, key_tx));
     let inbound = ReceiverStream::new(in_rx);
-    let limits = StreamLimits {
-        max_message_bytes: limit,
+    let auth = state.auth().clone();
+    let principal = match principal {
+        Some(p) => Ok(p),
+        // No key on the upgrade: the init message must carry it.
+        None => match tokio::time::timeout(INIT_AUTH_TIMEOUT, key_rx).await {
+            Ok(Ok(Some(key))) => auth.authenticate_key(&key),
+            Ok(_) => Err(AuthError::Unauthenticated(
+                "missing API key: send it in init.api_key, as the subprotocol 'bearer.<key>', or as 'authorization: Bearer <key>'".into(),
+            )),
+            Err(_) => Err(AuthError::Unauthenticated(format!(
+                "no init with api_key within {} s",
+                INIT_AUTH_TIMEOUT.as_secs()
+            ))),
+        },
     };
+    let (principal, _guard) = match principal.and_then(|p| auth.open_stream(&p).map(|g| (p, g))) {
+        Ok(held) => held,
+        Err(e) => {
+            end_with(&mut tx, &auth_stream_error(e)).await;
+            return;
+        }
+    };
+    let limits = StreamLimits::new(limit).with_access(auth.stream_access(&principal));
     let mut out = stream::run(engine, inbound, limits, settings.shutdown.clone());
     let every = settings.ping_interval;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -147,12 +233,17 @@ const LINGER: Duration = Duration::from_secs(2);
 /// Reads the socket for the stream. Once the stream has ended (or cannot
 /// read any more), keeps the connection open for up to [`LINGER`], reading
 /// and dropping what the client still sends, until the client closes.
+///
+/// The first text message's `api_key` (if any) goes to `first_key` before
+/// the message itself goes on to the stream.
 async fn read_socket(
     mut rx: SplitStream<WebSocket>,
     tx: mpsc::Sender<Result<Inbound, StreamError>>,
     limit: usize,
     _open: mpsc::Sender<()>,
+    first_key: oneshot::Sender<Option<String>>,
 ) {
+    let mut first_key = Some(first_key);
     let mut linger_until: Option<tokio::time::Instant> = None;
     loop {
         let next = match linger_until {
@@ -171,7 +262,12 @@ async fn read_socket(
         let item = match next {
             None | Some(Ok(Message::Close(_))) => return,
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(Message::Text(text))) => Ok(decode(&text)),
+            Some(Ok(Message::Text(text))) => {
+                if let Some(k) = first_key.take() {
+                    let _ = k.send(init_api_key(&text));
+                }
+                Ok(decode(&text))
+            }
             Some(Ok(Message::Binary(_))) => Ok(Inbound::Unreadable(StreamError::invalid(
                 "binary messages are not part of this protocol: send JSON text messages",
             ))),
@@ -209,7 +305,9 @@ async fn end_with(tx: &mut Tx, e: &StreamError) {
         StreamErrorKind::InvalidArgument
         | StreamErrorKind::Malformed
         | StreamErrorKind::NotFound
-        | StreamErrorKind::Aborted => CLOSE_POLICY,
+        | StreamErrorKind::Aborted
+        | StreamErrorKind::Unauthenticated
+        | StreamErrorKind::PermissionDenied => CLOSE_POLICY,
     };
     close(tx, code, &e.message).await;
 }
@@ -258,6 +356,11 @@ enum ClientMsg {
         resume_session_id: Option<String>,
         #[serde(default)]
         enable_backpressure: bool,
+        /// The API key, for clients that cannot send it on the upgrade;
+        /// read by [`init_api_key`] before decoding, not part of the stream.
+        #[serde(default)]
+        #[allow(dead_code)]
+        api_key: Option<String>,
     },
     Observation {
         sequence_number: u64,
@@ -310,7 +413,7 @@ enum ActionJson {
 /// answered, never fatal: an observation whose number can be read is
 /// rejected as invalid under that number (as on gRPC), a recall whose id
 /// can be read fails as that recall, anything else gets an `error`.
-fn decode(text: &str) -> Inbound {
+pub(crate) fn decode(text: &str) -> Inbound {
     match serde_json::from_str::<ClientMsg>(text) {
         Ok(m) => inbound(m),
         Err(e) => unreadable(text, &e),
@@ -323,6 +426,7 @@ fn inbound(m: ClientMsg) -> Inbound {
             memory_space_id,
             resume_session_id,
             enable_backpressure,
+            ..
         } => Inbound::Init(StreamInit {
             memory_space_id,
             resume_session_id: resume_session_id.filter(|s| !s.is_empty()),
@@ -366,6 +470,41 @@ fn inbound(m: ClientMsg) -> Inbound {
         },
         ClientMsg::Heartbeat {} => Inbound::Heartbeat,
         ClientMsg::Close { drain } => Inbound::Close { drain },
+    }
+}
+
+/// The `api_key` of an `init` message, if the text is one and has it.
+fn init_api_key(text: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct InitKey {
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(default)]
+        api_key: Option<String>,
+    }
+    serde_json::from_str::<InitKey>(text)
+        .ok()
+        .filter(|m| m.kind == "init")
+        .and_then(|m| m.api_key)
+}
+
+/// A refused key as the stream error that ends the socket.
+fn auth_stream_error(e: AuthError) -> StreamError {
+    match e {
+        AuthError::Unauthenticated(m) => StreamError::new(StreamErrorKind::Unauthenticated, m),
+        AuthError::PermissionDenied(m) => StreamError::new(StreamErrorKind::PermissionDenied, m),
+        AuthError::TooManySessions(m) => {
+            StreamError::new(StreamErrorKind::ResourceExhausted { retry_after: None }, m)
+        }
+        AuthError::RateLimited {
+            message,
+            retry_after,
+        } => StreamError::new(
+            StreamErrorKind::ResourceExhausted {
+                retry_after: Some(retry_after),
+            },
+            message,
+        ),
     }
 }
 
@@ -515,6 +654,7 @@ fn ack_json(ack: &Ack) -> AckJson<'_> {
                 RejectReason::OutOfOrder => "out_of_order",
                 RejectReason::Closed => "closed",
                 RejectReason::Unavailable => "unavailable",
+                RejectReason::Unauthorized => "unauthorized",
             });
             out.message = Some(message);
             out.retry_after_ms = retry_after.map(|d| d.as_millis().max(1) as u64);
