@@ -18,6 +18,8 @@
 #   7. the TypeScript client (scripts/test-typescript.sh: npm ci, tsc, Node
 #      tests against the real server, the browser test in headless Chromium
 #      (installs Debian's `chromium` when missing), the TypeScript example)
+#   8. the fuzzers (scripts/fuzz.sh: every decoder of untrusted bytes, for
+#      FUZZ_SECS seconds each, default 20; any crash fails the run)
 #
 # Every suite runs even when an earlier one failed, so one run reports all
 # failures; the script exits non-zero if any failed. Fails loudly when a
@@ -117,6 +119,9 @@ suite python "python client" bash scripts/test-python.sh
 step "TypeScript client and browser (scripts/test-typescript.sh)"
 suite typescript "typescript client" bash scripts/test-typescript.sh
 
+step "fuzz the decoders (scripts/fuzz.sh, ${FUZZ_SECS:-20} s per target)"
+suite fuzz "fuzz" bash scripts/fuzz.sh
+
 rust=$(grep -E '^test result:' "$log_dir/cargo.log" | awk '{p+=$4; f+=$6} END {printf "%d %d", p, f}')
 prom=$(grep -E '^promtool: ' "$log_dir/promtool.log" | tail -1 | awk '{print $2, $4}')
 dash=$(grep -E '^dashboard: ' "$log_dir/dashboard.log" | tail -1 | awk '{print $2, $4}')
@@ -139,6 +144,8 @@ read -r yp yf <<<"${py:-0 0}"
 echo
 echo "rust tests: $rp passed, $rf failed; promtool: $pp passed, $pf failed; dashboard: $dp passed, $df failed"
 echo "python client: $yp passed, $yf failed; typescript client + browser: $ts_p passed, $ts_f failed; examples: $ex_p passed, $ex_f failed"
+# engram-fuzz: "fuzz <target>: N inputs in S s, C crashes", one line a target.
+grep -E '^fuzz [a-z_]+: ' "$log_dir/fuzz.log" || echo "fuzz: no per-target lines (see $log_dir/fuzz.log)"
 if [ "${#failed[@]}" -gt 0 ]; then
   echo "FAILED: ${failed[*]}" >&2
   echo "total: $((rp + pp + dp + yp + ts_p + ex_p)) passed, $((rf + pf + df + yf + ts_f + ex_f + ${#failed[@]})) failed"

@@ -26,7 +26,7 @@ use crate::index::HnswParams;
 use crate::indexer::{IndexTask, Queue, QueueReservation};
 use crate::metrics::Metrics;
 use crate::model::{
-    now_unix_nanos, Remembered, SpaceId, StoredEpisode, ValidEpisode, VectorStorage,
+    now_unix_nanos, Remembered, SpaceId, StoredEpisode, ValidEpisode, VectorStorage, MAX_DIMENSION,
 };
 use crate::queue::Priority;
 use crate::record::WalRecord;
@@ -266,6 +266,25 @@ impl Committer {
                 })?;
                 {
                     let mut meta = s.commit_meta();
+                    // The commit thread gives a space's sequences one by
+                    // one, each in its own record, to vectors of the
+                    // space's dimension: a record that breaks either is
+                    // damage, and applying it would break the space (its
+                    // table of episodes is indexed by sequence).
+                    if meta.last_seq.checked_add(1) != Some(episode.server_sequence) {
+                        return Err(Error::Storage(format!(
+                            "WAL observes sequence {} into space '{space}', whose next sequence is {}",
+                            episode.server_sequence,
+                            meta.last_seq.wrapping_add(1)
+                        )));
+                    }
+                    if episode.embedding.len() != s.dimension() {
+                        return Err(Error::Storage(format!(
+                            "WAL observes a vector of {} dimensions into space '{space}' of {}",
+                            episode.embedding.len(),
+                            s.dimension()
+                        )));
+                    }
                     meta.by_id.insert(&episode.id, episode.server_sequence);
                     meta.last_seq = episode.server_sequence;
                 }
@@ -661,6 +680,13 @@ impl Committer {
         dimension: usize,
         vector_storage: VectorStorage,
     ) -> Result<()> {
+        // Every build has created spaces of 1 to MAX_DIMENSION dimensions
+        // only; anything else is damage (0 would fail the index's assert).
+        if !(1..=MAX_DIMENSION).contains(&dimension) {
+            return Err(Error::Storage(format!(
+                "WAL creates space '{space}' with {dimension} dimensions, outside 1..={MAX_DIMENSION}"
+            )));
+        }
         let s = self.new_space(&space, dimension, vector_storage)?;
         self.register(space, s);
         Ok(())

@@ -52,6 +52,8 @@ pub mod engine;
 pub mod error;
 pub mod fault;
 pub mod fs;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod index;
 pub mod indexer;
 pub mod metrics;

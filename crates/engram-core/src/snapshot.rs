@@ -22,6 +22,7 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bincode::Options;
 use serde::{Deserialize, Serialize};
 
 use crate::commit::Capture;
@@ -30,7 +31,7 @@ use crate::fs::{self, FileSystem};
 use crate::index::{Hnsw, VectorFileError};
 use crate::model::{SpaceId, StoredEpisode, VectorStorage};
 use crate::space::{placement, Space};
-use crate::wal::Lsn;
+use crate::wal::{Lsn, MAX_LSN};
 
 const MAGIC: &[u8; 8] = b"ENGRAMSN";
 const VERSION: u32 = 3;
@@ -100,6 +101,24 @@ fn list(fs: &dyn FileSystem, data_dir: &Path) -> io::Result<Vec<(Lsn, PathBuf)>>
     }
     out.sort();
     Ok(out)
+}
+
+/// Fewest bytes a bincode `StoredEpisode` takes (id, text, vector, tags
+/// and metadata all empty): its eight length and integer fields of 8 bytes
+/// and the 4-byte confidence, 68, rounded down. Bounds how many episodes a
+/// file of a given size can hold, for the buffer reserved before reading.
+const MIN_EPISODE_BYTES: u64 = 64;
+
+/// bincode as [`write`] encodes (`bincode::serialize_into`: fixed-width
+/// integers), reading at most `limit` bytes for one value. The limit is the
+/// file's size: a damaged string or byte length then fails as corrupt
+/// instead of reserving a buffer of the length read (bincode's unlimited
+/// reader from a stream resizes its buffer to the length first).
+fn decoding(limit: u64) -> impl Options {
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(limit)
 }
 
 /// A writer that checksums what passes through it.
@@ -324,6 +343,9 @@ fn load(
     let file = fs
         .open_read(&path)
         .map_err(|e| storage("opening the snapshot", e))?;
+    let file_len = file
+        .size()
+        .map_err(|e| storage("reading the size of the snapshot", e))?;
     let mut r = Crc {
         inner: BufReader::with_capacity(1 << 20, file),
         hasher: crc32fast::Hasher::new(),
@@ -350,26 +372,62 @@ fn load(
     }
     r.read_exact(&mut buf8).map_err(io)?;
     let next_lsn = u64::from_le_bytes(buf8);
+    if next_lsn >= MAX_LSN {
+        return Err(corrupt(format!(
+            "next lsn {next_lsn}, at or above the largest lsn ever written ({MAX_LSN})"
+        )));
+    }
     r.read_exact(&mut buf4).map_err(io)?;
     let n_spaces = u32::from_le_bytes(buf4);
-    let mut spaces = Vec::with_capacity(n_spaces as usize);
+    // Not reserved ahead: the count is read from the file, and each space
+    // takes many bytes of it.
+    let mut spaces = Vec::new();
     for _ in 0..n_spaces {
         let header: SpaceHeader = if version >= 3 {
-            bincode::deserialize_from(&mut r)
+            decoding(file_len).deserialize_from(&mut r)
         } else {
-            bincode::deserialize_from(&mut r).map(|h: SpaceHeaderV2| SpaceHeader {
-                id: h.id,
-                dimension: h.dimension,
-                last_seq: h.last_seq,
-                episodes: h.episodes,
-                vector_storage: VectorStorage::Memory,
-            })
+            decoding(file_len)
+                .deserialize_from(&mut r)
+                .map(|h: SpaceHeaderV2| SpaceHeader {
+                    id: h.id,
+                    dimension: h.dimension,
+                    last_seq: h.last_seq,
+                    episodes: h.episodes,
+                    vector_storage: VectorStorage::Memory,
+                })
         }
         .map_err(|e| corrupt(format!("space header: {e}")))?;
-        let mut episodes = Vec::with_capacity(header.episodes.min(1 << 24) as usize);
+        let mut episodes = Vec::with_capacity(
+            header
+                .episodes
+                .min(1 << 24)
+                .min(file_len / MIN_EPISODE_BYTES) as usize,
+        );
+        let mut previous_seq = 0;
         for _ in 0..header.episodes {
-            let e: StoredEpisode =
-                bincode::deserialize_from(&mut r).map_err(|e| corrupt(format!("episode: {e}")))?;
+            let e: StoredEpisode = decoding(file_len)
+                .deserialize_from(&mut r)
+                .map_err(|e| corrupt(format!("episode: {e}")))?;
+            // The writer stores a space's live episodes in sequence order,
+            // none above its last sequence, each vector (when held) of the
+            // space's dimension: anything else would break the space's
+            // invariants when applied.
+            if e.server_sequence <= previous_seq || e.server_sequence > header.last_seq {
+                return Err(corrupt(format!(
+                    "episode '{}' of '{}' has sequence {}, expected above {previous_seq} and at most the space's last sequence {}",
+                    e.id, header.id, e.server_sequence, header.last_seq
+                )));
+            }
+            if e.holds_embedding() && e.embedding.len() != header.dimension {
+                return Err(corrupt(format!(
+                    "episode '{}' of '{}' has a vector of {} dimensions, the space has {}",
+                    e.id,
+                    header.id,
+                    e.embedding.len(),
+                    header.dimension
+                )));
+            }
+            previous_seq = e.server_sequence;
             episodes.push(e);
         }
         let mut index = Hnsw::read_from_with(&mut r, &placement(header.vector_storage, vector_dir))

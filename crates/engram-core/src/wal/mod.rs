@@ -26,6 +26,13 @@ pub use writer::Wal;
 /// segments and restarts. An acknowledged record's lsn is never reused.
 pub type Lsn = u64;
 
+/// Lsns at or above this are never written: at a billion records a second
+/// the log would take 292 years to get there. Recovery refuses a segment
+/// (and the snapshot loader a snapshot) that claims one, so that a damaged
+/// or hostile lsn cannot run the log into the end of the `u64` range,
+/// where the next lsn would overflow.
+pub const MAX_LSN: Lsn = 1 << 63;
+
 /// A record as recovery returns it: its lsn and its payload bytes, which the
 /// engine decodes into its typed [`crate::record::WalRecord`].
 pub type RawRecord = (Lsn, Vec<u8>);

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use crate::fs::{FileSystem, ReadFile};
 
 use super::format::{self, FrameHeader, HeaderProblem, FRAME_HEADER_LEN, HEADER_LEN};
-use super::{Lsn, RawRecord, Result, WalError, MAX_RECORD_BYTES};
+use super::{Lsn, RawRecord, Result, WalError, MAX_LSN, MAX_RECORD_BYTES};
 
 /// Read buffer for scanning segments: large sequential reads, few syscalls.
 const READ_BUFFER_BYTES: usize = 1 << 20;
@@ -113,6 +113,11 @@ pub(super) fn recover(fs: &dyn FileSystem, dir: &Path, from_lsn: Lsn) -> Result<
             Err(HeaderProblem::Unreadable(reason)) => {
                 drop(reader);
                 if is_last && holds_no_records(&mut *file, &seg.path, file_len)? {
+                    // Created where the log continued (its name says at
+                    // which lsn), or the records between are lost: the
+                    // same gap the next open would report once a record
+                    // is appended at that lsn.
+                    check_continuity(expected, seg, from_lsn)?;
                     tracing::warn!(
                         segment = %seg.path.display(),
                         bytes = file_len,
@@ -128,6 +133,13 @@ pub(super) fn recover(fs: &dyn FileSystem, dir: &Path, from_lsn: Lsn) -> Result<
                 return Err(corrupt(&seg.path, 0, reason));
             }
         };
+        if header_lsn >= MAX_LSN {
+            return Err(corrupt(
+                &seg.path,
+                0,
+                format!("the header says the first lsn is {header_lsn}, at or above the largest lsn ever written ({MAX_LSN})"),
+            ));
+        }
         if header_lsn != seg.first_lsn {
             return Err(corrupt(
                 &seg.path,
