@@ -16,6 +16,8 @@ from .types import (
     CueLike,
     Episode,
     EpisodeLike,
+    MemoryFilter,
+    MemoryFilterLike,
     RecallResult,
     RecalledEpisode,
     RecalledMemory,
@@ -31,6 +33,7 @@ from .types import (
 
 _EPISODE_KEYS = frozenset(f.name for f in dataclasses.fields(Episode))
 _CUE_KEYS = frozenset(f.name for f in dataclasses.fields(Cue))
+_FILTER_KEYS = frozenset(f.name for f in dataclasses.fields(MemoryFilter))
 
 
 def embedding_list(value: Any) -> List[float]:
@@ -159,10 +162,46 @@ def episode_to_proto(value: EpisodeLike, assign_id: bool = False) -> types_pb2.E
     return msg
 
 
-def cue_to_proto(value: CueLike) -> types_pb2.Cue:
+def memory_filter(value: MemoryFilterLike) -> MemoryFilter:
+    """A :class:`MemoryFilter` from one or from a dict with its keys."""
+    raw: Any = value
+    if isinstance(raw, MemoryFilter):
+        return raw
+    if isinstance(raw, Mapping):
+        unknown = set(raw) - _FILTER_KEYS
+        if unknown:
+            raise TypeError(f"unknown MemoryFilter field(s) {sorted(unknown)}; expected some of {sorted(_FILTER_KEYS)}")
+        return MemoryFilter(**raw)
+    raise TypeError(f"a filter must be an engram_grpc.MemoryFilter or a dict, got {type(raw).__name__}")
+
+
+def memory_filter_to_proto(value: MemoryFilterLike) -> types_pb2.MemoryFilter:
+    """The wire MemoryFilter: a metadata string becomes a condition with one
+    value (equals), a sequence one with those values (in). Checks types
+    only; the server validates the rest (empty tags, limits)."""
+    raw: Any = value
+    if isinstance(raw, types_pb2.MemoryFilter):
+        return raw
+    f = memory_filter(value)
+    msg = types_pb2.MemoryFilter(tags_all=f.tags_all, tags_any=f.tags_any, tags_none=f.tags_none)
+    for key, values in f.metadata.items():
+        msg.metadata.add(key=key, values=[values] if isinstance(values, str) else values)
+    return msg
+
+
+def cue_to_proto(value: CueLike, filter: Optional[MemoryFilterLike] = None) -> types_pb2.Cue:
+    """The wire Cue; ``filter`` (``recall(..., filter=)``) sets its filter,
+    which the cue itself must then not have (ValueError)."""
     raw: Any = value
     if isinstance(raw, types_pb2.Cue):
-        return raw
+        if filter is None:
+            return raw
+        if raw.HasField("filter"):
+            raise ValueError(_FILTER_TWICE)
+        msg = types_pb2.Cue()
+        msg.CopyFrom(raw)  # the caller's message stays as it was
+        msg.filter.CopyFrom(memory_filter_to_proto(filter))
+        return msg
     if isinstance(value, Cue) or isinstance(value, Mapping):
         f = _fields(value, _CUE_KEYS, "Cue")
     else:
@@ -177,13 +216,29 @@ def cue_to_proto(value: CueLike) -> types_pb2.Cue:
         ts = _timestamp(f.get(name))
         if ts is not None:
             getattr(msg, name).CopyFrom(ts)
+    cue_filter = f.get("filter")
+    if cue_filter is not None and filter is not None:
+        raise ValueError(_FILTER_TWICE)
+    if filter is None:
+        filter = cue_filter
+    if filter is not None:
+        msg.filter.CopyFrom(memory_filter_to_proto(filter))
     return msg
 
 
-def recall_request(space: str, cue: CueLike, include_embeddings: bool, batch_size: int = 0) -> types_pb2.RecallRequest:
+_FILTER_TWICE = "the filter is given twice, in the cue and as filter=: give it once"
+
+
+def recall_request(
+    space: str,
+    cue: CueLike,
+    include_embeddings: bool,
+    batch_size: int = 0,
+    filter: Optional[MemoryFilterLike] = None,
+) -> types_pb2.RecallRequest:
     return types_pb2.RecallRequest(
         memory_space_id=space,
-        cue=cue_to_proto(cue),
+        cue=cue_to_proto(cue, filter),
         batch_size=batch_size,
         include_embeddings=include_embeddings,
     )

@@ -33,6 +33,7 @@ from .types import (
     Answer,
     CueLike,
     EpisodeLike,
+    MemoryFilterLike,
     Priority,
     RecallResult,
     Rejection,
@@ -307,11 +308,21 @@ class StreamingClient:
     # ----- recall -----
 
     async def recall(
-        self, cue: CueLike, *, space: Optional[str] = None, include_embeddings: bool = False
+        self,
+        cue: CueLike,
+        *,
+        space: Optional[str] = None,
+        include_embeddings: bool = False,
+        filter: Optional[MemoryFilterLike] = None,
     ) -> RecallResult:
         """The most similar memories to ``cue`` (a :class:`Cue`, a dict, or
-        a bare embedding), including everything acked before the call."""
-        request = _convert.recall_request(space or self.space, cue, include_embeddings)
+        a bare embedding), including everything acked before the call.
+
+        ``filter`` (a :class:`MemoryFilter` or a dict with its keys): only
+        memories whose tags and metadata match are candidates; the recall
+        returns ``min(max_results, matching memories)``. Or set the cue's
+        ``filter``; giving both raises ``ValueError``."""
+        request = _convert.recall_request(space or self.space, cue, include_embeddings, filter=filter)
         return _convert.recall_result(await self._conn.unary(self._conn.memory.Recall, request))
 
     async def recall_stream(
@@ -321,12 +332,14 @@ class StreamingClient:
         space: Optional[str] = None,
         batch_size: Optional[int] = None,
         include_embeddings: bool = False,
+        filter: Optional[MemoryFilterLike] = None,
     ) -> AsyncIterator[RecallResult]:
         """One recall, its results in batches of ``batch_size`` (default
         ``options.recall_batch_size``; 0 = one batch). The first batch comes
-        before the full search is done; the last has ``more=False``."""
+        before the full search is done; the last has ``more=False``.
+        ``filter``: as for :meth:`recall`."""
         size = self.options.recall_batch_size if batch_size is None else batch_size
-        request = _convert.recall_request(space or self.space, cue, include_embeddings, size)
+        request = _convert.recall_request(space or self.space, cue, include_embeddings, size, filter)
         batches = self._conn.recall_stream(request)
         try:
             async for msg in batches:

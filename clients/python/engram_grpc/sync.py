@@ -13,7 +13,17 @@ from typing import Any, AsyncIterator, Awaitable, Iterable, Iterator, List, Opti
 from .client import DEFAULT_SPACE, DEFAULT_TARGET, StreamingClient
 from .events import SessionStats
 from .options import ClientOptions
-from .types import Ack, Answer, CueLike, EpisodeLike, Priority, RecallResult, RememberResult, SpaceInfo
+from .types import (
+    Ack,
+    Answer,
+    CueLike,
+    EpisodeLike,
+    MemoryFilterLike,
+    Priority,
+    RecallResult,
+    RememberResult,
+    SpaceInfo,
+)
 
 T = TypeVar("T")
 
@@ -87,8 +97,17 @@ class Client:
         input iterable is read on the client's loop thread."""
         return self._iterate(self._client.observe_many(episodes, space=space, priority=priority))
 
-    def recall(self, cue: CueLike, *, space: Optional[str] = None, include_embeddings: bool = False) -> RecallResult:
-        return self._call(self._client.recall(cue, space=space, include_embeddings=include_embeddings))
+    def recall(
+        self,
+        cue: CueLike,
+        *,
+        space: Optional[str] = None,
+        include_embeddings: bool = False,
+        filter: Optional[MemoryFilterLike] = None,
+    ) -> RecallResult:
+        return self._call(
+            self._client.recall(cue, space=space, include_embeddings=include_embeddings, filter=filter)
+        )
 
     def recall_stream(
         self,
@@ -97,9 +116,12 @@ class Client:
         space: Optional[str] = None,
         batch_size: Optional[int] = None,
         include_embeddings: bool = False,
+        filter: Optional[MemoryFilterLike] = None,
     ) -> Iterator[RecallResult]:
         return self._iterate(
-            self._client.recall_stream(cue, space=space, batch_size=batch_size, include_embeddings=include_embeddings)
+            self._client.recall_stream(
+                cue, space=space, batch_size=batch_size, include_embeddings=include_embeddings, filter=filter
+            )
         )
 
     def remember(

@@ -1,8 +1,8 @@
 """The values the client takes and gives: episodes, cues, acks, recall
 results, space info. Plain dataclasses; the gRPC messages stay inside.
 
-Inputs (:class:`Episode`, :class:`Cue`) may also be given as plain dicts with
-the same keys; embeddings may be lists or tuples of floats, numpy arrays, or
+Inputs (:class:`Episode`, :class:`Cue`, :class:`MemoryFilter`) may also be
+given as plain dicts with the same keys; embeddings may be lists or tuples of floats, numpy arrays, or
 anything else with a ``tolist()`` method.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 #: An embedding: a sequence of floats, or an array-like with ``tolist()``
 #: (numpy, torch on CPU, array.array, ...).
@@ -91,6 +91,74 @@ class Episode:
     metadata: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class MemoryFilter:
+    """Which memories a recall considers, by their tags and metadata; every
+    condition given must hold (an empty filter matches every memory).
+
+    ``tags_all``: the memory has every one of these tags; ``tags_any``: it
+    has at least one of them (ignored when empty); ``tags_none``: it has none
+    of them. ``metadata``: for each key, a string means ``metadata[key]``
+    equals it, a sequence of strings means it is one of them (a memory
+    without the key does not match).
+
+    The server applies the filter inside its search, not to the top results
+    after it: a recall returns ``min(max_results, matching memories)``, the
+    ones not yet indexed included, however far from the cue they are. It
+    refuses (:class:`~engram_grpc.InvalidArgument`, naming the field, e.g.
+    ``cue.filter.tags_all``) an empty tag or key, a key with no values, an
+    oversized tag, key or value, and more than 256 terms in all.
+
+    The sequences are stored as tuples and ``metadata`` as a copy; a string
+    where a sequence of strings belongs (``tags_all="x"``), or anything
+    other than strings, raises ``TypeError``.
+    """
+
+    tags_all: Sequence[str] = ()
+    tags_any: Sequence[str] = ()
+    tags_none: Sequence[str] = ()
+    metadata: Mapping[str, Union[str, Sequence[str]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("tags_all", "tags_any", "tags_none"):
+            object.__setattr__(self, name, _strings(f"MemoryFilter.{name}", getattr(self, name)))
+        raw: Any = self.metadata
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise TypeError(
+                f"MemoryFilter.metadata must be a mapping of str to str or a sequence of str, got {type(raw).__name__}"
+            )
+        metadata: Dict[str, Union[str, Tuple[str, ...]]] = {}
+        for key, value in raw.items():
+            if not isinstance(key, str):
+                raise TypeError(f"MemoryFilter.metadata keys must be strings, got {type(key).__name__}")
+            metadata[key] = value if isinstance(value, str) else _strings(f"MemoryFilter.metadata[{key!r}]", value)
+        object.__setattr__(self, "metadata", metadata)
+
+    def __hash__(self) -> int:
+        values = {k: v if isinstance(v, str) else tuple(v) for k, v in self.metadata.items()}
+        return hash((tuple(self.tags_all), tuple(self.tags_any), tuple(self.tags_none), frozenset(values.items())))
+
+
+def _strings(what: str, value: Any) -> Tuple[str, ...]:
+    """``value`` (a sequence of strings; None: empty) as a tuple."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError(f"{what} must be a sequence of strings, got {type(value).__name__}")
+    items = tuple(value)
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"{what} must hold strings, got {type(item).__name__}")
+    return items
+
+
+#: What the client accepts where a filter is expected: a MemoryFilter or a
+#: dict with its keys.
+MemoryFilterLike = Union[MemoryFilter, Mapping[str, Any]]
+
+
 @dataclass
 class Cue:
     """What to recall by. ``max_results``: 1-1000, 0 means the server's
@@ -98,7 +166,9 @@ class Cue:
     ``when_from`` / ``when_to``: an inclusive window on ``Episode.when``;
     ``ef_search``: the index's search breadth for this recall, 1-4096, 0
     means the server's ``engine.index.ef_search`` (higher: better recall,
-    slower; large spaces need more for the same recall)."""
+    slower; large spaces need more for the same recall); ``filter``: which
+    memories are candidates, by tags and metadata (see :class:`MemoryFilter`;
+    ``recall(..., filter=)`` sets the same)."""
 
     embedding: Embedding
     max_results: int = 0
@@ -106,6 +176,7 @@ class Cue:
     when_from: Optional[datetime] = None
     when_to: Optional[datetime] = None
     ef_search: int = 0
+    filter: Optional[MemoryFilterLike] = None
 
 
 #: What the client accepts where an episode is expected.

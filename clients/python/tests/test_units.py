@@ -206,3 +206,73 @@ def test_api_key_and_tls_options() -> None:
     assert "grpc.ssl_target_name_override" not in dict(channel_options(plain))
     client = eg.StreamingClient("https://127.0.0.1:1", api_key=secret)
     assert client.target == "127.0.0.1:1" and secret not in repr(client.options)
+
+
+def test_memory_filter_conversion() -> None:
+    import dataclasses
+
+    f = eg.MemoryFilter(
+        tags_all=["a", "b"], tags_any=("c",), tags_none=["d"], metadata={"user": "ada", "source": ["chat", "mail"]}
+    )
+    # Stored as tuples and a copy: the caller's lists can change afterwards.
+    assert f.tags_all == ("a", "b") and f.metadata == {"user": "ada", "source": ("chat", "mail")}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        f.tags_all = ("x",)  # type: ignore[misc]
+    same = eg.MemoryFilter(tags_all=("a", "b"), tags_any=["c"], tags_none=("d",), metadata={"source": ("chat", "mail"), "user": "ada"})
+    assert f == same and hash(f) == hash(same) and len({f, same}) == 1
+    msg = _convert.memory_filter_to_proto(f)
+    assert list(msg.tags_all) == ["a", "b"] and list(msg.tags_any) == ["c"] and list(msg.tags_none) == ["d"]
+    # A string is one value (equals), a sequence several (in).
+    assert [(c.key, list(c.values)) for c in msg.metadata] == [("user", ["ada"]), ("source", ["chat", "mail"])]
+    # A dict with the same keys converts the same.
+    as_dict = {"tags_all": ["a", "b"], "tags_any": ["c"], "tags_none": ["d"], "metadata": {"user": "ada", "source": ["chat", "mail"]}}
+    assert _convert.memory_filter_to_proto(as_dict) == msg
+    # Empty: an empty message (the server matches everything); the server,
+    # not the client, refuses empty tags and keys without values.
+    assert _convert.memory_filter_to_proto(eg.MemoryFilter()) == types_pb2.MemoryFilter()
+    loose = _convert.memory_filter_to_proto(eg.MemoryFilter(tags_all=[""], metadata={"user": []}))
+    assert list(loose.tags_all) == [""] and [(c.key, list(c.values)) for c in loose.metadata] == [("user", [])]
+    # Wrong types fail before anything is sent.
+    for bad in (
+        {"tags_all": "a"},
+        {"tags_any": [1]},
+        {"tags_none": b"x"},
+        {"metadata": {"user": 5}},
+        {"metadata": {"user": [b"ada"]}},
+        {"metadata": {1: "x"}},
+        {"metadata": ["user"]},
+    ):
+        with pytest.raises(TypeError):
+            _convert.memory_filter_to_proto(bad)
+    with pytest.raises(TypeError, match="unknown MemoryFilter field"):
+        _convert.memory_filter_to_proto({"tags": ["a"]})
+    with pytest.raises(TypeError):
+        _convert.memory_filter_to_proto(["a"])  # type: ignore[arg-type]
+
+
+def test_recall_request_carries_the_filter() -> None:
+    f = eg.MemoryFilter(tags_any=["x"], metadata={"user": ["ada", "bob"]})
+    wire = _convert.memory_filter_to_proto(f)
+    # No filter: the field stays unset.
+    assert not _convert.recall_request("s", [1.0], False).cue.HasField("filter")
+    assert not _convert.recall_request("s", eg.Cue(embedding=[1.0]), False).cue.HasField("filter")
+    # As recall(..., filter=), as the cue's field, in a dict cue, with a proto cue.
+    for cue, given in (
+        ([1.0], f),
+        (eg.Cue(embedding=[1.0], max_results=3), f),
+        (eg.Cue(embedding=[1.0], max_results=3, filter=f), None),
+        ({"embedding": [1.0], "filter": {"tags_any": ["x"], "metadata": {"user": ["ada", "bob"]}}}, None),
+        ({"embedding": [1.0]}, {"tags_any": ["x"], "metadata": {"user": ("ada", "bob")}}),
+    ):
+        request = _convert.recall_request("s", cue, False, 5, given)
+        assert request.cue.filter == wire and list(request.cue.embedding) == [1.0] and request.batch_size == 5
+    proto_cue = types_pb2.Cue(embedding=[1.0], max_results=2)
+    request = _convert.recall_request("s", proto_cue, False, filter=f)
+    assert request.cue.filter == wire and request.cue.max_results == 2
+    assert not proto_cue.HasField("filter")  # the caller's message is not changed
+    # Given twice: refused rather than one silently winning.
+    with pytest.raises(ValueError, match="twice"):
+        _convert.recall_request("s", eg.Cue(embedding=[1.0], filter=f), False, filter=f)
+    with pytest.raises(ValueError, match="twice"):
+        _convert.recall_request("s", types_pb2.Cue(embedding=[1.0], filter=wire), False, filter=f)
+    assert eg.MemoryFilter in (getattr(eg, name) for name in eg.__all__)

@@ -36,6 +36,30 @@ export interface Cue {
   /** The index's search breadth for this recall, 1-4096; default: the
    * server's `engine.index.ef_search`. Higher: better recall, slower. */
   ef_search?: number;
+  /** Only memories with these tags and metadata are candidates (applied
+   * inside the search: a recall returns min(`max_results`, matching
+   * memories)). Absent or empty: all memories. */
+  filter?: MemoryFilter;
+}
+
+/**
+ * Conditions on a memory's tags and metadata (`engram.v1.MemoryFilter`);
+ * a memory matches when every condition holds. Every field is optional.
+ * The server answers `invalid_argument` (naming the field, e.g.
+ * `cue.filter.tags_all`) for an empty tag, an empty metadata key, a key
+ * with no values (`[]`), oversized tags/keys/values, or more than 256
+ * terms (tags plus metadata values) in all.
+ */
+export interface MemoryFilter {
+  /** The memory has every one of these tags. */
+  tags_all?: string[];
+  /** The memory has at least one of these tags (ignored when empty). */
+  tags_any?: string[];
+  /** The memory has none of these tags. */
+  tags_none?: string[];
+  /** `metadata[key]` equals the value (a string) or is one of the values
+   * (a list: "in"). Every key must hold. */
+  metadata?: Record<string, string | string[]>;
 }
 
 export type Priority = "normal" | "high" | "low";

@@ -13,6 +13,8 @@ import {
   type TlsOptions,
   type WebSocketConstructor,
   type ClosedMessage,
+  type Cue,
+  type MemoryFilter,
   type ObservationAccepted,
   type ObservationResult,
   type RecallResultMessage,
@@ -40,6 +42,16 @@ export async function consumer(): Promise<void> {
   }
   const { memories } = await client.recall({ embedding: [1, 0, 0] });
   void memories.length;
+  // Recall filters: snake_case as on the wire; a metadata value is a string (equals) or a list (in).
+  const filter: MemoryFilter = { tags_all: ["work"], tags_none: ["draft"], metadata: { user: "ada", source: ["chat", "mail"] } };
+  const cue: Cue = { embedding: [1, 0, 0], max_results: 5, filter };
+  const filtered = await client.recall(cue);
+  void filtered.memories.map((m) => m.episode.tags?.includes("work"));
+  await client.recall({ embedding: [1, 0, 0], filter: { tags_any: ["a", "b"] } });
+  // @ts-expect-error metadata values are strings or lists of strings
+  await client.recall({ embedding: [1, 0, 0], filter: { metadata: { n: 1 } } });
+  // @ts-expect-error the wire names are snake_case (tags_all), as for every Cue field
+  await client.recall({ embedding: [1, 0, 0], filter: { tagsAll: ["work"] } });
   const closed: ClosedMessage = await client.close({ drain: true });
   void [n, closed.accepted];
   try {

@@ -441,3 +441,65 @@ describe("API key and TLS (a fake WebSocket, no server)", () => {
     await c.close();
   });
 });
+
+describe("recall filter (a fake WebSocket, no server)", () => {
+  /** A server that answers every recall with an empty result; the recall messages it got are in `made[0].sent`. */
+  function recallServer() {
+    return fakeWebSocket((s) => {
+      const base = s.onClientMessage;
+      s.onClientMessage = (m) => {
+        if (m.type === "recall") s.reply({ type: "recall_result", request_id: m.request_id, memories: [], more: false, snapshot_sequence: 0 });
+        else base(m);
+      };
+      s.open();
+    });
+  }
+
+  it("cue.filter goes on the wire as the server's JSON (snake_case, metadata string = equals, list = in), the cue unchanged", async () => {
+    const { Fake, made } = recallServer();
+    const c = new EngramWebSocketClient("ws://x/v1/stream", { space: "s", WebSocket: Fake });
+    const filter = { tags_all: ["work", "urgent"], tags_any: ["a", "b"], tags_none: ["draft"], metadata: { user: "ada", source: ["chat", "mail"] } };
+    const cue = { embedding: [1, 0], max_results: 3, ef_search: 64, filter };
+    const before = structuredClone(cue);
+    assert.equal((await c.recall(cue)).batches, 1);
+    await c.recall({ embedding: [0, 1], filter: { tags_any: ["x"] } }, { batchSize: 2 });
+    await c.recall({ embedding: [0, 1] });
+    await c.close();
+    const recalls = made[0].sent.filter((m) => m.type === "recall");
+    assert.equal(recalls.length, 3);
+    assert.deepEqual(recalls[0].cue, {
+      embedding: [1, 0],
+      max_results: 3,
+      ef_search: 64,
+      filter: { tags_all: ["work", "urgent"], tags_any: ["a", "b"], tags_none: ["draft"], metadata: { user: "ada", source: ["chat", "mail"] } },
+    });
+    assert.deepEqual(recalls[1].cue, { embedding: [0, 1], filter: { tags_any: ["x"] } });
+    assert.equal(recalls[1].batch_size, 2);
+    assert.equal("filter" in recalls[2].cue, false, "no filter: no filter field on the wire");
+    assert.deepEqual(cue, before, "the caller's cue is not changed");
+  });
+
+  it("a recall refused for its filter throws ServerError invalid_argument, the stream goes on", async () => {
+    const { Fake, made } = fakeWebSocket((s) => {
+      const base = s.onClientMessage;
+      s.onClientMessage = (m) => {
+        if (m.type !== "recall") return base(m);
+        if (m.cue.filter?.tags_all?.includes("")) s.reply({ type: "error", code: "invalid_argument", message: "cue.filter.tags_all has an empty tag", request_id: m.request_id });
+        else s.reply({ type: "recall_result", request_id: m.request_id, memories: [], more: false, snapshot_sequence: 0 });
+      };
+      s.open();
+    });
+    const c = new EngramWebSocketClient("ws://x/v1/stream", { space: "s", WebSocket: Fake });
+    await assert.rejects(c.recall({ embedding: [1, 0], filter: { tags_all: [""] } }), (e) => {
+      assert.ok(e instanceof ServerError, String(e));
+      assert.equal(e.code, "invalid_argument");
+      assert.match(e.serverMessage, /cue\.filter\.tags_all/);
+      assert.ok(e.requestId?.length > 0);
+      return true;
+    });
+    assert.equal((await c.recall({ embedding: [1, 0], filter: { tags_all: ["ok"] } })).batches, 1);
+    assert.equal(c.state, "open");
+    assert.equal(made.length, 1);
+    await c.close();
+  });
+});

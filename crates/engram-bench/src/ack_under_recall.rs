@@ -126,6 +126,7 @@ async fn measure(args: &AckUnderRecallArgs) -> anyhow::Result<Value> {
                         when_from: None,
                         when_to: None,
                         ef_search: None,
+                        filter: Default::default(),
                     };
                     engine.recall("bench", cue).expect("recall");
                     recalls.fetch_add(1, Ordering::Relaxed);

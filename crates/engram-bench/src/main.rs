@@ -10,6 +10,7 @@
 //!   result file).
 
 mod ack_under_recall;
+mod filters;
 mod index_bench;
 mod recall_transports;
 mod sync_modes;
@@ -35,6 +36,10 @@ enum Command {
     /// Acked observations/s and ack latency per wal.sync mode, in process;
     /// prints one JSON object.
     SyncModes(sync_modes::SyncModesArgs),
+    /// Filtered recall (tags at several selectivities) against an exact
+    /// filtered search and against unfiltered recall, in process; prints
+    /// one JSON object.
+    Filters(filters::FiltersArgs),
 }
 
 /// Runs `measure` on a runtime of `threads` workers and prints its JSON.
@@ -63,5 +68,6 @@ fn main() -> anyhow::Result<()> {
         Command::RecallTransports(args) => recall_transports::run(&args),
         Command::AckUnderRecall(args) => ack_under_recall::run(&args),
         Command::SyncModes(args) => sync_modes::run(&args),
+        Command::Filters(args) => filters::run(&args),
     }
 }

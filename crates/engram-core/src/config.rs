@@ -94,6 +94,11 @@ pub struct EngineConfig {
     /// dimensions cannot be created, and a wider embedding is refused as
     /// invalid (a limit on what one client can make the server hold).
     pub max_dimension: usize,
+    /// Up to how many memories a recall filter (tags, metadata) may admit
+    /// for the recall to score them all exactly instead of searching the
+    /// index graph with the filter; unset: derived from the index's size
+    /// and search breadth (docs/design/filters.md).
+    pub filter_exact_scan_max: Option<usize>,
     /// Seconds between snapshots (0 disables periodic snapshots; one is
     /// still written at shutdown).
     pub snapshot_interval_secs: u64,
@@ -127,6 +132,7 @@ impl Default for EngineConfig {
             auto_create_spaces: true,
             max_spaces: DEFAULT_MAX_SPACES,
             max_dimension: crate::model::MAX_DIMENSION,
+            filter_exact_scan_max: None,
             snapshot_interval_secs: DEFAULT_SNAPSHOT_INTERVAL.as_secs(),
             max_commit_batch: DEFAULT_MAX_COMMIT_BATCH,
             commit_queue: DEFAULT_COMMIT_QUEUE,

@@ -81,6 +81,9 @@ struct Inner {
     /// Set once, with the cause, when the engine can no longer work (the
     /// commit thread died): it fails stop (see [`Engine::fatal`]).
     fatal: Arc<tokio::sync::watch::Sender<Option<String>>>,
+    /// `config.filter_exact_scan_max`, changeable while running (see
+    /// [`Engine::set_filter_exact_scan_max`]).
+    filter_exact_scan_max: Mutex<Option<usize>>,
 }
 
 impl Drop for Inner {
@@ -178,6 +181,7 @@ impl Engine {
         let engine = Engine {
             inner: Arc::new(Inner {
                 sessions: Registry::new(config.sessions.clone()),
+                filter_exact_scan_max: Mutex::new(config.filter_exact_scan_max),
                 fs,
                 _lock: lock,
                 wal_durable_points,
@@ -492,6 +496,14 @@ impl Engine {
         Some(m.render(state))
     }
 
+    /// Sets up to how many admitted memories a filtered recall scores
+    /// exactly (None: derived from the space; see
+    /// [`EngineConfig::filter_exact_scan_max`]). For benchmarks that
+    /// place the switch, and for tuning without a restart.
+    pub fn set_filter_exact_scan_max(&self, max: Option<usize>) {
+        *self.inner.filter_exact_scan_max.lock() = max;
+    }
+
     /// The most similar memories to the cue, as of now (CPU work: call it
     /// from a blocking-capable thread, not an async worker).
     ///
@@ -502,7 +514,7 @@ impl Engine {
         let space = self.space(&SpaceId::parse(space)?)?;
         let cue = cue.validate()?;
         let ef = cue.ef_search.unwrap_or(self.inner.config.index.ef_search);
-        let result = recall::recall(&space, &cue, ef);
+        let result = recall::recall(&space, &cue, ef, *self.inner.filter_exact_scan_max.lock());
         if let Some(m) = space.metrics() {
             m.recall_latency.observe(started.elapsed().as_secs_f64());
         }
@@ -761,7 +773,13 @@ impl Engine {
         let space = self.space(&SpaceId::parse(space)?)?;
         let cue = cue.validate()?;
         let ef = cue.ef_search.unwrap_or(self.inner.config.index.ef_search);
-        RecallStream::new(space, cue, ef, batch_size)
+        RecallStream::new(
+            space,
+            cue,
+            ef,
+            *self.inner.filter_exact_scan_max.lock(),
+            batch_size,
+        )
     }
 
     /// Holds indexing back: observations stay in the fresh tier. For tests

@@ -58,6 +58,7 @@ pub mod index;
 pub mod indexer;
 pub mod metrics;
 pub mod model;
+pub mod postings;
 pub mod queue;
 pub mod recall;
 pub mod record;

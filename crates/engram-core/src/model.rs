@@ -322,6 +322,105 @@ pub struct Cue {
     /// `engine.index.ef_search`. Higher: better recall, slower; large
     /// spaces need more than small ones for the same recall@10.
     pub ef_search: Option<usize>,
+    /// Which memories are candidates at all (tags, metadata); empty: all.
+    /// Applied inside the search, never after it: a recall returns
+    /// min(k, matching memories).
+    pub filter: MemoryFilter,
+}
+
+/// Conditions on a memory's tags and metadata; a memory matches when every
+/// condition holds. The empty filter matches everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemoryFilter {
+    /// The memory has every one of these tags.
+    pub tags_all: Vec<String>,
+    /// The memory has at least one of these tags (ignored when empty).
+    pub tags_any: Vec<String>,
+    /// The memory has none of these tags.
+    pub tags_none: Vec<String>,
+    /// Each holds: the memory's metadata value under `key` is one of
+    /// `values` (one value: equals; several: in).
+    pub metadata: Vec<MetadataCondition>,
+}
+
+/// `metadata[key]` is one of `values`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetadataCondition {
+    pub key: String,
+    pub values: Vec<String>,
+}
+
+/// Most conditions (tags listed plus metadata values) in one filter.
+pub const MAX_FILTER_TERMS: usize = 256;
+
+impl MemoryFilter {
+    pub fn is_empty(&self) -> bool {
+        self.tags_all.is_empty()
+            && self.tags_any.is_empty()
+            && self.tags_none.is_empty()
+            && self.metadata.is_empty()
+    }
+
+    /// True when `e` meets every condition.
+    pub fn matches(&self, e: &StoredEpisode) -> bool {
+        let has = |t: &String| e.tags.iter().any(|x| x == t);
+        self.tags_all.iter().all(has)
+            && (self.tags_any.is_empty() || self.tags_any.iter().any(has))
+            && !self.tags_none.iter().any(has)
+            && self.metadata.iter().all(|c| {
+                e.metadata
+                    .get(&c.key)
+                    .is_some_and(|v| c.values.iter().any(|x| x == v))
+            })
+    }
+
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an empty or oversized tag, key or
+    /// value, a metadata condition without values, or more than
+    /// [`MAX_FILTER_TERMS`] terms.
+    pub fn validate(&self) -> Result<()> {
+        let terms = self.tags_all.len()
+            + self.tags_any.len()
+            + self.tags_none.len()
+            + self.metadata.iter().map(|c| c.values.len()).sum::<usize>();
+        if terms > MAX_FILTER_TERMS {
+            return Err(Error::invalid(
+                "cue.filter",
+                format!("has {terms} terms; the limit is {MAX_FILTER_TERMS}"),
+            ));
+        }
+        for (field, tags) in [
+            ("cue.filter.tags_all", &self.tags_all),
+            ("cue.filter.tags_any", &self.tags_any),
+            ("cue.filter.tags_none", &self.tags_none),
+        ] {
+            for t in tags {
+                if t.is_empty() {
+                    return Err(Error::invalid(field, "has an empty tag"));
+                }
+                check_len(field, t, MAX_TAG_BYTES)?;
+            }
+        }
+        for c in &self.metadata {
+            if c.key.is_empty() {
+                return Err(Error::invalid("cue.filter.metadata", "has an empty key"));
+            }
+            check_len("cue.filter.metadata key", &c.key, MAX_METADATA_KEY_BYTES)?;
+            if c.values.is_empty() {
+                return Err(Error::invalid(
+                    "cue.filter.metadata",
+                    format!(
+                        "key '{}' has no values: give one (equals) or several (in)",
+                        c.key
+                    ),
+                ));
+            }
+            for v in &c.values {
+                check_len("cue.filter.metadata value", v, MAX_METADATA_VALUE_BYTES)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A cue that passed validation.
@@ -333,6 +432,7 @@ pub struct ValidCue {
     pub when_from: i64,
     pub when_to: i64,
     pub ef_search: Option<usize>,
+    pub filter: MemoryFilter,
 }
 
 impl ValidCue {
@@ -342,6 +442,17 @@ impl ValidCue {
 
     pub fn in_window(&self, when: i64) -> bool {
         (self.when_from..=self.when_to).contains(&when)
+    }
+
+    /// True when `e` is a candidate for this cue: inside its window and
+    /// matching its filter.
+    pub fn admits(&self, e: &StoredEpisode) -> bool {
+        (!self.has_window() || self.in_window(e.when_unix_nanos)) && self.filter.matches(e)
+    }
+
+    /// True when some memories may not be candidates (a window or a filter).
+    pub fn restricts(&self) -> bool {
+        self.has_window() || !self.filter.is_empty()
     }
 }
 
@@ -379,6 +490,7 @@ impl Cue {
                 ));
             }
         }
+        self.filter.validate()?;
         Ok(ValidCue {
             embedding,
             max_results,
@@ -386,6 +498,7 @@ impl Cue {
             when_from,
             when_to,
             ef_search: self.ef_search,
+            filter: self.filter,
         })
     }
 }
@@ -603,6 +716,7 @@ mod tests {
             when_from: None,
             when_to: None,
             ef_search: None,
+            filter: MemoryFilter::default(),
         };
         assert!(cue(1).validate().is_ok());
         assert!(cue(1000).validate().is_ok());

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::index::distance::dot;
 use crate::model::{RecallResult, RecalledMemory, StoredEpisode, ValidCue};
+use crate::postings::Admitted;
 use crate::space::Space;
 
 /// Below this many indexed vectors, the index is searched with a breadth
@@ -27,9 +28,20 @@ const EXHAUSTIVE_BELOW: usize = 1000;
 ///
 /// # Errors
 /// [`Error::DimensionMismatch`] when the cue does not fit the space.
-pub fn recall(space: &Space, cue: &ValidCue, ef: usize) -> Result<RecallResult> {
+pub fn recall(
+    space: &Space,
+    cue: &ValidCue,
+    ef: usize,
+    exact_below: Option<usize>,
+) -> Result<RecallResult> {
     check_dimension(space, cue)?;
-    Ok(recall_at(space, cue, ef, space.visible_sequence()))
+    Ok(recall_at(
+        space,
+        cue,
+        ef,
+        exact_below,
+        space.visible_sequence(),
+    ))
 }
 
 fn check_dimension(space: &Space, cue: &ValidCue) -> Result<()> {
@@ -45,14 +57,23 @@ fn check_dimension(space: &Space, cue: &ValidCue) -> Result<()> {
 
 /// Recall as of a fixed snapshot point: only episodes with a server
 /// sequence at or below `snapshot` are candidates.
-fn recall_at(space: &Space, cue: &ValidCue, ef: usize, snapshot: u64) -> RecallResult {
+///
+/// `exact_below`: up to how many admitted memories a filtered recall scores
+/// exactly (`engine.filter_exact_scan_max`); None: [`exact_scan_below`].
+fn recall_at(
+    space: &Space,
+    cue: &ValidCue,
+    ef: usize,
+    exact_below: Option<usize>,
+    snapshot: u64,
+) -> RecallResult {
     let k = cue.max_results;
 
     let fresh = space.read().fresh_up_to(snapshot);
     let mut candidates: Vec<RecalledMemory> = Vec::with_capacity(2 * k);
     exact_scan(&fresh, cue, &mut candidates);
 
-    index_candidates(space, cue, ef, snapshot, &mut candidates);
+    index_candidates(space, cue, ef, exact_below, snapshot, &mut candidates);
 
     let mut memories = merge_top_k(candidates, k);
     fill_embeddings(space, &mut memories);
@@ -72,10 +93,18 @@ fn recall_at(space: &Space, cue: &ValidCue, ef: usize, snapshot: u64) -> RecallR
 /// runs again with the liveness check inside it, each check under its own
 /// brief lock. Cues with a time window take that path at once, since a
 /// window may exclude most of the space.
+///
+/// A filter (tags, metadata) is applied inside the search, never after it:
+/// the postings say which memories it can admit, and the graph search
+/// only accepts those. When they are few ([`exact_scan_below`]), they are
+/// scored exactly instead: a graph search would visit about
+/// `2·M·ef·N / admitted` nodes to collect `ef` of them, more than scoring
+/// them all (docs/design/filters.md).
 fn index_candidates(
     space: &Space,
     cue: &ValidCue,
     ef: usize,
+    exact_below: Option<usize>,
     snapshot: u64,
     out: &mut Vec<RecalledMemory>,
 ) {
@@ -87,8 +116,7 @@ fn index_candidates(
         ef
     }
     .max(k);
-    let window = cue.has_window();
-    let keep = |e: &StoredEpisode| !window || cue.in_window(e.when_unix_nanos);
+    let keep = |e: &StoredEpisode| cue.admits(e);
     let resolve = |hits: &[(u64, f32)], out: &mut Vec<RecalledMemory>| -> usize {
         let state = space.read();
         let mut dropped = 0;
@@ -108,8 +136,48 @@ fn index_candidates(
         }
         dropped
     };
-    if !window {
-        let hits = index.search(&cue.embedding, k, ef, &|seq: u64| seq <= snapshot);
+    let admitted = (!cue.filter.is_empty()).then(|| space.read().admitted(&cue.filter));
+    if let Some(Admitted::Only(seqs)) = &admitted {
+        let switch =
+            exact_below.unwrap_or_else(|| exact_scan_below(index.len(), ef, index.params().m));
+        if seqs.len() <= switch {
+            let upto = seqs.partition_point(|&s| s <= snapshot);
+            let mut seqs = &seqs[..upto];
+            // The postings answer tags and metadata (and liveness, as of
+            // now); a time window still has to be checked per memory.
+            let in_window: Vec<u64>;
+            if cue.has_window() {
+                let state = space.read();
+                in_window = seqs
+                    .iter()
+                    .copied()
+                    .filter(|&s| state.episode(s).is_some_and(|e| keep(e)))
+                    .collect();
+                seqs = &in_window;
+            }
+            let mut scored = index.scan(&cue.embedding, seqs, k);
+            // Only a memory forgotten since the postings were read can
+            // still drop out: a margin over `k` is enough.
+            scored.truncate(2 * k + 10);
+            resolve(&scored, out);
+            return;
+        }
+    }
+    // A filter that admits a small share of the index: the two-hop
+    // traversal (see `Hnsw::search_with`).
+    let sparse = match &admitted {
+        Some(Admitted::Only(seqs)) => seqs.len() * SPARSE_BELOW_SHARE_INV < index.len(),
+        _ => false,
+    };
+    let allowed = Allowed::new(admitted, snapshot);
+    if !cue.has_window() {
+        let hits = index.search_with(
+            &cue.embedding,
+            k,
+            ef,
+            &|seq: u64| allowed.admits(seq),
+            sparse,
+        );
         let before = out.len();
         let dropped = resolve(&hits, out);
         if dropped == 0 || hits.len() < k {
@@ -117,9 +185,80 @@ fn index_candidates(
         }
         out.truncate(before);
     }
-    let live = |seq: u64| seq <= snapshot && space.read().episode(seq).is_some_and(|e| keep(e));
-    let hits = index.search(&cue.embedding, k, ef, &live);
+    let live = |seq: u64| allowed.admits(seq) && space.read().episode(seq).is_some_and(|e| keep(e));
+    let hits = index.search_with(&cue.embedding, k, ef, &live, sparse);
     resolve(&hits, out);
+}
+
+/// A filter admitting less than 1 / this of the index's memories uses the
+/// two-hop graph traversal.
+const SPARSE_BELOW_SHARE_INV: usize = 5;
+
+/// Up to how many admitted memories a filtered recall scores exactly
+/// rather than searching the graph: `sqrt(2·M·ef·N)`, where the exact
+/// scan's cost (one similarity per admitted memory, `A`) meets the
+/// filtered graph search's (about `2·M` similarities per visited node,
+/// `ef·N/A` nodes visited to collect `ef` admitted ones).
+pub fn exact_scan_below(indexed: usize, ef: usize, m: usize) -> usize {
+    ((2 * m.max(1) * ef.max(1) * indexed) as f64).sqrt() as usize
+}
+
+/// The search's acceptance test for a label: at or below the recall's
+/// snapshot, and admitted by the filter's postings: a bitmap over
+/// sequences when that is small next to the list (each test a lookup),
+/// else a binary search of the sorted list.
+struct Allowed {
+    snapshot: u64,
+    set: Option<(SeqSet, bool)>,
+}
+
+enum SeqSet {
+    Bitmap(Vec<u64>),
+    Sorted(Vec<u64>),
+}
+
+impl SeqSet {
+    fn contains(&self, seq: u64) -> bool {
+        match self {
+            SeqSet::Bitmap(bits) => bits
+                .get((seq / 64) as usize)
+                .is_some_and(|w| w & (1 << (seq % 64)) != 0),
+            SeqSet::Sorted(seqs) => seqs.binary_search(&seq).is_ok(),
+        }
+    }
+}
+
+impl Allowed {
+    fn new(admitted: Option<Admitted>, snapshot: u64) -> Self {
+        let set = |mut seqs: Vec<u64>| {
+            seqs.truncate(seqs.partition_point(|&s| s <= snapshot));
+            let words = (snapshot / 64 + 1) as usize;
+            // 8 bytes a word against 8 bytes a listed sequence.
+            if words <= 4 * seqs.len() + 1024 {
+                let mut bits = vec![0u64; words];
+                for s in seqs {
+                    bits[(s / 64) as usize] |= 1 << (s % 64);
+                }
+                SeqSet::Bitmap(bits)
+            } else {
+                SeqSet::Sorted(seqs)
+            }
+        };
+        let set = match admitted {
+            None => None,
+            Some(Admitted::Only(seqs)) => Some((set(seqs), true)),
+            Some(Admitted::AllBut(seqs)) => Some((set(seqs), false)),
+        };
+        Allowed { snapshot, set }
+    }
+
+    fn admits(&self, seq: u64) -> bool {
+        seq <= self.snapshot
+            && match &self.set {
+                None => true,
+                Some((set, only)) => set.contains(seq) == *only,
+            }
+    }
 }
 
 /// One batch of an incremental recall.
@@ -146,6 +285,7 @@ pub struct RecallStream {
     space: Arc<Space>,
     cue: ValidCue,
     ef: usize,
+    exact_below: Option<usize>,
     batch_size: usize,
     snapshot: u64,
     sent: HashSet<u64>,
@@ -164,7 +304,13 @@ pub struct RecallStream {
 impl RecallStream {
     /// # Errors
     /// [`Error::DimensionMismatch`].
-    pub fn new(space: Arc<Space>, cue: ValidCue, ef: usize, batch_size: usize) -> Result<Self> {
+    pub fn new(
+        space: Arc<Space>,
+        cue: ValidCue,
+        ef: usize,
+        exact_below: Option<usize>,
+        batch_size: usize,
+    ) -> Result<Self> {
         check_dimension(&space, &cue)?;
         let snapshot = space.visible_sequence();
         Ok(RecallStream {
@@ -172,6 +318,7 @@ impl RecallStream {
             batch_size: batch_size.clamp(1, cue.max_results),
             cue,
             ef,
+            exact_below,
             snapshot,
             sent: HashSet::new(),
             rest: None,
@@ -204,7 +351,14 @@ impl Iterator for RecallStream {
                     max_results: self.batch_size,
                     ..self.cue.clone()
                 };
-                let first = recall_at(&self.space, &first_cue, self.ef, self.snapshot).memories;
+                let first = recall_at(
+                    &self.space,
+                    &first_cue,
+                    self.ef,
+                    self.exact_below,
+                    self.snapshot,
+                )
+                .memories;
                 self.first_sent = true;
                 self.sent
                     .extend(first.iter().map(|m| m.episode.server_sequence));
@@ -217,7 +371,14 @@ impl Iterator for RecallStream {
             // Second call: the full search at the same snapshot, without
             // what the first batch already sent.
             None if self.first_sent => {
-                let full = recall_at(&self.space, &self.cue, self.ef, self.snapshot).memories;
+                let full = recall_at(
+                    &self.space,
+                    &self.cue,
+                    self.ef,
+                    self.exact_below,
+                    self.snapshot,
+                )
+                .memories;
                 let remaining: Vec<_> = full
                     .into_iter()
                     .filter(|m| !self.sent.contains(&m.episode.server_sequence))
@@ -229,7 +390,14 @@ impl Iterator for RecallStream {
                 batch
             }
             None => {
-                let all = recall_at(&self.space, &self.cue, self.ef, self.snapshot).memories;
+                let all = recall_at(
+                    &self.space,
+                    &self.cue,
+                    self.ef,
+                    self.exact_below,
+                    self.snapshot,
+                )
+                .memories;
                 self.rest = Some(Vec::new().into_iter());
                 all
             }
@@ -258,10 +426,10 @@ impl Iterator for RecallStream {
 
 /// Exact cosine over fresh episodes (all L2-normalised, so a dot product).
 fn exact_scan(fresh: &[Arc<StoredEpisode>], cue: &ValidCue, out: &mut Vec<RecalledMemory>) {
-    let window = cue.has_window();
+    let restricts = cue.restricts();
     let mut scored: Vec<(f32, &Arc<StoredEpisode>)> = fresh
         .iter()
-        .filter(|e| !window || cue.in_window(e.when_unix_nanos))
+        .filter(|e| !restricts || cue.admits(e))
         .map(|e| (dot(&cue.embedding, &e.embedding), e))
         .filter(|(s, _)| *s >= cue.similarity_threshold)
         .collect();

@@ -17,8 +17,10 @@ use crate::error::Error;
 use crate::index::{Hnsw, HnswParams, VectorPlacement};
 use crate::metrics::SpaceMetrics;
 use crate::model::{
-    no_embedding, now_unix_nanos, SpaceId, SpaceInfo, SpaceMemory, StoredEpisode, VectorStorage,
+    no_embedding, now_unix_nanos, MemoryFilter, SpaceId, SpaceInfo, SpaceMemory, StoredEpisode,
+    VectorStorage,
 };
+use crate::postings::{Admitted, Postings};
 
 /// Where an index with `storage` keeps its vectors, given the directory for
 /// compact spaces' vector files.
@@ -65,6 +67,8 @@ pub struct SpaceState {
     /// Live episodes' bytes besides their vectors
     /// (`StoredEpisode::bytes_without_embedding`), kept as they come and go.
     episode_bytes: usize,
+    /// Tags and metadata -> live sequences (filtered recall).
+    postings: Postings,
 }
 
 /// What only the commit thread reads and writes.
@@ -147,6 +151,11 @@ impl SpaceState {
     pub fn fresh_len(&self) -> usize {
         self.fresh.len()
     }
+
+    /// The memories `filter` can admit, from the tag and metadata postings.
+    pub fn admitted(&self, filter: &MemoryFilter) -> Admitted {
+        self.postings.admitted(filter)
+    }
 }
 
 impl Space {
@@ -197,6 +206,7 @@ impl Space {
                 fresh: BTreeMap::new(),
                 quarantined: Default::default(),
                 episode_bytes: 0,
+                postings: Postings::default(),
             }),
             commit: Mutex::new(CommitMeta::default()),
             visible_seq: AtomicU64::new(0),
@@ -275,6 +285,7 @@ impl Space {
             // have holes below its first replayed sequence.
             st.episodes.resize(seq as usize - 1, None);
             st.episode_bytes += episode.bytes_without_embedding();
+            st.postings.add(&episode);
             st.episodes.push(Some(episode.clone()));
             st.live += 1;
             if needs_index {
@@ -308,6 +319,7 @@ impl Space {
             return false;
         };
         st.episode_bytes -= gone.bytes_without_embedding();
+        st.postings.remove(&gone);
         st.live -= 1;
         st.fresh.remove(&seq);
         st.quarantined.remove(&seq);
@@ -389,6 +401,7 @@ impl Space {
             codes: codes as u64,
             graph: graph as u64,
             episodes: (st.episode_bytes
+                + st.postings.bytes()
                 + id_table
                 + st.episodes.capacity() * std::mem::size_of::<Option<Arc<StoredEpisode>>>())
                 as u64,

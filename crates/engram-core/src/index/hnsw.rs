@@ -85,6 +85,12 @@ impl Quantized<'_> {
     }
 }
 
+/// Up to this many labels, [`Hnsw::scan`] scores every one exactly
+/// (microseconds); beyond, it preselects on the 8-bit codes.
+const EXACT_SCAN_ALL: usize = 1000;
+/// How far ahead [`Hnsw::scan`] asks for the codes it will read.
+const SCAN_PREFETCH_AHEAD: usize = 8;
+
 /// Build and search parameters of an [`Hnsw`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -532,6 +538,57 @@ impl Hnsw {
             .then(|| self.store.vector_owned(id).into_owned())
     }
 
+    /// The best of `labels` for `query`, scanned without the graph (the
+    /// exact scan of a selective filter's memories): every label's
+    /// similarity on the 8-bit codes (a quarter of the memory an `f32`
+    /// vector reads), then the best `k` plus a margin re-scored exactly;
+    /// with few labels, all of them exactly. Returns at least the best
+    /// `k` (when there are that many) as (label, exact similarity), best
+    /// first, ties by smaller label. Labels not (or not yet) in the graph
+    /// are skipped.
+    ///
+    /// # Panics
+    /// If `query.len() != self.dim()`.
+    pub fn scan(&self, query: &[f32], labels: &[u64], k: usize) -> Vec<(u64, f32)> {
+        assert_eq!(query.len(), self.dim, "query dimension");
+        let ids: Vec<u32> = {
+            let table = self.label_ids.lock();
+            labels.iter().filter_map(|&l| table.get(l)).collect()
+        };
+        let keep = k + k.max(RERANK_MIN_EXTRA);
+        let mut ids: Vec<u32> = ids
+            .into_iter()
+            .filter(|&id| self.store.is_ready(id))
+            .collect();
+        if ids.len() > EXACT_SCAN_ALL.max(keep) {
+            // The codes are read ahead of use: the ids are scattered, so
+            // the hardware cannot guess them.
+            let metric = Quantized {
+                store: &self.store,
+                q: query,
+            };
+            let mut approx: Vec<(f32, u32)> = Vec::with_capacity(ids.len());
+            for (i, &id) in ids.iter().enumerate() {
+                if let Some(&ahead) = ids.get(i + SCAN_PREFETCH_AHEAD) {
+                    metric.prefetch(ahead);
+                }
+                approx.push((metric.sim(id), id));
+            }
+            approx.select_nth_unstable_by(keep - 1, |a, b| b.0.total_cmp(&a.0));
+            approx.truncate(keep);
+            ids = approx.into_iter().map(|(_, id)| id).collect();
+        }
+        for &id in &ids {
+            self.store.prefetch_vector(id, EXACT_PREFETCH_LINES);
+        }
+        let mut out: Vec<(u64, f32)> = ids
+            .iter()
+            .map(|&id| (self.store.label(id), self.store.sim_exact(query, id)))
+            .collect();
+        out.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        out
+    }
+
     /// Top-`k` labels by cosine similarity among those for which
     /// `filter(label)` is true, as (label, similarity) sorted by similarity
     /// descending, ties by smaller label. The beam width is `max(ef, k)`;
@@ -550,6 +607,27 @@ impl Hnsw {
         k: usize,
         ef: usize,
         filter: &dyn Fn(u64) -> bool,
+    ) -> Vec<(u64, f32)> {
+        self.search_with(query, k, ef, filter, false)
+    }
+
+    /// [`Hnsw::search`] for a filter that admits few labels (`sparse`):
+    /// at level 0, a neighbour the filter refuses is not scored but used
+    /// as a bridge to its own neighbours, and those the filter admits are
+    /// scored (two hops, as in ACORN-1). The search then moves through
+    /// admitted nodes only, scoring a fraction of what the one-hop
+    /// traversal scores, while the bridges keep the admitted subgraph
+    /// connected. Without `sparse`, the same as [`Hnsw::search`].
+    ///
+    /// # Panics
+    /// If `query.len() != self.dim()`.
+    pub fn search_with(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        filter: &dyn Fn(u64) -> bool,
+        sparse: bool,
     ) -> Vec<(u64, f32)> {
         assert_eq!(
             query.len(),
@@ -574,14 +652,24 @@ impl Hnsw {
             return Vec::new();
         };
         let mut s = self.pool.get();
-        self.search_layer(
-            &metric,
-            start,
-            ef.max(k),
-            0,
-            |id| filter(self.store.label(id)),
-            &mut s,
-        );
+        if sparse {
+            self.search_layer0_two_hop(
+                &metric,
+                start,
+                ef.max(k),
+                |id| filter(self.store.label(id)),
+                &mut s,
+            );
+        } else {
+            self.search_layer(
+                &metric,
+                start,
+                ef.max(k),
+                0,
+                |id| filter(self.store.label(id)),
+                &mut s,
+            );
+        }
         // Re-rank the approximate best with exact similarities.
         let Scratch { results, pairs, .. } = &mut *s;
         pairs.clear();
@@ -740,6 +828,83 @@ impl Hnsw {
                 if let Some(next) = s.candidates.peek() {
                     self.store.prefetch_links0(next.id);
                 }
+            }
+        }
+    }
+
+    /// Level 0 of a search whose filter admits few nodes (see
+    /// [`Hnsw::search_with`]): like [`Hnsw::search_layer`], but only
+    /// admitted nodes are scored and enter the candidates; a refused
+    /// neighbour is a bridge to its own neighbours.
+    fn search_layer0_two_hop<F: Fn(u32) -> bool>(
+        &self,
+        m: &Quantized,
+        entry: u32,
+        ef: usize,
+        accept: F,
+        s: &mut Scratch,
+    ) {
+        s.begin(self.allocated.load(Ordering::Acquire));
+        s.candidates.clear();
+        s.results.clear();
+        let esim = m.sim(entry);
+        s.visit(entry);
+        let mut lower = f32::NEG_INFINITY;
+        if accept(entry) {
+            s.results.push(Keyed {
+                key: -esim,
+                id: entry,
+            });
+            lower = esim;
+        }
+        // The entry is expanded whether admitted or not: it is where the
+        // upper levels led.
+        s.candidates.push(Keyed {
+            key: esim,
+            id: entry,
+        });
+        while let Some(&c) = s.candidates.peek() {
+            if c.key < lower && s.results.len() >= ef {
+                break;
+            }
+            s.candidates.pop();
+            let list = self.store.links(c.id, 0);
+            s.neighbours.clear();
+            for w in &list[1..=link_count(list)] {
+                let n = w.load(Ordering::Acquire);
+                if !s.visit(n) {
+                    continue;
+                }
+                if accept(n) {
+                    s.neighbours.push(n);
+                    m.prefetch(n);
+                    continue;
+                }
+                let bridge = self.store.links(n, 0);
+                for w2 in &bridge[1..=link_count(bridge)] {
+                    let n2 = w2.load(Ordering::Acquire);
+                    if accept(n2) && s.visit(n2) {
+                        s.neighbours.push(n2);
+                        m.prefetch(n2);
+                    }
+                }
+            }
+            for j in 0..s.neighbours.len() {
+                let n = s.neighbours[j];
+                let sim = m.sim(n);
+                if s.results.len() < ef || sim > lower {
+                    s.candidates.push(Keyed { key: sim, id: n });
+                    s.results.push(Keyed { key: -sim, id: n });
+                    if s.results.len() > ef {
+                        s.results.pop();
+                    }
+                    if let Some(w) = s.results.peek() {
+                        lower = -w.key;
+                    }
+                }
+            }
+            if let Some(next) = s.candidates.peek() {
+                self.store.prefetch_links0(next.id);
             }
         }
     }
@@ -1135,6 +1300,45 @@ pub(super) mod tests {
             assert!(few.iter().all(|(l, _)| l % 2 == 0));
             assert!(h.search(&q, 10, 32, &|_| false).is_empty());
         }
+    }
+
+    /// The two-hop traversal for sparse filters returns only admitted
+    /// labels and finds the filtered nearest neighbours where the one-hop
+    /// traversal, at the same breadth, falls short; the scan of a label
+    /// list is exact up to its size and re-ranks the rest.
+    #[test]
+    fn sparse_filters_search_two_hops_and_scans_are_exact() {
+        let vectors = random_unit_vectors(5000, 16, 21);
+        let h = build(&vectors, HnswParams::default());
+        let keep = |l: u64| l % 20 == 3; // 5% admitted
+        let (mut two_hop_hits, mut one_hop_hits, mut total) = (0, 0, 0);
+        for q in random_unit_vectors(40, 16, 22) {
+            let want = brute_force(&vectors, &q, 10, keep);
+            let two = h.search_with(&q, 10, 40, &keep, true);
+            assert!(two.iter().all(|(l, _)| keep(*l)));
+            let one = h.search_with(&q, 10, 40, &keep, false);
+            let hits = |got: &[(u64, f32)]| got.iter().filter(|g| want.contains(g)).count();
+            two_hop_hits += hits(&two);
+            one_hop_hits += hits(&one);
+            total += want.len();
+            // The scan: exact for a list up to EXACT_SCAN_ALL labels, and
+            // over it the codes preselect, then the best are exact.
+            let small: Vec<u64> = (0..5000u64).filter(|l| keep(*l)).collect();
+            let scanned = h.scan(&q, &small, 10);
+            assert_eq!(&scanned[..10], &want[..]);
+            let big: Vec<u64> = (0..5000u64).filter(|l| l % 2 == 1).collect();
+            let scanned = h.scan(&q, &big, 10);
+            let want_big = brute_force(&vectors, &q, 10, |l| l % 2 == 1);
+            let overlap = scanned[..10]
+                .iter()
+                .filter(|g| want_big.contains(g))
+                .count();
+            assert!(overlap >= 9, "{overlap} of 10 from the scan of 2,500");
+        }
+        let two = two_hop_hits as f64 / total as f64;
+        let one = one_hop_hits as f64 / total as f64;
+        assert!(two >= 0.9, "two-hop recall@10 {two}");
+        assert!(two >= one, "two-hop {two} against one-hop {one}");
     }
 
     #[test]

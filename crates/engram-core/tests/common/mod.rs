@@ -68,6 +68,7 @@ pub fn cue(embedding: &[f32], k: usize) -> Cue {
         when_from: None,
         when_to: None,
         ef_search: None,
+        filter: Default::default(),
     }
 }
 

@@ -135,6 +135,15 @@ fn seed_cue() -> pb::Cue {
         when_from: timestamp(1_767_225_600, 0),
         when_to: timestamp(1_798_761_599, 999_999_999),
         ef_search: 64,
+        filter: Some(pb::MemoryFilter {
+            tags_all: vec!["social".to_owned()],
+            tags_any: vec!["morning".to_owned(), "evening".to_owned()],
+            tags_none: vec!["work".to_owned()],
+            metadata: vec![pb::MetadataCondition {
+                key: "place".to_owned(),
+                values: vec!["office".to_owned(), "home".to_owned()],
+            }],
+        }),
     }
 }
 

@@ -1,6 +1,6 @@
 //! Conversions between wire messages and engine types.
 
-use engram_core::model::{Remembered, VectorStorage};
+use engram_core::model::{MemoryFilter, MetadataCondition, Remembered, VectorStorage};
 use engram_core::{Cue, EpisodeInput, Priority, RecalledMemory, SpaceInfo, StoredEpisode};
 use engram_proto::v1 as pb;
 use prost_types::Timestamp;
@@ -71,7 +71,25 @@ pub fn cue(c: Option<pb::Cue>) -> Result<Cue, Status> {
             .map(|t| nanos("cue.when_to", t))
             .transpose()?,
         ef_search: (c.ef_search > 0).then_some(c.ef_search as usize),
+        filter: c.filter.map(memory_filter).unwrap_or_default(),
     })
+}
+
+/// The proto filter as the engine's (validated with the cue).
+pub fn memory_filter(f: pb::MemoryFilter) -> MemoryFilter {
+    MemoryFilter {
+        tags_all: f.tags_all,
+        tags_any: f.tags_any,
+        tags_none: f.tags_none,
+        metadata: f
+            .metadata
+            .into_iter()
+            .map(|c| MetadataCondition {
+                key: c.key,
+                values: c.values,
+            })
+            .collect(),
+    }
 }
 
 pub fn priority(p: i32) -> Priority {

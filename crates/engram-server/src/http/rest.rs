@@ -9,7 +9,7 @@ use axum::extract::{FromRequest, FromRequestParts, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use engram_core::model::{Remembered, VectorStorage};
+use engram_core::model::{MemoryFilter, MetadataCondition, Remembered, VectorStorage};
 use engram_core::{Cue, EpisodeInput, RecalledMemory, SpaceInfo};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -61,6 +61,53 @@ pub struct CueJson {
     /// Search breadth for this recall (1-4096); absent: the server's.
     #[serde(default)]
     ef_search: Option<usize>,
+    /// Tags and metadata the memories must have; absent: all memories.
+    #[serde(default)]
+    filter: Option<FilterJson>,
+}
+
+/// `{"tags_all": [...], "tags_any": [...], "tags_none": [...],
+/// "metadata": {"user": "ada", "source": ["chat", "mail"]}}`: a metadata
+/// value is one string (equals) or a list (in).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterJson {
+    #[serde(default)]
+    tags_all: Vec<String>,
+    #[serde(default)]
+    tags_any: Vec<String>,
+    #[serde(default)]
+    tags_none: Vec<String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, OneOrMany>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl FilterJson {
+    fn into_filter(self) -> MemoryFilter {
+        MemoryFilter {
+            tags_all: self.tags_all,
+            tags_any: self.tags_any,
+            tags_none: self.tags_none,
+            metadata: self
+                .metadata
+                .into_iter()
+                .map(|(key, v)| MetadataCondition {
+                    key,
+                    values: match v {
+                        OneOrMany::One(s) => vec![s],
+                        OneOrMany::Many(v) => v,
+                    },
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -146,6 +193,7 @@ impl CueJson {
                 .map(|w| parse_time("cue.when_to", w))
                 .transpose()?,
             ef_search: self.ef_search,
+            filter: self.filter.map(FilterJson::into_filter).unwrap_or_default(),
         })
     }
 }

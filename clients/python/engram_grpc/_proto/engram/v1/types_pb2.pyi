@@ -45,20 +45,42 @@ class Episode(_message.Message):
     def __init__(self, id: _Optional[str] = ..., when: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., what: _Optional[str] = ..., embedding: _Optional[_Iterable[float]] = ..., encoding_confidence: _Optional[float] = ..., tags: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Cue(_message.Message):
-    __slots__ = ("embedding", "max_results", "similarity_threshold", "when_from", "when_to", "ef_search")
+    __slots__ = ("embedding", "max_results", "similarity_threshold", "when_from", "when_to", "ef_search", "filter")
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     MAX_RESULTS_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     WHEN_FROM_FIELD_NUMBER: _ClassVar[int]
     WHEN_TO_FIELD_NUMBER: _ClassVar[int]
     EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     embedding: _containers.RepeatedScalarFieldContainer[float]
     max_results: int
     similarity_threshold: float
     when_from: _timestamp_pb2.Timestamp
     when_to: _timestamp_pb2.Timestamp
     ef_search: int
-    def __init__(self, embedding: _Optional[_Iterable[float]] = ..., max_results: _Optional[int] = ..., similarity_threshold: _Optional[float] = ..., when_from: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., when_to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ef_search: _Optional[int] = ...) -> None: ...
+    filter: MemoryFilter
+    def __init__(self, embedding: _Optional[_Iterable[float]] = ..., max_results: _Optional[int] = ..., similarity_threshold: _Optional[float] = ..., when_from: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., when_to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ef_search: _Optional[int] = ..., filter: _Optional[_Union[MemoryFilter, _Mapping]] = ...) -> None: ...
+
+class MemoryFilter(_message.Message):
+    __slots__ = ("tags_all", "tags_any", "tags_none", "metadata")
+    TAGS_ALL_FIELD_NUMBER: _ClassVar[int]
+    TAGS_ANY_FIELD_NUMBER: _ClassVar[int]
+    TAGS_NONE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    tags_all: _containers.RepeatedScalarFieldContainer[str]
+    tags_any: _containers.RepeatedScalarFieldContainer[str]
+    tags_none: _containers.RepeatedScalarFieldContainer[str]
+    metadata: _containers.RepeatedCompositeFieldContainer[MetadataCondition]
+    def __init__(self, tags_all: _Optional[_Iterable[str]] = ..., tags_any: _Optional[_Iterable[str]] = ..., tags_none: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Iterable[_Union[MetadataCondition, _Mapping]]] = ...) -> None: ...
+
+class MetadataCondition(_message.Message):
+    __slots__ = ("key", "values")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, key: _Optional[str] = ..., values: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RecallRequest(_message.Message):
     __slots__ = ("memory_space_id", "cue", "batch_size", "include_embeddings")
