@@ -5,8 +5,8 @@ use engram_proto::v1::memory_client::MemoryClient as GrpcMemory;
 use engram_proto::v1::streaming_client::StreamingClient as GrpcStreaming;
 use engram_proto::v1::{
     CreateSpaceRequest, CreateSpaceResponse, Cue, DeleteSpaceRequest, DescribeSpaceRequest,
-    Episode, ForgetRequest, ListSpacesRequest, Priority, RecallRequest, RecallResponse,
-    RememberRequest, RememberResponse, SpaceInfo, VectorStorage,
+    Episode, ForgetRequest, ListMemoriesRequest, ListMemoriesResponse, ListSpacesRequest, Priority,
+    RecallRequest, RecallResponse, RememberRequest, RememberResponse, SpaceInfo, VectorStorage,
 };
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -306,6 +306,22 @@ impl StreamingClient {
         };
         self.memory.clone().delete_space(request).await?;
         Ok(())
+    }
+
+    /// One page of a space's memories in server-sequence order (with
+    /// `request.filter`, only matching ones). Pass the answer's
+    /// `next_page_token` as the next request's `page_token`; it is empty
+    /// on the last page. Paging stays correct while memories arrive.
+    pub async fn list_memories(
+        &self,
+        request: ListMemoriesRequest,
+    ) -> Result<ListMemoriesResponse> {
+        Ok(self
+            .memory
+            .clone()
+            .list_memories(request)
+            .await?
+            .into_inner())
     }
 
     /// The generated `engram.v1.Streaming` client on this connection, for

@@ -19,8 +19,8 @@ use crate::fs::{FileSystem, LockGuard};
 use crate::indexer::{Indexer, Queue};
 use crate::metrics::{Metrics, ScrapeState};
 use crate::model::{
-    Cue, EpisodeInput, RecallResult, Remembered, SpaceId, SpaceInfo, StoredEpisode, VectorStorage,
-    DEFAULT_DIMENSION, MAX_DIMENSION,
+    Cue, EpisodeInput, MemoryFilter, MemoryPage, RecallResult, Remembered, SpaceId, SpaceInfo,
+    StoredEpisode, VectorStorage, DEFAULT_DIMENSION, MAX_DIMENSION, MAX_LIST_PAGE,
 };
 use crate::queue::{IndexQueue, Priority, Rejected};
 use crate::recall::RecallStream;
@@ -599,6 +599,50 @@ impl Engine {
         let mut out: Vec<_> = spaces.iter().map(|s| s.info()).collect();
         out.sort_by(|a, b| a.memory_space_id.cmp(&b.memory_space_id));
         out
+    }
+
+    /// Lists a space's live memories matching `filter`, in server-sequence
+    /// order, `limit` (1..=[`MAX_LIST_PAGE`]) at a time, starting after
+    /// sequence `after` (0: from the start; else the previous page's
+    /// `next_after`). Paging by sequence stays correct while memories
+    /// arrive: a memory acked before the listing started is on exactly one
+    /// page (unless forgotten meanwhile), and newer ones come after it.
+    ///
+    /// # Errors
+    /// [`Error::SpaceNotFound`], an invalid id, filter or limit.
+    pub fn list_memories(
+        &self,
+        space: &str,
+        filter: &MemoryFilter,
+        after: u64,
+        limit: usize,
+        include_embeddings: bool,
+    ) -> Result<MemoryPage> {
+        if !(1..=MAX_LIST_PAGE).contains(&limit) {
+            return Err(Error::InvalidArgument {
+                field: "page_size",
+                message: format!("is {limit}; expected 1 to {MAX_LIST_PAGE}"),
+            });
+        }
+        filter.validate()?;
+        let space = self.space(&SpaceId::parse(space)?)?;
+        let (episodes, more) = space.read().list_after(filter, after, limit);
+        let next_after = if more {
+            episodes.last().map(|e| e.server_sequence)
+        } else {
+            None
+        };
+        let memories = episodes
+            .into_iter()
+            .map(|e| {
+                let v = include_embeddings.then(|| space.embedding_of(&e)).flatten();
+                (e, v)
+            })
+            .collect();
+        Ok(MemoryPage {
+            memories,
+            next_after,
+        })
     }
 
     /// # Errors

@@ -524,6 +524,22 @@ pub struct RecallResult {
     pub snapshot_sequence: u64,
 }
 
+/// Largest page of a listing, and the default.
+pub const MAX_LIST_PAGE: usize = 1000;
+pub const DEFAULT_LIST_PAGE: usize = 100;
+
+/// A listed memory, with its vector when asked for (`include_embeddings`).
+pub type ListedMemory = (Arc<StoredEpisode>, Option<Arc<[f32]>>);
+
+/// One page of a listing: live memories in server-sequence order.
+#[derive(Clone, Debug)]
+pub struct MemoryPage {
+    pub memories: Vec<ListedMemory>,
+    /// Where the next page starts: the last sequence of this one. None:
+    /// nothing more matched when this page was read.
+    pub next_after: Option<u64>,
+}
+
 /// Where a space keeps the exact `f32` vectors of its indexed memories.
 ///
 /// - `memory` (the default): in RAM beside the index's 8-bit code rows;

@@ -156,6 +156,53 @@ impl SpaceState {
     pub fn admitted(&self, filter: &MemoryFilter) -> Admitted {
         self.postings.admitted(filter)
     }
+
+    /// Up to `limit` live episodes matching `filter` with a sequence above
+    /// `after`, ascending, and whether more may follow. Uses the postings
+    /// when the filter has positive conditions, else walks the table.
+    pub fn list_after(
+        &self,
+        filter: &MemoryFilter,
+        after: u64,
+        limit: usize,
+    ) -> (Vec<Arc<StoredEpisode>>, bool) {
+        let mut out = Vec::with_capacity(limit.min(1024));
+        let mut more = false;
+        let mut take = |e: &Arc<StoredEpisode>| -> bool {
+            if !filter.matches(e) {
+                return true;
+            }
+            if out.len() == limit {
+                more = true;
+                return false;
+            }
+            out.push(e.clone());
+            true
+        };
+        match (!filter.is_empty()).then(|| self.postings.admitted(filter)) {
+            Some(Admitted::Only(seqs)) => {
+                let from = seqs.partition_point(|&s| s <= after);
+                for &seq in &seqs[from..] {
+                    if let Some(e) = self.episode(seq) {
+                        if !take(e) {
+                            break;
+                        }
+                    }
+                }
+            }
+            _ => {
+                let from = usize::try_from(after)
+                    .unwrap_or(usize::MAX)
+                    .min(self.episodes.len());
+                for e in self.episodes[from..].iter().flatten() {
+                    if !take(e) {
+                        break;
+                    }
+                }
+            }
+        }
+        (out, more)
+    }
 }
 
 impl Space {

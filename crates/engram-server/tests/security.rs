@@ -160,6 +160,13 @@ async fn grpc_call(c: &StreamingClient, what: &str, space: &str) -> Result<(), C
         },
         "CreateSpace" => c.create_space(space, DIM as u32).await.map(drop),
         "DescribeSpace" => c.describe_space(space).await.map(drop),
+        "ListMemories" => c
+            .list_memories(engram_client::proto::ListMemoriesRequest {
+                memory_space_id: space.into(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
         "DeleteSpace" => match c.delete_space(space).await {
             Err(ClientError::NotFound(_)) => Ok(()),
             other => other,
@@ -181,13 +188,14 @@ async fn every_grpc_call_checks_the_key_for_its_space() {
     let ro = client(&server, Some("key-ro")).await;
     let admin = client(&server, Some("key-admin")).await;
     // (call, space, a key that may, a key of the space that may not).
-    let calls: [(&str, &str, &StreamingClient, Option<&StreamingClient>); 7] = [
+    let calls: [(&str, &str, &StreamingClient, Option<&StreamingClient>); 8] = [
         ("Remember", "s-1", &rw, Some(&ro)),
         ("Recall", "s-1", &ro, None),
         ("RecallStream", "s-1", &ro, None),
         ("Forget", "s-1", &rw, Some(&ro)),
         ("CreateSpace", "s-2", &rw, Some(&ro)),
         ("DescribeSpace", "s-1", &ro, None),
+        ("ListMemories", "s-1", &ro, None),
         ("DeleteSpace", "s-gone", &admin, Some(&rw)),
     ];
     for (what, space, allowed, lacking) in calls {
@@ -412,6 +420,13 @@ async fn every_rest_route_checks_the_key_for_its_space() {
             Some("key-ro"),
         ),
         (Method::GET, "/v1/spaces/s-1", None, "key-ro", None),
+        (
+            Method::GET,
+            "/v1/spaces/s-1/memories?tags_any=x",
+            None,
+            "key-ro",
+            None,
+        ),
         (
             Method::POST,
             "/v1/spaces/s-1/memories",

@@ -183,3 +183,25 @@ pub fn remembered(r: &Remembered) -> pb::RememberResponse {
         duplicate: r.duplicate,
     }
 }
+
+/// A listing's page token for "after sequence `seq`": opaque to clients
+/// (its form may change), so they cannot come to depend on it.
+pub fn page_token(seq: u64) -> String {
+    format!("v1.{seq:x}")
+}
+
+/// The sequence a page token stands for (empty: from the start).
+///
+/// # Errors
+/// A token this server did not give.
+pub fn page_after(token: &str) -> Result<u64, String> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    token
+        .strip_prefix("v1.")
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .ok_or_else(|| {
+            "page_token is not one this server gave: pass a next_page_token unchanged, or none to start".to_owned()
+        })
+}

@@ -138,6 +138,41 @@ impl Memory for MemoryService {
         }))
     }
 
+    async fn list_memories(
+        &self,
+        req: Request<pb::ListMemoriesRequest>,
+    ) -> Result<Response<pb::ListMemoriesResponse>, Status> {
+        self.authorize(&req, &req.get_ref().memory_space_id, Need::Read)?;
+        let req = req.into_inner();
+        let after = convert::page_after(&req.page_token).map_err(Status::invalid_argument)?;
+        let filter = req.filter.map(convert::memory_filter).unwrap_or_default();
+        let limit = if req.page_size == 0 {
+            engram_core::model::DEFAULT_LIST_PAGE
+        } else {
+            req.page_size as usize
+        };
+        let engine = self.engine()?;
+        let space = req.memory_space_id;
+        let include = req.include_embeddings;
+        let page = tokio::task::spawn_blocking(move || {
+            engine.list_memories(&space, &filter, after, limit, include)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("listing task failed: {e}")))?
+        .map_err(status)?;
+        Ok(Response::new(pb::ListMemoriesResponse {
+            memories: page
+                .memories
+                .iter()
+                .map(|(e, v)| pb::ListedMemory {
+                    episode: Some(convert::episode(e, v.as_deref())),
+                    server_sequence: e.server_sequence,
+                })
+                .collect(),
+            next_page_token: page.next_after.map(convert::page_token).unwrap_or_default(),
+        }))
+    }
+
     async fn delete_space(
         &self,
         req: Request<pb::DeleteSpaceRequest>,

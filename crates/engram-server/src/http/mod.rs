@@ -117,7 +117,10 @@ pub fn router(state: AppState, max_body_bytes: usize, ws: ws::WsSettings) -> Rou
                 .get(rest::describe_space)
                 .delete(rest::delete_space),
         )
-        .route("/v1/spaces/:space_id/memories", post(rest::remember))
+        .route(
+            "/v1/spaces/:space_id/memories",
+            post(rest::remember).get(rest::list_memories),
+        )
         .route(
             "/v1/spaces/:space_id/memories/:memory_id",
             axum::routing::delete(rest::forget),

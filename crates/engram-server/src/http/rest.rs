@@ -439,3 +439,94 @@ pub async fn forget(
     state.engine()?.forget(&space_id, &memory_id).await?;
     Ok(Json(json!({})).into_response())
 }
+
+/// `GET /v1/spaces/{space_id}/memories`: the space's memories in
+/// server-sequence order, a page at a time. Query parameters:
+/// `page_size` (1-1000, 100), `page_token` (a previous answer's
+/// `next_page_token`), `include_embeddings`, and the filter: `tags_all`,
+/// `tags_any`, `tags_none` (each repeated for several tags) and
+/// `metadata.<key>` (repeated for several values: in). Answers
+/// `{"memories": [{"episode", "server_sequence"}], "next_page_token"}`,
+/// the token absent on the last page.
+pub async fn list_memories(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParams(space_id): PathParams<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Response, ApiError> {
+    caller.may(&state, &space_id, Need::Read)?;
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", m);
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+            .map_err(|e| bad(format!("the query string cannot be read: {e}")))?;
+    let mut filter = MemoryFilter::default();
+    let mut metadata: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let (mut page_size, mut token, mut include) = (None, String::new(), false);
+    for (k, v) in pairs {
+        match k.as_str() {
+            "page_size" => {
+                page_size = Some(v.parse::<usize>().map_err(|_| {
+                    bad(format!("page_size is '{v}'; expected a number from 1 to 1000"))
+                })?)
+            }
+            "page_token" => token = v,
+            "include_embeddings" => {
+                include = v.parse::<bool>().map_err(|_| {
+                    bad(format!("include_embeddings is '{v}'; expected true or false"))
+                })?
+            }
+            "tags_all" => filter.tags_all.push(v),
+            "tags_any" => filter.tags_any.push(v),
+            "tags_none" => filter.tags_none.push(v),
+            other => match other.strip_prefix("metadata.") {
+                Some(key) => metadata.entry(key.to_owned()).or_default().push(v),
+                None => {
+                    return Err(bad(format!(
+                        "unknown query parameter '{other}'; expected page_size, page_token, include_embeddings, tags_all, tags_any, tags_none or metadata.<key>"
+                    )))
+                }
+            },
+        }
+    }
+    filter.metadata = metadata
+        .into_iter()
+        .map(|(key, values)| MetadataCondition { key, values })
+        .collect();
+    let after = crate::grpc::convert::page_after(&token).map_err(bad)?;
+    let limit = page_size.unwrap_or(engram_core::model::DEFAULT_LIST_PAGE);
+    let engine = state.engine()?.clone();
+    let page = tokio::task::spawn_blocking(move || {
+        engine.list_memories(&space_id, &filter, after, limit, include)
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("listing task failed: {e}"),
+        )
+    })??;
+    let memories: Vec<_> = page
+        .memories
+        .iter()
+        .map(|(e, v)| {
+            json!({
+                "episode": EpisodeOut {
+                    id: &e.id,
+                    when: format_time(e.when_unix_nanos),
+                    what: &e.what,
+                    embedding: v.as_deref(),
+                    encoding_confidence: e.encoding_confidence,
+                    tags: &e.tags,
+                    metadata: &e.metadata,
+                },
+                "server_sequence": e.server_sequence,
+            })
+        })
+        .collect();
+    let mut body = json!({ "memories": memories });
+    if let Some(after) = page.next_after {
+        body["next_page_token"] = json!(crate::grpc::convert::page_token(after));
+    }
+    Ok(Json(body).into_response())
+}

@@ -143,3 +143,33 @@ class SpaceMemory(_message.Message):
     fresh: int
     vectors_on_disk: int
     def __init__(self, vectors: _Optional[int] = ..., codes: _Optional[int] = ..., graph: _Optional[int] = ..., episodes: _Optional[int] = ..., fresh: _Optional[int] = ..., vectors_on_disk: _Optional[int] = ...) -> None: ...
+
+class ListMemoriesRequest(_message.Message):
+    __slots__ = ("memory_space_id", "filter", "page_size", "page_token", "include_embeddings")
+    MEMORY_SPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    memory_space_id: str
+    filter: _types_pb2.MemoryFilter
+    page_size: int
+    page_token: str
+    include_embeddings: bool
+    def __init__(self, memory_space_id: _Optional[str] = ..., filter: _Optional[_Union[_types_pb2.MemoryFilter, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., include_embeddings: _Optional[bool] = ...) -> None: ...
+
+class ListedMemory(_message.Message):
+    __slots__ = ("episode", "server_sequence")
+    EPISODE_FIELD_NUMBER: _ClassVar[int]
+    SERVER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    episode: _types_pb2.Episode
+    server_sequence: int
+    def __init__(self, episode: _Optional[_Union[_types_pb2.Episode, _Mapping]] = ..., server_sequence: _Optional[int] = ...) -> None: ...
+
+class ListMemoriesResponse(_message.Message):
+    __slots__ = ("memories", "next_page_token")
+    MEMORIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    memories: _containers.RepeatedCompositeFieldContainer[ListedMemory]
+    next_page_token: str
+    def __init__(self, memories: _Optional[_Iterable[_Union[ListedMemory, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

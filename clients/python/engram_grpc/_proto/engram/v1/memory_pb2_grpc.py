@@ -70,6 +70,11 @@ class MemoryStub:
                 request_serializer=engram_dot_v1_dot_memory__pb2.DeleteSpaceRequest.SerializeToString,
                 response_deserializer=engram_dot_v1_dot_memory__pb2.DeleteSpaceResponse.FromString,
                 _registered_method=True)
+        self.ListMemories = channel.unary_unary(
+                '/engram.v1.Memory/ListMemories',
+                request_serializer=engram_dot_v1_dot_memory__pb2.ListMemoriesRequest.SerializeToString,
+                response_deserializer=engram_dot_v1_dot_memory__pb2.ListMemoriesResponse.FromString,
+                _registered_method=True)
 
 
 class MemoryServicer:
@@ -117,6 +122,13 @@ class MemoryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListMemories(self, request, context):
+        """A space's memories in server-sequence order, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MemoryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -154,6 +166,11 @@ def add_MemoryServicer_to_server(servicer, server):
                     servicer.DeleteSpace,
                     request_deserializer=engram_dot_v1_dot_memory__pb2.DeleteSpaceRequest.FromString,
                     response_serializer=engram_dot_v1_dot_memory__pb2.DeleteSpaceResponse.SerializeToString,
+            ),
+            'ListMemories': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMemories,
+                    request_deserializer=engram_dot_v1_dot_memory__pb2.ListMemoriesRequest.FromString,
+                    response_serializer=engram_dot_v1_dot_memory__pb2.ListMemoriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -345,6 +362,33 @@ class Memory:
             '/engram.v1.Memory/DeleteSpace',
             engram_dot_v1_dot_memory__pb2.DeleteSpaceRequest.SerializeToString,
             engram_dot_v1_dot_memory__pb2.DeleteSpaceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMemories(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/engram.v1.Memory/ListMemories',
+            engram_dot_v1_dot_memory__pb2.ListMemoriesRequest.SerializeToString,
+            engram_dot_v1_dot_memory__pb2.ListMemoriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

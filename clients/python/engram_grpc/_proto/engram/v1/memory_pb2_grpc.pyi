@@ -42,6 +42,8 @@ class MemoryStub:
     ListSpaces: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ListSpacesRequest, _memory_pb2.ListSpacesResponse]
     DescribeSpace: _grpc.UnaryUnaryMultiCallable[_memory_pb2.DescribeSpaceRequest, _memory_pb2.DescribeSpaceResponse]
     DeleteSpace: _grpc.UnaryUnaryMultiCallable[_memory_pb2.DeleteSpaceRequest, _memory_pb2.DeleteSpaceResponse]
+    ListMemories: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ListMemoriesRequest, _memory_pb2.ListMemoriesResponse]
+    """A space's memories in server-sequence order, a page at a time."""
 
 @_typing.type_check_only
 class MemoryAsyncStub(MemoryStub):
@@ -53,6 +55,8 @@ class MemoryAsyncStub(MemoryStub):
     ListSpaces: _aio.UnaryUnaryMultiCallable[_memory_pb2.ListSpacesRequest, _memory_pb2.ListSpacesResponse]  # type: ignore[assignment]
     DescribeSpace: _aio.UnaryUnaryMultiCallable[_memory_pb2.DescribeSpaceRequest, _memory_pb2.DescribeSpaceResponse]  # type: ignore[assignment]
     DeleteSpace: _aio.UnaryUnaryMultiCallable[_memory_pb2.DeleteSpaceRequest, _memory_pb2.DeleteSpaceResponse]  # type: ignore[assignment]
+    ListMemories: _aio.UnaryUnaryMultiCallable[_memory_pb2.ListMemoriesRequest, _memory_pb2.ListMemoriesResponse]  # type: ignore[assignment]
+    """A space's memories in server-sequence order, a page at a time."""
 
 class MemoryServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -103,5 +107,13 @@ class MemoryServicer(metaclass=_abc_1.ABCMeta):
         request: _memory_pb2.DeleteSpaceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.DeleteSpaceResponse, _abc.Awaitable[_memory_pb2.DeleteSpaceResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListMemories(
+        self,
+        request: _memory_pb2.ListMemoriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.ListMemoriesResponse, _abc.Awaitable[_memory_pb2.ListMemoriesResponse]]:
+        """A space's memories in server-sequence order, a page at a time."""
 
 def add_MemoryServicer_to_server(servicer: MemoryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
