@@ -127,6 +127,7 @@ async fn measure(args: &AckUnderRecallArgs) -> anyhow::Result<Value> {
                         when_to: None,
                         ef_search: None,
                         filter: Default::default(),
+                        recency_half_life_secs: None,
                     };
                     engine.recall("bench", cue).expect("recall");
                     recalls.fetch_add(1, Ordering::Relaxed);

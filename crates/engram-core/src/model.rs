@@ -326,6 +326,40 @@ pub struct Cue {
     /// Applied inside the search, never after it: a recall returns
     /// min(k, matching memories).
     pub filter: MemoryFilter,
+    /// Recency: rank by similarity x 0.5^(age / half-life), the age being
+    /// now minus the memory's `when`, so that a newer fact outranks an
+    /// older, similar one. `None`: by similarity alone.
+    pub recency_half_life_secs: Option<f64>,
+}
+
+/// Longest recency half-life: 100 years.
+pub const MAX_HALF_LIFE_SECS: f64 = 100.0 * 365.25 * 86_400.0;
+
+/// A recall's recency weighting: the half-life, and "now" read once for
+/// the whole recall from the engine's clock.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Recency {
+    pub half_life_secs: f64,
+    pub now_unix_nanos: i64,
+}
+
+impl Recency {
+    /// 0.5^(age / half-life), 1 for a memory from the future.
+    pub fn weight(&self, when_unix_nanos: i64) -> f32 {
+        let age = (self.now_unix_nanos.saturating_sub(when_unix_nanos)).max(0) as f64 / 1e9;
+        (0.5f64).powf(age / self.half_life_secs) as f32
+    }
+
+    /// The ranking score: similarity x weight for a memory that matches
+    /// at all (similarity > 0); a dissimilar one keeps its similarity, so
+    /// age never makes a mismatch look closer.
+    pub fn score(&self, similarity: f32, weight: f32) -> f32 {
+        if similarity > 0.0 {
+            similarity * weight
+        } else {
+            similarity
+        }
+    }
 }
 
 /// Conditions on a memory's tags and metadata; a memory matches when every
@@ -433,6 +467,7 @@ pub struct ValidCue {
     pub when_to: i64,
     pub ef_search: Option<usize>,
     pub filter: MemoryFilter,
+    pub recency: Option<Recency>,
 }
 
 impl ValidCue {
@@ -491,6 +526,19 @@ impl Cue {
             }
         }
         self.filter.validate()?;
+        let recency = match self.recency_half_life_secs {
+            None => None,
+            Some(h) if h.is_finite() && h > 0.0 && h <= MAX_HALF_LIFE_SECS => Some(Recency {
+                half_life_secs: h,
+                now_unix_nanos: now_unix_nanos(),
+            }),
+            Some(h) => {
+                return Err(Error::invalid(
+                    "cue.recency_half_life_seconds",
+                    format!("is {h}; expected more than 0 and at most {MAX_HALF_LIFE_SECS} (100 years), or unset"),
+                ))
+            }
+        };
         Ok(ValidCue {
             embedding,
             max_results,
@@ -499,6 +547,7 @@ impl Cue {
             when_to,
             ef_search: self.ef_search,
             filter: self.filter,
+            recency,
         })
     }
 }
@@ -511,6 +560,11 @@ pub struct RecalledMemory {
     /// the stored episode of an indexed memory does not hold it).
     pub embedding: Arc<[f32]>,
     pub similarity: f32,
+    /// What the recall ranked by: the similarity, or with recency
+    /// weighting similarity x `recency_weight`.
+    pub score: f32,
+    /// 0.5^(age / half-life) with recency weighting, else 1.
+    pub recency_weight: f32,
     /// The episode's encoding confidence (kept for the wire's `confidence`).
     pub confidence: f32,
     /// True when it came from the HNSW index, false from the fresh tier.
@@ -733,6 +787,7 @@ mod tests {
             when_to: None,
             ef_search: None,
             filter: MemoryFilter::default(),
+            recency_half_life_secs: None,
         };
         assert!(cue(1).validate().is_ok());
         assert!(cue(1000).validate().is_ok());

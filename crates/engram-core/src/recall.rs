@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::index::distance::dot;
-use crate::model::{RecallResult, RecalledMemory, StoredEpisode, ValidCue};
+use crate::model::{RecallResult, RecalledMemory, Recency, StoredEpisode, ValidCue};
 use crate::postings::Admitted;
 use crate::space::Space;
 
@@ -61,6 +61,69 @@ fn check_dimension(space: &Space, cue: &ValidCue) -> Result<()> {
 /// `exact_below`: up to how many admitted memories a filtered recall scores
 /// exactly (`engine.filter_exact_scan_max`); None: [`exact_scan_below`].
 fn recall_at(
+    space: &Space,
+    cue: &ValidCue,
+    ef: usize,
+    exact_below: Option<usize>,
+    snapshot: u64,
+) -> RecallResult {
+    match cue.recency {
+        None => by_similarity_at(space, cue, ef, exact_below, snapshot),
+        Some(r) => by_recency_at(space, cue, r, ef, exact_below, snapshot),
+    }
+}
+
+/// Most recalls fetched for re-ranking by recency.
+const MAX_RECENCY_FETCH: usize = 4096;
+
+/// Recency-weighted recall: the best memories by similarity are fetched,
+/// more than `k`, and re-ranked by score = similarity x 0.5^(age /
+/// half-life). A memory not fetched is no more similar than the last one
+/// fetched, `s`, so its score is at most `max(s, 0)`; once the `k`-th best
+/// score reaches that, nothing left out can enter the top `k`. Until then
+/// the fetch grows fourfold, up to [`MAX_RECENCY_FETCH`]. So a recent,
+/// slightly less similar memory is never cut before the re-ranking.
+fn by_recency_at(
+    space: &Space,
+    cue: &ValidCue,
+    recency: Recency,
+    ef: usize,
+    exact_below: Option<usize>,
+    snapshot: u64,
+) -> RecallResult {
+    let k = cue.max_results;
+    let mut fetch = (4 * k).max(k + 32).min(MAX_RECENCY_FETCH);
+    loop {
+        let wide = ValidCue {
+            max_results: fetch,
+            recency: None,
+            ..cue.clone()
+        };
+        let mut found = by_similarity_at(space, &wide, ef.max(fetch), exact_below, snapshot);
+        let exhausted = found.memories.len() < fetch;
+        let last = found.memories.last().map_or(0.0, |m| m.similarity);
+        for m in &mut found.memories {
+            m.recency_weight = recency.weight(m.episode.when_unix_nanos);
+            m.score = recency.score(m.similarity, m.recency_weight);
+        }
+        found.memories.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then(a.episode.server_sequence.cmp(&b.episode.server_sequence))
+        });
+        let kth = found
+            .memories
+            .get(k - 1)
+            .map_or(f32::NEG_INFINITY, |m| m.score);
+        if exhausted || kth >= last.max(0.0) || fetch == MAX_RECENCY_FETCH {
+            found.memories.truncate(k);
+            return found;
+        }
+        fetch = (fetch * 4).min(MAX_RECENCY_FETCH);
+    }
+}
+
+fn by_similarity_at(
     space: &Space,
     cue: &ValidCue,
     ef: usize,
@@ -124,6 +187,8 @@ fn index_candidates(
             match state.episode(seq).filter(|e| keep(e)) {
                 Some(e) if similarity >= cue.similarity_threshold => out.push(RecalledMemory {
                     confidence: e.encoding_confidence,
+                    score: similarity,
+                    recency_weight: 1.0,
                     // Filled from the index once the top-k is known.
                     embedding: e.embedding.clone(),
                     episode: e.clone(),
@@ -440,6 +505,8 @@ fn exact_scan(fresh: &[Arc<StoredEpisode>], cue: &ValidCue, out: &mut Vec<Recall
     }
     out.extend(scored.into_iter().map(|(similarity, e)| RecalledMemory {
         confidence: e.encoding_confidence,
+        score: similarity,
+        recency_weight: 1.0,
         embedding: e.embedding.clone(),
         episode: e.clone(),
         similarity,

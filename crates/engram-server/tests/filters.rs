@@ -352,3 +352,111 @@ async fn filtered_recall_equals_exact_filtered_search_on_every_transport() {
     assert_eq!(status, 400, "{v}");
     client.describe_space("fs").await.unwrap();
 }
+
+/// Issue 16: recency weighting against the real server: a fact updated
+/// three times comes back newest first with a half-life (oldest first by
+/// similarity alone), over gRPC and REST, with the score and the weight
+/// each memory was ranked by.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recency_puts_the_newest_version_of_a_fact_first_on_grpc_and_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &["--wal-sync", "none"]);
+    server.wait_ready().await;
+    let client =
+        StreamingClient::connect_with(format!("http://{}", server.grpc), ClientOptions::default())
+            .await
+            .unwrap();
+    let http = reqwest::Client::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    // v0 (90 days old) is the cue itself; v1 (30 days) and v2 (a day)
+    // drift a little from it.
+    for (n, (days, drift)) in [(90, 0.0f32), (30, 0.1), (1, 0.2)].into_iter().enumerate() {
+        let mut v = vec![1.0f32, 0.0, 0.0, 0.0];
+        v[1] = drift;
+        let when = now - days * 86_400;
+        let (status, body) = support::call(
+            &http,
+            reqwest::Method::POST,
+            &server.url("/v1/spaces/facts/memories"),
+            Some(json!({"id": format!("city-v{n}"), "what": format!("lives in city {n}"),
+                "embedding": v, "when": humantime::format_rfc3339(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(when as u64)).to_string()})),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let cue = Cue {
+        embedding: vec![1.0, 0.0, 0.0, 0.0],
+        max_results: 3,
+        ..Cue::default()
+    };
+    let ids = |r: &engram_client::proto::RecallResponse| -> Vec<String> {
+        r.memories
+            .iter()
+            .map(|m| m.episode.as_ref().unwrap().id.clone())
+            .collect()
+    };
+    let plain = client.recall("facts", cue.clone()).await.unwrap();
+    assert_eq!(ids(&plain), ["city-v0", "city-v1", "city-v2"]);
+    assert!(plain
+        .memories
+        .iter()
+        .all(|m| m.recency_weight == 1.0 && m.score == m.similarity));
+    let recent = client
+        .recall(
+            "facts",
+            Cue {
+                recency_half_life_seconds: 7.0 * 86_400.0,
+                ..cue
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids(&recent), ["city-v2", "city-v1", "city-v0"]);
+    for m in &recent.memories {
+        assert!(m.recency_weight < 1.0 && m.recency_weight > 0.0, "{m:?}");
+        assert!(
+            (m.score - m.similarity * m.recency_weight).abs() < 1e-6,
+            "{m:?}"
+        );
+    }
+    let (status, v) = support::call(
+        &http,
+        reqwest::Method::POST,
+        &server.url("/v1/spaces/facts/recall"),
+        Some(json!({"embedding": [1.0, 0.0, 0.0, 0.0], "max_results": 3,
+                    "recency_half_life_seconds": 604800.0})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let rest_ids: Vec<&str> = v["memories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["episode"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(rest_ids, ["city-v2", "city-v1", "city-v0"]);
+    assert!(
+        v["memories"][0]["recency_weight"].as_f64().unwrap() < 1.0,
+        "{v}"
+    );
+    assert!(v["memories"][0]["score"].as_f64().is_some(), "{v}");
+    let (status, v) = support::call(
+        &http,
+        reqwest::Method::POST,
+        &server.url("/v1/spaces/facts/recall"),
+        Some(json!({"embedding": [1.0, 0.0, 0.0, 0.0], "recency_half_life_seconds": -5})),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("recency_half_life_seconds"),
+        "{v}"
+    );
+}

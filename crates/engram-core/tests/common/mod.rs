@@ -69,6 +69,7 @@ pub fn cue(embedding: &[f32], k: usize) -> Cue {
         when_to: None,
         ef_search: None,
         filter: Default::default(),
+        recency_half_life_secs: None,
     }
 }
 

@@ -144,6 +144,7 @@ fn seed_cue() -> pb::Cue {
                 values: vec!["office".to_owned(), "home".to_owned()],
             }],
         }),
+        recency_half_life_seconds: 86_400.0,
     }
 }
 

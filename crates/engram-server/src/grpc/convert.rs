@@ -72,6 +72,8 @@ pub fn cue(c: Option<pb::Cue>) -> Result<Cue, Status> {
             .transpose()?,
         ef_search: (c.ef_search > 0).then_some(c.ef_search as usize),
         filter: c.filter.map(memory_filter).unwrap_or_default(),
+        recency_half_life_secs: (c.recency_half_life_seconds != 0.0)
+            .then_some(c.recency_half_life_seconds),
     })
 }
 
@@ -124,6 +126,8 @@ pub fn recalled(m: &RecalledMemory, include_embeddings: bool) -> pb::RecalledMem
         confidence: m.confidence,
         server_sequence: m.episode.server_sequence,
         indexed: m.indexed,
+        score: m.score,
+        recency_weight: m.recency_weight,
     }
 }
 

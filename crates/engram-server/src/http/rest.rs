@@ -64,6 +64,9 @@ pub struct CueJson {
     /// Tags and metadata the memories must have; absent: all memories.
     #[serde(default)]
     filter: Option<FilterJson>,
+    /// Rank by similarity x 0.5^(age / half-life); absent: by similarity.
+    #[serde(default)]
+    recency_half_life_seconds: Option<f64>,
 }
 
 /// `{"tags_all": [...], "tags_any": [...], "tags_none": [...],
@@ -194,6 +197,7 @@ impl CueJson {
                 .transpose()?,
             ef_search: self.ef_search,
             filter: self.filter.map(FilterJson::into_filter).unwrap_or_default(),
+            recency_half_life_secs: self.recency_half_life_seconds,
         })
     }
 }
@@ -214,6 +218,9 @@ pub(crate) struct EpisodeOut<'a> {
 pub(crate) struct RecalledOut<'a> {
     episode: EpisodeOut<'a>,
     similarity: f32,
+    /// What the recall ranked by (similarity x recency_weight).
+    score: f32,
+    recency_weight: f32,
     confidence: f32,
     server_sequence: u64,
     indexed: bool,
@@ -232,6 +239,8 @@ pub(crate) fn recalled_out(m: &RecalledMemory, include_embeddings: bool) -> Reca
             metadata: &e.metadata,
         },
         similarity: m.similarity,
+        score: m.score,
+        recency_weight: m.recency_weight,
         confidence: m.confidence,
         server_sequence: e.server_sequence,
         indexed: m.indexed,

@@ -45,7 +45,7 @@ class Episode(_message.Message):
     def __init__(self, id: _Optional[str] = ..., when: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., what: _Optional[str] = ..., embedding: _Optional[_Iterable[float]] = ..., encoding_confidence: _Optional[float] = ..., tags: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Cue(_message.Message):
-    __slots__ = ("embedding", "max_results", "similarity_threshold", "when_from", "when_to", "ef_search", "filter")
+    __slots__ = ("embedding", "max_results", "similarity_threshold", "when_from", "when_to", "ef_search", "filter", "recency_half_life_seconds")
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     MAX_RESULTS_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class Cue(_message.Message):
     WHEN_TO_FIELD_NUMBER: _ClassVar[int]
     EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    RECENCY_HALF_LIFE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     embedding: _containers.RepeatedScalarFieldContainer[float]
     max_results: int
     similarity_threshold: float
@@ -60,7 +61,8 @@ class Cue(_message.Message):
     when_to: _timestamp_pb2.Timestamp
     ef_search: int
     filter: MemoryFilter
-    def __init__(self, embedding: _Optional[_Iterable[float]] = ..., max_results: _Optional[int] = ..., similarity_threshold: _Optional[float] = ..., when_from: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., when_to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ef_search: _Optional[int] = ..., filter: _Optional[_Union[MemoryFilter, _Mapping]] = ...) -> None: ...
+    recency_half_life_seconds: float
+    def __init__(self, embedding: _Optional[_Iterable[float]] = ..., max_results: _Optional[int] = ..., similarity_threshold: _Optional[float] = ..., when_from: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., when_to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ef_search: _Optional[int] = ..., filter: _Optional[_Union[MemoryFilter, _Mapping]] = ..., recency_half_life_seconds: _Optional[float] = ...) -> None: ...
 
 class MemoryFilter(_message.Message):
     __slots__ = ("tags_all", "tags_any", "tags_none", "metadata")
@@ -95,18 +97,22 @@ class RecallRequest(_message.Message):
     def __init__(self, memory_space_id: _Optional[str] = ..., cue: _Optional[_Union[Cue, _Mapping]] = ..., batch_size: _Optional[int] = ..., include_embeddings: _Optional[bool] = ...) -> None: ...
 
 class RecalledMemory(_message.Message):
-    __slots__ = ("episode", "similarity", "confidence", "server_sequence", "indexed")
+    __slots__ = ("episode", "similarity", "confidence", "server_sequence", "indexed", "score", "recency_weight")
     EPISODE_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     SERVER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     INDEXED_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    RECENCY_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     episode: Episode
     similarity: float
     confidence: float
     server_sequence: int
     indexed: bool
-    def __init__(self, episode: _Optional[_Union[Episode, _Mapping]] = ..., similarity: _Optional[float] = ..., confidence: _Optional[float] = ..., server_sequence: _Optional[int] = ..., indexed: _Optional[bool] = ...) -> None: ...
+    score: float
+    recency_weight: float
+    def __init__(self, episode: _Optional[_Union[Episode, _Mapping]] = ..., similarity: _Optional[float] = ..., confidence: _Optional[float] = ..., server_sequence: _Optional[int] = ..., indexed: _Optional[bool] = ..., score: _Optional[float] = ..., recency_weight: _Optional[float] = ...) -> None: ...
 
 class RecallResponse(_message.Message):
     __slots__ = ("memories", "more", "snapshot_sequence")
