@@ -22,6 +22,11 @@ use tokio_rustls::TlsAcceptor;
 
 /// How long a client has to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once per listener; a connection beyond it is
+/// closed at once (logged), so a flood of clients that connect and say
+/// nothing holds a bounded amount of memory, each for at most
+/// [`HANDSHAKE_TIMEOUT`].
+pub const MAX_PENDING_HANDSHAKES: usize = 1024;
 
 /// The server's certificate and key, swapped on reload.
 #[derive(Debug)]
@@ -122,6 +127,7 @@ pub fn accept_loop(
 ) -> mpsc::Receiver<Result<TlsStream<TcpStream>, std::io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
+    let pending = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -138,6 +144,15 @@ pub fn accept_loop(
                     continue;
                 }
             };
+            let Ok(permit) = pending.clone().try_acquire_owned() else {
+                tracing::warn!(
+                    listener = listener_name,
+                    %peer,
+                    limit = MAX_PENDING_HANDSHAKES,
+                    "too many TLS handshakes in progress; connection closed"
+                );
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             if let Some(k) = keepalive {
                 let sock = socket2::SockRef::from(&tcp);
@@ -146,6 +161,7 @@ pub fn accept_loop(
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         let _ = tx.send(Ok(tls)).await;

@@ -894,6 +894,13 @@ async fn tls_serves_grpc_and_https_and_reloads_its_certificate() {
             .await
         }
     };
+    // Clients that connect and never say anything (no handshake) hold
+    // nobody up: handshakes run off the accept loop.
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(tokio::net::TcpStream::connect(server.grpc).await.unwrap());
+        idle.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
     // gRPC over TLS with the CA and a key: create, stream, recall.
     let c = tls_client(&ca).await.unwrap();
     c.create_space("t", DIM as u32).await.unwrap();
@@ -913,6 +920,7 @@ async fn tls_serves_grpc_and_https_and_reloads_its_certificate() {
     let r = https_get(server.addr, &ca, "/v1/spaces/t", Some("key-rw"))
         .await
         .unwrap();
+    drop(idle);
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     let plain = reqwest::Client::new()
         .get(format!("http://{}/health/live", server.addr))
