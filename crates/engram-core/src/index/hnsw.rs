@@ -652,23 +652,11 @@ impl Hnsw {
             return Vec::new();
         };
         let mut s = self.pool.get();
+        let accept = |id| filter(self.store.label(id));
         if sparse {
-            self.search_layer0_two_hop(
-                &metric,
-                start,
-                ef.max(k),
-                |id| filter(self.store.label(id)),
-                &mut s,
-            );
+            self.search_layer::<true, _>(&metric, start, ef.max(k), 0, accept, &mut s);
         } else {
-            self.search_layer(
-                &metric,
-                start,
-                ef.max(k),
-                0,
-                |id| filter(self.store.label(id)),
-                &mut s,
-            );
+            self.search_layer::<false, _>(&metric, start, ef.max(k), 0, accept, &mut s);
         }
         // Re-rank the approximate best with exact similarities.
         let Scratch { results, pairs, .. } = &mut *s;
@@ -766,7 +754,13 @@ impl Hnsw {
     /// all unvisited neighbours of a node are prefetched before the first is
     /// scored, and the next candidate's level-0 list while the current one's
     /// neighbours are scored.
-    fn search_layer<F: Fn(u32) -> bool>(
+    ///
+    /// `TWO_HOP` (for filters that admit few nodes, see
+    /// [`Hnsw::search_with`]): a neighbour `accept` refuses is not scored
+    /// but used as a bridge to its own neighbours, of which the admitted
+    /// ones are scored. The entry is expanded either way: it is where the
+    /// upper levels led.
+    fn search_layer<const TWO_HOP: bool, F: Fn(u32) -> bool>(
         &self,
         m: &Quantized,
         entry: u32,
@@ -803,9 +797,21 @@ impl Hnsw {
             s.neighbours.clear();
             for w in &list[1..=link_count(list)] {
                 let n = w.load(Ordering::Acquire);
-                if s.visit(n) {
+                if !s.visit(n) {
+                    continue;
+                }
+                if !TWO_HOP || accept(n) {
                     s.neighbours.push(n);
                     m.prefetch(n);
+                    continue;
+                }
+                let bridge = self.store.links(n, level);
+                for w2 in &bridge[1..=link_count(bridge)] {
+                    let n2 = w2.load(Ordering::Acquire);
+                    if accept(n2) && s.visit(n2) {
+                        s.neighbours.push(n2);
+                        m.prefetch(n2);
+                    }
                 }
             }
             for j in 0..s.neighbours.len() {
@@ -828,83 +834,6 @@ impl Hnsw {
                 if let Some(next) = s.candidates.peek() {
                     self.store.prefetch_links0(next.id);
                 }
-            }
-        }
-    }
-
-    /// Level 0 of a search whose filter admits few nodes (see
-    /// [`Hnsw::search_with`]): like [`Hnsw::search_layer`], but only
-    /// admitted nodes are scored and enter the candidates; a refused
-    /// neighbour is a bridge to its own neighbours.
-    fn search_layer0_two_hop<F: Fn(u32) -> bool>(
-        &self,
-        m: &Quantized,
-        entry: u32,
-        ef: usize,
-        accept: F,
-        s: &mut Scratch,
-    ) {
-        s.begin(self.allocated.load(Ordering::Acquire));
-        s.candidates.clear();
-        s.results.clear();
-        let esim = m.sim(entry);
-        s.visit(entry);
-        let mut lower = f32::NEG_INFINITY;
-        if accept(entry) {
-            s.results.push(Keyed {
-                key: -esim,
-                id: entry,
-            });
-            lower = esim;
-        }
-        // The entry is expanded whether admitted or not: it is where the
-        // upper levels led.
-        s.candidates.push(Keyed {
-            key: esim,
-            id: entry,
-        });
-        while let Some(&c) = s.candidates.peek() {
-            if c.key < lower && s.results.len() >= ef {
-                break;
-            }
-            s.candidates.pop();
-            let list = self.store.links(c.id, 0);
-            s.neighbours.clear();
-            for w in &list[1..=link_count(list)] {
-                let n = w.load(Ordering::Acquire);
-                if !s.visit(n) {
-                    continue;
-                }
-                if accept(n) {
-                    s.neighbours.push(n);
-                    m.prefetch(n);
-                    continue;
-                }
-                let bridge = self.store.links(n, 0);
-                for w2 in &bridge[1..=link_count(bridge)] {
-                    let n2 = w2.load(Ordering::Acquire);
-                    if accept(n2) && s.visit(n2) {
-                        s.neighbours.push(n2);
-                        m.prefetch(n2);
-                    }
-                }
-            }
-            for j in 0..s.neighbours.len() {
-                let n = s.neighbours[j];
-                let sim = m.sim(n);
-                if s.results.len() < ef || sim > lower {
-                    s.candidates.push(Keyed { key: sim, id: n });
-                    s.results.push(Keyed { key: -sim, id: n });
-                    if s.results.len() > ef {
-                        s.results.pop();
-                    }
-                    if let Some(w) = s.results.peek() {
-                        lower = -w.key;
-                    }
-                }
-            }
-            if let Some(next) = s.candidates.peek() {
-                self.store.prefetch_links0(next.id);
             }
         }
     }
@@ -955,7 +884,7 @@ impl Hnsw {
         let levels = level.min(top);
         let mut chosen: Vec<Vec<u32>> = vec![Vec::new(); levels + 1];
         for l in (0..=levels).rev() {
-            self.search_layer(
+            self.search_layer::<false, _>(
                 &metric,
                 cur,
                 self.params.ef_construction,
