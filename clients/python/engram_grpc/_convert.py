@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, List, Mapping, Optional
@@ -189,18 +190,29 @@ def memory_filter_to_proto(value: MemoryFilterLike) -> types_pb2.MemoryFilter:
     return msg
 
 
-def cue_to_proto(value: CueLike, filter: Optional[MemoryFilterLike] = None) -> types_pb2.Cue:
-    """The wire Cue; ``filter`` (``recall(..., filter=)``) sets its filter,
-    which the cue itself must then not have (ValueError)."""
+def cue_to_proto(
+    value: CueLike,
+    filter: Optional[MemoryFilterLike] = None,
+    recency_half_life_seconds: Optional[float] = None,
+) -> types_pb2.Cue:
+    """The wire Cue; ``filter`` and ``recency_half_life_seconds`` (as
+    ``recall(..., filter=, recency_half_life_seconds=)`` take them) set those
+    fields, which the cue itself must then not have (ValueError)."""
+    half_life = half_life_seconds(recency_half_life_seconds)
     raw: Any = value
     if isinstance(raw, types_pb2.Cue):
-        if filter is None:
+        if filter is None and half_life is None:
             return raw
-        if raw.HasField("filter"):
+        if filter is not None and raw.HasField("filter"):
             raise ValueError(_FILTER_TWICE)
+        if half_life is not None and raw.recency_half_life_seconds != 0.0:
+            raise ValueError(_HALF_LIFE_TWICE)
         msg = types_pb2.Cue()
         msg.CopyFrom(raw)  # the caller's message stays as it was
-        msg.filter.CopyFrom(memory_filter_to_proto(filter))
+        if filter is not None:
+            msg.filter.CopyFrom(memory_filter_to_proto(filter))
+        if half_life is not None:
+            msg.recency_half_life_seconds = half_life
         return msg
     if isinstance(value, Cue) or isinstance(value, Mapping):
         f = _fields(value, _CUE_KEYS, "Cue")
@@ -223,10 +235,34 @@ def cue_to_proto(value: CueLike, filter: Optional[MemoryFilterLike] = None) -> t
         filter = cue_filter
     if filter is not None:
         msg.filter.CopyFrom(memory_filter_to_proto(filter))
+    cue_half_life = half_life_seconds(f.get("recency_half_life_seconds"))
+    if cue_half_life is not None and half_life is not None:
+        raise ValueError(_HALF_LIFE_TWICE)
+    if half_life is None:
+        half_life = cue_half_life
+    if half_life is not None:
+        msg.recency_half_life_seconds = half_life
     return msg
 
 
 _FILTER_TWICE = "the filter is given twice, in the cue and as filter=: give it once"
+_HALF_LIFE_TWICE = (
+    "the recency half-life is given twice, in the cue and as recency_half_life_seconds=: give it once"
+)
+
+
+def half_life_seconds(value: Any) -> Optional[float]:
+    """A recency half-life as a float (None: unset). Checks the type only;
+    the server refuses a value out of range (<= 0 other than 0 itself,
+    which means unset; not finite; over 100 years), naming the field."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        hint = " (for a timedelta, give .total_seconds())" if isinstance(value, timedelta) else ""
+        raise TypeError(
+            f"recency_half_life_seconds must be a number of seconds or None, got {type(value).__name__}{hint}"
+        )
+    return float(value)
 
 
 def recall_request(
@@ -235,25 +271,33 @@ def recall_request(
     include_embeddings: bool,
     batch_size: int = 0,
     filter: Optional[MemoryFilterLike] = None,
+    recency_half_life_seconds: Optional[float] = None,
 ) -> types_pb2.RecallRequest:
     return types_pb2.RecallRequest(
         memory_space_id=space,
-        cue=cue_to_proto(cue, filter),
+        cue=cue_to_proto(cue, filter, recency_half_life_seconds),
         batch_size=batch_size,
         include_embeddings=include_embeddings,
     )
 
 
-def recall_result(msg: types_pb2.RecallResponse) -> RecallResult:
+def recall_result(msg: types_pb2.RecallResponse, recency: bool = False) -> RecallResult:
+    """The recall's answer; ``recency``: whether the cue asked for recency
+    weighting (see :func:`_recalled`)."""
     return RecallResult(
-        memories=tuple(_recalled(m) for m in msg.memories),
+        memories=tuple(_recalled(m, recency) for m in msg.memories),
         snapshot_sequence=msg.snapshot_sequence,
         more=msg.more,
     )
 
 
-def _recalled(m: types_pb2.RecalledMemory) -> RecalledMemory:
+def _recalled(m: types_pb2.RecalledMemory, recency: bool = False) -> RecalledMemory:
     e = m.episode
+    score, weight = m.score, m.recency_weight
+    if not recency and weight == 0.0:
+        # A server from before recency weighting sends neither field (a
+        # current one sends weight 1 without recency): ranked by similarity.
+        score, weight = m.similarity, 1.0
     return RecalledMemory(
         episode=RecalledEpisode(
             id=e.id,
@@ -268,6 +312,8 @@ def _recalled(m: types_pb2.RecalledMemory) -> RecalledMemory:
         confidence=m.confidence,
         server_sequence=m.server_sequence,
         indexed=m.indexed,
+        score=score,
+        recency_weight=weight,
     )
 
 

@@ -314,6 +314,7 @@ class StreamingClient:
         space: Optional[str] = None,
         include_embeddings: bool = False,
         filter: Optional[MemoryFilterLike] = None,
+        recency_half_life_seconds: Optional[float] = None,
     ) -> RecallResult:
         """The most similar memories to ``cue`` (a :class:`Cue`, a dict, or
         a bare embedding), including everything acked before the call.
@@ -321,9 +322,22 @@ class StreamingClient:
         ``filter`` (a :class:`MemoryFilter` or a dict with its keys): only
         memories whose tags and metadata match are candidates; the recall
         returns ``min(max_results, matching memories)``. Or set the cue's
-        ``filter``; giving both raises ``ValueError``."""
-        request = _convert.recall_request(space or self.space, cue, include_embeddings, filter=filter)
-        return _convert.recall_result(await self._conn.unary(self._conn.memory.Recall, request))
+        ``filter``; giving both raises ``ValueError``.
+
+        ``recency_half_life_seconds``: rank by ``score = similarity x
+        0.5^(age / half-life)`` instead of similarity alone, so newer
+        memories come first among similar ones (see :class:`Cue`); each
+        memory's ``score`` and ``recency_weight`` say how it ranked. Or set
+        the cue's; giving both raises ``ValueError``."""
+        request = _convert.recall_request(
+            space or self.space,
+            cue,
+            include_embeddings,
+            filter=filter,
+            recency_half_life_seconds=recency_half_life_seconds,
+        )
+        response = await self._conn.unary(self._conn.memory.Recall, request)
+        return _convert.recall_result(response, request.cue.recency_half_life_seconds != 0.0)
 
     async def recall_stream(
         self,
@@ -333,17 +347,21 @@ class StreamingClient:
         batch_size: Optional[int] = None,
         include_embeddings: bool = False,
         filter: Optional[MemoryFilterLike] = None,
+        recency_half_life_seconds: Optional[float] = None,
     ) -> AsyncIterator[RecallResult]:
         """One recall, its results in batches of ``batch_size`` (default
         ``options.recall_batch_size``; 0 = one batch). The first batch comes
         before the full search is done; the last has ``more=False``.
-        ``filter``: as for :meth:`recall`."""
+        ``filter``, ``recency_half_life_seconds``: as for :meth:`recall`."""
         size = self.options.recall_batch_size if batch_size is None else batch_size
-        request = _convert.recall_request(space or self.space, cue, include_embeddings, size, filter)
+        request = _convert.recall_request(
+            space or self.space, cue, include_embeddings, size, filter, recency_half_life_seconds
+        )
+        recency = request.cue.recency_half_life_seconds != 0.0
         batches = self._conn.recall_stream(request)
         try:
             async for msg in batches:
-                yield _convert.recall_result(msg)
+                yield _convert.recall_result(msg, recency)
         finally:
             await batches.aclose()  # cancels the call if the caller stopped early
 

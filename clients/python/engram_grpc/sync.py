@@ -104,9 +104,16 @@ class Client:
         space: Optional[str] = None,
         include_embeddings: bool = False,
         filter: Optional[MemoryFilterLike] = None,
+        recency_half_life_seconds: Optional[float] = None,
     ) -> RecallResult:
         return self._call(
-            self._client.recall(cue, space=space, include_embeddings=include_embeddings, filter=filter)
+            self._client.recall(
+                cue,
+                space=space,
+                include_embeddings=include_embeddings,
+                filter=filter,
+                recency_half_life_seconds=recency_half_life_seconds,
+            )
         )
 
     def recall_stream(
@@ -117,10 +124,16 @@ class Client:
         batch_size: Optional[int] = None,
         include_embeddings: bool = False,
         filter: Optional[MemoryFilterLike] = None,
+        recency_half_life_seconds: Optional[float] = None,
     ) -> Iterator[RecallResult]:
         return self._iterate(
             self._client.recall_stream(
-                cue, space=space, batch_size=batch_size, include_embeddings=include_embeddings, filter=filter
+                cue,
+                space=space,
+                batch_size=batch_size,
+                include_embeddings=include_embeddings,
+                filter=filter,
+                recency_half_life_seconds=recency_half_life_seconds,
             )
         )
 

@@ -168,7 +168,17 @@ class Cue:
     means the server's ``engine.index.ef_search`` (higher: better recall,
     slower; large spaces need more for the same recall); ``filter``: which
     memories are candidates, by tags and metadata (see :class:`MemoryFilter`;
-    ``recall(..., filter=)`` sets the same)."""
+    ``recall(..., filter=)`` sets the same).
+
+    ``recency_half_life_seconds``: rank by recency too, so that a newer fact
+    outranks an older, similar one: each memory's score is ``similarity x
+    0.5^(age / half-life)``, its age being the recall's time minus its
+    ``Episode.when`` (a memory with similarity <= 0 keeps its similarity).
+    ``None`` (or 0): by similarity alone. The server refuses
+    (:class:`~engram_grpc.InvalidArgument` naming
+    ``cue.recency_half_life_seconds``) a negative, infinite or NaN half-life
+    and one over 100 years. ``recall(..., recency_half_life_seconds=)`` sets
+    the same."""
 
     embedding: Embedding
     max_results: int = 0
@@ -177,6 +187,7 @@ class Cue:
     when_to: Optional[datetime] = None
     ef_search: int = 0
     filter: Optional[MemoryFilterLike] = None
+    recency_half_life_seconds: Optional[float] = None
 
 
 #: What the client accepts where an episode is expected.
@@ -251,12 +262,22 @@ class RecalledEpisode:
 
 @dataclass(frozen=True)
 class RecalledMemory:
+    """One recalled memory; a recall's memories come best ``score`` first."""
+
     episode: RecalledEpisode
+    #: Cosine similarity to the cue.
     similarity: float
     confidence: float
     server_sequence: int
     #: True: found in the HNSW index; False: in the not-yet-indexed tier.
     indexed: bool
+    #: What the recall ranked by: ``similarity x recency_weight`` with
+    #: ``Cue.recency_half_life_seconds`` (``similarity`` itself for a memory
+    #: with similarity <= 0), else ``similarity``.
+    score: float
+    #: ``0.5^(age / half-life)`` with ``Cue.recency_half_life_seconds``
+    #: (at most 1, which a memory dated in the future gets), else 1.
+    recency_weight: float
 
     @property
     def memory_id(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from datetime import timedelta
 from typing import List
 
 import grpc
@@ -276,3 +277,66 @@ def test_recall_request_carries_the_filter() -> None:
     with pytest.raises(ValueError, match="twice"):
         _convert.recall_request("s", types_pb2.Cue(embedding=[1.0], filter=wire), False, filter=f)
     assert eg.MemoryFilter in (getattr(eg, name) for name in eg.__all__)
+
+
+def test_recency_half_life_conversion() -> None:
+    # Unset (None): the field stays 0 on the wire (the server ranks by similarity).
+    assert _convert.recall_request("s", [1.0], False).cue.recency_half_life_seconds == 0.0
+    assert _convert.cue_to_proto(eg.Cue(embedding=[1.0])).recency_half_life_seconds == 0.0
+    # As recall(..., recency_half_life_seconds=), as the cue's field, in a dict cue; ints become floats.
+    week = 7 * 86400.0
+    for cue, given in (
+        ([1.0], week),
+        (eg.Cue(embedding=[1.0], max_results=3), week),
+        (eg.Cue(embedding=[1.0], max_results=3, recency_half_life_seconds=week), None),
+        ({"embedding": [1.0], "recency_half_life_seconds": 604800}, None),
+        ({"embedding": [1.0]}, 604800),
+    ):
+        request = _convert.recall_request("s", cue, False, 5, None, given)
+        assert request.cue.recency_half_life_seconds == week and list(request.cue.embedding) == [1.0]
+    # With a filter too, each way.
+    f = eg.MemoryFilter(tags_all=["x"])
+    request = _convert.recall_request("s", eg.Cue(embedding=[1.0], filter=f), False, recency_half_life_seconds=60.0)
+    assert request.cue.recency_half_life_seconds == 60.0 and list(request.cue.filter.tags_all) == ["x"]
+    # A proto cue: set on a copy, the caller's message unchanged.
+    proto_cue = types_pb2.Cue(embedding=[1.0], max_results=2)
+    request = _convert.recall_request("s", proto_cue, False, recency_half_life_seconds=60.0)
+    assert request.cue.recency_half_life_seconds == 60.0 and request.cue.max_results == 2
+    assert proto_cue.recency_half_life_seconds == 0.0
+    # Out-of-range values go to the server as given (it refuses them naming the field).
+    assert _convert.cue_to_proto([1.0], recency_half_life_seconds=-5).recency_half_life_seconds == -5.0
+    # Given twice: refused rather than one silently winning.
+    with pytest.raises(ValueError, match="twice"):
+        _convert.recall_request(
+            "s", eg.Cue(embedding=[1.0], recency_half_life_seconds=1.0), False, recency_half_life_seconds=2.0
+        )
+    with pytest.raises(ValueError, match="twice"):
+        _convert.recall_request(
+            "s", types_pb2.Cue(embedding=[1.0], recency_half_life_seconds=1.0), False, recency_half_life_seconds=2.0
+        )
+    # Wrong types fail before anything is sent.
+    for bad in ("60", True, timedelta(days=7), [60.0]):
+        with pytest.raises(TypeError, match="recency_half_life_seconds"):
+            _convert.cue_to_proto({"embedding": [1.0], "recency_half_life_seconds": bad})
+    with pytest.raises(TypeError, match="total_seconds"):
+        _convert.cue_to_proto([1.0], recency_half_life_seconds=timedelta(days=7))  # type: ignore[arg-type]
+
+
+def test_recalled_memory_carries_score_and_recency_weight() -> None:
+    def response(score: float = 0.0, recency_weight: float = 0.0) -> types_pb2.RecallResponse:
+        """0, 0: the fields unset, as a server from before recency weighting sends."""
+        memory = types_pb2.RecalledMemory(
+            episode=types_pb2.Episode(id="a"), similarity=0.5, score=score, recency_weight=recency_weight
+        )
+        return types_pb2.RecallResponse(memories=[memory], snapshot_sequence=3)
+
+    weighted = _convert.recall_result(response(score=0.25, recency_weight=0.5), recency=True).memories[0]
+    assert (weighted.memory_id, weighted.similarity, weighted.score, weighted.recency_weight) == ("a", 0.5, 0.25, 0.5)
+    plain = _convert.recall_result(response(score=0.5, recency_weight=1.0)).memories[0]
+    assert (plain.score, plain.recency_weight) == (0.5, 1.0)
+    # A server from before recency weighting sends neither: the score is the similarity.
+    old = _convert.recall_result(response()).memories[0]
+    assert (old.score, old.recency_weight) == (0.5, 1.0)
+    # With recency, a weight that underflowed to 0 is kept as sent.
+    ancient = _convert.recall_result(response(), recency=True).memories[0]
+    assert (ancient.score, ancient.recency_weight) == (0.0, 0.0)

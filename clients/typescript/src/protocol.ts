@@ -40,6 +40,15 @@ export interface Cue {
    * inside the search: a recall returns min(`max_results`, matching
    * memories)). Absent or empty: all memories. */
   filter?: MemoryFilter;
+  /**
+   * Recency weighting: rank by score = similarity x 0.5^(age / half-life),
+   * age = now - the memory's `when`, so a newer fact outranks an older,
+   * similar one (a memory with similarity <= 0 keeps its similarity as
+   * score). In seconds; more than 0 and at most 100 years, else the server
+   * answers `invalid_argument` naming `cue.recency_half_life_seconds`.
+   * Absent: by similarity alone.
+   */
+  recency_half_life_seconds?: number;
 }
 
 /**
@@ -207,6 +216,14 @@ export interface StatusMessage {
 export interface RecalledMemory {
   episode: Episode;
   similarity: number;
+  /** What the recall ranked by: `similarity` x `recency_weight`; equal to
+   * `similarity` without `cue.recency_half_life_seconds` (and for a memory
+   * with similarity <= 0, which keeps its similarity as score). */
+  score: number;
+  /** 0.5^(age / half-life) with `cue.recency_half_life_seconds`, in [0, 1]
+   * (1 for a memory from the future; 0 once very old, as it underflows);
+   * 1 without recency. */
+  recency_weight: number;
   confidence: number;
   server_sequence: number;
   /** True: found in the index; false: in the not-yet-indexed tier. */

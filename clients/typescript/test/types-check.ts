@@ -17,6 +17,7 @@ import {
   type MemoryFilter,
   type ObservationAccepted,
   type ObservationResult,
+  type RecalledMemory,
   type RecallResultMessage,
   type ServerMessage,
   type StatusMessage,
@@ -52,6 +53,15 @@ export async function consumer(): Promise<void> {
   await client.recall({ embedding: [1, 0, 0], filter: { metadata: { n: 1 } } });
   // @ts-expect-error the wire names are snake_case (tags_all), as for every Cue field
   await client.recall({ embedding: [1, 0, 0], filter: { tagsAll: ["work"] } });
+  // Recency: the half-life in seconds; every recalled memory has score and recency_weight.
+  const recent = await client.recall({ embedding: [1, 0, 0], max_results: 3, recency_half_life_seconds: 7 * 86_400, filter });
+  const top: RecalledMemory | undefined = recent.memories[0];
+  const ranked: number[] = recent.memories.map((m) => m.score - m.similarity * m.recency_weight);
+  void [top?.score, top?.recency_weight, ranked];
+  // @ts-expect-error the half-life is a number of seconds
+  await client.recall({ embedding: [1, 0, 0], recency_half_life_seconds: "7d" });
+  // @ts-expect-error the wire name is snake_case
+  await client.recall({ embedding: [1, 0, 0], recencyHalfLifeSeconds: 60 });
   const closed: ClosedMessage = await client.close({ drain: true });
   void [n, closed.accepted];
   try {

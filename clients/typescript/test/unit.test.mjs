@@ -503,3 +503,87 @@ describe("recall filter (a fake WebSocket, no server)", () => {
     await c.close();
   });
 });
+
+describe("recall recency (a fake WebSocket, no server)", () => {
+  const DAY = 86_400;
+  /** Plays a server that ranks three stored memories by similarity x 0.5^(age / half-life), and refuses a bad half-life. */
+  function recencyServer() {
+    const now = Date.parse("2026-03-01T00:00:00Z");
+    const stored = [
+      { id: "old", ageDays: 90, similarity: 0.99 },
+      { id: "mid", ageDays: 30, similarity: 0.95 },
+      { id: "new", ageDays: 1, similarity: 0.9 },
+    ];
+    return fakeWebSocket((s) => {
+      const base = s.onClientMessage;
+      s.onClientMessage = (m) => {
+        if (m.type !== "recall") return base(m);
+        const h = m.cue.recency_half_life_seconds;
+        if (h !== undefined && !(h > 0 && h <= 100 * 365.25 * DAY)) {
+          s.reply({ type: "error", code: "invalid_argument", message: `cue.recency_half_life_seconds: is ${h}; expected more than 0 and at most 3155760000 (100 years), or unset`, request_id: m.request_id });
+          return;
+        }
+        const memories = stored
+          .map((e, i) => {
+            const recency_weight = h === undefined ? 1 : 0.5 ** ((e.ageDays * DAY) / h);
+            return {
+              episode: { id: e.id, when: new Date(now - e.ageDays * DAY * 1000).toISOString() },
+              similarity: e.similarity,
+              score: e.similarity * recency_weight,
+              recency_weight,
+              confidence: 1,
+              server_sequence: i + 1,
+              indexed: true,
+            };
+          })
+          .sort((a, b) => b.score - a.score);
+        s.reply({ type: "recall_result", request_id: m.request_id, memories, more: false, snapshot_sequence: 3 });
+      };
+      s.open();
+    });
+  }
+
+  it("cue.recency_half_life_seconds goes on the wire as is (absent when not set); score and recency_weight come back", async () => {
+    const { Fake, made } = recencyServer();
+    const c = new EngramWebSocketClient("ws://x/v1/stream", { space: "s", WebSocket: Fake });
+    const cue = { embedding: [1, 0], max_results: 3, recency_half_life_seconds: 7 * DAY, filter: { tags_all: ["fact"] } };
+    const before = structuredClone(cue);
+    const plain = await c.recall({ embedding: [1, 0], max_results: 3 });
+    assert.deepEqual(plain.memories.map((m) => m.episode.id), ["old", "mid", "new"]);
+    for (const m of plain.memories) {
+      assert.equal(m.recency_weight, 1);
+      assert.equal(m.score, m.similarity);
+    }
+    const recent = await c.recall(cue);
+    assert.deepEqual(recent.memories.map((m) => m.episode.id), ["new", "mid", "old"]);
+    for (const m of recent.memories) {
+      assert.ok(m.recency_weight > 0 && m.recency_weight < 1, `${m.episode.id}: ${m.recency_weight}`);
+      assert.ok(Math.abs(m.score - m.similarity * m.recency_weight) < 1e-6);
+    }
+    await c.close();
+    const recalls = made[0].sent.filter((m) => m.type === "recall");
+    assert.equal("recency_half_life_seconds" in recalls[0].cue, false, "not set: not on the wire");
+    assert.deepEqual(recalls[1].cue, { embedding: [1, 0], max_results: 3, recency_half_life_seconds: 604800, filter: { tags_all: ["fact"] } });
+    assert.deepEqual(cue, before, "the caller's cue is not changed");
+  });
+
+  it("a recall refused for its half-life throws ServerError invalid_argument naming the field, the stream goes on", async () => {
+    const { Fake, made } = recencyServer();
+    const c = new EngramWebSocketClient("ws://x/v1/stream", { space: "s", WebSocket: Fake });
+    for (const bad of [-5, 0, 200 * 365.25 * DAY]) {
+      await assert.rejects(c.recall({ embedding: [1, 0], recency_half_life_seconds: bad }), (e) => {
+        assert.ok(e instanceof ServerError, String(e));
+        assert.equal(e.code, "invalid_argument");
+        assert.match(e.serverMessage, /cue\.recency_half_life_seconds/);
+        assert.ok(e.requestId?.length > 0);
+        assert.equal(e.fatal, false);
+        return true;
+      });
+    }
+    const ok = await c.recall({ embedding: [1, 0], recency_half_life_seconds: DAY });
+    assert.equal(ok.memories[0].episode.id, "new");
+    assert.equal(c.state, "open");
+    assert.equal(made.length, 1);
+    await c.close();
+  });
+});
