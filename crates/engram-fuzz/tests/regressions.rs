@@ -245,10 +245,10 @@ static GREEDY: Target = Target {
 /// it runs as the child of the test below.
 const CHILD_CRASH_DIR: &str = "ENGRAM_FUZZ_TEST_CHILD_CRASH_DIR";
 
-/// The child of `an_allocation_over_the_limit_saves_the_input_and_aborts`
-/// (ignored: it aborts its process; run alone, it does nothing).
+/// The child process of `an_allocation_over_the_limit_saves_the_input_and_aborts`:
+/// with [`CHILD_CRASH_DIR`] set (only there) it allocates over the guard's
+/// limit and aborts its process; in the normal run it has nothing to do.
 #[test]
-#[ignore = "run in a child process by an_allocation_over_the_limit_saves_the_input_and_aborts"]
 fn child_allocates_over_the_limit() {
     let Some(dir) = std::env::var_os(CHILD_CRASH_DIR) else {
         return;
@@ -265,7 +265,7 @@ fn child_allocates_over_the_limit() {
 fn an_allocation_over_the_limit_saves_the_input_and_aborts() {
     let tmp = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["child_allocates_over_the_limit", "--exact", "--ignored"])
+        .args(["child_allocates_over_the_limit", "--exact"])
         .env(CHILD_CRASH_DIR, tmp.path())
         .output()
         .unwrap();

@@ -19,6 +19,8 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 pub const DEFAULT_MAX_WS_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Seconds between the server's WebSocket pings.
 pub const DEFAULT_WS_PING_INTERVAL_SECS: u64 = 30;
+/// Seconds a WebSocket without a key has to send `init` with its key.
+pub const DEFAULT_WS_AUTH_TIMEOUT_SECS: u64 = 30;
 /// How long shutdown waits for in-flight requests before closing them.
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
 
@@ -33,6 +35,10 @@ pub struct HttpConfig {
     /// Seconds between WebSocket pings the server sends on `/v1/stream`
     /// (keeps proxies from closing quiet connections, finds dead peers).
     pub ws_ping_interval_secs: u64,
+    /// Seconds a WebSocket opened without an API key has to send its
+    /// `init` with `api_key` (servers with keys); then it is closed as
+    /// unauthenticated, so sockets that say nothing do not linger.
+    pub ws_auth_timeout_secs: u64,
 }
 
 impl Default for HttpConfig {
@@ -42,6 +48,7 @@ impl Default for HttpConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_ws_message_bytes: DEFAULT_MAX_WS_MESSAGE_BYTES,
             ws_ping_interval_secs: DEFAULT_WS_PING_INTERVAL_SECS,
+            ws_auth_timeout_secs: DEFAULT_WS_AUTH_TIMEOUT_SECS,
         }
     }
 }
@@ -309,6 +316,9 @@ impl ServerConfig {
         }
         if self.http.ws_ping_interval_secs == 0 {
             return bad("http.ws_ping_interval_secs must be at least 1");
+        }
+        if self.http.ws_auth_timeout_secs == 0 {
+            return bad("http.ws_auth_timeout_secs must be at least 1");
         }
         if self.security.tls_cert.is_some() != self.security.tls_key.is_some() {
             return bad("security.tls_cert and security.tls_key go together: set both or neither");

@@ -149,6 +149,7 @@ pub async fn serve(
         http::ws::WsSettings {
             max_message_bytes: config.http.max_ws_message_bytes,
             ping_interval: Duration::from_secs(config.http.ws_ping_interval_secs),
+            auth_timeout: Duration::from_secs(config.http.ws_auth_timeout_secs),
             shutdown: stop_rx.clone(),
             open_sockets,
         },

@@ -8,7 +8,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use engram_client::proto::{Cue, Episode, MemoryFilter, MetadataCondition};
-use engram_client::{ClientOptions, StreamingClient};
+
 use futures::{SinkExt, StreamExt};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -145,10 +145,7 @@ async fn filtered_recall_equals_exact_filtered_search_on_every_transport() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), &["--fault-injection", "--wal-sync", "none"]);
     server.wait_ready().await;
-    let client =
-        StreamingClient::connect_with(format!("http://{}", server.grpc), ClientOptions::default())
-            .await
-            .unwrap();
+    let client = support::grpc_client(&server).await;
     client.create_space("fs", DIM as u32).await.unwrap();
     let http = reqwest::Client::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(16);
@@ -362,10 +359,7 @@ async fn recency_puts_the_newest_version_of_a_fact_first_on_grpc_and_rest() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), &["--wal-sync", "none"]);
     server.wait_ready().await;
-    let client =
-        StreamingClient::connect_with(format!("http://{}", server.grpc), ClientOptions::default())
-            .await
-            .unwrap();
+    let client = support::grpc_client(&server).await;
     let http = reqwest::Client::new();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

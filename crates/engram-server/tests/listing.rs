@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use engram_client::proto::{Episode, ListMemoriesRequest, MemoryFilter};
-use engram_client::{Answer, ClientOptions, StreamingClient};
+use engram_client::Answer;
 use serde_json::Value;
 use support::ServerProcess;
 
@@ -22,10 +22,7 @@ async fn listing_while_writers_run_returns_each_earlier_memory_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), &["--wal-sync", "none"]);
     server.wait_ready().await;
-    let client =
-        StreamingClient::connect_with(format!("http://{}", server.grpc), ClientOptions::default())
-            .await
-            .unwrap();
+    let client = support::grpc_client(&server).await;
     client.create_space("ls", DIM as u32).await.unwrap();
 
     // Two writers stream until told to stop, recording what was acked.

@@ -87,6 +87,8 @@ async fn client(server: &ServerProcess, key: Option<&str>) -> StreamingClient {
 /// memory `m1` in `s-1`.
 async fn matrix_server(dir: &Path) -> ServerProcess {
     let keys = write_keys(dir, &matrix_keys());
+    let config = dir.join("engram.toml");
+    std::fs::write(&config, "[http]\nws_auth_timeout_secs = 1\n").unwrap();
     let server = ServerProcess::start(
         &dir.join("data"),
         &[
@@ -95,6 +97,8 @@ async fn matrix_server(dir: &Path) -> ServerProcess {
             "--fault-injection",
             "--wal-sync",
             "none",
+            "--config",
+            config.to_str().unwrap(),
         ],
     );
     server.wait_ready().await;
@@ -258,16 +262,7 @@ async fn every_grpc_call_checks_the_key_for_its_space() {
         let closed = sender.close(true).await.unwrap();
         assert_eq!(closed.rejected, 3);
     }
-    let (sender, mut acks) = rw.observe_stream("s-1").await.unwrap();
-    sender
-        .send(episode("allowed", vec![1.0, 0.0, 0.0]))
-        .await
-        .unwrap();
-    assert!(matches!(
-        acks.recv().await.unwrap().unwrap(),
-        Answer::Accepted(_)
-    ));
-    sender.close(true).await.unwrap();
+    observe_one_accepted(&rw, "s-1", "allowed").await;
 
     // MemoryFlow: the same for observations, and a recall of a space the
     // key may not read fails alone.
@@ -336,6 +331,21 @@ async fn every_grpc_call_checks_the_key_for_its_space() {
         info.count, 3,
         "m1, the Remember and the allowed stream observation; nothing denied was stored"
     );
+}
+
+/// Streams one episode on a new observe session of `space` and expects it
+/// accepted; closes the session.
+async fn observe_one_accepted(c: &StreamingClient, space: &str, what: &str) {
+    let (sender, mut acks) = c.observe_stream(space).await.unwrap();
+    sender
+        .send(episode(what, vec![1.0, 0.0, 0.0]))
+        .await
+        .unwrap();
+    assert!(matches!(
+        acks.recv().await.unwrap().unwrap(),
+        Answer::Accepted(_)
+    ));
+    sender.close(true).await.unwrap();
 }
 
 fn flow_init(space: &str) -> FlowRequest {
@@ -648,6 +658,12 @@ async fn the_websocket_stream_takes_the_key_three_ways_and_checks_every_message(
             .unwrap_err(),
         401
     );
+    // A socket that never sends its init is closed as unauthenticated
+    // after http.ws_auth_timeout_secs (1 s here).
+    let (mut silent, _) = ws_open(&server, None, None).await.unwrap();
+    let started = Instant::now();
+    expect_ws_unauthenticated(&mut silent).await;
+    assert!(started.elapsed() >= Duration::from_millis(900));
     // A wrong key in init.
     let (mut ws, _) = ws_open(&server, None, None).await.unwrap();
     ws_send(&mut ws, init("s-1", Some("nope"))).await;
@@ -904,19 +920,23 @@ async fn tls_serves_grpc_and_https_and_reloads_its_certificate() {
     // gRPC over TLS with the CA and a key: create, stream, recall.
     let c = tls_client(&ca).await.unwrap();
     c.create_space("t", DIM as u32).await.unwrap();
-    let (sender, mut acks) = c.observe_stream("t").await.unwrap();
-    sender
-        .send(episode("secret", vec![1.0, 0.0, 0.0]))
-        .await
-        .unwrap();
-    assert!(matches!(
-        acks.recv().await.unwrap().unwrap(),
-        Answer::Accepted(_)
-    ));
-    sender.close(true).await.unwrap();
+    observe_one_accepted(&c, "t", "secret").await;
     let found = c.recall("t", cue(vec![1.0, 0.0, 0.0], 1)).await.unwrap();
     assert_eq!(found.memories.len(), 1);
     // HTTPS REST with the key; plaintext to either port fails.
+    // A connection that never handshakes is closed by the server after
+    // tls::HANDSHAKE_TIMEOUT, freeing its place.
+    {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(
+            engram_server::tls::HANDSHAKE_TIMEOUT + WAIT,
+            idle[0].read(&mut buf),
+        )
+        .await
+        .expect("the server closes a connection that never handshakes");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
     let r = https_get(server.addr, &ca, "/v1/spaces/t", Some("key-rw"))
         .await
         .unwrap();

@@ -43,6 +43,9 @@ pub struct WsSettings {
     pub max_message_bytes: usize,
     /// How often the server pings the socket (`http.ws_ping_interval_secs`).
     pub ping_interval: Duration,
+    /// How long a socket opened without a key has to send its `init` with
+    /// `api_key` when the server needs keys (`http.ws_auth_timeout_secs`).
+    pub auth_timeout: Duration,
     pub shutdown: watch::Receiver<bool>,
     /// Held by every open socket: shutdown waits until all are gone (each
     /// ends within [`LINGER`] of its stream), so the process does not exit
@@ -55,9 +58,6 @@ pub struct WsSettings {
 pub const SUBPROTOCOL: &str = "engram.v1";
 /// Offered subprotocol that carries the API key: `bearer.<KEY>`.
 const KEY_SUBPROTOCOL_PREFIX: &str = "bearer.";
-/// How long a socket opened without a key has to send its `init` (with
-/// `api_key`) when the server needs keys.
-const INIT_AUTH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `GET /v1/stream` (upgrade). The API key, when the server needs one,
 /// comes in the `authorization` header, as an offered subprotocol
@@ -149,14 +149,14 @@ async fn serve_socket(
     let principal = match principal {
         Some(p) => Ok(p),
         // No key on the upgrade: the init message must carry it.
-        None => match tokio::time::timeout(INIT_AUTH_TIMEOUT, key_rx).await {
+        None => match tokio::time::timeout(settings.auth_timeout, key_rx).await {
             Ok(Ok(Some(key))) => auth.authenticate_key(&key),
             Ok(_) => Err(AuthError::Unauthenticated(
                 "missing API key: send it in init.api_key, as the subprotocol 'bearer.<key>', or as 'authorization: Bearer <key>'".into(),
             )),
             Err(_) => Err(AuthError::Unauthenticated(format!(
                 "no init with api_key within {} s",
-                INIT_AUTH_TIMEOUT.as_secs()
+                settings.auth_timeout.as_secs()
             ))),
         },
     };

@@ -227,6 +227,13 @@ pub async fn call(
     (status, value)
 }
 
+/// A Rust client of the server's gRPC listener, default options.
+pub async fn grpc_client(server: &ServerProcess) -> engram_client::StreamingClient {
+    engram_client::StreamingClient::connect(format!("http://{}", server.grpc))
+        .await
+        .expect("connecting the gRPC client")
+}
+
 pub fn episode(id: &str, embedding: &[f32]) -> Value {
     json!({"id": id, "what": format!("text of {id}"), "embedding": embedding})
 }
