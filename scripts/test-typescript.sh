@@ -75,7 +75,7 @@ run_tests() {
 }
 
 step "Node tests (unit + against a real engram server: $ENGRAM_BIN)"
-run_tests node test/unit.test.mjs test/stream.test.mjs test/security.test.mjs test/filters.test.mjs test/recency.test.mjs
+run_tests node test/unit.test.mjs test/stream.test.mjs test/security.test.mjs test/filters.test.mjs test/recency.test.mjs test/expiry.test.mjs
 
 step "browser test (headless Chromium, client bundled by esbuild)"
 run_tests browser test/browser/browser.test.mjs

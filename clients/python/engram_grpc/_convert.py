@@ -160,7 +160,34 @@ def episode_to_proto(value: EpisodeLike, assign_id: bool = False) -> types_pb2.E
     confidence = f.get("encoding_confidence")
     if confidence is not None:
         msg.encoding_confidence = float(confidence)
+    expires_at = _timestamp(f.get("expires_at"))
+    if expires_at is not None:
+        msg.expires_at.CopyFrom(expires_at)
+    ttl = ttl_seconds(f.get("ttl_seconds"))
+    if ttl is not None:
+        msg.ttl_seconds = ttl
     return msg
+
+
+def ttl_seconds(value: Any) -> Optional[float]:
+    """An episode's ``ttl_seconds`` as a float (None: unset). 0 raises
+    ValueError: on the wire it would mean unset (the space's default),
+    silently. Otherwise checks the type only; the server refuses a value
+    out of range (negative, not finite, over 100 years) and one given with
+    ``expires_at``, naming the field."""
+    seconds = _seconds("ttl_seconds", value)
+    if seconds == 0.0:
+        raise ValueError(
+            "ttl_seconds must be above 0 (None: no expiry of its own, the space's default_ttl_seconds applies)"
+        )
+    return seconds
+
+
+def default_ttl_seconds(value: Any) -> Optional[float]:
+    """A space's ``default_ttl_seconds`` as a float (None: unset, matching
+    any existing space; 0: none). Checks the type only; the server refuses
+    a value out of range, naming the field."""
+    return _seconds("default_ttl_seconds", value)
 
 
 def memory_filter(value: MemoryFilterLike) -> MemoryFilter:
@@ -255,13 +282,17 @@ def half_life_seconds(value: Any) -> Optional[float]:
     """A recency half-life as a float (None: unset). Checks the type only;
     the server refuses a value out of range (<= 0 other than 0 itself,
     which means unset; not finite; over 100 years), naming the field."""
+    return _seconds("recency_half_life_seconds", value)
+
+
+def _seconds(name: str, value: Any) -> Optional[float]:
+    """A number of seconds as a float (None stays None); anything else
+    raises TypeError naming ``name``."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         hint = " (for a timedelta, give .total_seconds())" if isinstance(value, timedelta) else ""
-        raise TypeError(
-            f"recency_half_life_seconds must be a number of seconds or None, got {type(value).__name__}{hint}"
-        )
+        raise TypeError(f"{name} must be a number of seconds or None, got {type(value).__name__}{hint}")
     return float(value)
 
 
@@ -307,6 +338,7 @@ def _recalled(m: types_pb2.RecalledMemory, recency: bool = False) -> RecalledMem
             encoding_confidence=e.encoding_confidence if e.HasField("encoding_confidence") else None,
             tags=tuple(e.tags),
             metadata=dict(e.metadata),
+            expires_at=datetime_of(e, "expires_at"),
         ),
         similarity=m.similarity,
         confidence=m.confidence,
@@ -366,6 +398,8 @@ def space_info(msg: memory_pb2.SpaceInfo) -> SpaceInfo:
             vectors_on_disk=msg.memory.vectors_on_disk,
         ),
         vector_storage=vector_storage_name(msg.vector_storage),
+        default_ttl_seconds=msg.default_ttl_seconds,
+        expired_count=msg.expired_count,
     )
 
 

@@ -384,7 +384,12 @@ class StreamingClient:
         await self._conn.unary(self._conn.memory.Forget, request)
 
     async def create_space(
-        self, space: Optional[str] = None, *, dimension: int = 0, vector_storage: Optional[str] = None
+        self,
+        space: Optional[str] = None,
+        *,
+        dimension: int = 0,
+        vector_storage: Optional[str] = None,
+        default_ttl_seconds: Optional[float] = None,
     ) -> SpaceInfo:
         """Creates the space (``dimension`` 0: the server's default, 768);
         an existing space of that dimension is fine, another dimension
@@ -396,12 +401,23 @@ class StreamingClient:
         candidates from that file); ``None``: the server's default
         (``engine.vector_storage``). An existing space with another storage
         raises :class:`AlreadyExists`; another string raises ``ValueError``
-        before anything is sent."""
+        before anything is sent.
+
+        ``default_ttl_seconds``: the time to live of memories observed
+        without an expiry of their own (``Episode.expires_at`` /
+        ``ttl_seconds``), in seconds after the server accepts them, at most
+        100 years; 0: none; ``None``: unset, which matches any existing
+        space (a new one gets none). An existing space with another value
+        raises :class:`AlreadyExists`; a value out of range
+        :class:`InvalidArgument`; a non-number ``TypeError``."""
         request = memory_pb2.CreateSpaceRequest(
             memory_space_id=space or self.space,
             dimension=dimension,
             vector_storage=_convert.vector_storage_to_proto(vector_storage),
         )
+        ttl = _convert.default_ttl_seconds(default_ttl_seconds)
+        if ttl is not None:
+            request.default_ttl_seconds = ttl
         response = await self._conn.unary(self._conn.memory.CreateSpace, request)
         return _convert.space_info(response.space)
 

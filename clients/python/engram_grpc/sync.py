@@ -146,9 +146,18 @@ class Client:
         self._call(self._client.forget(memory_id, space=space))
 
     def create_space(
-        self, space: Optional[str] = None, *, dimension: int = 0, vector_storage: Optional[str] = None
+        self,
+        space: Optional[str] = None,
+        *,
+        dimension: int = 0,
+        vector_storage: Optional[str] = None,
+        default_ttl_seconds: Optional[float] = None,
     ) -> SpaceInfo:
-        return self._call(self._client.create_space(space, dimension=dimension, vector_storage=vector_storage))
+        return self._call(
+            self._client.create_space(
+                space, dimension=dimension, vector_storage=vector_storage, default_ttl_seconds=default_ttl_seconds
+            )
+        )
 
     def describe_space(self, space: Optional[str] = None) -> SpaceInfo:
         return self._call(self._client.describe_space(space))

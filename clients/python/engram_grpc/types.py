@@ -80,6 +80,18 @@ class Episode:
     uuid4 before the first send (so a resend after a lost session is
     deduplicated by the server). ``when``: unset means the receive time
     (a naive datetime is taken as UTC).
+
+    Expiry (optional, at most one of the two): ``expires_at``, the instant
+    from which the memory is never recalled or listed (a naive datetime is
+    taken as UTC; it must be in the future by the server's clock), or
+    ``ttl_seconds``, that many seconds after the server accepts it (> 0, at
+    most 100 years). Neither: the space's ``default_ttl_seconds``, if it
+    has one, else never. The server refuses both at once, a past
+    ``expires_at`` and a ``ttl_seconds`` out of range, naming the field
+    (:class:`~engram_grpc.InvalidArgument` from ``remember``, a
+    ``RejectReason.INVALID`` rejection on a stream); ``ttl_seconds=0``,
+    which the wire cannot carry (there 0 means unset), raises
+    ``ValueError`` before anything is sent, and a non-number ``TypeError``.
     """
 
     embedding: Embedding
@@ -89,6 +101,8 @@ class Episode:
     encoding_confidence: Optional[float] = None
     tags: Sequence[str] = ()
     metadata: Mapping[str, str] = field(default_factory=dict)
+    expires_at: Optional[datetime] = None
+    ttl_seconds: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -249,7 +263,10 @@ Answer = Union[Ack, Rejection]
 @dataclass(frozen=True)
 class RecalledEpisode:
     """An episode as the server returns it (``embedding`` is empty unless
-    the recall asked for embeddings; then it is L2-normalised)."""
+    the recall asked for embeddings; then it is L2-normalised).
+    ``expires_at``: when the memory expires (from the episode's
+    ``expires_at`` or ``ttl_seconds``, or the space's
+    ``default_ttl_seconds``), None if never."""
 
     id: str
     what: str
@@ -258,6 +275,7 @@ class RecalledEpisode:
     encoding_confidence: Optional[float]
     tags: Tuple[str, ...]
     metadata: Dict[str, str]
+    expires_at: Optional[datetime] = None
 
 
 @dataclass(frozen=True)
@@ -340,6 +358,11 @@ class SpaceInfo:
     #: (in RAM) or ``"compact"`` (in a file on the server's disk, RAM holding
     #: 8-bit codes). Chosen at creation (see :meth:`StreamingClient.create_space`).
     vector_storage: str = "memory"
+    #: Time to live, in seconds, of memories observed without an expiry of
+    #: their own (0: none). Chosen at creation.
+    default_ttl_seconds: float = 0.0
+    #: Memories the server purged because they expired, since it started.
+    expired_count: int = 0
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import List
 
 import grpc
@@ -16,7 +16,7 @@ import engram_grpc as eg
 from engram_grpc import _convert
 from engram_grpc._outstanding import Entry, Outstanding, Retry
 from engram_grpc._pacer import Pacer
-from engram_grpc._proto.engram.v1 import streaming_pb2, types_pb2
+from engram_grpc._proto.engram.v1 import memory_pb2, streaming_pb2, types_pb2
 from engram_grpc._rpc_status import retry_delay_from_details
 
 ACCEPTED = streaming_pb2.ObservationAck.ACK_ACCEPTED
@@ -340,3 +340,57 @@ def test_recalled_memory_carries_score_and_recency_weight() -> None:
     # With recency, a weight that underflowed to 0 is kept as sent.
     ancient = _convert.recall_result(response(), recency=True).memories[0]
     assert (ancient.score, ancient.recency_weight) == (0.0, 0.0)
+
+
+def test_expiry_conversion() -> None:
+    # Neither: both fields unset on the wire (the space's default applies).
+    plain = _convert.episode_to_proto(eg.Episode(embedding=[1.0]))
+    assert not plain.HasField("expires_at") and plain.ttl_seconds == 0.0
+    # expires_at like when: an aware datetime, a naive one (UTC), epoch seconds.
+    at = datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)
+    for given in (at, at.replace(tzinfo=None), at.astimezone(timezone(timedelta(hours=-5))), at.timestamp()):
+        msg = _convert.episode_to_proto({"embedding": [1.0], "expires_at": given})
+        assert msg.expires_at.seconds == int(at.timestamp()), given
+        assert abs(msg.expires_at.nanos - 678_000_000) < 1000, given  # epoch seconds: float precision
+        assert msg.ttl_seconds == 0.0
+    with pytest.raises(TypeError, match="datetime"):
+        _convert.episode_to_proto({"embedding": [1.0], "expires_at": "2030-01-02"})
+    # ttl_seconds: ints become floats; out-of-range values go to the server as given (it names the field).
+    for given, wire in ((3600, 3600.0), (0.5, 0.5), (-1, -1.0), (math.inf, math.inf)):
+        msg = _convert.episode_to_proto(eg.Episode(embedding=[1.0], ttl_seconds=given))
+        assert msg.ttl_seconds == wire and not msg.HasField("expires_at")
+    # Both: sent as given, for the server to refuse (INVALID_ARGUMENT / a rejection on a stream).
+    both = _convert.episode_to_proto(eg.Episode(embedding=[1.0], expires_at=at, ttl_seconds=60))
+    assert both.HasField("expires_at") and both.ttl_seconds == 60.0
+    # 0 would be unset on the wire: refused before sending; wrong types too.
+    with pytest.raises(ValueError, match="ttl_seconds must be above 0"):
+        _convert.episode_to_proto(eg.Episode(embedding=[1.0], ttl_seconds=0))
+    for bad in ("60", True, [60.0]):
+        with pytest.raises(TypeError, match="ttl_seconds"):
+            _convert.episode_to_proto({"embedding": [1.0], "ttl_seconds": bad})
+    with pytest.raises(TypeError, match="total_seconds"):
+        _convert.episode_to_proto({"embedding": [1.0], "ttl_seconds": timedelta(hours=1)})
+    # The space's default: None unset (no presence on the wire), 0 set (none), a number set.
+    assert _convert.default_ttl_seconds(None) is None
+    assert _convert.default_ttl_seconds(0) == 0.0 and _convert.default_ttl_seconds(86400) == 86400.0
+    with pytest.raises(TypeError, match="default_ttl_seconds"):
+        _convert.default_ttl_seconds("1d")
+
+
+def test_expiry_in_answers() -> None:
+    at = datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)
+    expiring = types_pb2.Episode(id="a")
+    expiring.expires_at.FromDatetime(at)
+    response = types_pb2.RecallResponse(
+        memories=[
+            types_pb2.RecalledMemory(episode=expiring, similarity=0.5),
+            types_pb2.RecalledMemory(episode=types_pb2.Episode(id="b"), similarity=0.4),
+        ]
+    )
+    first, second = _convert.recall_result(response).memories
+    assert first.episode.expires_at == at and first.episode.expires_at.tzinfo is not None
+    assert second.episode.expires_at is None
+    info = _convert.space_info(memory_pb2.SpaceInfo(memory_space_id="s", default_ttl_seconds=3600.0, expired_count=7))
+    assert (info.default_ttl_seconds, info.expired_count) == (3600.0, 7)
+    none = _convert.space_info(memory_pb2.SpaceInfo(memory_space_id="s"))
+    assert (none.default_ttl_seconds, none.expired_count) == (0.0, 0)

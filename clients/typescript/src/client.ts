@@ -36,6 +36,7 @@ import {
   type ClosedMessage,
   type Cue,
   type Episode,
+  type EpisodeInput,
   type ErrorMessage,
   type InitAckMessage,
   type Priority,
@@ -257,9 +258,10 @@ export class EngramWebSocketClient {
    * server made it durable (visible to every recall after it); rejects
    * with {@link ObservationRejectedError} for a final rejection (e.g.
    * `invalid`; `overloaded` is retried first), or with the error that
-   * ended the client.
+   * ended the client. `episode.expires_at` may be a `Date` (sent as RFC
+   * 3339); an invalid `Date` rejects with a `TypeError`.
    */
-  async observe(episode: Episode, opts?: ObserveOptions): Promise<ObservationAccepted> {
+  async observe(episode: EpisodeInput, opts?: ObserveOptions): Promise<ObservationAccepted> {
     const r = await this.#submit(episode, opts?.priority);
     if (r.status === "accepted") return r;
     throw new ObservationRejectedError(r.reason, r.message, r.sequence_number, r.episode, r.retries, r.retry_after_ms);
@@ -274,7 +276,7 @@ export class EngramWebSocketClient {
    * was already submitted is still sent and answered.
    */
   async *observeMany(
-    episodes: Iterable<Episode> | AsyncIterable<Episode>,
+    episodes: Iterable<EpisodeInput> | AsyncIterable<EpisodeInput>,
     opts?: ObserveOptions,
   ): AsyncGenerator<ObservationResult, void, undefined> {
     const window = this.options.maxInFlight;
@@ -456,19 +458,14 @@ export class EngramWebSocketClient {
     if (this.#state === "closed" || this.#closing) throw new ClientClosedError("the client is closed or closing");
   }
 
-  #submit(episode: Episode, priority: Priority | undefined): Promise<ObservationResult> {
+  #submit(episode: EpisodeInput, priority: Priority | undefined): Promise<ObservationResult> {
+    let ep: Episode;
     try {
       this.#checkUsable();
+      ep = this.#wireEpisode(episode);
     } catch (e) {
       return Promise.reject(e);
     }
-    if (typeof episode !== "object" || episode === null) {
-      return Promise.reject(new TypeError("an episode must be an object"));
-    }
-    const ep: Episode =
-      this.options.assignEpisodeIds && (episode.id === undefined || episode.id === "")
-        ? { ...episode, id: uuid() }
-        : episode;
     const seq = this.#nextSeq++;
     this.#stats.submitted += 1;
     return new Promise<ObservationResult>((resolve, reject) => {
@@ -476,6 +473,27 @@ export class EngramWebSocketClient {
       void this.connect().catch(() => {});
       this.#scheduleFlush();
     });
+  }
+
+  /**
+   * The episode as it goes on the wire: an `expires_at` Date as its RFC
+   * 3339 string, an id when `assignEpisodeIds` and it has none. A copy when
+   * anything changes; the caller's object is never modified.
+   */
+  #wireEpisode(episode: EpisodeInput): Episode {
+    if (typeof episode !== "object" || episode === null) {
+      throw new TypeError("an episode must be an object");
+    }
+    let ep = episode as Episode;
+    const expiresAt: unknown = episode.expires_at;
+    if (expiresAt instanceof Date) {
+      if (Number.isNaN(expiresAt.getTime())) throw new TypeError("episode.expires_at is an invalid Date");
+      ep = { ...ep, expires_at: expiresAt.toISOString() };
+    }
+    if (this.options.assignEpisodeIds && (ep.id === undefined || ep.id === "")) {
+      ep = { ...ep, id: uuid() };
+    }
+    return ep;
   }
 
   #scheduleFlush(): void {

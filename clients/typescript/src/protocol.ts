@@ -4,7 +4,8 @@
  * `type` field. Field names mirror the gRPC messages of
  * `proto/engram/v1/*.proto` in snake_case. These types describe exactly
  * what goes over the socket; the client passes episodes and cues through
- * unchanged.
+ * unchanged (but for an episode's `expires_at` given as a `Date`, sent as
+ * its RFC 3339 string: {@link EpisodeInput}).
  */
 
 /** Something that happened, with its embedding (`engram.v1.Episode`). */
@@ -21,7 +22,36 @@ export interface Episode {
   encoding_confidence?: number;
   tags?: string[];
   metadata?: Record<string, string>;
+  /**
+   * Expiry, RFC 3339 (optional; at most one of `expires_at` and
+   * `ttl_seconds`): from this instant on (by the server's clock) the memory
+   * is never recalled, and it is purged in the background. Must be in the
+   * future when the server accepts the observation, else it is rejected
+   * (`invalid`, the message naming `episode.expires_at`). In recalled
+   * episodes: present when the memory expires (set by either field or by
+   * the space's `default_ttl_seconds`), absent when it never does.
+   * `observe` also takes a `Date` here (see {@link EpisodeInput}).
+   */
+  expires_at?: string;
+  /**
+   * Expiry as seconds after the server accepts the observation: more than
+   * 0 and at most 100 years (3,155,760,000), else the observation is
+   * rejected (`invalid`, the message naming `episode.ttl_seconds`). Not
+   * with `expires_at`. Never in recalled episodes (they carry `expires_at`).
+   */
+  ttl_seconds?: number;
 }
+
+/**
+ * What `observe` and `observeMany` take: an {@link Episode}, except that
+ * `expires_at` may also be a `Date` (sent as RFC 3339 in UTC with
+ * milliseconds, `Date.prototype.toISOString`). An invalid `Date` is
+ * refused by the client with a `TypeError`; nothing else is checked here:
+ * the server validates the rest (e.g. both `expires_at` and `ttl_seconds`).
+ */
+export type EpisodeInput = Omit<Episode, "expires_at"> & {
+  expires_at?: string | Date;
+};
 
 /** What to recall by (`engram.v1.Cue`). */
 export interface Cue {

@@ -14,6 +14,8 @@ import {
   type WebSocketConstructor,
   type ClosedMessage,
   type Cue,
+  type Episode,
+  type EpisodeInput,
   type MemoryFilter,
   type ObservationAccepted,
   type ObservationResult,
@@ -62,6 +64,26 @@ export async function consumer(): Promise<void> {
   await client.recall({ embedding: [1, 0, 0], recency_half_life_seconds: "7d" });
   // @ts-expect-error the wire name is snake_case
   await client.recall({ embedding: [1, 0, 0], recencyHalfLifeSeconds: 60 });
+  // Expiry: expires_at (RFC 3339 string, or a Date when observing) or ttl_seconds (seconds).
+  await client.observe({ embedding: [1, 0, 0], ttl_seconds: 3600 });
+  await client.observe({ embedding: [1, 0, 0], expires_at: "2030-01-01T00:00:00Z" });
+  await client.observe({ embedding: [1, 0, 0], expires_at: new Date(Date.now() + 60_000) });
+  const input: EpisodeInput = { embedding: [1, 0, 0], expires_at: new Date() };
+  const wire: Episode = { embedding: [1, 0, 0], expires_at: "2030-01-01T00:00:00Z", ttl_seconds: 60 };
+  for await (const r of client.observeMany([input, wire])) void r.status;
+  // A recalled episode's expires_at is the server's RFC 3339 string (absent: it never expires).
+  const expiring = await client.recall({ embedding: [1, 0, 0] });
+  const expiresAt: string | undefined = expiring.memories[0]?.episode.expires_at;
+  if (expiresAt !== undefined) void new Date(expiresAt).getTime();
+  // @ts-expect-error ttl_seconds is a number of seconds
+  await client.observe({ embedding: [1, 0, 0], ttl_seconds: "1h" });
+  // @ts-expect-error expires_at is a string or a Date, not epoch milliseconds
+  await client.observe({ embedding: [1, 0, 0], expires_at: Date.now() + 60_000 });
+  // @ts-expect-error the wire name is snake_case
+  await client.observe({ embedding: [1, 0, 0], ttlSeconds: 60 });
+  // @ts-expect-error on the wire (and in answers) expires_at is a string
+  const notDate: Episode = { expires_at: new Date() };
+  void notDate;
   const closed: ClosedMessage = await client.close({ drain: true });
   void [n, closed.accepted];
   try {

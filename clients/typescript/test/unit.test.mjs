@@ -587,3 +587,103 @@ describe("recall recency (a fake WebSocket, no server)", () => {
     await c.close();
   });
 });
+
+describe("episode expiry (a fake WebSocket, no server)", () => {
+  /**
+   * Plays a server that checks expiry like engram's: at most one of
+   * expires_at / ttl_seconds, expires_at in the future, 0 < ttl <= 100
+   * years; stores accepted episodes with their expires_at and recalls them.
+   */
+  function expiryServer() {
+    const stored = [];
+    const MAX_TTL = 3_155_760_000;
+    return fakeWebSocket((s) => {
+      const base = s.onClientMessage;
+      s.onClientMessage = (m) => {
+        if (m.type === "observation") {
+          const e = m.episode;
+          const reject = (message) => s.reply({ type: "ack", sequence_number: m.sequence_number, status: "rejected", reason: "invalid", message });
+          if (e.expires_at !== undefined && e.ttl_seconds !== undefined) return reject("episode.expires_at and episode.ttl_seconds: at most one of the two");
+          if (e.expires_at !== undefined && !(Date.parse(e.expires_at) > Date.now())) return reject(`episode.expires_at: ${e.expires_at} is not in the future`);
+          if (e.ttl_seconds !== undefined && !(e.ttl_seconds > 0 && e.ttl_seconds <= MAX_TTL)) return reject(`episode.ttl_seconds: is ${e.ttl_seconds}`);
+          const expires_at = e.ttl_seconds !== undefined ? new Date(Date.now() + e.ttl_seconds * 1000).toISOString() : e.expires_at;
+          const { ttl_seconds, ...kept } = e;
+          stored.push({ ...kept, ...(expires_at ? { expires_at } : {}) });
+          s.reply({ type: "ack", sequence_number: m.sequence_number, status: "accepted", memory_id: e.id, server_sequence: stored.length, committed_at: new Date().toISOString() });
+        } else if (m.type === "recall") {
+          const memories = stored.map((episode, i) => ({ episode, similarity: 1, score: 1, recency_weight: 1, confidence: 1, server_sequence: i + 1, indexed: true }));
+          s.reply({ type: "recall_result", request_id: m.request_id, memories, more: false, snapshot_sequence: stored.length });
+        } else base(m);
+      };
+      s.open();
+    });
+  }
+
+  it("expires_at (a string as is, a Date as RFC 3339) and ttl_seconds go on the wire unchanged; the caller's episode is not changed", async () => {
+    const { Fake, made } = expiryServer();
+    const c = new EngramWebSocketClient("ws://x/v1/stream", { space: "s", WebSocket: Fake });
+    const later = new Date(Date.now() + 3_600_000);
+    const asDate = { id: "d", embedding: [1, 0], expires_at: later };
+    const asString = { id: "s", embedding: [1, 0], expires_at: "2999-01-01T00:00:00Z" };
+    const withTtl = { embedding: [1, 0], ttl_seconds: 90 };
+    const plain = { id: "p", embedding: [1, 0] };
+    for (const e of [asDate, asString, withTtl, plain]) assert.equal((await c.observe(e)).status, "accepted");
+    assert.ok(asDate.expires_at === later && later.getTime() > 0, "the caller's Date is not replaced");
+    assert.equal("id" in withTtl, false, "the id went on a copy");
+    const sent = made[0].sent.filter((m) => m.type === "observation").map((m) => m.episode);
+    assert.deepEqual(sent[0], { id: "d", embedding: [1, 0], expires_at: later.toISOString() });
+    assert.deepEqual(sent[1], asString);
+    assert.equal(sent[2].ttl_seconds, 90);
+    assert.equal("expires_at" in sent[2], false);
+    assert.match(sent[2].id, /^[0-9a-f-]{36}$/);
+    assert.deepEqual(sent[3], plain, "no expiry: no expiry fields on the wire");
+    // Recalled episodes carry expires_at as the server's string; absent when the memory never expires.
+    const { memories } = await c.recall({ embedding: [1, 0] });
+    const byId = new Map(memories.map((m) => [m.episode.id, m.episode]));
+    assert.equal(byId.get("d").expires_at, later.toISOString());
+    assert.equal(byId.get("s").expires_at, "2999-01-01T00:00:00Z");
+    assert.equal(typeof byId.get(sent[2].id).expires_at, "string");
+    assert.equal("ttl_seconds" in byId.get(sent[2].id), false);
+    assert.equal("expires_at" in byId.get("p"), false);
+    await c.close();
+  });
+
+  it("an invalid Date is refused locally (TypeError, nothing sent); the stream goes on", async () => {
+    const { Fake, made } = expiryServer();
+    const c = new EngramWebSocketClient("ws://x/v1/stream", { space: "s", WebSocket: Fake });
+    await assert.rejects(c.observe({ id: "nan", embedding: [1, 0], expires_at: new Date(Number.NaN) }), (e) => {
+      assert.ok(e instanceof TypeError, String(e));
+      assert.match(e.message, /episode\.expires_at/);
+      return true;
+    });
+    assert.equal((await c.observe({ id: "ok", embedding: [1, 0], ttl_seconds: 5 })).status, "accepted");
+    assert.deepEqual(made[0].sent.filter((m) => m.type === "observation").map((m) => m.episode.id), ["ok"]);
+    await c.close();
+  });
+
+  it("the server's invalid rejections (both fields, expires_at in the past, bad ttl) reach the caller; later observations are accepted", async () => {
+    const { Fake, made } = expiryServer();
+    const c = new EngramWebSocketClient("ws://x/v1/stream", { space: "s", WebSocket: Fake });
+    await assert.rejects(c.observe({ id: "both", embedding: [1, 0], expires_at: new Date(Date.now() + 60_000), ttl_seconds: 60 }), (e) => {
+      assert.ok(e instanceof ObservationRejectedError, String(e));
+      assert.equal(e.reason, "invalid");
+      assert.match(e.serverMessage, /episode\.(expires_at|ttl_seconds)/);
+      assert.equal(typeof e.episode.expires_at, "string", "the rejected episode is the one sent (expires_at as a string)");
+      assert.equal(e.retries, 0);
+      return true;
+    });
+    const results = [];
+    for await (const r of c.observeMany([
+      { id: "past", embedding: [1, 0], expires_at: new Date(Date.now() - 1000) },
+      { id: "neg", embedding: [1, 0], ttl_seconds: -5 },
+      { id: "fine", embedding: [1, 0], ttl_seconds: 60 },
+    ])) results.push(r);
+    assert.deepEqual(results.map((r) => r.status), ["rejected", "rejected", "accepted"]);
+    assert.match(results[0].message, /episode\.expires_at/);
+    assert.match(results[1].message, /episode\.ttl_seconds/);
+    assert.equal(c.state, "open");
+    assert.equal(made.length, 1);
+    assert.equal(c.stats.retries, 0);
+    await c.close();
+  });
+});

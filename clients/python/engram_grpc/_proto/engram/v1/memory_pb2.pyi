@@ -55,14 +55,16 @@ class ForgetResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class CreateSpaceRequest(_message.Message):
-    __slots__ = ("memory_space_id", "dimension", "vector_storage")
+    __slots__ = ("memory_space_id", "dimension", "vector_storage", "default_ttl_seconds")
     MEMORY_SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     VECTOR_STORAGE_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     memory_space_id: str
     dimension: int
     vector_storage: VectorStorage
-    def __init__(self, memory_space_id: _Optional[str] = ..., dimension: _Optional[int] = ..., vector_storage: _Optional[_Union[VectorStorage, str]] = ...) -> None: ...
+    default_ttl_seconds: float
+    def __init__(self, memory_space_id: _Optional[str] = ..., dimension: _Optional[int] = ..., vector_storage: _Optional[_Union[VectorStorage, str]] = ..., default_ttl_seconds: _Optional[float] = ...) -> None: ...
 
 class CreateSpaceResponse(_message.Message):
     __slots__ = ("space", "created")
@@ -105,7 +107,7 @@ class DeleteSpaceResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class SpaceInfo(_message.Message):
-    __slots__ = ("memory_space_id", "dimension", "count", "indexed_count", "queue_depth", "last_sequence", "index_lag_seconds", "quarantined_count", "memory", "vector_storage")
+    __slots__ = ("memory_space_id", "dimension", "count", "indexed_count", "queue_depth", "last_sequence", "index_lag_seconds", "quarantined_count", "memory", "vector_storage", "default_ttl_seconds", "expired_count")
     MEMORY_SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +118,8 @@ class SpaceInfo(_message.Message):
     QUARANTINED_COUNT_FIELD_NUMBER: _ClassVar[int]
     MEMORY_FIELD_NUMBER: _ClassVar[int]
     VECTOR_STORAGE_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_COUNT_FIELD_NUMBER: _ClassVar[int]
     memory_space_id: str
     dimension: int
     count: int
@@ -126,7 +130,9 @@ class SpaceInfo(_message.Message):
     quarantined_count: int
     memory: SpaceMemory
     vector_storage: VectorStorage
-    def __init__(self, memory_space_id: _Optional[str] = ..., dimension: _Optional[int] = ..., count: _Optional[int] = ..., indexed_count: _Optional[int] = ..., queue_depth: _Optional[int] = ..., last_sequence: _Optional[int] = ..., index_lag_seconds: _Optional[float] = ..., quarantined_count: _Optional[int] = ..., memory: _Optional[_Union[SpaceMemory, _Mapping]] = ..., vector_storage: _Optional[_Union[VectorStorage, str]] = ...) -> None: ...
+    default_ttl_seconds: float
+    expired_count: int
+    def __init__(self, memory_space_id: _Optional[str] = ..., dimension: _Optional[int] = ..., count: _Optional[int] = ..., indexed_count: _Optional[int] = ..., queue_depth: _Optional[int] = ..., last_sequence: _Optional[int] = ..., index_lag_seconds: _Optional[float] = ..., quarantined_count: _Optional[int] = ..., memory: _Optional[_Union[SpaceMemory, _Mapping]] = ..., vector_storage: _Optional[_Union[VectorStorage, str]] = ..., default_ttl_seconds: _Optional[float] = ..., expired_count: _Optional[int] = ...) -> None: ...
 
 class SpaceMemory(_message.Message):
     __slots__ = ("vectors", "codes", "graph", "episodes", "fresh", "vectors_on_disk")

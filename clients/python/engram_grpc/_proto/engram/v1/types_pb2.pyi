@@ -20,7 +20,7 @@ PRIORITY_HIGH: Priority
 PRIORITY_LOW: Priority
 
 class Episode(_message.Message):
-    __slots__ = ("id", "when", "what", "embedding", "encoding_confidence", "tags", "metadata")
+    __slots__ = ("id", "when", "what", "embedding", "encoding_confidence", "tags", "metadata", "expires_at", "ttl_seconds")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,8 @@ class Episode(_message.Message):
     ENCODING_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     id: str
     when: _timestamp_pb2.Timestamp
     what: str
@@ -42,7 +44,9 @@ class Episode(_message.Message):
     encoding_confidence: float
     tags: _containers.RepeatedScalarFieldContainer[str]
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, id: _Optional[str] = ..., when: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., what: _Optional[str] = ..., embedding: _Optional[_Iterable[float]] = ..., encoding_confidence: _Optional[float] = ..., tags: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    expires_at: _timestamp_pb2.Timestamp
+    ttl_seconds: float
+    def __init__(self, id: _Optional[str] = ..., when: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., what: _Optional[str] = ..., embedding: _Optional[_Iterable[float]] = ..., encoding_confidence: _Optional[float] = ..., tags: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ttl_seconds: _Optional[float] = ...) -> None: ...
 
 class Cue(_message.Message):
     __slots__ = ("embedding", "max_results", "similarity_threshold", "when_from", "when_to", "ef_search", "filter", "recency_half_life_seconds")
