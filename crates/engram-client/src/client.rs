@@ -260,7 +260,37 @@ impl StreamingClient {
             memory_space_id: space.to_owned(),
             dimension,
             vector_storage: vector_storage as i32,
+            default_ttl_seconds: None,
         };
+        self.create_space_from(request).await
+    }
+
+    /// [`create_space_with`](Self::create_space_with) with a default time
+    /// to live: memories observed without their own expiry
+    /// (`Episode::expires_at` / `ttl_seconds`) expire this long after the
+    /// server accepts them (`Duration::ZERO`: never). A space that exists
+    /// with another default TTL is an error (`ALREADY_EXISTS`).
+    pub async fn create_space_with_ttl(
+        &self,
+        space: &str,
+        dimension: u32,
+        vector_storage: VectorStorage,
+        default_ttl: std::time::Duration,
+    ) -> Result<CreateSpaceResponse> {
+        let request = CreateSpaceRequest {
+            memory_space_id: space.to_owned(),
+            dimension,
+            vector_storage: vector_storage as i32,
+            default_ttl_seconds: Some(default_ttl.as_secs_f64()),
+        };
+        self.create_space_from(request).await
+    }
+
+    /// Sends a `CreateSpace` request as given.
+    pub async fn create_space_from(
+        &self,
+        request: CreateSpaceRequest,
+    ) -> Result<CreateSpaceResponse> {
         Ok(self
             .memory
             .clone()

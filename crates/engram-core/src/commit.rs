@@ -26,7 +26,8 @@ use crate::index::HnswParams;
 use crate::indexer::{IndexTask, Queue, QueueReservation};
 use crate::metrics::Metrics;
 use crate::model::{
-    now_unix_nanos, Remembered, SpaceId, StoredEpisode, ValidEpisode, VectorStorage, MAX_DIMENSION,
+    now_unix_nanos, Clock, Expiry, Remembered, SpaceId, StoredEpisode, ValidEpisode, VectorStorage,
+    MAX_DIMENSION,
 };
 use crate::queue::Priority;
 use crate::record::WalRecord;
@@ -67,7 +68,17 @@ pub(crate) enum Command {
         /// `None`: the engine's default (`engine.vector_storage`); an
         /// existing space with any storage then matches.
         vector_storage: Option<VectorStorage>,
+        /// `None`: not given (an existing space with any TTL matches; a new
+        /// one has none); `Some(None)`: no TTL.
+        default_ttl: Option<Option<Duration>>,
         reply: Reply<bool>,
+    },
+    /// Purge memories that expired (the background purge): logged, then
+    /// removed like forgotten ones. Answers how many were removed.
+    Expire {
+        space: SpaceId,
+        server_sequences: Vec<u64>,
+        reply: Reply<usize>,
     },
     Forget {
         space: SpaceId,
@@ -123,6 +134,8 @@ pub(crate) struct CommitSettings {
     pub max_spaces: usize,
     pub faults: Option<Arc<Faults>>,
     pub metrics: Option<Arc<Metrics>>,
+    /// The clock expiry reads.
+    pub clock: Clock,
 }
 
 /// State owned by the commit thread (and, before it starts, by recovery,
@@ -143,6 +156,7 @@ pub(crate) struct Committer {
     faults: Option<Arc<Faults>>,
     metrics: Option<Arc<Metrics>>,
     max_spaces: usize,
+    clock: Clock,
     /// LSN at which the last snapshot was cut (nothing new since → skip).
     last_capture_lsn: Lsn,
     /// Set after a failed WAL write or sync: no further writes are taken.
@@ -196,6 +210,7 @@ enum Prepared {
     },
     Created(Arc<Space>, Reply<bool>),
     Forgotten(Arc<Space>, u64, Reply<()>),
+    Expired(Arc<Space>, Vec<u64>, Reply<usize>),
     Deleted(Arc<Space>, Reply<()>),
     /// An answer that needs nothing applied (an error, a duplicate); it
     /// still waits for the batch's sync so answers keep their order and a
@@ -221,6 +236,7 @@ impl Committer {
             max_spaces,
             faults,
             metrics,
+            clock,
         } = settings;
         let last_capture_lsn = wal.next_lsn();
         Committer {
@@ -237,6 +253,7 @@ impl Committer {
             faults,
             metrics,
             max_spaces,
+            clock,
             last_capture_lsn,
             failed: None,
             dirty_since_sync: false,
@@ -257,6 +274,41 @@ impl Committer {
                 vector_storage,
             } => {
                 self.replay_create(space, dimension, vector_storage)?;
+            }
+            WalRecord::CreateSpaceWithTtl {
+                space,
+                dimension,
+                vector_storage,
+                default_ttl_nanos,
+            } => {
+                self.replay_create(space.clone(), dimension, vector_storage)?;
+                if let Some(s) = self.spaces.get(&space) {
+                    s.set_default_ttl(
+                        (default_ttl_nanos > 0).then(|| Duration::from_nanos(default_ttl_nanos)),
+                    );
+                }
+            }
+            WalRecord::Expire {
+                space,
+                server_sequences,
+            } => {
+                if let Some(s) = self.spaces.get(&space) {
+                    for seq in server_sequences {
+                        let id = s.read().episode(seq).map(|e| e.id.clone());
+                        if let Some(id) = id {
+                            s.commit_meta().by_id.remove(&id);
+                        }
+                        s.apply_forget(seq);
+                    }
+                }
+            }
+            WalRecord::ObserveExpiring {
+                space,
+                mut episode,
+                expires_at_unix_nanos,
+            } => {
+                episode.expires_at_unix_nanos = Some(expires_at_unix_nanos);
+                self.replay(WalRecord::Observe { space, episode })?;
             }
             WalRecord::Observe { space, episode } => {
                 let s = self.spaces.get(&space).cloned().ok_or_else(|| {
@@ -469,11 +521,13 @@ impl Committer {
                 space,
                 dimension,
                 vector_storage,
+                default_ttl,
                 reply,
             } => match self.spaces.get(&space) {
                 Some(s)
                     if s.dimension() == dimension
-                        && vector_storage.is_none_or(|v| v == s.vector_storage()) =>
+                        && vector_storage.is_none_or(|v| v == s.vector_storage())
+                        && default_ttl.is_none_or(|t| t == s.default_ttl()) =>
                 {
                     answer(out, reply, Ok(false))
                 }
@@ -482,13 +536,17 @@ impl Committer {
                         space: space.to_string(),
                         dimension: s.dimension(),
                         vector_storage: s.vector_storage().as_str(),
+                        default_ttl_seconds: s.default_ttl().map_or(0.0, |t| t.as_secs_f64()),
                     };
                     answer(out, reply, Err(err))
                 }
-                None => match self.create_space(space, dimension, vector_storage) {
-                    Ok(s) => out.push(Prepared::Created(s, reply)),
-                    Err(e) => answer(out, reply, Err(e)),
-                },
+                None => {
+                    match self.create_space(space, dimension, vector_storage, default_ttl.flatten())
+                    {
+                        Ok(s) => out.push(Prepared::Created(s, reply)),
+                        Err(e) => answer(out, reply, Err(e)),
+                    }
+                }
             },
             Command::Forget {
                 space,
@@ -514,6 +572,48 @@ impl Committer {
                 }) {
                     s.commit_meta().by_id.remove(&memory_id);
                     out.push(Prepared::Forgotten(s, seq, reply));
+                } else {
+                    answer(out, reply, Err(self.storage_error()));
+                }
+            }
+            Command::Expire {
+                space,
+                mut server_sequences,
+                reply,
+            } => {
+                let Some(s) = self.spaces.get(&space).cloned() else {
+                    return answer(out, reply, Ok(0));
+                };
+                // Only what is still live and expired by now: a memory
+                // forgotten meanwhile is not logged again.
+                let now = self.clock.now_unix_nanos();
+                {
+                    let st = s.read();
+                    server_sequences
+                        .retain(|&seq| st.episode(seq).is_some_and(|e| e.expired_at(now)));
+                }
+                if server_sequences.is_empty() {
+                    return answer(out, reply, Ok(0));
+                }
+                if self.append(&WalRecord::Expire {
+                    space,
+                    server_sequences: server_sequences.clone(),
+                }) {
+                    let ids: Vec<(String, u64)> = {
+                        let st = s.read();
+                        server_sequences
+                            .iter()
+                            .filter_map(|&seq| st.episode(seq).map(|e| (e.id.clone(), seq)))
+                            .collect()
+                    };
+                    let mut meta = s.commit_meta();
+                    for (id, seq) in ids {
+                        if meta.by_id.get(&id) == Some(&seq) {
+                            meta.by_id.remove(&id);
+                        }
+                    }
+                    drop(meta);
+                    out.push(Prepared::Expired(s, server_sequences, reply));
                 } else {
                     answer(out, reply, Err(self.storage_error()));
                 }
@@ -557,15 +657,16 @@ impl Committer {
         };
         let s = match self.spaces.get(&space) {
             Some(s) => s.clone(),
-            None if auto_create => match self.create_space(space.clone(), ep.embedding.len(), None)
-            {
-                Ok(s) => {
-                    // Readers see the new space once this batch is synced.
-                    out.push(Prepared::Created(s.clone(), Box::new(|_| {})));
-                    s
+            None if auto_create => {
+                match self.create_space(space.clone(), ep.embedding.len(), None, None) {
+                    Ok(s) => {
+                        // Readers see the new space once this batch is synced.
+                        out.push(Prepared::Created(s.clone(), Box::new(|_| {})));
+                        s
+                    }
+                    Err(e) => return reject(self, out, reply, e),
                 }
-                Err(e) => return reject(self, out, reply, e),
-            },
+            }
             None => {
                 let err = Error::SpaceNotFound(space.to_string());
                 return reject(self, out, reply, err);
@@ -601,6 +702,24 @@ impl Committer {
                 return;
             }
         }
+        let now = self.clock.now_unix_nanos();
+        let expires_at = match ep.expiry {
+            Some(Expiry::At(t)) if t <= now => {
+                drop(meta);
+                let err = Error::invalid(
+                    "episode.expires_at",
+                    format!(
+                        "is {}, not after the server's time {}; an expiry must be in the future",
+                        crate::model::format_unix_nanos(t),
+                        crate::model::format_unix_nanos(now)
+                    ),
+                );
+                return reject(self, out, reply, err);
+            }
+            Some(Expiry::At(t)) => Some(t),
+            Some(Expiry::After(ttl)) => Some(expiry_after(now, ttl)),
+            None => s.default_ttl().map(|ttl| expiry_after(now, ttl)),
+        };
         let seq = meta.last_seq + 1;
         let episode = StoredEpisode {
             id: ep.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
@@ -612,18 +731,29 @@ impl Committer {
             metadata: ep.metadata,
             server_sequence: seq,
             committed_at_unix_nanos: now_unix_nanos(),
+            expires_at_unix_nanos: None,
         };
-        let record = WalRecord::Observe {
-            space: space.clone(),
-            episode,
+        let record = match expires_at {
+            None => WalRecord::Observe {
+                space: space.clone(),
+                episode,
+            },
+            Some(t) => WalRecord::ObserveExpiring {
+                space: space.clone(),
+                episode,
+                expires_at_unix_nanos: t,
+            },
         };
         if !self.append(&record) {
             drop(meta);
             return reject(self, out, reply, self.storage_error());
         }
-        let WalRecord::Observe { episode, .. } = record else {
+        let (WalRecord::Observe { mut episode, .. }
+        | WalRecord::ObserveExpiring { mut episode, .. }) = record
+        else {
             unreachable!()
         };
+        episode.expires_at_unix_nanos = expires_at;
         meta.last_seq = seq;
         meta.by_id.insert(&episode.id, seq);
         drop(meta);
@@ -644,6 +774,7 @@ impl Committer {
         space: SpaceId,
         dimension: usize,
         vector_storage: Option<VectorStorage>,
+        default_ttl: Option<Duration>,
     ) -> Result<Arc<Space>> {
         if self.spaces.len() >= self.max_spaces {
             return Err(Error::LimitReached {
@@ -654,13 +785,20 @@ impl Committer {
         }
         let vector_storage = vector_storage.unwrap_or(self.vector_storage);
         let s = self.new_space(&space, dimension, vector_storage)?;
-        // Spaces in RAM keep the record every build reads.
-        let record = match vector_storage {
-            VectorStorage::Memory => WalRecord::CreateSpace {
+        s.set_default_ttl(default_ttl);
+        // Spaces in RAM without a TTL keep the record every build reads.
+        let record = match (vector_storage, default_ttl) {
+            (_, Some(ttl)) => WalRecord::CreateSpaceWithTtl {
+                space: space.clone(),
+                dimension,
+                vector_storage,
+                default_ttl_nanos: u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX).max(1),
+            },
+            (VectorStorage::Memory, None) => WalRecord::CreateSpace {
                 space: space.clone(),
                 dimension,
             },
-            VectorStorage::Compact => WalRecord::CreateSpaceWith {
+            (VectorStorage::Compact, None) => WalRecord::CreateSpaceWith {
                 space: space.clone(),
                 dimension,
                 vector_storage,
@@ -803,6 +941,7 @@ impl Committer {
                     }
                     Prepared::Created(_, r) => r(Err(err)),
                     Prepared::Forgotten(_, _, r) | Prepared::Deleted(_, r) => r(Err(err)),
+                    Prepared::Expired(_, _, r) => r(Err(err)),
                     Prepared::Answer(f) => f(),
                 }
             }
@@ -854,6 +993,14 @@ impl Committer {
                 Prepared::Forgotten(space, seq, reply) => {
                     space.apply_forget(seq);
                     Answered::Done(reply)
+                }
+                Prepared::Expired(space, seqs, reply) => {
+                    let removed = seqs.iter().filter(|&&seq| space.apply_forget(seq)).count();
+                    space.count_expired(removed as u64);
+                    if let Some(m) = space.metrics() {
+                        m.expired.inc_by(removed as u64);
+                    }
+                    Answered::Call(Box::new(move || reply(Ok(removed))))
                 }
                 Prepared::Deleted(space, reply) => {
                     space.mark_deleted();
@@ -914,6 +1061,11 @@ impl Committer {
         spaces.sort_by(|a, b| a.space.id().cmp(b.space.id()));
         Ok(Some(Capture { next_lsn, spaces }))
     }
+}
+
+/// `now + ttl` in Unix nanoseconds, saturating.
+fn expiry_after(now: i64, ttl: Duration) -> i64 {
+    now.saturating_add(i64::try_from(ttl.as_nanos()).unwrap_or(i64::MAX))
 }
 
 fn answer<T: Send + 'static>(out: &mut Vec<Prepared>, reply: Reply<T>, result: Result<T>) {
@@ -1030,6 +1182,7 @@ fn fail(cmd: Command, err: Error, metrics: Option<&Metrics>) {
         }
         Command::CreateSpace { reply, .. } => reply(Err(err)),
         Command::Forget { reply, .. } | Command::DeleteSpace { reply, .. } => reply(Err(err)),
+        Command::Expire { reply, .. } => reply(Err(err)),
         Command::CaptureSnapshot { reply } => reply(Err(err)),
         Command::TruncateWal { reply, .. } => reply(Err(err)),
         Command::Stop => {}
@@ -1060,6 +1213,7 @@ mod tests {
                 max_spaces: usize::MAX,
                 faults: None,
                 metrics: None,
+                clock: Clock::default(),
             },
             Arc::default(),
             Arc::new(Queue::new(QueueConfig::default(), 1)),

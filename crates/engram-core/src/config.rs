@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::index::HnswParams;
-use crate::model::VectorStorage;
+use crate::model::{Clock, VectorStorage};
 use crate::queue::QueueConfig;
 use crate::session::SessionConfig;
 use crate::wal::SyncPolicy;
@@ -115,6 +115,9 @@ pub struct EngineConfig {
     /// `<data_dir>/vectors`, RAM holding 8-bit codes; see
     /// `docs/design/memory.md`). Existing spaces keep theirs.
     pub vector_storage: VectorStorage,
+    /// The clock expiry reads (see [`Clock`]); not a setting.
+    #[serde(skip)]
+    pub clock: Clock,
 }
 
 impl Default for EngineConfig {
@@ -141,6 +144,7 @@ impl Default for EngineConfig {
             wal: WalConfig::default(),
             index: HnswParams::default(),
             vector_storage: VectorStorage::Memory,
+            clock: Clock::default(),
         }
     }
 }

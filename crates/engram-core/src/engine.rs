@@ -19,8 +19,9 @@ use crate::fs::{FileSystem, LockGuard};
 use crate::indexer::{Indexer, Queue};
 use crate::metrics::{Metrics, ScrapeState};
 use crate::model::{
-    Cue, EpisodeInput, MemoryFilter, MemoryPage, RecallResult, Remembered, SpaceId, SpaceInfo,
-    StoredEpisode, VectorStorage, DEFAULT_DIMENSION, MAX_DIMENSION, MAX_LIST_PAGE,
+    Clock, Cue, EpisodeInput, MemoryFilter, MemoryPage, RecallResult, Remembered, SpaceId,
+    SpaceInfo, StoredEpisode, ValidCue, VectorStorage, DEFAULT_DIMENSION, MAX_DIMENSION,
+    MAX_LIST_PAGE,
 };
 use crate::queue::{IndexQueue, Priority, Rejected};
 use crate::recall::RecallStream;
@@ -202,6 +203,7 @@ impl Engine {
         };
         engine.start_snapshotter();
         engine.start_session_keeper();
+        engine.start_reclaimer();
         Ok(engine)
     }
 
@@ -245,6 +247,48 @@ impl Engine {
             })
             .expect("spawning the snapshot thread");
         *self.inner.snapshotter.lock() = Some((stop_tx, handle));
+    }
+
+    /// One thread deletes, once a second, the index nodes of memories that
+    /// are gone (forgotten, expired) in the spaces where they are many
+    /// enough (see [`Space::reclaim_index`]), so their slots are reused and
+    /// an index whose memories expire does not grow without bound. Its own
+    /// thread because a reclaim waits for searches and snapshot writers to
+    /// finish with the deleted nodes (up to the length of a snapshot). A
+    /// panic in a reclaim is caught and logged; the loop goes on.
+    fn start_reclaimer(&self) {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        std::thread::Builder::new()
+            .name("engram-reclaim".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_secs(1));
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.shutting_down.load(Ordering::Acquire) {
+                    return;
+                }
+                let spaces: Vec<Arc<Space>> = inner.spaces.read().values().cloned().collect();
+                for space in spaces {
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        space.reclaim_index(false)
+                    }));
+                    match run {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(space = %space.id(), deleted = n, "index nodes of gone memories reclaimed"),
+                        Err(_) => tracing::error!(space = %space.id(), "reclaiming index nodes panicked; tried again in a second"),
+                    }
+                }
+            })
+            .expect("spawning the reclaim thread");
+    }
+
+    /// Deletes the index nodes of the space's gone (forgotten, expired)
+    /// memories now, whatever their number (the background reclaim waits
+    /// until they are many). Returns how many were deleted.
+    ///
+    /// # Errors
+    /// [`Error::SpaceNotFound`], or an invalid id.
+    pub fn reclaim_index(&self, space: &str) -> Result<usize> {
+        Ok(self.space(&SpaceId::parse(space)?)?.reclaim_index(true))
     }
 
     /// One thread forwards backpressure changes to every attached session
@@ -512,13 +556,57 @@ impl Engine {
     pub fn recall(&self, space: &str, cue: Cue) -> Result<RecallResult> {
         let started = Instant::now();
         let space = self.space(&SpaceId::parse(space)?)?;
-        let cue = cue.validate()?;
+        let cue = self.as_of_now(cue.validate()?);
         let ef = cue.ef_search.unwrap_or(self.inner.config.index.ef_search);
         let result = recall::recall(&space, &cue, ef, *self.inner.filter_exact_scan_max.lock());
         if let Some(m) = space.metrics() {
             m.recall_latency.observe(started.elapsed().as_secs_f64());
         }
         result
+    }
+
+    /// The cue as of now on the engine's clock: what has expired by now is
+    /// not a candidate.
+    fn as_of_now(&self, mut cue: ValidCue) -> ValidCue {
+        cue.as_of_unix_nanos = self.inner.config.clock.now_unix_nanos();
+        cue
+    }
+
+    /// The clock expiry reads (tests and drills move it forward).
+    pub fn clock(&self) -> &Clock {
+        &self.inner.config.clock
+    }
+
+    /// Purges every memory expired by now, in every space, and waits for
+    /// it: what the background purge does once a second. Returns how many
+    /// were removed.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] when the WAL fails, [`Error::ShuttingDown`].
+    pub async fn purge_expired(&self) -> Result<usize> {
+        let mut removed = 0;
+        loop {
+            let due = due_for_purge(&self.inner);
+            if due.is_empty() {
+                return Ok(removed);
+            }
+            let mut n = 0;
+            for (space, server_sequences) in due {
+                n += self
+                    .call(|reply| Command::Expire {
+                        space,
+                        server_sequences,
+                        reply,
+                    })
+                    .await?;
+            }
+            if n == 0 {
+                // Due but not removed: they were forgotten meanwhile, or
+                // the clock reads differently; the next pass sees.
+                return Ok(removed);
+            }
+            removed += n;
+        }
     }
 
     /// Forgets a memory by id.
@@ -550,6 +638,49 @@ impl Engine {
         self.create_space_with(space, dimension, None).await
     }
 
+    /// [`Engine::create_space_with`] that also sets the space's default
+    /// time to live: `None` leaves it unspecified (a new space gets none,
+    /// an existing one matches whatever it has); `Some(None)`: no TTL.
+    ///
+    /// # Errors
+    /// As [`Engine::create_space_with`]; [`Error::SpaceExists`] also when
+    /// the space exists with another default TTL.
+    pub async fn create_space_with_ttl(
+        &self,
+        space: &str,
+        dimension: Option<usize>,
+        vector_storage: Option<VectorStorage>,
+        default_ttl: Option<Option<Duration>>,
+    ) -> Result<(SpaceInfo, bool)> {
+        let space = SpaceId::parse(space)?;
+        let dimension = dimension.unwrap_or(DEFAULT_DIMENSION);
+        self.check_dimension("dimension", dimension)?;
+        if let Some(Some(ttl)) = default_ttl {
+            if ttl.is_zero() || ttl > crate::model::MAX_TTL {
+                return Err(Error::InvalidArgument {
+                    field: "default_ttl_seconds",
+                    message: format!(
+                        "is {}; expected seconds above 0 and at most {} (100 years)",
+                        ttl.as_secs_f64(),
+                        crate::model::MAX_TTL.as_secs()
+                    ),
+                });
+            }
+        }
+        self.check_writable()?;
+        let id = space.clone();
+        let created = self
+            .call(|reply| Command::CreateSpace {
+                space,
+                dimension,
+                vector_storage,
+                default_ttl,
+                reply,
+            })
+            .await?;
+        Ok((self.space(&id)?.info(), created))
+    }
+
     /// Creates a space; returns its description and whether it was new
     /// (creating an existing space with the same dimension, and the same
     /// vector storage when one is named, is a no-op). `vector_storage`:
@@ -566,20 +697,8 @@ impl Engine {
         dimension: Option<usize>,
         vector_storage: Option<VectorStorage>,
     ) -> Result<(SpaceInfo, bool)> {
-        let space = SpaceId::parse(space)?;
-        let dimension = dimension.unwrap_or(DEFAULT_DIMENSION);
-        self.check_dimension("dimension", dimension)?;
-        self.check_writable()?;
-        let id = space.clone();
-        let created = self
-            .call(|reply| Command::CreateSpace {
-                space,
-                dimension,
-                vector_storage,
-                reply,
-            })
-            .await?;
-        Ok((self.space(&id)?.info(), created))
+        self.create_space_with_ttl(space, dimension, vector_storage, None)
+            .await
     }
 
     /// Deletes a space and everything in it.
@@ -626,7 +745,8 @@ impl Engine {
         }
         filter.validate()?;
         let space = self.space(&SpaceId::parse(space)?)?;
-        let (episodes, more) = space.read().list_after(filter, after, limit);
+        let now = self.inner.config.clock.now_unix_nanos();
+        let (episodes, more) = space.read().list_after(filter, now, after, limit);
         let next_after = if more {
             episodes.last().map(|e| e.server_sequence)
         } else {
@@ -815,7 +935,7 @@ impl Engine {
     /// Validation errors, [`Error::SpaceNotFound`], [`Error::DimensionMismatch`].
     pub fn recall_stream(&self, space: &str, cue: Cue, batch_size: usize) -> Result<RecallStream> {
         let space = self.space(&SpaceId::parse(space)?)?;
-        let cue = cue.validate()?;
+        let cue = self.as_of_now(cue.validate()?);
         let ef = cue.ef_search.unwrap_or(self.inner.config.index.ef_search);
         RecallStream::new(
             space,
@@ -986,7 +1106,47 @@ fn keep_sessions(
                     f.before_sweep();
                 }
                 inner.sessions.sweep();
+                purge_in_background(&inner);
             }
+        }
+    }
+}
+
+/// Most memories one purge command removes (one WAL record).
+const PURGE_BATCH: usize = 4096;
+
+/// Per space, the memories expired by now on the engine's clock (up to
+/// [`PURGE_BATCH`] each).
+fn due_for_purge(inner: &Inner) -> Vec<(SpaceId, Vec<u64>)> {
+    let now = inner.config.clock.now_unix_nanos();
+    let spaces: Vec<Arc<Space>> = inner.spaces.read().values().cloned().collect();
+    spaces
+        .iter()
+        .filter_map(|s| {
+            let due = s.read().due_for_purge(now, PURGE_BATCH);
+            (!due.is_empty()).then(|| (s.id().clone(), due))
+        })
+        .collect()
+}
+
+/// The background purge, once a second from the session keeper: hands
+/// each space's expired memories to the commit thread without waiting
+/// (it logs and removes them; recall already excludes them by the clock).
+/// A full commit queue leaves them to the next tick.
+fn purge_in_background(inner: &Arc<Inner>) {
+    for (space, server_sequences) in due_for_purge(inner) {
+        let reply: crate::commit::Reply<usize> = Box::new(|r| {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "purging expired memories failed; retried in a second");
+            }
+        });
+        let cmd = Command::Expire {
+            space,
+            server_sequences,
+            reply,
+        };
+        if inner.commit_tx.try_send(cmd).is_err() {
+            return;
         }
     }
 }

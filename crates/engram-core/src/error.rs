@@ -32,14 +32,15 @@ pub enum Error {
     )]
     SpaceNotFound(String),
 
-    /// Creating a space that already exists with a different dimension or
-    /// vector storage.
-    #[error("memory space '{space}' already exists with dimension {dimension} and vector storage '{vector_storage}'")]
+    /// Creating a space that already exists with a different dimension,
+    /// vector storage or default TTL.
+    #[error("memory space '{space}' already exists with dimension {dimension}, vector storage '{vector_storage}' and default TTL {default_ttl_seconds} s (0: none)")]
     SpaceExists {
         space: String,
         dimension: usize,
         /// `memory` or `compact` (`VectorStorage::as_str`).
         vector_storage: &'static str,
+        default_ttl_seconds: f64,
     },
 
     /// No memory with this id in the space.

@@ -44,6 +44,7 @@ pub struct Metrics {
     registry: Registry,
     observations: IntCounterVec,
     duplicates: IntCounterVec,
+    expired: IntCounterVec,
     rejected: IntCounterVec,
     backpressure_activations: IntCounterVec,
     queue_depth: IntGaugeVec,
@@ -96,6 +97,8 @@ pub struct SpaceMetrics {
     pub label: String,
     accepted: [IntCounter; 3],
     duplicates: IntCounter,
+    /// Memories purged because they expired.
+    pub expired: IntCounter,
     rejected: [IntCounter; RejectReason::ALL.len()],
     pub observation_latency: Histogram,
     pub recall_latency: Histogram,
@@ -185,6 +188,14 @@ impl Metrics {
                 Opts::new(
                     "engram_streaming_observations_duplicate_total",
                     "Observations answered with the original's ack because their episode id was already stored (idempotent retries): nothing new stored."
+                ),
+                &["space_id"]
+            ),
+            expired: make!(
+                IntCounterVec,
+                Opts::new(
+                    "engram_memories_expired_total",
+                    "Memories purged because they expired (their own expires_at or ttl_seconds, or the space's default TTL): removed from the episodes and the recall candidates, logged in the WAL, left out of the next snapshot."
                 ),
                 &["space_id"]
             ),
@@ -390,6 +401,7 @@ impl Metrics {
             accepted: Priority::ALL
                 .map(|p| self.observations.with_label_values(&[&label, p.as_str()])),
             duplicates: self.duplicates.with_label_values(&[&label]),
+            expired: self.expired.with_label_values(&[&label]),
             rejected: RejectReason::ALL
                 .map(|r| self.rejected.with_label_values(&[&label, r.as_str()])),
             observation_latency: self.observation_latency.with_label_values(&[&label]),

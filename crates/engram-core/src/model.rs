@@ -99,6 +99,77 @@ pub struct EpisodeInput {
     pub encoding_confidence: Option<f32>,
     pub tags: Vec<String>,
     pub metadata: BTreeMap<String, String>,
+    /// When the memory expires; `None`: the space's default TTL, if any.
+    pub expiry: Option<Expiry>,
+}
+
+/// When an observed memory expires, as a client gives it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Expiry {
+    /// At this instant (Unix nanoseconds); must be in the future by the
+    /// engine's clock when the observation is committed.
+    At(i64),
+    /// This long after the engine commits it.
+    After(std::time::Duration),
+}
+
+impl Expiry {
+    /// The expiry of an observation from its wire fields (both optional,
+    /// at most one set).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when both are set or the TTL is out of
+    /// range (an `expires_at` in the past is refused at commit, against
+    /// the engine's clock).
+    pub fn from_wire(expires_at: Option<i64>, ttl_seconds: Option<f64>) -> Result<Option<Expiry>> {
+        match (expires_at, ttl_seconds) {
+            (Some(_), Some(_)) => Err(Error::invalid(
+                "episode.ttl_seconds",
+                "is set together with episode.expires_at; give at most one of the two",
+            )),
+            (Some(t), None) => Ok(Some(Expiry::At(t))),
+            (None, Some(secs)) => Ok(Some(Expiry::After(ttl_from_secs(
+                "episode.ttl_seconds",
+                secs,
+            )?))),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// The longest time to live (100 years), for episodes and space defaults.
+pub const MAX_TTL: std::time::Duration =
+    std::time::Duration::from_secs(100 * 365 * 86_400 + 25 * 86_400);
+
+/// A space's default TTL as a create request carries it: unset (`None`)
+/// leaves it unspecified, 0 is none, else a checked TTL.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming `default_ttl_seconds`.
+pub fn default_ttl_from_secs(secs: Option<f64>) -> Result<Option<Option<std::time::Duration>>> {
+    match secs {
+        None => Ok(None),
+        Some(0.0) => Ok(Some(None)),
+        Some(s) => ttl_from_secs("default_ttl_seconds", s).map(|t| Some(Some(t))),
+    }
+}
+
+/// A TTL in seconds as the wire carries it, checked: finite, > 0, at most
+/// [`MAX_TTL`].
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming `field`.
+pub fn ttl_from_secs(field: &'static str, secs: f64) -> Result<std::time::Duration> {
+    if !secs.is_finite() || secs <= 0.0 || secs > MAX_TTL.as_secs_f64() {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "is {secs}; expected seconds above 0 and at most {} (100 years)",
+                MAX_TTL.as_secs()
+            ),
+        ));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs).max(std::time::Duration::from_nanos(1)))
 }
 
 /// A validated, stored episode. The embedding is kept L2-normalised: the
@@ -123,6 +194,13 @@ pub struct StoredEpisode {
     pub server_sequence: u64,
     /// When the commit thread accepted it (Unix nanoseconds).
     pub committed_at_unix_nanos: i64,
+    /// When it expires (Unix nanoseconds on the engine's clock), if ever:
+    /// from then on no recall or listing returns it, and the background
+    /// purge removes it. Not part of the bincode layout of this struct
+    /// (records and snapshots written before expiry existed keep reading):
+    /// the WAL record and the snapshot carry it beside the episode.
+    #[serde(skip)]
+    pub expires_at_unix_nanos: Option<i64>,
 }
 
 impl StoredEpisode {
@@ -164,7 +242,13 @@ impl StoredEpisode {
             metadata: self.metadata.clone(),
             server_sequence: self.server_sequence,
             committed_at_unix_nanos: self.committed_at_unix_nanos,
+            expires_at_unix_nanos: self.expires_at_unix_nanos,
         }
+    }
+
+    /// True when the memory has expired as of `now` (Unix nanoseconds).
+    pub fn expired_at(&self, now: i64) -> bool {
+        self.expires_at_unix_nanos.is_some_and(|t| t <= now)
     }
 }
 
@@ -176,6 +260,63 @@ pub fn no_embedding() -> Arc<[f32]> {
 }
 
 /// Current time as Unix nanoseconds.
+/// The engine's clock for expiry: the system time plus an offset that
+/// only tests and drills move ([`Clock::advance`], reached through the
+/// server's fault-injection route). Every expiry decision (an episode's
+/// expiry from its TTL, whether a recall or listing may return a memory,
+/// the purge) reads this one clock. Clones share the offset.
+#[derive(Clone, Default)]
+pub struct Clock {
+    offset_nanos: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl Clock {
+    /// Now, in Unix nanoseconds.
+    pub fn now_unix_nanos(&self) -> i64 {
+        now_unix_nanos()
+            .saturating_add(self.offset_nanos.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// Moves this clock (and its clones) forward by `by`.
+    pub fn advance(&self, by: std::time::Duration) {
+        let by = i64::try_from(by.as_nanos()).unwrap_or(i64::MAX);
+        let _ = self.offset_nanos.fetch_update(
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+            |o| Some(o.saturating_add(by)),
+        );
+    }
+
+    /// How far the clock has been moved ahead of the system time.
+    pub fn offset(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(
+            self.offset_nanos
+                .load(std::sync::atomic::Ordering::Acquire)
+                .max(0) as u64,
+        )
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Clock(system + {:?})", self.offset())
+    }
+}
+
+/// Clocks are equal when they read the same (the same offset): a
+/// configuration read back from its text equals the one printed.
+impl PartialEq for Clock {
+    fn eq(&self, other: &Self) -> bool {
+        self.offset() == other.offset()
+    }
+}
+
+/// RFC 3339 text of a Unix-nanosecond instant (for messages).
+pub fn format_unix_nanos(nanos: i64) -> String {
+    let t = UNIX_EPOCH + std::time::Duration::from_nanos(nanos.max(0) as u64);
+    humantime::format_rfc3339_nanos(t).to_string()
+}
+
 pub fn now_unix_nanos() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -241,6 +382,7 @@ pub struct ValidEpisode {
     pub encoding_confidence: f32,
     pub tags: Vec<String>,
     pub metadata: BTreeMap<String, String>,
+    pub expiry: Option<Expiry>,
 }
 
 impl EpisodeInput {
@@ -302,6 +444,7 @@ impl EpisodeInput {
             encoding_confidence,
             tags: self.tags,
             metadata: self.metadata,
+            expiry: self.expiry,
         })
     }
 }
@@ -468,6 +611,10 @@ pub struct ValidCue {
     pub ef_search: Option<usize>,
     pub filter: MemoryFilter,
     pub recency: Option<Recency>,
+    /// The recall's instant on the engine's clock (Unix nanoseconds): a
+    /// memory expired at it is not a candidate. Validation sets the system
+    /// time; the engine sets its own clock's before it recalls.
+    pub as_of_unix_nanos: i64,
 }
 
 impl ValidCue {
@@ -482,7 +629,9 @@ impl ValidCue {
     /// True when `e` is a candidate for this cue: inside its window and
     /// matching its filter.
     pub fn admits(&self, e: &StoredEpisode) -> bool {
-        (!self.has_window() || self.in_window(e.when_unix_nanos)) && self.filter.matches(e)
+        (!self.has_window() || self.in_window(e.when_unix_nanos))
+            && self.filter.matches(e)
+            && !e.expired_at(self.as_of_unix_nanos)
     }
 
     /// True when some memories may not be candidates (a window or a filter).
@@ -548,6 +697,7 @@ impl Cue {
             ef_search: self.ef_search,
             filter: self.filter,
             recency,
+            as_of_unix_nanos: now_unix_nanos(),
         })
     }
 }
@@ -707,6 +857,10 @@ pub struct SpaceInfo {
     pub memory: SpaceMemory,
     /// Where the exact vectors of indexed memories are kept.
     pub vector_storage: VectorStorage,
+    /// Time to live of memories observed without their own expiry.
+    pub default_ttl: Option<std::time::Duration>,
+    /// Memories purged because they expired, since the engine opened.
+    pub expired_count: u64,
 }
 
 /// The result of remembering one observation.

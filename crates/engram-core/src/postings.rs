@@ -224,6 +224,7 @@ mod tests {
                 .collect(),
             server_sequence: seq,
             committed_at_unix_nanos: 0,
+            expires_at_unix_nanos: None,
         }
     }
 

@@ -201,7 +201,14 @@ fn index_candidates(
         }
         dropped
     };
-    let admitted = (!cue.filter.is_empty()).then(|| space.read().admitted(&cue.filter));
+    let admitted = {
+        let state = space.read();
+        let admitted = (!cue.filter.is_empty()).then(|| state.admitted(&cue.filter));
+        // Memories expired as of the recall's instant and not purged yet
+        // (normally few: the purge runs every second) are excluded inside
+        // the search like a filter's, never dropped after it.
+        without(admitted, state.expired_as_of(cue.as_of_unix_nanos))
+    };
     if let Some(Admitted::Only(seqs)) = &admitted {
         let switch =
             exact_below.unwrap_or_else(|| exact_scan_below(index.len(), ef, index.params().m));
@@ -253,6 +260,26 @@ fn index_candidates(
     let live = |seq: u64| allowed.admits(seq) && space.read().episode(seq).is_some_and(|e| keep(e));
     let hits = index.search_with(&cue.embedding, k, ef, &live, sparse);
     resolve(&hits, out);
+}
+
+/// `admitted` less the ascending sequences `expired`.
+fn without(admitted: Option<Admitted>, expired: Vec<u64>) -> Option<Admitted> {
+    if expired.is_empty() {
+        return admitted;
+    }
+    Some(match admitted {
+        None => Admitted::AllBut(expired),
+        Some(Admitted::Only(mut seqs)) => {
+            seqs.retain(|s| expired.binary_search(s).is_err());
+            Admitted::Only(seqs)
+        }
+        Some(Admitted::AllBut(mut seqs)) => {
+            seqs.extend(expired);
+            seqs.sort_unstable();
+            seqs.dedup();
+            Admitted::AllBut(seqs)
+        }
+    })
 }
 
 /// A filter admitting less than 1 / this of the index's memories uses the
@@ -494,7 +521,13 @@ fn exact_scan(fresh: &[Arc<StoredEpisode>], cue: &ValidCue, out: &mut Vec<Recall
     let restricts = cue.restricts();
     let mut scored: Vec<(f32, &Arc<StoredEpisode>)> = fresh
         .iter()
-        .filter(|e| !restricts || cue.admits(e))
+        .filter(|e| {
+            if restricts {
+                cue.admits(e)
+            } else {
+                !e.expired_at(cue.as_of_unix_nanos)
+            }
+        })
         .map(|e| (dot(&cue.embedding, &e.embedding), e))
         .filter(|(s, _)| *s >= cue.similarity_threshold)
         .collect();

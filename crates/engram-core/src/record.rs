@@ -36,6 +36,27 @@ pub enum WalRecord {
         dimension: usize,
         vector_storage: VectorStorage,
     },
+    /// An accepted observation that expires (its episode's bincode layout
+    /// does not hold the expiry). Written only for those, so a log without
+    /// expiring memories reads in builds before this record.
+    ObserveExpiring {
+        space: SpaceId,
+        episode: StoredEpisode,
+        expires_at_unix_nanos: i64,
+    },
+    /// Memories purged because they expired (removed like `Forget`).
+    Expire {
+        space: SpaceId,
+        server_sequences: Vec<u64>,
+    },
+    /// A space with a default time to live for its memories (written only
+    /// for spaces with one).
+    CreateSpaceWithTtl {
+        space: SpaceId,
+        dimension: usize,
+        vector_storage: VectorStorage,
+        default_ttl_nanos: u64,
+    },
 }
 
 impl WalRecord {
@@ -70,9 +91,27 @@ mod tests {
                 metadata: [("k".to_string(), "v".to_string())].into(),
                 server_sequence: 3,
                 committed_at_unix_nanos: 9,
+                expires_at_unix_nanos: None,
             },
         };
         assert_eq!(WalRecord::decode(&r.encode()).unwrap(), r);
+        // The expiry travels beside the episode, whose layout is unchanged.
+        let WalRecord::Observe { space, episode } = r else {
+            unreachable!()
+        };
+        let plain = bincode::serialize(&episode).unwrap();
+        let e = WalRecord::ObserveExpiring {
+            space,
+            episode,
+            expires_at_unix_nanos: 77,
+        };
+        assert_eq!(WalRecord::decode(&e.encode()).unwrap(), e);
+        assert_eq!(
+            bincode::deserialize::<StoredEpisode>(&plain)
+                .unwrap()
+                .server_sequence,
+            3
+        );
         assert!(WalRecord::decode(&[0xff, 0xff, 0xff]).is_err());
     }
 }

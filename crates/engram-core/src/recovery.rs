@@ -83,6 +83,7 @@ pub(crate) fn recover(
             max_spaces: config.max_spaces,
             faults,
             metrics,
+            clock: config.clock.clone(),
         },
         spaces.clone(),
         queue.clone(),

@@ -7,7 +7,10 @@
 //! space count u32; per space a bincode `SpaceHeader`, its episodes, then the
 //! index's own serialisation; finally a CRC32 of everything before it.
 //!
-//! Versions: 3 (written now) adds each space's vector storage (`memory` or
+//! Versions: 4 (written now) adds each space's default time to live to its
+//! header, and after each episode its expiry (a bincode `Option<i64>`,
+//! Unix nanoseconds), and leaves out of each index the nodes of memories
+//! no longer live (forgotten or expired), so their space is reclaimed. 3 adds each space's vector storage (`memory` or
 //! `compact`) to its header; the index's serialisation holds every vector in
 //! both, so a compact space's vectors are as durable as any. 2 stores an
 //! indexed episode without its vector, which the index that follows holds
@@ -34,7 +37,7 @@ use crate::space::{placement, Space};
 use crate::wal::{Lsn, MAX_LSN};
 
 const MAGIC: &[u8; 8] = b"ENGRAMSN";
-const VERSION: u32 = 3;
+const VERSION: u32 = 4;
 /// The oldest version this build reads.
 const OLDEST_READABLE: u32 = 1;
 const DIR: &str = "snapshots";
@@ -48,7 +51,17 @@ struct SpaceHeaderV2 {
     episodes: u64,
 }
 
-/// A space's header since version 3.
+/// A space's header in version 3.
+#[derive(Serialize, Deserialize)]
+struct SpaceHeaderV3 {
+    id: SpaceId,
+    dimension: usize,
+    last_seq: u64,
+    episodes: u64,
+    vector_storage: VectorStorage,
+}
+
+/// A space's header since version 4.
 #[derive(Serialize, Deserialize)]
 struct SpaceHeader {
     id: SpaceId,
@@ -56,6 +69,8 @@ struct SpaceHeader {
     last_seq: u64,
     episodes: u64,
     vector_storage: VectorStorage,
+    /// 0: none.
+    default_ttl_nanos: u64,
 }
 
 /// A space as loaded from a snapshot, before WAL replay.
@@ -200,12 +215,26 @@ pub fn write(fs: &dyn FileSystem, data_dir: &Path, capture: &Capture) -> Result<
                 last_seq: sc.last_seq,
                 episodes: sc.episodes.len() as u64,
                 vector_storage: sc.space.vector_storage(),
+                default_ttl_nanos: sc.space.default_ttl().map_or(0, |t| {
+                    u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1)
+                }),
             };
             bincode::serialize_into(&mut w, &header).map_err(io::Error::other)?;
             for e in &sc.episodes {
                 bincode::serialize_into(&mut w, e.as_ref()).map_err(io::Error::other)?;
+                bincode::serialize_into(&mut w, &e.expires_at_unix_nanos)
+                    .map_err(io::Error::other)?;
             }
-            sc.space.index().write_to(&mut w)?;
+            // The index keeps the captured episodes' nodes and those of
+            // sequences after the capture (their episodes come from the
+            // WAL); nodes of forgotten and expired memories, and retired
+            // ones, are left out.
+            let captured: Vec<u64> = sc.episodes.iter().map(|e| e.server_sequence).collect();
+            let last_seq = sc.last_seq;
+            sc.space.index().write_compacted(&mut w, &|label| {
+                captured.binary_search(&label).is_ok()
+                    || (label > last_seq && !Hnsw::is_retired_label(label))
+            })?;
         }
         let crc = w.hasher.clone().finalize();
         w.inner.write_all(&crc.to_le_bytes())?;
@@ -383,8 +412,19 @@ fn load(
     // takes many bytes of it.
     let mut spaces = Vec::new();
     for _ in 0..n_spaces {
-        let header: SpaceHeader = if version >= 3 {
+        let header: SpaceHeader = if version >= 4 {
             decoding(file_len).deserialize_from(&mut r)
+        } else if version == 3 {
+            decoding(file_len)
+                .deserialize_from(&mut r)
+                .map(|h: SpaceHeaderV3| SpaceHeader {
+                    id: h.id,
+                    dimension: h.dimension,
+                    last_seq: h.last_seq,
+                    episodes: h.episodes,
+                    vector_storage: h.vector_storage,
+                    default_ttl_nanos: 0,
+                })
         } else {
             decoding(file_len)
                 .deserialize_from(&mut r)
@@ -394,6 +434,7 @@ fn load(
                     last_seq: h.last_seq,
                     episodes: h.episodes,
                     vector_storage: VectorStorage::Memory,
+                    default_ttl_nanos: 0,
                 })
         }
         .map_err(|e| corrupt(format!("space header: {e}")))?;
@@ -405,9 +446,14 @@ fn load(
         );
         let mut previous_seq = 0;
         for _ in 0..header.episodes {
-            let e: StoredEpisode = decoding(file_len)
+            let mut e: StoredEpisode = decoding(file_len)
                 .deserialize_from(&mut r)
                 .map_err(|e| corrupt(format!("episode: {e}")))?;
+            if version >= 4 {
+                e.expires_at_unix_nanos = decoding(file_len)
+                    .deserialize_from(&mut r)
+                    .map_err(|e| corrupt(format!("episode expiry: {e}")))?;
+            }
             // The writer stores a space's live episodes in sequence order,
             // none above its last sequence, each vector (when held) of the
             // space's dimension: anything else would break the space's
@@ -474,8 +520,13 @@ fn load(
                 e.id, header.id, e.server_sequence
             )));
         }
+        let space = Space::with_index(header.id, index);
+        space.set_default_ttl(
+            (header.default_ttl_nanos > 0)
+                .then(|| std::time::Duration::from_nanos(header.default_ttl_nanos)),
+        );
         spaces.push(LoadedSpace {
-            space: Arc::new(Space::with_index(header.id, index)),
+            space: Arc::new(space),
             last_seq: header.last_seq,
             episodes,
         });

@@ -31,6 +31,12 @@ pub(crate) fn placement(storage: VectorStorage, vector_dir: &std::path::Path) ->
     }
 }
 
+/// Fewest index nodes of gone memories worth a reclaim.
+pub const RECLAIM_MIN: u64 = 256;
+/// Smallest share of the index's nodes whose memories are gone that is
+/// worth a reclaim (it walks every link list).
+pub const RECLAIM_SHARE: f64 = 0.05;
+
 /// A memory space. Shared as `Arc<Space>` between the engine's map, the
 /// commit thread, indexing tasks and recalls.
 pub struct Space {
@@ -49,6 +55,15 @@ pub struct Space {
     /// by the commit thread after the episode is in `state`.
     visible_seq: AtomicU64,
     deleted: AtomicBool,
+    /// Time to live (nanoseconds) of episodes observed without their own
+    /// expiry; 0: none. Set at creation (or load), before the space is
+    /// shared.
+    default_ttl_nanos: AtomicU64,
+    /// Memories purged because they expired, since the engine opened.
+    expired: AtomicU64,
+    /// Index nodes of memories forgotten or purged since the last reclaim
+    /// (an estimate that decides when to run one: [`Space::reclaim_index`]).
+    dead_in_index: AtomicU64,
     /// Metric handles, resolved once when the space is registered.
     metrics: OnceLock<SpaceMetrics>,
 }
@@ -69,6 +84,10 @@ pub struct SpaceState {
     episode_bytes: usize,
     /// Tags and metadata -> live sequences (filtered recall).
     postings: Postings,
+    /// Live episodes that expire, by (expiry, sequence): what has expired
+    /// as of an instant is a prefix, for recall to exclude and the purge
+    /// to remove.
+    expiring: std::collections::BTreeSet<(i64, u64)>,
 }
 
 /// What only the commit thread reads and writes.
@@ -157,19 +176,43 @@ impl SpaceState {
         self.postings.admitted(filter)
     }
 
-    /// Up to `limit` live episodes matching `filter` with a sequence above
-    /// `after`, ascending, and whether more may follow. Uses the postings
-    /// when the filter has positive conditions, else walks the table.
+    /// Sequences of live episodes expired as of `now` (not purged yet),
+    /// ascending.
+    pub fn expired_as_of(&self, now: i64) -> Vec<u64> {
+        let mut seqs: Vec<u64> = self
+            .expiring
+            .range(..=(now, u64::MAX))
+            .map(|&(_, seq)| seq)
+            .collect();
+        seqs.sort_unstable();
+        seqs
+    }
+
+    /// Up to `limit` sequences of live episodes expired as of `now`,
+    /// soonest expired first (for the purge).
+    pub fn due_for_purge(&self, now: i64, limit: usize) -> Vec<u64> {
+        self.expiring
+            .range(..=(now, u64::MAX))
+            .take(limit)
+            .map(|&(_, seq)| seq)
+            .collect()
+    }
+
+    /// Up to `limit` live episodes matching `filter` and not expired as of
+    /// `now` with a sequence above `after`, ascending, and whether more may
+    /// follow. Uses the postings when the filter has positive conditions,
+    /// else walks the table.
     pub fn list_after(
         &self,
         filter: &MemoryFilter,
+        now: i64,
         after: u64,
         limit: usize,
     ) -> (Vec<Arc<StoredEpisode>>, bool) {
         let mut out = Vec::with_capacity(limit.min(1024));
         let mut more = false;
         let mut take = |e: &Arc<StoredEpisode>| -> bool {
-            if !filter.matches(e) {
+            if !filter.matches(e) || e.expired_at(now) {
                 return true;
             }
             if out.len() == limit {
@@ -254,16 +297,41 @@ impl Space {
                 quarantined: Default::default(),
                 episode_bytes: 0,
                 postings: Postings::default(),
+                expiring: Default::default(),
             }),
             commit: Mutex::new(CommitMeta::default()),
             visible_seq: AtomicU64::new(0),
             deleted: AtomicBool::new(false),
+            default_ttl_nanos: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+            dead_in_index: AtomicU64::new(0),
             metrics: OnceLock::new(),
         }
     }
 
     pub fn id(&self) -> &SpaceId {
         &self.id
+    }
+
+    /// Time to live of episodes observed without their own expiry.
+    pub fn default_ttl(&self) -> Option<std::time::Duration> {
+        match self.default_ttl_nanos.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(std::time::Duration::from_nanos(n)),
+        }
+    }
+
+    /// Sets the default TTL: at creation, recovery or load only.
+    pub(crate) fn set_default_ttl(&self, ttl: Option<std::time::Duration>) {
+        let nanos = ttl.map_or(0, |t| {
+            u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1)
+        });
+        self.default_ttl_nanos.store(nanos, Ordering::Release);
+    }
+
+    /// Counts memories purged because they expired.
+    pub(crate) fn count_expired(&self, n: u64) {
+        self.expired.fetch_add(n, Ordering::AcqRel);
     }
 
     pub fn dimension(&self) -> usize {
@@ -333,6 +401,9 @@ impl Space {
             st.episodes.resize(seq as usize - 1, None);
             st.episode_bytes += episode.bytes_without_embedding();
             st.postings.add(&episode);
+            if let Some(t) = episode.expires_at_unix_nanos {
+                st.expiring.insert((t, seq));
+            }
             st.episodes.push(Some(episode.clone()));
             st.live += 1;
             if needs_index {
@@ -367,10 +438,45 @@ impl Space {
         };
         st.episode_bytes -= gone.bytes_without_embedding();
         st.postings.remove(&gone);
+        if let Some(t) = gone.expires_at_unix_nanos {
+            st.expiring.remove(&(t, seq));
+        }
         st.live -= 1;
-        st.fresh.remove(&seq);
+        let was_fresh = st.fresh.remove(&seq).is_some();
         st.quarantined.remove(&seq);
+        drop(st);
+        if !was_fresh {
+            self.dead_in_index.fetch_add(1, Ordering::AcqRel);
+        }
         true
+    }
+
+    /// Deletes the index nodes of memories that are gone (forgotten,
+    /// expired, or retired at recovery) in place, so that their slots are
+    /// reused by the next inserts (see `Hnsw::reclaim`). Without `force`,
+    /// only once they are at least [`RECLAIM_MIN`] and [`RECLAIM_SHARE`] of
+    /// the index: a reclaim walks every link list. Returns how many nodes
+    /// were deleted.
+    pub fn reclaim_index(&self, force: bool) -> usize {
+        let estimate = self.dead_in_index.load(Ordering::Acquire);
+        let len = self.index.len() as u64;
+        if !force && (estimate < RECLAIM_MIN || (estimate as f64) < RECLAIM_SHARE * len as f64) {
+            return 0;
+        }
+        let labels = self.index.labels();
+        let dead: std::collections::HashSet<u64> = {
+            let st = self.state.read();
+            let visible = self.visible_sequence();
+            labels
+                .into_iter()
+                .filter(|&l| Hnsw::is_retired_label(l) || (l <= visible && st.episode(l).is_none()))
+                .collect()
+        };
+        self.dead_in_index.fetch_sub(estimate, Ordering::AcqRel);
+        if dead.is_empty() {
+            return 0;
+        }
+        self.index.reclaim(&|l| dead.contains(&l))
     }
 
     /// Whether the episode is still live (indexing skips forgotten ones).
@@ -449,6 +555,8 @@ impl Space {
             graph: graph as u64,
             episodes: (st.episode_bytes
                 + st.postings.bytes()
+                // A B-tree entry of 16 bytes, with its share of the node.
+                + st.expiring.len() * 24
                 + id_table
                 + st.episodes.capacity() * std::mem::size_of::<Option<Arc<StoredEpisode>>>())
                 as u64,
@@ -481,6 +589,8 @@ impl Space {
             quarantined_count: quarantined,
             memory,
             vector_storage: self.vector_storage(),
+            default_ttl: self.default_ttl(),
+            expired_count: self.expired.load(Ordering::Acquire),
         }
     }
 

@@ -54,6 +54,7 @@ async fn a_snapshot_index_ahead_of_its_episodes_does_not_hide_new_ones() {
                 metadata: Default::default(),
                 server_sequence: i as u64 + 1,
                 committed_at_unix_nanos: 0,
+                expires_at_unix_nanos: None,
             })
         })
         .collect();
@@ -271,8 +272,9 @@ async fn a_failed_sync_answers_unknown_and_a_resend_with_the_same_id_stores_it_o
 }
 
 /// Issue 15: data directories written by older snapshot formats load:
-/// version 1 (every episode stored its vector beside the index's copy) and
-/// version 2 (no vector storage per space: all in memory). Each fixture's
+/// version 1 (every episode stored its vector beside the index's copy),
+/// version 2 (no vector storage per space: all in memory) and version 3
+/// (no expiry). Each fixture's
 /// `README.md` says how it was made. Every memory comes back with its own
 /// vector, the indexed ones keep it only in the index, the fresh ones are
 /// indexed, every space has its vectors in memory; the next snapshot is
@@ -285,6 +287,14 @@ async fn a_version_1_snapshot_loads_and_is_rewritten_in_the_current_format() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_2_snapshot_loads_and_is_rewritten_in_the_current_format() {
     an_old_snapshot_loads_and_is_rewritten_in_the_current_format(2).await;
+}
+
+/// Version 3 (before expiry): no default TTL per space, no expiry per
+/// episode, and its index still holds the forgotten `e1`'s node, which the
+/// rewrite (version 4) leaves out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_3_snapshot_loads_and_is_rewritten_in_the_current_format() {
+    an_old_snapshot_loads_and_is_rewritten_in_the_current_format(3).await;
 }
 
 async fn an_old_snapshot_loads_and_is_rewritten_in_the_current_format(version: u32) {
@@ -364,7 +374,7 @@ async fn an_old_snapshot_loads_and_is_rewritten_in_the_current_format(version: u
         .unwrap()
         .unwrap()
         .expect("a new snapshot");
-    assert_eq!(snapshot_version(&v2), 3);
+    assert_eq!(snapshot_version(&v2), 4);
     engine.shutdown();
     drop(engine);
 
@@ -377,6 +387,10 @@ async fn an_old_snapshot_loads_and_is_rewritten_in_the_current_format(version: u
     wait_indexed(&engine);
     for space in ["a", "b"] {
         engine.check_integrity(space).unwrap();
+        // The rewritten index holds the live memories' nodes only (the
+        // forgotten e1's is gone): one exact vector of 8 f32 each.
+        let info = engine.describe_space(space).unwrap();
+        assert_eq!(info.memory.vectors, info.count * 8 * 4, "{space}: {info:?}");
     }
     engine.shutdown();
 }

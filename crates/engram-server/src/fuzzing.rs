@@ -46,3 +46,13 @@ pub fn priority(p: i32) -> Priority {
 pub fn vector_storage_request(v: i32) -> Result<Option<VectorStorage>, String> {
     convert::vector_storage_request(v).map_err(|st| st.message().to_owned())
 }
+
+/// See `grpc::convert::default_ttl_request`.
+///
+/// # Errors
+/// The INVALID_ARGUMENT message.
+pub fn default_ttl_request(
+    secs: Option<f64>,
+) -> Result<Option<Option<std::time::Duration>>, String> {
+    convert::default_ttl_request(secs).map_err(|st| st.message().to_owned())
+}

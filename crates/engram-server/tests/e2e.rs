@@ -1007,6 +1007,7 @@ async fn integration_compact_vector_storage_over_grpc_and_rest() {
             memory_space_id: "bad-grpc".into(),
             dimension: DIM as u32,
             vector_storage: 7,
+            default_ttl_seconds: None,
         })
         .await
         .unwrap_err();

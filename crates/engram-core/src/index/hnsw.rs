@@ -121,8 +121,9 @@ impl Default for HnswParams {
 ///
 /// `Send + Sync`; every method takes `&self`, and inserts and searches run
 /// concurrently from any number of threads. The index grows without a
-/// preset capacity. There is no deletion: callers hide labels with the
-/// search filter.
+/// preset capacity. Deleted memories are hidden with the search filter at
+/// once and their nodes deleted in batches by [`Hnsw::reclaim`], whose
+/// slots later inserts reuse.
 pub struct Hnsw {
     pub(super) dim: usize,
     pub(super) params: HnswParams,
@@ -139,7 +140,7 @@ pub struct Hnsw {
     /// Entry point packed as `level << 32 | id`, or `NO_ENTRY`.
     pub(super) entry: AtomicU64,
     /// Serialises changes of the entry point / top level.
-    top: Mutex<()>,
+    pub(super) top: Mutex<()>,
     pub(super) pool: ScratchPool,
     /// Shared by inserts, exclusive while `write_to` takes its snapshot.
     pub(super) gate: RwLock<()>,
@@ -156,6 +157,13 @@ pub struct Hnsw {
     /// starts, and counts itself in `searches_delayed`.
     search_delay_ms: AtomicU64,
     searches_delayed: AtomicU64,
+    /// Lock-free readers (searches, scans, snapshot writers), registered
+    /// so that [`Hnsw::reclaim`] knows when no one reads a deleted node.
+    pub(super) readers: super::reclaim::Readers,
+    /// Deleted nodes' ids, and those free for reuse.
+    pub(super) reclaimed: Mutex<super::reclaim::Reclaimed>,
+    /// One reclaim at a time.
+    pub(super) reclaim_lock: Mutex<()>,
 }
 
 /// Panics to raise halfway through inserts (after the node's own links are
@@ -267,6 +275,9 @@ impl Hnsw {
             insert_faults_armed: std::sync::atomic::AtomicBool::new(false),
             search_delay_ms: AtomicU64::new(0),
             searches_delayed: AtomicU64::new(0),
+            readers: Default::default(),
+            reclaimed: Default::default(),
+            reclaim_lock: Mutex::new(()),
         })
     }
 
@@ -325,12 +336,27 @@ impl Hnsw {
                 self.finish(label, id, Some(vector));
                 return true;
             }
-            let id = self.allocated.load(Ordering::Relaxed);
-            assert!((id as u64) < MAX_NODES, "HNSW index is full ({id} nodes)");
-            let id = id as u32;
-            self.store.ensure(id);
+            // A slot a reclaim freed, else a new one.
+            let reused = {
+                let mut r = self.reclaimed.lock();
+                let id = r.free.pop();
+                if let Some(id) = id {
+                    r.out.remove(&id);
+                }
+                id
+            };
+            let id = match reused {
+                Some(id) => id,
+                None => {
+                    let id = self.allocated.load(Ordering::Relaxed);
+                    assert!((id as u64) < MAX_NODES, "HNSW index is full ({id} nodes)");
+                    let id = id as u32;
+                    self.store.ensure(id);
+                    self.allocated.store(id as usize + 1, Ordering::Release);
+                    id
+                }
+            };
             ids.insert(label, id);
-            self.allocated.store(id as usize + 1, Ordering::Release);
             id
         };
         let level = self.random_level(label);
@@ -532,6 +558,7 @@ impl Hnsw {
     /// A copy of the exact vector stored under `label`, if its insert
     /// completed.
     pub fn vector(&self, label: u64) -> Option<Vec<f32>> {
+        let _reading = self.readers.enter();
         let id = self.label_ids.lock().get(label)?;
         self.store
             .is_ready(id)
@@ -551,6 +578,7 @@ impl Hnsw {
     /// If `query.len() != self.dim()`.
     pub fn scan(&self, query: &[f32], labels: &[u64], k: usize) -> Vec<(u64, f32)> {
         assert_eq!(query.len(), self.dim, "query dimension");
+        let _reading = self.readers.enter();
         let ids: Vec<u32> = {
             let table = self.label_ids.lock();
             labels.iter().filter_map(|&l| table.get(l)).collect()
@@ -644,6 +672,7 @@ impl Hnsw {
             self.searches_delayed.fetch_add(1, Ordering::AcqRel);
             std::thread::sleep(std::time::Duration::from_millis(delay));
         }
+        let _reading = self.readers.enter();
         let metric = Quantized {
             store: &self.store,
             q: query,
@@ -678,6 +707,7 @@ impl Hnsw {
 
     /// Labels of all completed inserts, in insertion order.
     pub fn labels(&self) -> Vec<u64> {
+        let _reading = self.readers.enter();
         let n = self.allocated.load(Ordering::Acquire);
         (0..n as u32)
             .filter(|&id| self.store.is_ready(id))
@@ -842,7 +872,7 @@ impl Hnsw {
     /// similarity to the base, best first) and keep a candidate only if it
     /// is closer to the base than to every candidate already kept, up to
     /// `m`. Fewer than `m` candidates are all kept.
-    fn select_neighbours(&self, pairs: &[(f32, u32)], m: usize, out: &mut Vec<u32>) {
+    pub(super) fn select_neighbours(&self, pairs: &[(f32, u32)], m: usize, out: &mut Vec<u32>) {
         out.clear();
         if pairs.len() < m {
             out.extend(pairs.iter().map(|p| p.1));
@@ -1114,7 +1144,7 @@ pub(super) mod tests {
     }
 
     /// Exact top-k with the same ordering rule as `search`.
-    fn brute_force(
+    pub(crate) fn brute_force(
         vectors: &[Vec<f32>],
         q: &[f32],
         k: usize,

@@ -41,12 +41,18 @@ struct Level0 {
 }
 
 impl Level0 {
-    fn copy(h: &Hnsw) -> Self {
+    /// The level-0 links of every node not in `out` (reclaimed nodes,
+    /// whose lists count as empty).
+    fn copy(h: &Hnsw, out: &std::collections::HashSet<u32>) -> Self {
         let n = h.allocated.load(Ordering::Acquire);
         let mut offsets = Vec::with_capacity(n + 1);
         let mut targets = Vec::with_capacity(n * h.params.m);
         offsets.push(0);
         for id in 0..n as u32 {
+            if out.contains(&id) {
+                offsets.push(targets.len());
+                continue;
+            }
             let list = h.store.links(id, 0);
             targets.extend(
                 list[1..=link_count(list)]
@@ -79,14 +85,21 @@ impl Hnsw {
     /// the check sees a consistent graph even under load; searches never
     /// wait.
     pub fn check_integrity(&self) -> Result<(), String> {
-        let (links, abandoned) = {
+        // Registered as a reader: the findability probes below run outside
+        // the gate, and no node they read may be reclaimed meanwhile.
+        let _reading = self.readers.enter();
+        let (links, skip) = {
             let _gate = self.gate.write();
             self.check_structure()?;
-            let abandoned: std::collections::HashSet<u32> =
+            // Abandoned nodes need not be findable; reclaimed ones are not
+            // in the graph.
+            let mut skip: std::collections::HashSet<u32> =
                 self.abandoned.lock().values().copied().collect();
-            (Level0::copy(self), abandoned)
+            let out = self.reclaimed_ids();
+            skip.extend(&out);
+            (Level0::copy(self, &out), skip)
         };
-        self.check_findable(&links, &abandoned)
+        self.check_findable(&links, &skip)
     }
 
     /// The structural checks, on a graph no insert is modifying (under the
@@ -107,18 +120,25 @@ impl Hnsw {
             }
             ab.values().copied().collect()
         };
-        if let Some(id) =
-            (0..n as u32).find(|&id| !self.store.is_ready(id) && !abandoned.contains(&id))
+        // Reclaimed nodes are out of the graph: nothing may link to them,
+        // and their own lists and labels no longer count.
+        let out = self.reclaimed_ids();
+        if let Some(id) = (0..n as u32)
+            .find(|&id| !self.store.is_ready(id) && !abandoned.contains(&id) && !out.contains(&id))
         {
             return Err(format!("node {id}: its insert did not complete"));
         }
         let entry = unpack_entry(self.entry.load(Ordering::Acquire));
         let top = match entry {
-            None if n == 0 => return Ok(()),
+            // Empty, or every node reclaimed.
+            None if n == out.len() => return Ok(()),
             None => return Err(format!("{n} nodes but no entry point")),
             Some((e, top)) => {
                 if e as usize >= n {
                     return Err(format!("entry point {e} out of range (nodes: {n})"));
+                }
+                if out.contains(&e) {
+                    return Err(format!("entry point {e} was reclaimed"));
                 }
                 if self.store.level(e) != top {
                     return Err(format!(
@@ -130,15 +150,19 @@ impl Hnsw {
             }
         };
         let ids = self.label_ids.lock();
-        if ids.len() != n {
+        if ids.len() + out.len() != n {
             return Err(format!(
-                "label table has {} entries for {n} nodes",
-                ids.len()
+                "label table has {} entries for {n} nodes, {} of them reclaimed",
+                ids.len(),
+                out.len()
             ));
         }
         let mut buf = Vec::with_capacity(2 * self.params.m);
         let mut in_links = vec![0u32; n];
         for id in 0..n as u32 {
+            if out.contains(&id) {
+                continue;
+            }
             let label = self.store.label(id);
             if ids.get(label) != Some(id) {
                 return Err(format!(
@@ -177,6 +201,11 @@ impl Hnsw {
                             "node {id} level {l}: link {x} out of range (nodes: {n})"
                         ));
                     }
+                    if out.contains(&x) {
+                        return Err(format!(
+                            "node {id} level {l}: link to node {x}, which was reclaimed"
+                        ));
+                    }
                     if x == id {
                         return Err(format!("node {id} level {l}: self-link"));
                     }
@@ -199,6 +228,9 @@ impl Hnsw {
             }
         }
         for (id, &count) in in_links.iter().enumerate() {
+            if out.contains(&(id as u32)) {
+                continue;
+            }
             let recorded = self.store.in_links(id as u32).load(Ordering::Acquire);
             if recorded != count {
                 return Err(format!(
@@ -252,8 +284,9 @@ impl Hnsw {
         let backward = walk(n, entry, |id, out| {
             out.extend_from_slice(&sources[starts[id as usize]..starts[id as usize + 1]])
         });
-        let starts_reach_entry =
-            (0..n as u32).all(|id| self.store.level(id) == 0 || backward[id as usize]);
+        let starts_reach_entry = (0..n as u32).all(|id| {
+            self.store.level(id) == 0 || backward[id as usize] || abandoned.contains(&id)
+        });
         let mut s = self.pool.get();
         for id in 0..n as u32 {
             if (forward[id as usize] && starts_reach_entry) || abandoned.contains(&id) {

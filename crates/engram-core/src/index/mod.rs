@@ -6,6 +6,8 @@
 //! - `storage`: growable per-node storage (vectors, links, locks).
 //! - `visited`: pooled per-search scratch (visited tags, heaps).
 //! - `persist`: the snapshot format (`Hnsw::write_to` / `Hnsw::read_from`).
+//! - `reclaim`: deleting nodes in place (`Hnsw::reclaim`) and the grace
+//!   periods that make reusing their slots safe.
 //!
 //! Why our own HNSW and how it compares with hnswlib: `docs/design/index.md`.
 
@@ -14,6 +16,7 @@ pub mod hnsw;
 mod integrity;
 mod labels;
 mod persist;
+mod reclaim;
 mod storage;
 mod visited;
 

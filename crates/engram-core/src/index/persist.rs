@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::sync::atomic::Ordering;
 
-use super::hnsw::{link_count, pack_entry, Hnsw, HnswParams, MAX_LEVEL, NO_ENTRY};
+use super::hnsw::{link_count, pack_entry, unpack_entry, Hnsw, HnswParams, MAX_LEVEL, NO_ENTRY};
 use super::labels::LabelTable;
 use super::storage::{VectorFileError, VectorPlacement, MAX_NODES};
 
@@ -90,6 +90,14 @@ struct LinkSnapshot {
     words: Vec<u32>,
     /// Abandoned nodes (see [`Hnsw::insert`]).
     abandoned: std::collections::HashSet<u32>,
+    /// Compacted: the index's node id of each written node (else the
+    /// written ids are the index's).
+    ids: Option<Vec<u32>>,
+    /// Each node's level, as the lists were copied (a reclaimed node's
+    /// slot can be reused, with another level, while the copy is written).
+    levels: Vec<u8>,
+    /// Nodes reclaimed when the lists were copied: out of the graph.
+    out: std::collections::HashSet<u32>,
 }
 
 /// Bit of the level byte that marks an abandoned node.
@@ -105,10 +113,199 @@ impl Hnsw {
     /// # Errors
     /// Any error of `w`.
     pub fn write_to(&self, w: &mut dyn Write) -> io::Result<()> {
+        self.write_compacted(w, &|_| true)
+    }
+
+    /// Whether `label` is one [`Hnsw::retire_labels_above`] gave a retired
+    /// node (no episode has it).
+    pub fn is_retired_label(label: u64) -> bool {
+        label > u64::MAX - MAX_NODES
+    }
+
+    /// [`Hnsw::write_to`], leaving out every node whose label `keep`
+    /// refuses (a forgotten or expired memory's, a retired one): the
+    /// written index holds only the rest, renumbered, and reading it back
+    /// reclaims the dropped nodes' space. The graph is repaired where nodes
+    /// went, as FreshDiskANN consolidates deletes: a kept node that linked
+    /// to a dropped one takes the dropped node's kept neighbours (two hops
+    /// through dropped nodes) as candidates beside its own, re-selected with
+    /// the insert's diversity heuristic; a kept node left without a level-0
+    /// in-link gets one from its most similar neighbour, and a dropped
+    /// entry point is replaced by a kept node of the highest level. With
+    /// nothing to drop it writes what `write_to` writes.
+    ///
+    /// # Errors
+    /// Any error of `w`.
+    pub fn write_compacted(&self, w: &mut dyn Write, keep: &dyn Fn(u64) -> bool) -> io::Result<()> {
+        // Registered as a reader until the last vector is written: no node
+        // read here may be reclaimed (and its slot reused) meanwhile.
+        let _reading = self.readers.enter();
         // A node whose insert panicked is finished now if it can be; one
         // that panics again is written as abandoned.
         self.finish_abandoned();
         let snap = self.snapshot_links();
+        let n = snap.nodes;
+        // Reclaimed nodes are never written (nor their rows read: a free
+        // slot may be taken by an insert while this runs).
+        let kept: Vec<bool> = (0..n as u32)
+            .map(|id| !snap.out.contains(&id) && keep(self.store.label(id)))
+            .collect();
+        if kept.iter().all(|&k| k) {
+            return self.write_snapshot(&snap, w);
+        }
+        let compacted = self.compact(&snap, &kept);
+        self.write_snapshot(&compacted, w)
+    }
+
+    /// The link snapshot without the nodes `kept` refuses (see
+    /// [`Hnsw::write_compacted`]).
+    fn compact(&self, snap: &LinkSnapshot, kept: &[bool]) -> LinkSnapshot {
+        let n = snap.nodes;
+        // Where each node's lists start in `snap.words`.
+        let mut start = Vec::with_capacity(n);
+        let mut pos = 0;
+        for id in 0..n {
+            start.push(pos);
+            for _ in 0..=snap.levels[id] {
+                pos += 1 + snap.words[pos] as usize;
+            }
+        }
+        let list = |id: u32, l: usize| -> &[u32] {
+            let mut p = start[id as usize];
+            for _ in 0..l {
+                p += 1 + snap.words[p] as usize;
+            }
+            &snap.words[p + 1..=p + snap.words[p] as usize]
+        };
+        let order: Vec<u32> = (0..n as u32).filter(|&id| kept[id as usize]).collect();
+        let mut new_id = vec![u32::MAX; n];
+        for (i, &id) in order.iter().enumerate() {
+            new_id[id as usize] = i as u32;
+        }
+        let mut lists: Vec<Vec<Vec<u32>>> = Vec::with_capacity(order.len());
+        let mut candidates: Vec<u32> = Vec::new();
+        let mut pairs: Vec<(f32, u32)> = Vec::new();
+        let mut chosen = Vec::new();
+        for &id in &order {
+            let level = usize::from(snap.levels[id as usize]);
+            let mut own = Vec::with_capacity(level + 1);
+            for l in 0..=level {
+                let links = list(id, l);
+                let max = if l == 0 {
+                    2 * self.params.m
+                } else {
+                    self.params.m
+                };
+                if links.iter().all(|&x| kept[x as usize]) {
+                    own.push(links.to_vec());
+                    continue;
+                }
+                candidates.clear();
+                for &x in links {
+                    if kept[x as usize] {
+                        candidates.push(x);
+                        continue;
+                    }
+                    for &y in list(x, l) {
+                        if kept[y as usize] {
+                            candidates.push(y);
+                        } else {
+                            candidates.extend(list(y, l).iter().filter(|&&z| kept[z as usize]));
+                        }
+                    }
+                }
+                candidates.retain(|&c| c != id);
+                candidates.sort_unstable();
+                candidates.dedup();
+                pairs.clear();
+                pairs.extend(candidates.iter().map(|&c| (self.store.sim_nodes(id, c), c)));
+                pairs.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                self.select_neighbours(&pairs, max, &mut chosen);
+                own.push(chosen.clone());
+            }
+            lists.push(own);
+        }
+        // Every kept node keeps a level-0 in-link (the insert's own
+        // invariant): one left without gets it from its most similar
+        // out-neighbour, which makes room by its least similar neighbour
+        // that has another in-link when its list is full.
+        let mut in_links = vec![0u32; n];
+        for own in &lists {
+            for &x in &own[0] {
+                in_links[x as usize] += 1;
+            }
+        }
+        let entry_old = unpack_entry(snap.entry).map(|(e, _)| e);
+        for i in 0..order.len() {
+            let u = order[i];
+            if in_links[u as usize] > 0 || Some(u) == entry_old && kept[u as usize] {
+                continue;
+            }
+            let mut outs: Vec<(f32, u32)> = lists[i][0]
+                .iter()
+                .map(|&r| (self.store.sim_nodes(u, r), r))
+                .collect();
+            outs.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            for &(_, r) in &outs {
+                let r_list = &mut lists[new_id[r as usize] as usize][0];
+                if r_list.contains(&u) {
+                    break;
+                }
+                if r_list.len() < 2 * self.params.m {
+                    r_list.push(u);
+                    in_links[u as usize] += 1;
+                    break;
+                }
+                let victim = r_list
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &x)| in_links[x as usize] > 1)
+                    .map(|(j, &x)| (self.store.sim_nodes(r, x), j, x))
+                    .min_by(|a, b| a.0.total_cmp(&b.0));
+                if let Some((_, j, x)) = victim {
+                    in_links[x as usize] -= 1;
+                    r_list[j] = u;
+                    in_links[u as usize] += 1;
+                    break;
+                }
+            }
+        }
+        let entry = match unpack_entry(snap.entry) {
+            None => NO_ENTRY,
+            Some((e, level)) if kept[e as usize] => pack_entry(new_id[e as usize], level),
+            Some(_) => order
+                .iter()
+                .map(|&id| (usize::from(snap.levels[id as usize]), std::cmp::Reverse(id)))
+                .max()
+                .map_or(NO_ENTRY, |(level, std::cmp::Reverse(id))| {
+                    pack_entry(new_id[id as usize], level)
+                }),
+        };
+        let mut words = Vec::with_capacity(order.len() * (1 + 2 * self.params.m));
+        for own in &lists {
+            for l in own {
+                words.push(l.len() as u32);
+                words.extend(l.iter().map(|&x| new_id[x as usize]));
+            }
+        }
+        LinkSnapshot {
+            nodes: order.len(),
+            entry,
+            words,
+            abandoned: snap
+                .abandoned
+                .iter()
+                .filter(|&&id| kept[id as usize])
+                .map(|&id| new_id[id as usize])
+                .collect(),
+            levels: order.iter().map(|&id| snap.levels[id as usize]).collect(),
+            out: Default::default(),
+            ids: Some(order),
+        }
+    }
+
+    /// Writes a link snapshot with the nodes' labels, levels and vectors.
+    fn write_snapshot(&self, snap: &LinkSnapshot, w: &mut dyn Write) -> io::Result<()> {
         let mut out = CrcWriter {
             inner: io::BufWriter::with_capacity(1 << 20, w),
             crc: crc32fast::Hasher::new(),
@@ -130,10 +327,12 @@ impl Hnsw {
         out.write_all(&snap.entry.to_le_bytes())?;
         let mut pos = 0;
         let mut bytes = Vec::with_capacity(self.dim * 4);
-        for id in 0..snap.nodes as u32 {
-            let level = self.store.level(id);
+        for i in 0..snap.nodes as u32 {
+            // The node's id in this index (they differ once compacted).
+            let id = snap.ids.as_ref().map_or(i, |ids| ids[i as usize]);
+            let level = usize::from(snap.levels[i as usize]);
             out.write_all(&self.store.label(id).to_le_bytes())?;
-            let flag = if snap.abandoned.contains(&id) {
+            let flag = if snap.abandoned.contains(&i) {
                 ABANDONED_BIT
             } else {
                 0
@@ -167,8 +366,11 @@ impl Hnsw {
         let nodes = self.allocated.load(Ordering::Acquire);
         let entry = self.entry.load(Ordering::Acquire);
         let mut words = Vec::with_capacity(nodes * (1 + 2 * self.params.m));
+        let mut levels = Vec::with_capacity(nodes);
         for id in 0..nodes as u32 {
-            for l in 0..=self.store.level(id) {
+            let level = self.store.level(id);
+            levels.push(level as u8);
+            for l in 0..=level {
                 let list = self.store.links(id, l);
                 let count = link_count(list);
                 words.push(count as u32);
@@ -180,6 +382,9 @@ impl Hnsw {
             entry,
             words,
             abandoned: self.abandoned.lock().values().copied().collect(),
+            ids: None,
+            levels,
+            out: self.reclaimed_ids(),
         }
     }
 
@@ -363,6 +568,79 @@ mod tests {
         let mut buf = Vec::new();
         h.write_to(&mut buf).unwrap();
         buf
+    }
+
+    /// Drops `share` of 3,000 nodes at random and checks the compacted
+    /// index read back: only the kept labels, a sound and fully findable
+    /// graph, and recall@10 against exact search over the kept vectors.
+    fn compaction_keeps_a_searchable_graph(share: f64, seed: u64) {
+        use crate::index::hnsw::tests::brute_force;
+        let vectors = random_unit_vectors(3000, 32, seed);
+        let params = HnswParams {
+            m: 8,
+            ef_construction: 60,
+            ef_search: 40,
+            seed,
+        };
+        let h = build(&vectors, params);
+        let dropped = |label: u64| {
+            let x = (label ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11;
+            (x as f64 / (1u64 << 53) as f64) < share
+        };
+        let mut buf = Vec::new();
+        h.write_compacted(&mut buf, &|l| !dropped(l)).unwrap();
+        let r = Hnsw::read_from(&mut buf.as_slice()).unwrap();
+        let kept: Vec<u64> = (0..3000).filter(|&l| !dropped(l)).collect();
+        let mut labels = r.labels();
+        labels.sort_unstable();
+        assert_eq!(
+            labels, kept,
+            "the compacted index holds exactly the kept labels"
+        );
+        r.check_integrity()
+            .unwrap_or_else(|e| panic!("compacted at {share}: {e}"));
+        // Against the uncompacted index searched with the dropped nodes
+        // filtered out (what recall did before the snapshot), at the same
+        // breadth.
+        let queries = random_unit_vectors(200, 32, seed + 1);
+        let (mut hits, mut hits_before) = (0, 0);
+        for q in &queries {
+            let truth = brute_force(&vectors, q, 10, |l| !dropped(l));
+            let found = |got: Vec<(u64, f32)>| {
+                got.iter()
+                    .filter(|(l, _)| truth.iter().any(|(t, _)| t == l))
+                    .count()
+            };
+            hits += found(r.search(q, 10, 40, &|_| true));
+            hits_before += found(h.search(q, 10, 40, &|l| !dropped(l)));
+        }
+        let (recall, before) = (hits as f64 / 2000.0, hits_before as f64 / 2000.0);
+        assert!(
+            recall >= before - 0.02,
+            "recall@10 after dropping {share}: {recall}, before compaction {before}"
+        );
+        // Compacting again with nothing more to drop changes nothing.
+        let mut again = Vec::new();
+        r.write_compacted(&mut again, &|_| true).unwrap();
+        assert_eq!(again, snapshot(&r));
+    }
+
+    #[test]
+    fn compaction_drops_nodes_and_keeps_the_graph_searchable() {
+        for (share, seed) in [(0.05, 1), (0.3, 2), (0.7, 3), (0.95, 4)] {
+            compaction_keeps_a_searchable_graph(share, seed);
+        }
+    }
+
+    #[test]
+    fn compaction_of_everything_writes_an_empty_index() {
+        let vectors = random_unit_vectors(50, 8, 9);
+        let h = build(&vectors, HnswParams::default());
+        let mut buf = Vec::new();
+        h.write_compacted(&mut buf, &|_| false).unwrap();
+        let r = Hnsw::read_from(&mut buf.as_slice()).unwrap();
+        assert!(r.is_empty());
+        assert!(r.search(&vectors[0], 5, 10, &|_| true).is_empty());
     }
 
     #[test]

@@ -27,7 +27,10 @@
 //! # Concurrency contract
 //! - A node's vector, code row and level are written once by the inserting
 //!   thread ([`NodeStore::init`]) *before* its id is published in any link
-//!   list; they are immutable afterwards.
+//!   list; they are immutable afterwards, until the node is reclaimed
+//!   (`Hnsw::reclaim`): unlinked from every list, then, once every reader
+//!   that could still hold its id has finished (a grace period), cleared
+//!   ([`NodeStore::clear`]) and given to a new node by `init`.
 //! - Link lists are arrays of `AtomicU32`: slot 0 holds the count, then the
 //!   neighbour ids. Writers hold the node's lock, store the ids and then the
 //!   count with `Release`; readers take no lock and load with `Acquire`, so
@@ -369,9 +372,9 @@ impl NodeStore {
     ///
     /// # Safety
     /// `id` must have been reserved by the caller (after [`Self::ensure`]),
-    /// `init` must be called once per id, and the id must not yet appear in
-    /// any link list or entry point, so no other thread reads the node
-    /// while it is written.
+    /// either new or reclaimed and cleared ([`Self::clear`]), and must not
+    /// appear in any link list or entry point, so no other thread reads the
+    /// node while it is written.
     pub(super) unsafe fn init(&self, id: u32, label: u64, level: usize, vector: &[f32]) {
         assert_eq!(vector.len(), self.dim);
         let (s, off) = self.slot(id);
@@ -402,6 +405,38 @@ impl NodeStore {
             self.upper_words.fetch_add(words, Ordering::Relaxed);
         }
         self.links(id, 0)[0].store(0, Ordering::Release);
+    }
+
+    /// Returns a reclaimed node's slot to its state before [`Self::init`]:
+    /// not ready, level 0, no upper lists (freed), an empty level-0 list
+    /// and no in-links; `init` can then give it to a new node.
+    ///
+    /// # Safety
+    /// No thread may read or write the node any more: it is linked from
+    /// nowhere, and every reader that could have reached it before it was
+    /// unlinked has finished (`Hnsw::reclaim`'s grace period).
+    pub(super) unsafe fn clear(&self, id: u32) {
+        let (s, off) = self.slot(id);
+        s.ready[off].store(false, Ordering::Release);
+        let level = usize::from(s.levels[off].load(Ordering::Relaxed));
+        let q = s.upper[off].swap(std::ptr::null_mut(), Ordering::AcqRel);
+        if !q.is_null() {
+            let words = level * self.stride_upper;
+            // SAFETY: created in `init` from a boxed slice of exactly
+            // `level * stride_upper` words; no one reads it any more (the
+            // caller's contract), and the pointer was taken out above.
+            drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(q, words)) });
+            self.upper_words.fetch_sub(words, Ordering::Relaxed);
+        }
+        s.levels[off].store(0, Ordering::Relaxed);
+        self.links(id, 0)[0].store(0, Ordering::Release);
+        s.in_links[off].store(0, Ordering::Release);
+    }
+
+    /// Marks a node as no longer complete (it is being reclaimed).
+    pub(super) fn clear_ready(&self, id: u32) {
+        let (s, off) = self.slot(id);
+        s.ready[off].store(false, Ordering::Release);
     }
 
     // The accessors below take ids of initialised nodes only: ids reach

@@ -143,6 +143,10 @@ pub fn seed_episode(seq: u64, with_vector: bool) -> engram_core::StoredEpisode {
         metadata: [("source".to_owned(), "engram-fuzz".to_owned())].into(),
         server_sequence: seq,
         committed_at_unix_nanos: 1_767_225_600_000_000_000 + 1000 * seq as i64,
+        // Every other one expires (a snapshot stores it beside the episode).
+        expires_at_unix_nanos: seq
+            .is_multiple_of(2)
+            .then_some(1_767_229_200_000_000_000 + seq as i64),
     }
 }
 

@@ -109,6 +109,7 @@ fn remember(r: pb::RememberRequest) {
 fn create_space(r: pb::CreateSpaceRequest) {
     space_id(&r.memory_space_id);
     let _ = server::vector_storage_request(r.vector_storage);
+    let _ = server::default_ttl_request(r.default_ttl_seconds);
 }
 
 fn timestamp(seconds: i64, nanos: i32) -> Option<prost_types::Timestamp> {
@@ -124,6 +125,8 @@ fn seed_episode() -> pb::Episode {
         encoding_confidence: Some(0.8),
         tags: vec!["social".to_owned(), "morning".to_owned()],
         metadata: [("place".to_owned(), "office".to_owned())].into(),
+        expires_at: None,
+        ttl_seconds: 3600.0,
     }
 }
 
@@ -232,6 +235,7 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
                 memory_space_id: "demo".to_owned(),
                 dimension: 384,
                 vector_storage: pb::VectorStorage::Compact as i32,
+                default_ttl_seconds: Some(86_400.0),
             }
             .encode_to_vec(),
         ),

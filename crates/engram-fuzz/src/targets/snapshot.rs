@@ -82,11 +82,26 @@ pub fn claims_a_huge_table(data: &[u8]) -> bool {
             if version >= 3 {
                 c.take(4)?;
             }
+            if version >= 4 {
+                // The default time to live.
+                c.take(8)?;
+            }
             for _ in 0..episodes {
                 // From a slice, bincode checks each length against what is
                 // left; the encoding's size is what it read.
                 let e: StoredEpisode = bincode::deserialize(&data[c.pos..]).ok()?;
                 c.take(usize::try_from(bincode::serialized_size(&e).ok()?).ok()?)?;
+                if version >= 4 {
+                    // The expiry: an `Option<i64>` (a tag byte, then 8 bytes
+                    // when set).
+                    match c.take(1)?[0] {
+                        0 => {}
+                        1 => {
+                            c.take(8)?;
+                        }
+                        _ => return Some(false),
+                    }
+                }
             }
             let len = hnsw_len(&data[c.pos..])?;
             c.take(len + 4)?;
@@ -279,9 +294,9 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
         ]
     };
     vec![
-        ("snapshot-v3-spaces.snap".to_owned(), written(three(), 12)),
+        ("snapshot-v4-spaces.snap".to_owned(), written(three(), 12)),
         (
-            "snapshot-v3-no-spaces.snap".to_owned(),
+            "snapshot-v4-no-spaces.snap".to_owned(),
             written(Vec::new(), 1),
         ),
         (

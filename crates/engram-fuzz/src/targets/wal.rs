@@ -213,6 +213,25 @@ fn seed_records() -> Vec<WalRecord> {
             episode: super::seed_episode(1, true),
         },
         WalRecord::DeleteSpace { space: docs },
+        WalRecord::CreateSpaceWithTtl {
+            space: space("ttl"),
+            dimension: 4,
+            vector_storage: VectorStorage::Memory,
+            default_ttl_nanos: 3_600_000_000_000,
+        },
+        WalRecord::ObserveExpiring {
+            space: space("ttl"),
+            episode: super::seed_episode(1, true),
+            expires_at_unix_nanos: 1_767_229_200_000_000_000,
+        },
+        WalRecord::Observe {
+            space: space("ttl"),
+            episode: super::seed_episode(2, true),
+        },
+        WalRecord::Expire {
+            space: space("ttl"),
+            server_sequences: vec![1],
+        },
     ]);
     records
 }

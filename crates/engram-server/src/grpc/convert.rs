@@ -36,7 +36,16 @@ pub fn timestamp(nanos: i64) -> Timestamp {
 /// # Errors
 /// INVALID_ARGUMENT for a bad timestamp.
 pub fn episode_input(e: pb::Episode) -> Result<EpisodeInput, Status> {
+    let expires_at = e
+        .expires_at
+        .as_ref()
+        .map(|t| nanos("episode.expires_at", t))
+        .transpose()?;
+    let ttl = (e.ttl_seconds != 0.0).then_some(e.ttl_seconds);
+    let expiry = engram_core::model::Expiry::from_wire(expires_at, ttl)
+        .map_err(|err| Status::invalid_argument(err.to_string()))?;
     Ok(EpisodeInput {
+        expiry,
         id: Some(e.id).filter(|s| !s.is_empty()),
         when_unix_nanos: e
             .when
@@ -49,6 +58,17 @@ pub fn episode_input(e: pb::Episode) -> Result<EpisodeInput, Status> {
         tags: e.tags,
         metadata: e.metadata.into_iter().collect(),
     })
+}
+
+/// A create request's default TTL: unset leaves it unspecified, 0 is none.
+///
+/// # Errors
+/// INVALID_ARGUMENT when negative, not finite or above 100 years.
+pub fn default_ttl_request(
+    secs: Option<f64>,
+) -> Result<Option<Option<std::time::Duration>>, Status> {
+    engram_core::model::default_ttl_from_secs(secs)
+        .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 /// # Errors
@@ -113,6 +133,8 @@ pub fn episode(e: &StoredEpisode, embedding: Option<&[f32]>) -> pb::Episode {
         encoding_confidence: Some(e.encoding_confidence),
         tags: e.tags.clone(),
         metadata: e.metadata.clone().into_iter().collect(),
+        expires_at: e.expires_at_unix_nanos.map(timestamp),
+        ttl_seconds: 0.0,
     }
 }
 
@@ -176,6 +198,8 @@ pub fn space_info(i: &SpaceInfo) -> pb::SpaceInfo {
             vectors_on_disk: i.memory.vectors_on_disk,
         }),
         vector_storage: vector_storage(i.vector_storage) as i32,
+        default_ttl_seconds: i.default_ttl.map_or(0.0, |t| t.as_secs_f64()),
+        expired_count: i.expired_count,
     }
 }
 

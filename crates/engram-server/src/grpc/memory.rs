@@ -94,9 +94,10 @@ impl Memory for MemoryService {
         let req = req.into_inner();
         let dimension = (req.dimension > 0).then_some(req.dimension as usize);
         let vector_storage = convert::vector_storage_request(req.vector_storage)?;
+        let default_ttl = convert::default_ttl_request(req.default_ttl_seconds)?;
         let (info, created) = self
             .engine()?
-            .create_space_with(&req.memory_space_id, dimension, vector_storage)
+            .create_space_with_ttl(&req.memory_space_id, dimension, vector_storage, default_ttl)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::CreateSpaceResponse {

@@ -262,6 +262,11 @@ struct FaultsJson {
     /// stop and the server exits non-zero.
     #[serde(default)]
     kill_commit: bool,
+    /// Moves the engine's expiry clock forward by this many seconds
+    /// (cumulative; it never goes back): memories whose expiry it passes
+    /// stop being recalled at once and are purged within a second.
+    #[serde(default)]
+    advance_clock_seconds: Option<f64>,
 }
 
 #[derive(serde::Deserialize)]
@@ -289,6 +294,16 @@ async fn admin_faults(
     let faults = engine
         .faults()
         .expect("admin_engine checked fault injection");
+    // Checked before anything is armed: a bad body changes nothing.
+    if let Some(secs) = body.advance_clock_seconds {
+        if !secs.is_finite() || !(0.0..=engram_core::model::MAX_TTL.as_secs_f64()).contains(&secs) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                format!("invalid advance_clock_seconds: {secs}; expected 0 to 100 years in seconds (the clock only moves forward)"),
+            ));
+        }
+    }
     if let Some(w) = body.kill_worker {
         faults.kill_worker(w);
     }
@@ -310,7 +325,13 @@ async fn admin_faults(
     if body.kill_commit {
         faults.kill_commit_thread();
     }
+    if let Some(secs) = body.advance_clock_seconds {
+        engine
+            .clock()
+            .advance(std::time::Duration::from_secs_f64(secs));
+    }
     Ok(Json(json!({
+        "clock_offset_seconds": engine.clock().offset().as_secs_f64(),
         "kills_armed": faults.kills_armed(),
         "worker_restarts": engine.worker_restarts(),
         "queue_depth": engine.queue_depth(),

@@ -43,6 +43,11 @@ pub struct EpisodeJson {
     tags: Vec<String>,
     #[serde(default)]
     metadata: BTreeMap<String, String>,
+    /// RFC 3339; at most one of this and `ttl_seconds`.
+    #[serde(default)]
+    expires_at: Option<String>,
+    #[serde(default)]
+    ttl_seconds: Option<f64>,
 }
 
 /// `Cue` as JSON.
@@ -123,6 +128,9 @@ pub struct CreateSpaceJson {
     /// with the engine's `invalid vector_storage: ...` message.
     #[serde(default)]
     vector_storage: Option<String>,
+    /// Seconds; absent: unspecified (an existing space matches any), 0: none.
+    #[serde(default)]
+    default_ttl_seconds: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,7 +171,14 @@ pub(crate) fn format_time(nanos: i64) -> String {
 
 impl EpisodeJson {
     pub(crate) fn into_input(self) -> Result<EpisodeInput, ApiError> {
+        let expires_at = self
+            .expires_at
+            .as_deref()
+            .map(|t| parse_time("episode.expires_at", t))
+            .transpose()?;
+        let expiry = engram_core::model::Expiry::from_wire(expires_at, self.ttl_seconds)?;
         Ok(EpisodeInput {
+            expiry,
             id: self.id,
             when_unix_nanos: self
                 .when
@@ -212,6 +227,9 @@ pub(crate) struct EpisodeOut<'a> {
     encoding_confidence: f32,
     tags: &'a [String],
     metadata: &'a BTreeMap<String, String>,
+    /// RFC 3339, when the memory expires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -237,6 +255,7 @@ pub(crate) fn recalled_out(m: &RecalledMemory, include_embeddings: bool) -> Reca
             encoding_confidence: e.encoding_confidence,
             tags: &e.tags,
             metadata: &e.metadata,
+            expires_at: e.expires_at_unix_nanos.map(format_time),
         },
         similarity: m.similarity,
         score: m.score,
@@ -259,6 +278,8 @@ fn space_json(info: &SpaceInfo) -> serde_json::Value {
         "quarantined_count": info.quarantined_count,
         "memory_bytes": info.memory,
         "vector_storage": info.vector_storage,
+        "default_ttl_seconds": info.default_ttl.map_or(0.0, |t| t.as_secs_f64()),
+        "expired_count": info.expired_count,
     })
 }
 
@@ -333,8 +354,9 @@ pub async fn create_space(
         .as_deref()
         .map(str::parse::<VectorStorage>)
         .transpose()?;
+    let default_ttl = engram_core::model::default_ttl_from_secs(req.default_ttl_seconds)?;
     let (info, created) = engine
-        .create_space_with(&space_id, req.dimension, vector_storage)
+        .create_space_with_ttl(&space_id, req.dimension, vector_storage, default_ttl)
         .await?;
     let status = if created {
         StatusCode::CREATED
@@ -528,6 +550,7 @@ pub async fn list_memories(
                     encoding_confidence: e.encoding_confidence,
                     tags: &e.tags,
                     metadata: &e.metadata,
+                    expires_at: e.expires_at_unix_nanos.map(format_time),
                 },
                 "server_sequence": e.server_sequence,
             })
