@@ -209,18 +209,30 @@ pub fn write(fs: &dyn FileSystem, data_dir: &Path, capture: &Capture) -> Result<
         w.write_all(&capture.next_lsn.to_le_bytes())?;
         w.write_all(&(capture.spaces.len() as u32).to_le_bytes())?;
         for sc in &capture.spaces {
+            let index = sc.space.index();
+            // No index node is deleted while this space is written. One
+            // deleted since the capture belongs to a memory forgotten or
+            // expired since (the WAL after the cut says so): such a memory
+            // is left out here if its episode relies on the node for its
+            // vector, which replaying that record would remove anyway.
+            let _no_deletes = index.hold_nodes();
+            let episodes: Vec<&Arc<StoredEpisode>> = sc
+                .episodes
+                .iter()
+                .filter(|e| e.holds_embedding() || index.contains(e.server_sequence))
+                .collect();
             let header = SpaceHeader {
                 id: sc.space.id().clone(),
                 dimension: sc.space.dimension(),
                 last_seq: sc.last_seq,
-                episodes: sc.episodes.len() as u64,
+                episodes: episodes.len() as u64,
                 vector_storage: sc.space.vector_storage(),
                 default_ttl_nanos: sc.space.default_ttl().map_or(0, |t| {
                     u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1)
                 }),
             };
             bincode::serialize_into(&mut w, &header).map_err(io::Error::other)?;
-            for e in &sc.episodes {
+            for e in &episodes {
                 bincode::serialize_into(&mut w, e.as_ref()).map_err(io::Error::other)?;
                 bincode::serialize_into(&mut w, &e.expires_at_unix_nanos)
                     .map_err(io::Error::other)?;
@@ -229,9 +241,9 @@ pub fn write(fs: &dyn FileSystem, data_dir: &Path, capture: &Capture) -> Result<
             // sequences after the capture (their episodes come from the
             // WAL); nodes of forgotten and expired memories, and retired
             // ones, are left out.
-            let captured: Vec<u64> = sc.episodes.iter().map(|e| e.server_sequence).collect();
+            let captured: Vec<u64> = episodes.iter().map(|e| e.server_sequence).collect();
             let last_seq = sc.last_seq;
-            sc.space.index().write_compacted(&mut w, &|label| {
+            index.write_compacted(&mut w, &|label| {
                 captured.binary_search(&label).is_ok()
                     || (label > last_seq && !Hnsw::is_retired_label(label))
             })?;
@@ -541,4 +553,71 @@ fn load(
         spaces,
         path,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commit::SpaceCapture;
+    use crate::index::HnswParams;
+
+    fn unit(seq: u64) -> Vec<f32> {
+        let v: Vec<f32> = (0..4)
+            .map(|d| ((seq * 7 + d * 13) % 11) as f32 - 5.0 + 0.5)
+            .collect();
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter().map(|x| x / n).collect()
+    }
+
+    /// A memory captured as live, then forgotten and its index node
+    /// deleted before the snapshot thread writes the index: the snapshot
+    /// still loads (the memory is left out; the WAL's forget record is
+    /// what removes it at replay).
+    #[test]
+    fn a_node_deleted_after_the_capture_leaves_a_loadable_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let space = Arc::new(Space::new(
+            SpaceId::parse("s").unwrap(),
+            4,
+            HnswParams::default(),
+        ));
+        for seq in 1..=300u64 {
+            let e = StoredEpisode {
+                id: format!("e{seq}"),
+                when_unix_nanos: 0,
+                what: String::new(),
+                embedding: Arc::from(unit(seq)),
+                encoding_confidence: 1.0,
+                tags: Vec::new(),
+                metadata: Default::default(),
+                server_sequence: seq,
+                committed_at_unix_nanos: 0,
+                expires_at_unix_nanos: None,
+            };
+            space.apply_observe(Arc::new(e));
+            assert!(space.index().insert(seq, &unit(seq)));
+            space.mark_indexed(seq);
+        }
+        let capture = Capture {
+            next_lsn: 7,
+            spaces: vec![SpaceCapture {
+                space: space.clone(),
+                last_seq: 300,
+                episodes: space.read().live_episodes().cloned().collect(),
+            }],
+        };
+        for seq in 1..=100 {
+            assert!(space.apply_forget(seq));
+        }
+        assert_eq!(space.reclaim_index(true), 100);
+        let fs = crate::fs::os();
+        write(&*fs, dir.path(), &capture).unwrap();
+        let loaded = load_latest(&*fs, dir.path(), &dir.path().join("vectors"))
+            .unwrap()
+            .expect("the snapshot loads");
+        let ls = &loaded.spaces[0];
+        assert_eq!(ls.episodes.len(), 200);
+        assert_eq!(ls.space.index().len(), 200);
+        ls.space.index().check_integrity().unwrap();
+    }
 }

@@ -472,7 +472,12 @@ impl Space {
                 .filter(|&l| Hnsw::is_retired_label(l) || (l <= visible && st.episode(l).is_none()))
                 .collect()
         };
-        self.dead_in_index.fetch_sub(estimate, Ordering::AcqRel);
+        // Saturating: a forced reclaim may run beside the background one.
+        let _ = self
+            .dead_in_index
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(estimate))
+            });
         if dead.is_empty() {
             return 0;
         }

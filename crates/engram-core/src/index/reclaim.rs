@@ -260,6 +260,14 @@ impl Hnsw {
         }
     }
 
+    /// Holds deletions off while the guard lives: no node is deleted by
+    /// [`Hnsw::reclaim`] meanwhile (a snapshot holds it from before it
+    /// writes a space's episodes until its index is written, so an episode
+    /// stored without its vector finds its node).
+    pub fn hold_nodes(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.reclaim_lock.lock()
+    }
+
     /// Node ids out of the graph (reclaimed, cleared or not yet).
     pub(super) fn reclaimed_ids(&self) -> HashSet<u32> {
         self.reclaimed.lock().out.clone()
