@@ -581,17 +581,23 @@ impl DrainMeter {
         self.in_window += indexed as u64;
     }
 
-    /// The smoothed rate; before the first window has closed, a provisional
-    /// one from the open window once it spans [`PROVISIONAL_AFTER`] and
-    /// has seen work (so the first SLOW_DOWN already carries a rate);
-    /// None before that.
+    /// The smoothed rate; while no closed window has seen work (none has
+    /// closed yet, or every one closed idle, e.g. while indexing was
+    /// paused), a provisional one from the open window once it spans
+    /// [`PROVISIONAL_AFTER`] and has seen work, so the first SLOW_DOWN
+    /// after idle time already carries a rate; otherwise the smoothed rate
+    /// (0 after idle windows only) or None.
     fn rate(&mut self, now: Instant) -> Option<f64> {
         self.roll(now);
-        self.rate.or_else(|| {
+        let provisional = || {
             let elapsed = now.saturating_duration_since(self.window_start);
             (elapsed >= PROVISIONAL_AFTER && self.in_window > 0)
                 .then(|| self.in_window as f64 / elapsed.as_secs_f64())
-        })
+        };
+        match self.rate {
+            Some(r) if r > 0.0 => Some(r),
+            known => provisional().or(known),
+        }
     }
 }
 
@@ -1602,6 +1608,19 @@ mod tests {
         m.record(t0 + Duration::from_millis(1500), 300);
         assert_eq!(m.rate(t0 + Duration::from_secs(2)), Some(200.0));
         assert_eq!(m.rate(t0 + Duration::from_secs(4)), Some(100.0));
+
+        // Idle windows only (indexing paused), then work in the open
+        // window: its provisional rate, not the idle 0 (a SLOW_DOWN sent
+        // then used to advise a rate of 0).
+        let mut m = DrainMeter::new(t0);
+        assert_eq!(m.rate(t0 + Duration::from_secs(3)), Some(0.0));
+        m.record(t0 + Duration::from_millis(3100), 40);
+        assert_eq!(m.rate(t0 + Duration::from_millis(3050)), Some(0.0));
+        assert_eq!(
+            m.rate(t0 + Duration::from_millis(3200)),
+            Some(200.0),
+            "provisional after idle windows"
+        );
 
         for excess in [0, 1, 5, 1_000, 1_000_000, usize::MAX] {
             for rate in [
