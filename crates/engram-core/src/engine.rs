@@ -835,6 +835,18 @@ impl Engine {
         Ok(())
     }
 
+    /// Fault injection: the next `count` reclaims of `space`'s index panic
+    /// before they change anything (the background reclaim catches the
+    /// panic and tries again a second later).
+    ///
+    /// # Errors
+    /// As [`Engine::inject_insert_panics`].
+    pub fn inject_reclaim_panics(&self, space: &str, count: u32) -> Result<()> {
+        let space = self.fault_space(space)?;
+        space.index().inject_reclaim_panics(count);
+        Ok(())
+    }
+
     /// Fault injection: every HNSW insert of memory `memory_id` of `space`
     /// panics, like a task that can never be indexed (until a restart).
     ///

@@ -179,11 +179,7 @@ impl SpaceState {
     /// Sequences of live episodes expired as of `now` (not purged yet),
     /// ascending.
     pub fn expired_as_of(&self, now: i64) -> Vec<u64> {
-        let mut seqs: Vec<u64> = self
-            .expiring
-            .range(..=(now, u64::MAX))
-            .map(|&(_, seq)| seq)
-            .collect();
+        let mut seqs = self.due_for_purge(now, usize::MAX);
         seqs.sort_unstable();
         seqs
     }
@@ -472,16 +468,20 @@ impl Space {
                 .filter(|&l| Hnsw::is_retired_label(l) || (l <= visible && st.episode(l).is_none()))
                 .collect()
         };
-        // Saturating: a forced reclaim may run beside the background one.
+        let deleted = if dead.is_empty() {
+            0
+        } else {
+            self.index.reclaim(&|l| dead.contains(&l))
+        };
+        // Only once done: a reclaim that panics leaves the estimate, and
+        // the next pass tries again. Saturating: a forced reclaim may run
+        // beside the background one.
         let _ = self
             .dead_in_index
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
                 Some(v.saturating_sub(estimate))
             });
-        if dead.is_empty() {
-            return 0;
-        }
-        self.index.reclaim(&|l| dead.contains(&l))
+        deleted
     }
 
     /// Whether the episode is still live (indexing skips forgotten ones).

@@ -178,11 +178,17 @@ async fn nothing_expired_is_ever_recalled_or_listed_in_either_tier() {
 
 /// The background reclaim deletes the index nodes of purged memories once
 /// they are many enough (here 300 of 400): the index's vector count, as
-/// `/metrics` reports it, falls to the live count without anyone asking.
+/// `/metrics` reports it, falls to the live count without anyone asking,
+/// even though its first attempt panics (the thread catches it and tries
+/// again a second later).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_background_reclaim_deletes_purged_memories_index_nodes() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(config(dir.path())).unwrap();
+    let engine = Engine::open(EngineConfig {
+        fault_injection: true,
+        ..config(dir.path())
+    })
+    .unwrap();
     let vecs = random_vectors(400, DIM, 8);
     for (i, v) in vecs.iter().enumerate() {
         let mut input = episode(&format!("g{i}"), v.clone());
@@ -199,6 +205,7 @@ async fn the_background_reclaim_deletes_purged_memories_index_nodes() {
             .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
     };
     assert_eq!(vectors(&engine), Some(400));
+    engine.inject_reclaim_panics("gc", 1).unwrap();
     engine.clock().advance(Duration::from_secs(31));
     wait_for("the background reclaim", Duration::from_secs(30), || {
         vectors(&engine) == Some(100)
@@ -208,6 +215,40 @@ async fn the_background_reclaim_deletes_purged_memories_index_nodes() {
         let top = &engine.recall("gc", cue(v, 1)).unwrap().memories[0];
         assert_eq!(top.episode.id, format!("g{i}"));
     }
+    engine.shutdown();
+}
+
+/// A mass expiry larger than one purge pass (4,096 a space) falls behind
+/// and catches up: the background purge takes it over several passes,
+/// recall leaves all of it out from the first instant, and nothing else
+/// waits (a write in the meantime is acked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mass_expiry_is_purged_over_several_passes_and_hidden_throughout() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(config_with(dir.path(), engram_core::wal::SyncPolicy::None)).unwrap();
+    let vecs = random_vectors(10_000, DIM, 12);
+    for (i, v) in vecs.iter().enumerate() {
+        let mut input = episode(&format!("x{i}"), v.clone());
+        input.expiry = (i >= 100).then_some(Expiry::After(Duration::from_secs(30)));
+        engine.remember("mass", input).await.unwrap();
+    }
+    engine.clock().advance(Duration::from_secs(31));
+    for v in vecs.iter().step_by(97) {
+        let found = engine.recall("mass", cue(v, 10)).unwrap().memories;
+        assert_eq!(found.len(), 10);
+        for m in &found {
+            let i: usize = m.episode.id[1..].parse().unwrap();
+            assert!(i < 100, "x{i} expired but was recalled");
+        }
+    }
+    engine
+        .remember("mass", episode("during", vecs[0].clone()))
+        .await
+        .unwrap();
+    wait_for("the mass purge", Duration::from_secs(60), || {
+        engine.describe_space("mass").unwrap().expired_count == 9_900
+    });
+    assert_eq!(engine.describe_space("mass").unwrap().count, 101);
     engine.shutdown();
 }
 

@@ -405,14 +405,12 @@ async fn expired_memories_vanish_on_every_transport_and_stay_gone_after_a_restar
     assert_eq!(list.keys().cloned().collect::<BTreeSet<_>>(), expected(61));
     // ...and purged within seconds, counted.
     let gone_60 = (170 - expected(61).len()) as u64;
-    let until = std::time::Instant::now() + WAIT;
-    while describe(&http, &server).await["expired_count"] != gone_60 {
-        assert!(
-            std::time::Instant::now() < until,
-            "the purge did not count {gone_60}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let space_path = format!("/v1/spaces/{SPACE}");
+    server
+        .get_until(&http, &space_path, WAIT, "the purge to count", |_, v| {
+            v["expired_count"] == gone_60
+        })
+        .await;
     let info = describe(&http, &server).await;
     assert_eq!(info["count"], expected(61).len());
     assert_eq!(info["default_ttl_seconds"], 3600.0);
@@ -428,11 +426,12 @@ async fn expired_memories_vanish_on_every_transport_and_stay_gone_after_a_restar
     advance_clock(&http, &server, 60.0).await;
     let now = recalled_everywhere(&client, &http, &server, &mut ws, &q).await;
     assert_eq!(now.keys().cloned().collect::<BTreeSet<_>>(), expected(121));
-    let until = std::time::Instant::now() + WAIT;
-    while describe(&http, &server).await["count"] != expected(121).len() {
-        assert!(std::time::Instant::now() < until, "the second purge");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let left = expected(121).len();
+    server
+        .get_until(&http, &space_path, WAIT, "the second purge", |_, v| {
+            v["count"] == left
+        })
+        .await;
     let before_restart = listed(&client, &http, &server).await;
     drop(ws);
 

@@ -27,10 +27,18 @@ async fn listing_while_writers_run_returns_each_earlier_memory_exactly_once() {
 
     // Two writers stream until told to stop, recording what was acked.
     let acked: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+    // How many are acked so far, for waiting on it.
+    let (count_tx, mut count_rx) = tokio::sync::watch::channel(0usize);
+    let count_tx = Arc::new(count_tx);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writers = Vec::new();
     for w in 0..2 {
-        let (client, acked, stop) = (client.clone(), acked.clone(), stop.clone());
+        let (client, acked, stop, count_tx) = (
+            client.clone(),
+            acked.clone(),
+            stop.clone(),
+            count_tx.clone(),
+        );
         writers.push(tokio::spawn(async move {
             let (sender, mut acks) = client.observe_stream("ls").await.unwrap();
             let mut i = 0u64;
@@ -51,6 +59,7 @@ async fn listing_while_writers_run_returns_each_earlier_memory_exactly_once() {
                     .unwrap();
                 if let Answer::Accepted(_) = acks.recv().await.unwrap().unwrap() {
                     acked.lock().unwrap().push((id, even));
+                    count_tx.send_modify(|n| *n += 1);
                 }
                 i += 1;
             }
@@ -58,10 +67,10 @@ async fn listing_while_writers_run_returns_each_earlier_memory_exactly_once() {
         }));
     }
     let until = Instant::now() + WAIT;
-    while acked.lock().unwrap().len() < 600 {
-        assert!(Instant::now() < until, "the writers did not get going");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    tokio::time::timeout(WAIT, count_rx.wait_for(|&n| n >= 600))
+        .await
+        .expect("the writers did not get going")
+        .unwrap();
 
     // gRPC, no filter, small pages, while the writers go on.
     let before: Vec<(String, bool)> = acked.lock().unwrap().clone();

@@ -164,6 +164,8 @@ pub struct Hnsw {
     pub(super) reclaimed: Mutex<super::reclaim::Reclaimed>,
     /// One reclaim at a time.
     pub(super) reclaim_lock: Mutex<()>,
+    /// Fault injection: reclaims still to panic ([`Hnsw::inject_reclaim_panics`]).
+    pub(super) reclaim_panics: AtomicU32,
 }
 
 /// Panics to raise halfway through inserts (after the node's own links are
@@ -278,6 +280,7 @@ impl Hnsw {
             readers: Default::default(),
             reclaimed: Default::default(),
             reclaim_lock: Mutex::new(()),
+            reclaim_panics: AtomicU32::new(0),
         })
     }
 

@@ -183,9 +183,8 @@ impl Hnsw {
             new_id[id as usize] = i as u32;
         }
         let mut lists: Vec<Vec<Vec<u32>>> = Vec::with_capacity(order.len());
-        let mut candidates: Vec<u32> = Vec::new();
-        let mut pairs: Vec<(f32, u32)> = Vec::new();
         let mut chosen = Vec::new();
+        let gone = |x: u32| !kept[x as usize];
         for &id in &order {
             let level = usize::from(snap.levels[id as usize]);
             let mut own = Vec::with_capacity(level + 1);
@@ -200,27 +199,7 @@ impl Hnsw {
                     own.push(links.to_vec());
                     continue;
                 }
-                candidates.clear();
-                for &x in links {
-                    if kept[x as usize] {
-                        candidates.push(x);
-                        continue;
-                    }
-                    for &y in list(x, l) {
-                        if kept[y as usize] {
-                            candidates.push(y);
-                        } else {
-                            candidates.extend(list(y, l).iter().filter(|&&z| kept[z as usize]));
-                        }
-                    }
-                }
-                candidates.retain(|&c| c != id);
-                candidates.sort_unstable();
-                candidates.dedup();
-                pairs.clear();
-                pairs.extend(candidates.iter().map(|&c| (self.store.sim_nodes(id, c), c)));
-                pairs.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-                self.select_neighbours(&pairs, max, &mut chosen);
+                self.reselect_around(id, links, max, &|x| list(x, l).to_vec(), &gone, &mut chosen);
                 own.push(chosen.clone());
             }
             lists.push(own);

@@ -102,6 +102,13 @@ impl Hnsw {
     /// deleted here can be inserted again (as a new node).
     pub fn reclaim(&self, dead: &dyn Fn(u64) -> bool) -> usize {
         let _one = self.reclaim_lock.lock();
+        if self
+            .reclaim_panics
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            panic!("injected fault: panic at the start of a reclaim");
+        }
         let doomed: Vec<u32> = {
             let _gate = self.gate.write();
             let n = self.allocated.load(Ordering::Acquire);
@@ -143,6 +150,47 @@ impl Hnsw {
         doomed.len()
     }
 
+    /// The neighbours `id` keeps on a level whose list `cur` names nodes
+    /// that are leaving (`gone`), into `out`: its staying neighbours and
+    /// the staying neighbours of its leaving ones, two hops through
+    /// leaving nodes (`neighbours` gives a node's list on that level),
+    /// re-selected with the insert's heuristic up to `cap` (FreshDiskANN's
+    /// delete consolidation). Shared by in-place deletion and snapshot
+    /// compaction.
+    pub(super) fn reselect_around(
+        &self,
+        id: u32,
+        cur: &[u32],
+        cap: usize,
+        neighbours: &dyn Fn(u32) -> Vec<u32>,
+        gone: &dyn Fn(u32) -> bool,
+        out: &mut Vec<u32>,
+    ) {
+        let mut candidates = Vec::new();
+        for &x in cur {
+            if !gone(x) {
+                candidates.push(x);
+                continue;
+            }
+            for y in neighbours(x) {
+                if !gone(y) {
+                    candidates.push(y);
+                } else {
+                    candidates.extend(neighbours(y).into_iter().filter(|&z| !gone(z)));
+                }
+            }
+        }
+        candidates.retain(|&c| c != id);
+        candidates.sort_unstable();
+        candidates.dedup();
+        let mut pairs: Vec<(f32, u32)> = candidates
+            .iter()
+            .map(|&c| (self.store.sim_nodes(id, c), c))
+            .collect();
+        pairs.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        self.select_neighbours(&pairs, cap, out);
+    }
+
     /// Repairs every live node's lists around the dead nodes, keeps every
     /// live node's level-0 in-link, and moves the entry point off a dead
     /// node. Under the exclusive gate.
@@ -157,39 +205,16 @@ impl Hnsw {
                 .map(|w| w.load(Ordering::Acquire))
                 .collect()
         };
-        let mut candidates = Vec::new();
-        let mut pairs: Vec<(f32, u32)> = Vec::new();
         let mut chosen = Vec::new();
+        let gone = |x: u32| !live(x);
         for id in (0..n as u32).filter(|&id| live(id) && self.store.is_ready(id)) {
             for l in 0..=self.store.level(id) {
                 let cur = list_of(id, l);
                 if cur.iter().all(|&x| !is_dead[x as usize]) {
                     continue;
                 }
-                candidates.clear();
-                for &x in &cur {
-                    if !is_dead[x as usize] {
-                        candidates.push(x);
-                        continue;
-                    }
-                    for y in list_of(x, l) {
-                        if !is_dead[y as usize] {
-                            candidates.push(y);
-                        } else {
-                            candidates.extend(
-                                list_of(y, l).into_iter().filter(|&z| !is_dead[z as usize]),
-                            );
-                        }
-                    }
-                }
-                candidates.retain(|&c| c != id && live(c));
-                candidates.sort_unstable();
-                candidates.dedup();
-                pairs.clear();
-                pairs.extend(candidates.iter().map(|&c| (self.store.sim_nodes(id, c), c)));
-                pairs.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
                 let cap = self.store.links(id, l).len() - 1;
-                self.select_neighbours(&pairs, cap, &mut chosen);
+                self.reselect_around(id, &cur, cap, &|x| list_of(x, l), &gone, &mut chosen);
                 let _g = self.store.lock(id);
                 Hnsw::write_list(self.store.links(id, l), &chosen);
                 if l == 0 {
@@ -258,6 +283,12 @@ impl Hnsw {
                 break;
             }
         }
+    }
+
+    /// Fault injection: the next `n` reclaims panic before they change
+    /// anything.
+    pub fn inject_reclaim_panics(&self, n: u32) {
+        self.reclaim_panics.fetch_add(n, Ordering::AcqRel);
     }
 
     /// Holds deletions off while the guard lives: no node is deleted by
@@ -407,6 +438,63 @@ mod tests {
         }
         h.check_integrity().unwrap();
         assert_eq!(h.search(&vectors[7], 1, 40, &|_| true)[0].0, 1007);
+    }
+
+    /// A reader that hangs (here: a registration held by the test) holds
+    /// back only the reclaim that waits for it: searches and inserts go
+    /// on meanwhile, and the deleted slots are not reused until it leaves.
+    #[test]
+    fn a_hung_reader_holds_back_only_the_reclaim() {
+        let vectors = random_unit_vectors(600, 16, 41);
+        let h = Arc::new(build(&vectors[..500], params(41)));
+        let hung = h.readers.enter();
+        let (h2, done) = (h.clone(), Arc::new(AtomicBool::new(false)));
+        let done2 = done.clone();
+        let reclaimer = std::thread::spawn(move || {
+            let n = h2.reclaim(&|l| l < 100);
+            done2.store(true, Ordering::Release);
+            n
+        });
+        // The deleted labels are unlinked at once; the reclaim then waits.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while (0..100).any(|l| h.contains(l)) {
+            assert!(
+                std::time::Instant::now() < until,
+                "the reclaim never unlinked"
+            );
+            std::thread::yield_now();
+        }
+        for (i, v) in vectors.iter().enumerate().skip(500) {
+            assert!(h.insert(i as u64, v), "an insert while the reclaim waits");
+            assert_eq!(h.search(v, 1, 40, &|_| true)[0].0, i as u64);
+        }
+        assert!(
+            !done.load(Ordering::Acquire),
+            "the reclaim did not wait for the reader"
+        );
+        assert_eq!(
+            h.free_slots(),
+            0,
+            "no slot freed while a reader may hold it"
+        );
+        drop(hung);
+        assert_eq!(reclaimer.join().unwrap(), 100);
+        assert_eq!(h.free_slots(), 100);
+        h.check_integrity().unwrap();
+    }
+
+    #[test]
+    fn an_injected_panic_leaves_the_index_unchanged_and_the_next_reclaim_works() {
+        let vectors = random_unit_vectors(300, 16, 43);
+        let h = build(&vectors, params(43));
+        h.inject_reclaim_panics(1);
+        let panicked =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.reclaim(&|l| l < 50)));
+        assert!(panicked.is_err());
+        assert_eq!(h.len(), 300);
+        h.check_integrity().unwrap();
+        assert_eq!(h.reclaim(&|l| l < 50), 50);
+        h.check_integrity().unwrap();
     }
 
     /// Searches, scans, inserts, snapshots and reclaims all at once: every
