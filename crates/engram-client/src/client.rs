@@ -176,6 +176,7 @@ impl StreamingClient {
             cue: Some(cue),
             batch_size: self.options.recall_batch_size,
             include_embeddings: false,
+            after: None,
         })
         .await
     }
@@ -216,11 +217,25 @@ impl StreamingClient {
 
     /// Recalls in one response (unary).
     pub async fn recall(&self, space: &str, cue: Cue) -> Result<RecallResponse> {
+        self.recall_after(space, cue, None).await
+    }
+
+    /// [`recall`](Self::recall) that, in cluster mode, sees at least the
+    /// write whose ack carried `token` (`RememberResponse::token`), on
+    /// whichever node it is asked: the partition's owner waits, bounded,
+    /// until it has applied that write.
+    pub async fn recall_after(
+        &self,
+        space: &str,
+        cue: Cue,
+        token: Option<engram_proto::v1::ConsistencyToken>,
+    ) -> Result<RecallResponse> {
         let request = RecallRequest {
             memory_space_id: space.to_owned(),
             cue: Some(cue),
             batch_size: 0,
             include_embeddings: false,
+            after: token,
         };
         Ok(self.memory.clone().recall(request).await?.into_inner())
     }

@@ -136,6 +136,10 @@ pub struct ServerConfig {
     pub security: SecurityConfig,
     pub limits: LimitsConfig,
     pub engine: EngineConfig,
+    /// Cluster mode (docs/operations/cluster.md); absent: the embedded
+    /// single node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Default for ServerConfig {
@@ -147,6 +151,7 @@ impl Default for ServerConfig {
             security: SecurityConfig::default(),
             limits: LimitsConfig::default(),
             engine: EngineConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -209,6 +214,13 @@ pub struct Overrides {
         requires = "tls_cert"
     )]
     pub tls_key: Option<PathBuf>,
+    /// Join a cluster through these NATS servers (comma-separated URLs),
+    /// as `[cluster] nats` does.
+    #[arg(long, env = "ENGRAM_CLUSTER", value_name = "nats://HOST:PORT,...")]
+    pub cluster: Option<String>,
+    /// This node's id in the cluster (`[cluster] node_id`).
+    #[arg(long, env = "ENGRAM_NODE_ID", value_name = "ID")]
+    pub node_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -274,6 +286,26 @@ impl ServerConfig {
         if let Some(v) = &o.tls_key {
             c.security.tls_key = Some(v.clone());
         }
+        if let Some(urls) = &o.cluster {
+            let cluster = c.cluster.get_or_insert_with(Default::default);
+            cluster.nats = urls
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        if let Some(id) = &o.node_id {
+            match c.cluster.as_mut() {
+                Some(cluster) => cluster.node_id = id.clone(),
+                None => {
+                    return Err(ConfigError::Invalid(
+                        "--node-id needs cluster mode (--cluster or a [cluster] section)"
+                            .to_owned(),
+                    ))
+                }
+            }
+        }
         c.validate()?;
         Ok(c)
     }
@@ -291,6 +323,9 @@ impl ServerConfig {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if let Some(cluster) = &self.cluster {
+            cluster.validate().map_err(ConfigError::Invalid)?;
+        }
         if let Err(e) = self.engine.queue.validate() {
             return Err(ConfigError::Invalid(format!("engine.queue: {e}")));
         }

@@ -44,6 +44,10 @@ pub enum ServeError {
     /// keys).
     #[error("{0}")]
     Security(String),
+    /// Cluster mode could not join (NATS unreachable, JetStream refusing
+    /// a stream or bucket).
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// Runs the server until `shutdown` resolves, then shuts down in order.
@@ -221,6 +225,31 @@ pub async fn serve(
         "recovery finished"
     );
     state.set_engine(engine.clone());
+    let cluster = match &config.cluster {
+        None => None,
+        Some(c) => {
+            tracing::info!(node = %c.node_id, nats = %c.nats.join(","), "joining the cluster");
+            match crate::cluster::Cluster::join(
+                c.clone(),
+                config.engine.clone(),
+                grpc_addr,
+                http_addr,
+                stop_rx.clone(),
+            )
+            .await
+            {
+                Ok(cluster) => {
+                    state.set_cluster(cluster.clone());
+                    Some(cluster)
+                }
+                Err(e) => {
+                    signal_task.abort();
+                    let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+                    return Err(ServeError::Cluster(e.to_string()));
+                }
+            }
+        }
+    };
     tokio::spawn({
         let mut fatal = engine.fatal_watch();
         let fatal_stop = fatal_stop.clone();
@@ -260,6 +289,15 @@ pub async fn serve(
             grace_secs = grace.as_secs(),
             "in-flight requests outlived the grace period"
         );
+    }
+    if let Some(cluster) = cluster {
+        // Hand every owned partition on (last snapshot, lease deleted) so
+        // the others take over now rather than after a lease TTL.
+        if tokio::time::timeout(grace, cluster.leave()).await.is_err() {
+            tracing::warn!(
+                "handing partitions on outlived the grace period; their leases will expire"
+            );
+        }
     }
     let fatal = engine.fatal();
     tokio::task::spawn_blocking(move || engine.shutdown())

@@ -670,6 +670,7 @@ async fn recall_everything(client: &StreamingClient, space: &str) -> engram_clie
         cue: Some(cue_everything(vector(50, u64::MAX, DIM))),
         batch_size: 128,
         include_embeddings: false,
+        after: None,
     };
     client
         .recall_stream_with(request)
@@ -873,6 +874,7 @@ async fn assert_recalled_exactly(
                 cue: Some(engram_client::cue(v.clone(), 10)),
                 batch_size: 0,
                 include_embeddings: true,
+                after: None,
             })
             .await
             .unwrap_or_else(|e| panic!("recall {id} in {space}: {e}"))

@@ -81,6 +81,7 @@ async fn recalled_everywhere(
             cue: Some(cue),
             batch_size: 7,
             include_embeddings: false,
+            after: None,
         })
         .await
         .unwrap();

@@ -494,6 +494,7 @@ async fn recall_stream_and_memory_flow_return_batches_with_one_snapshot() {
             cue: Some(cue(25)),
             batch_size: 10,
             include_embeddings: false,
+            after: None,
         })
         .await
         .unwrap()
@@ -518,6 +519,7 @@ async fn recall_stream_and_memory_flow_return_batches_with_one_snapshot() {
             cue: Some(cue(25)),
             batch_size: 0,
             include_embeddings: false,
+            after: None,
         })
         .await
         .unwrap()
@@ -536,6 +538,7 @@ async fn recall_stream_and_memory_flow_return_batches_with_one_snapshot() {
             cue: Some(cue(5)),
             batch_size: 0,
             include_embeddings: false,
+            after: None,
         })
         .await
         .unwrap_err();
@@ -575,6 +578,7 @@ async fn recall_stream_and_memory_flow_return_batches_with_one_snapshot() {
             }),
             batch_size: 0,
             include_embeddings: false,
+            after: None,
         }),
     ))
     .await
@@ -586,6 +590,7 @@ async fn recall_stream_and_memory_flow_return_batches_with_one_snapshot() {
             cue: Some(cue(3)),
             batch_size: 0,
             include_embeddings: false,
+            after: None,
         }),
     ))
     .await
@@ -691,6 +696,7 @@ async fn recall_returns_the_vectors_of_indexed_memories_on_every_transport() {
             }),
             batch_size: 0,
             include_embeddings: true,
+            after: None,
         };
         let unary = memory.recall(request.clone()).await.unwrap().into_inner();
         let top = &unary.memories[0];

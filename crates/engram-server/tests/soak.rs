@@ -347,6 +347,7 @@ async fn recall_once(channel: &Channel, rng: &mut StdRng, stats: &Stats) {
                 }),
                 batch_size: 3,
                 include_embeddings: false,
+                after: None,
             }),
         )
         .await;

@@ -174,6 +174,7 @@ impl Conn {
                             }),
                             batch_size: 0,
                             include_embeddings: false,
+                            after: None,
                         }),
                     ),
                     Send::Close => (

@@ -157,6 +157,10 @@ fn seed_recall() -> pb::RecallRequest {
         cue: Some(seed_cue()),
         batch_size: 2,
         include_embeddings: true,
+        after: Some(pb::ConsistencyToken {
+            partition: 3,
+            sequence: 42,
+        }),
     }
 }
 

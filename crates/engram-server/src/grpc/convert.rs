@@ -209,6 +209,7 @@ pub fn remembered(r: &Remembered) -> pb::RememberResponse {
         server_sequence: r.server_sequence,
         committed_at: Some(timestamp(r.committed_at_unix_nanos)),
         duplicate: r.duplicate,
+        token: None,
     }
 }
 

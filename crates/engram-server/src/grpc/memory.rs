@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 use super::status::{auth_status, not_ready, status};
 use super::{convert, principal};
 use crate::auth::Need;
+use crate::cluster::{forward_failed, Route, FORWARDED_HEADER};
 use crate::http::AppState;
 
 pub struct MemoryService {
@@ -16,7 +17,33 @@ pub struct MemoryService {
 
 impl MemoryService {
     fn engine(&self) -> Result<Engine, Status> {
+        if self.state.cluster().is_some() {
+            return Err(super::status::not_in_cluster_mode());
+        }
         self.state.ready_engine().cloned().ok_or_else(not_ready)
+    }
+
+    /// Cluster mode: where a call on `space` is served (this node's
+    /// partition engine, or the owner to forward to). `None` on a single
+    /// node.
+    async fn route<T>(
+        &self,
+        req: &Request<T>,
+        space: &str,
+        after: Option<&pb::ConsistencyToken>,
+    ) -> Result<Option<Route>, Status> {
+        let Some(cluster) = self.state.cluster() else {
+            return Ok(None);
+        };
+        if self.state.ready_engine().is_none() {
+            return Err(not_ready());
+        }
+        let forwarded = req.metadata().contains_key(FORWARDED_HEADER);
+        let route = cluster.route(space, after, forwarded).await?;
+        if let Route::Local(engine) = &route {
+            cluster.ensure_local_space(engine, space).await?;
+        }
+        Ok(Some(route))
     }
 
     /// Checks the call's key for `need` on `space`.
@@ -39,6 +66,14 @@ impl Memory for MemoryService {
         let episode = req.episode.ok_or_else(|| {
             Status::invalid_argument("missing episode: expected an Episode with an embedding")
         })?;
+        if let Some(cluster) = self.state.cluster() {
+            if self.state.ready_engine().is_none() {
+                return Err(not_ready());
+            }
+            return Ok(Response::new(
+                cluster.remember(&req.memory_space_id, episode).await?,
+            ));
+        }
         let input = convert::episode_input(episode)?;
         let engine = self.engine()?;
         let done = engine
@@ -54,10 +89,24 @@ impl Memory for MemoryService {
         req: Request<pb::RecallRequest>,
     ) -> Result<Response<pb::RecallResponse>, Status> {
         self.authorize(&req, &req.get_ref().memory_space_id, Need::Read)?;
+        let space = req.get_ref().memory_space_id.clone();
+        let engine = match self
+            .route(&req, &space, req.get_ref().after.as_ref())
+            .await?
+        {
+            None => self.engine()?,
+            Some(Route::Local(engine)) => engine,
+            Some(Route::Forward { owner, mut client }) => {
+                let cluster = self.state.cluster().expect("routed in cluster mode");
+                let (md, _, message) = req.into_parts();
+                return client
+                    .recall(cluster.forward_request(message, &md))
+                    .await
+                    .map_err(|s| forward_failed(&owner, s));
+            }
+        };
         let req = req.into_inner();
         let cue = convert::cue(req.cue)?;
-        let engine = self.engine()?;
-        let space = req.memory_space_id;
         let result = tokio::task::spawn_blocking(move || engine.recall(&space, cue))
             .await
             .map_err(|e| Status::internal(format!("recall task failed: {e}")))?
@@ -95,6 +144,15 @@ impl Memory for MemoryService {
         let dimension = (req.dimension > 0).then_some(req.dimension as usize);
         let vector_storage = convert::vector_storage_request(req.vector_storage)?;
         let default_ttl = convert::default_ttl_request(req.default_ttl_seconds)?;
+        if let Some(cluster) = self.state.cluster() {
+            let (space, created) = cluster
+                .create_space(&req.memory_space_id, dimension, vector_storage, default_ttl)
+                .await?;
+            return Ok(Response::new(pb::CreateSpaceResponse {
+                space: Some(space),
+                created,
+            }));
+        }
         let (info, created) = self
             .engine()?
             .create_space_with_ttl(&req.memory_space_id, dimension, vector_storage, default_ttl)
@@ -113,6 +171,15 @@ impl Memory for MemoryService {
         let principal = principal(&req)?;
         let auth = self.state.auth();
         auth.authorize_any(&principal).map_err(auth_status)?;
+        if let Some(cluster) = self.state.cluster() {
+            let spaces = cluster
+                .list_spaces()
+                .await?
+                .into_iter()
+                .filter(|s| auth.covers(&principal, &s.memory_space_id))
+                .collect();
+            return Ok(Response::new(pb::ListSpacesResponse { spaces }));
+        }
         // Only the spaces the key covers: the others' names are not its
         // business either.
         let spaces = self
@@ -130,8 +197,20 @@ impl Memory for MemoryService {
         req: Request<pb::DescribeSpaceRequest>,
     ) -> Result<Response<pb::DescribeSpaceResponse>, Status> {
         self.authorize(&req, &req.get_ref().memory_space_id, Need::Read)?;
-        let info = self
-            .engine()?
+        let space = req.get_ref().memory_space_id.clone();
+        let engine = match self.route(&req, &space, None).await? {
+            None => self.engine()?,
+            Some(Route::Local(engine)) => engine,
+            Some(Route::Forward { owner, mut client }) => {
+                let cluster = self.state.cluster().expect("routed in cluster mode");
+                let (md, _, message) = req.into_parts();
+                return client
+                    .describe_space(cluster.forward_request(message, &md))
+                    .await
+                    .map_err(|s| forward_failed(&owner, s));
+            }
+        };
+        let info = engine
             .describe_space(&req.into_inner().memory_space_id)
             .map_err(status)?;
         Ok(Response::new(pb::DescribeSpaceResponse {
@@ -144,6 +223,19 @@ impl Memory for MemoryService {
         req: Request<pb::ListMemoriesRequest>,
     ) -> Result<Response<pb::ListMemoriesResponse>, Status> {
         self.authorize(&req, &req.get_ref().memory_space_id, Need::Read)?;
+        let space = req.get_ref().memory_space_id.clone();
+        let engine = match self.route(&req, &space, None).await? {
+            None => self.engine()?,
+            Some(Route::Local(engine)) => engine,
+            Some(Route::Forward { owner, mut client }) => {
+                let cluster = self.state.cluster().expect("routed in cluster mode");
+                let (md, _, message) = req.into_parts();
+                return client
+                    .list_memories(cluster.forward_request(message, &md))
+                    .await
+                    .map_err(|s| forward_failed(&owner, s));
+            }
+        };
         let req = req.into_inner();
         let after = convert::page_after(&req.page_token).map_err(Status::invalid_argument)?;
         let filter = req.filter.map(convert::memory_filter).unwrap_or_default();
@@ -152,7 +244,6 @@ impl Memory for MemoryService {
         } else {
             req.page_size as usize
         };
-        let engine = self.engine()?;
         let space = req.memory_space_id;
         let include = req.include_embeddings;
         let page = tokio::task::spawn_blocking(move || {

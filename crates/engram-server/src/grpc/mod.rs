@@ -6,9 +6,10 @@
 // tonic::Status is large, but it is what every handler returns anyway.
 #![allow(clippy::result_large_err)]
 
+mod cluster;
 pub(crate) mod convert;
 mod memory;
-mod status;
+pub(crate) mod status;
 mod streaming;
 
 use engram_proto::v1::memory_server::MemoryServer;
@@ -79,6 +80,11 @@ pub async fn router(
     .max_encoding_message_size(usize::MAX);
     let streaming =
         tonic::service::interceptor::InterceptedService::new(streaming, authenticate.clone());
+    let cluster = engram_proto::v1::cluster_server::ClusterServer::new(cluster::ClusterService {
+        state: state.clone(),
+    });
+    let cluster =
+        tonic::service::interceptor::InterceptedService::new(cluster, authenticate.clone());
     let memory = MemoryServer::new(memory::MemoryService { state })
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(usize::MAX);
@@ -88,7 +94,8 @@ pub async fn router(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(streaming)
-        .add_service(memory);
+        .add_service(memory)
+        .add_service(cluster);
     (router, reporter)
 }
 

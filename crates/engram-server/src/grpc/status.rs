@@ -29,6 +29,13 @@ pub fn status(e: Error) -> Status {
     Status::new(code, e.to_string())
 }
 
+/// A call cluster mode does not serve yet.
+pub fn not_in_cluster_mode() -> Status {
+    Status::unimplemented(
+        "not available in cluster mode yet: a cluster node serves engram.v1.Memory Remember, Recall, CreateSpace, DescribeSpace, ListSpaces, ListMemories and engram.v1.Cluster Status",
+    )
+}
+
 /// Before recovery has finished.
 pub fn not_ready() -> Status {
     Status::unavailable(

@@ -42,6 +42,9 @@ type Responses<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl StreamingService {
     fn engine(&self) -> Result<Engine, Status> {
+        if self.state.cluster().is_some() {
+            return Err(super::status::not_in_cluster_mode());
+        }
         self.state.ready_engine().cloned().ok_or_else(not_ready)
     }
 

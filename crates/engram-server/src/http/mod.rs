@@ -42,6 +42,7 @@ pub struct AppState {
 #[derive(Default)]
 struct StateInner {
     engine: OnceLock<Engine>,
+    cluster: OnceLock<crate::cluster::Cluster>,
     phase: AtomicU8,
     auth: Auth,
 }
@@ -66,6 +67,16 @@ impl AppState {
         let _ = self.inner.engine.set(engine);
     }
 
+    /// Cluster mode: the node's membership, set once it joined.
+    pub fn set_cluster(&self, cluster: crate::cluster::Cluster) {
+        let _ = self.inner.cluster.set(cluster);
+    }
+
+    /// The cluster this node serves in; `None` on a single node.
+    pub fn cluster(&self) -> Option<&crate::cluster::Cluster> {
+        self.inner.cluster.get()
+    }
+
     pub fn set_phase(&self, phase: Phase) {
         self.inner.phase.store(phase as u8, Ordering::Release);
     }
@@ -86,8 +97,17 @@ impl AppState {
     /// The engine, once recovery has finished.
     ///
     /// # Errors
-    /// 503 while recovering.
+    /// 503 while recovering; 501 `not_in_cluster_mode` in cluster mode,
+    /// where the REST data routes and the WebSocket stream are not served
+    /// yet (gRPC serves the cluster's calls).
     pub fn engine(&self) -> Result<&Engine, ApiError> {
+        if self.cluster().is_some() {
+            return Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "not_in_cluster_mode",
+                "in cluster mode this node serves engram.v1.Memory Remember, Recall, CreateSpace, DescribeSpace, ListSpaces and ListMemories over gRPC, and GET /v1/cluster; this route is not available in cluster mode yet",
+            ));
+        }
         self.inner
             .engine
             .get()
@@ -108,6 +128,7 @@ pub fn router(state: AppState, max_body_bytes: usize, ws: ws::WsSettings) -> Rou
             ),
         )
         .route("/health/live", get(live))
+        .route("/v1/cluster", get(cluster_status))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/v1/spaces", get(rest::list_spaces))
@@ -136,6 +157,45 @@ pub fn router(state: AppState, max_body_bytes: usize, ws: ws::WsSettings) -> Rou
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
+}
+
+/// `GET /v1/cluster`: nodes, partitions, owners, epochs, applied lag.
+/// Any valid key may read it (it names nodes and partitions, no data).
+async fn cluster_status(
+    State(state): State<AppState>,
+    caller: rest::Caller,
+) -> Result<axum::response::Response, ApiError> {
+    state.auth().authorize_any(&caller.0)?;
+    let Some(cluster) = state.cluster() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_in_cluster_mode",
+            "this server runs as a single node (no [cluster] section)",
+        ));
+    };
+    let s = cluster.status();
+    Ok(Json(json!({
+        "node_id": s.node_id,
+        "partition_count": s.partition_count,
+        "nodes": s.nodes.iter().map(|n| json!({
+            "node_id": n.node_id,
+            "grpc_addr": n.grpc_addr,
+            "http_addr": n.http_addr,
+            "partitions": n.partitions,
+        })).collect::<Vec<_>>(),
+        "partitions": s.partitions.iter().map(|p| json!({
+            "partition": p.partition,
+            "owner": p.owner,
+            "epoch": p.epoch,
+            "state": p.state,
+            "stream_sequence": p.stream_sequence,
+            "applied_sequence": p.applied_sequence,
+            "lag": p.lag,
+            "snapshot_sequence": p.snapshot_sequence,
+            "snapshot_epoch": p.snapshot_epoch,
+        })).collect::<Vec<_>>(),
+    }))
+    .into_response())
 }
 
 async fn live() -> impl IntoResponse {
@@ -389,7 +449,9 @@ async fn metrics(
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     state.auth().authorize_metrics(header)?;
-    let engine = state.engine()?;
+    let engine = state
+        .ready_engine()
+        .ok_or_else(|| ApiError::not_ready("recovering its data"))?;
     let Some(mut text) = engine.render_metrics() else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -398,6 +460,9 @@ async fn metrics(
         ));
     };
     text.push_str(&backpressure_marks(&engine.config().queue));
+    if let Some(cluster) = state.cluster() {
+        text.push_str(&cluster.render_metrics());
+    }
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

@@ -26,49 +26,49 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from engram_grpc._proto.engram.v1 import types_pb2 as engram_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x65ngram/v1/memory.proto\x12\tengram.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15\x65ngram/v1/types.proto\"v\n\x0fRememberRequest\x12\x17\n\x0fmemory_space_id\x18\x01 \x01(\t\x12#\n\x07\x65pisode\x18\x02 \x01(\x0b\x32\x12.engram.v1.Episode\x12%\n\x08priority\x18\x03 \x01(\x0e\x32\x13.engram.v1.Priority\"\x83\x01\n\x10RememberResponse\x12\x11\n\tmemory_id\x18\x01 \x01(\t\x12\x17\n\x0fserver_sequence\x18\x02 \x01(\x04\x12\x30\n\x0c\x63ommitted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tduplicate\x18\x04 \x01(\x08\";\n\rForgetRequest\x12\x17\n\x0fmemory_space_id\x18\x01 \x01(\t\x12\x11\n\tmemory_id\x18\x02 \x01(\t\"\x10\n\x0e\x46orgetResponse\"\xac\x01\n\x12\x43reateSpaceRequest\x12\x17\n\x0fmemory_space_id\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\r\x12\x30\n\x0evector_storage\x18\x03 \x01(\x0e\x32\x18.engram.v1.VectorStorage\x12 \n\x13\x64\x65\x66\x61ult_ttl_seconds\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x16\n\x14_default_ttl_seconds\"K\n\x13\x43reateSpaceResponse\x12#\n\x05space\x18\x01 \x01(\x0b\x32\x14.engram.v1.SpaceInfo\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x13\n\x11ListSpacesRequest\":\n\x12ListSpacesResponse\x12$\n\x06spaces\x18\x01 \x03(\x0b\x32\x14.engram.v1.SpaceInfo\"/\n\x14\x44\x65scribeSpaceRequest\x12\x17\n\x0fmemory_space_id\x18\x01 \x01(\t\"<\n\x15\x44\x65scribeSpaceResponse\x12#\n\x05space\x18\x01 \x01(\x0b\x32\x14.engram.v1.SpaceInfo\"-\n\x12\x44\x65leteSpaceRequest\x12\x17\n\x0fmemory_space_id\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteSpaceResponse\"\xcd\x02\n\tSpaceInfo\x12\x17\n\x0fmemory_space_id\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12\x15\n\rindexed_count\x18\x04 \x01(\x04\x12\x13\n\x0bqueue_depth\x18\x05 \x01(\x04\x12\x15\n\rlast_sequence\x18\x06 \x01(\x04\x12\x19\n\x11index_lag_seconds\x18\x07 \x01(\x01\x12\x19\n\x11quarantined_count\x18\x08 \x01(\x04\x12&\n\x06memory\x18\t \x01(\x0b\x32\x16.engram.v1.SpaceMemory\x12\x30\n\x0evector_storage\x18\n \x01(\x0e\x32\x18.engram.v1.VectorStorage\x12\x1b\n\x13\x64\x65\x66\x61ult_ttl_seconds\x18\x0b \x01(\x01\x12\x15\n\rexpired_count\x18\x0c \x01(\x04\"v\n\x0bSpaceMemory\x12\x0f\n\x07vectors\x18\x01 \x01(\x04\x12\r\n\x05\x63odes\x18\x02 \x01(\x04\x12\r\n\x05graph\x18\x03 \x01(\x04\x12\x10\n\x08\x65pisodes\x18\x04 \x01(\x04\x12\r\n\x05\x66resh\x18\x05 \x01(\x04\x12\x17\n\x0fvectors_on_disk\x18\x06 \x01(\x04\"\x9a\x01\n\x13ListMemoriesRequest\x12\x17\n\x0fmemory_space_id\x18\x01 \x01(\t\x12\'\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x17.engram.v1.MemoryFilter\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x1a\n\x12include_embeddings\x18\x05 \x01(\x08\"L\n\x0cListedMemory\x12#\n\x07\x65pisode\x18\x01 \x01(\x0b\x32\x12.engram.v1.Episode\x12\x17\n\x0fserver_sequence\x18\x02 \x01(\x04\"Z\n\x14ListMemoriesResponse\x12)\n\x08memories\x18\x01 \x03(\x0b\x32\x17.engram.v1.ListedMemory\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*f\n\rVectorStorage\x12\x1e\n\x1aVECTOR_STORAGE_UNSPECIFIED\x10\x00\x12\x19\n\x15VECTOR_STORAGE_MEMORY\x10\x01\x12\x1a\n\x16VECTOR_STORAGE_COMPACT\x10\x02\x32\xd7\x04\n\x06Memory\x12\x43\n\x08Remember\x12\x1a.engram.v1.RememberRequest\x1a\x1b.engram.v1.RememberResponse\x12=\n\x06Recall\x12\x18.engram.v1.RecallRequest\x1a\x19.engram.v1.RecallResponse\x12=\n\x06\x46orget\x12\x18.engram.v1.ForgetRequest\x1a\x19.engram.v1.ForgetResponse\x12L\n\x0b\x43reateSpace\x12\x1d.engram.v1.CreateSpaceRequest\x1a\x1e.engram.v1.CreateSpaceResponse\x12I\n\nListSpaces\x12\x1c.engram.v1.ListSpacesRequest\x1a\x1d.engram.v1.ListSpacesResponse\x12R\n\rDescribeSpace\x12\x1f.engram.v1.DescribeSpaceRequest\x1a .engram.v1.DescribeSpaceResponse\x12L\n\x0b\x44\x65leteSpace\x12\x1d.engram.v1.DeleteSpaceRequest\x1a\x1e.engram.v1.DeleteSpaceResponse\x12O\n\x0cListMemories\x12\x1e.engram.v1.ListMemoriesRequest\x1a\x1f.engram.v1.ListMemoriesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x65ngram/v1/memory.proto\x12\tengram.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15\x65ngram/v1/types.proto\"v\n\x0fRememberRequest\x12\x17\n\x0fmemory_space_id\x18\x01 \x01(\t\x12#\n\x07\x65pisode\x18\x02 \x01(\x0b\x32\x12.engram.v1.Episode\x12%\n\x08priority\x18\x03 \x01(\x0e\x32\x13.engram.v1.Priority\"\xaf\x01\n\x10RememberResponse\x12\x11\n\tmemory_id\x18\x01 \x01(\t\x12\x17\n\x0fserver_sequence\x18\x02 \x01(\x04\x12\x30\n\x0c\x63ommitted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tduplicate\x18\x04 \x01(\x08\x12*\n\x05token\x18\x05 \x01(\x0b\x32\x1b.engram.v1.ConsistencyToken\";\n\rForgetRequest\x12\x17\n\x0fmemory_space_id\x18\x01 \x01(\t\x12\x11\n\tmemory_id\x18\x02 \x01(\t\"\x10\n\x0e\x46orgetResponse\"\xac\x01\n\x12\x43reateSpaceRequest\x12\x17\n\x0fmemory_space_id\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\r\x12\x30\n\x0evector_storage\x18\x03 \x01(\x0e\x32\x18.engram.v1.VectorStorage\x12 \n\x13\x64\x65\x66\x61ult_ttl_seconds\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x16\n\x14_default_ttl_seconds\"K\n\x13\x43reateSpaceResponse\x12#\n\x05space\x18\x01 \x01(\x0b\x32\x14.engram.v1.SpaceInfo\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x13\n\x11ListSpacesRequest\":\n\x12ListSpacesResponse\x12$\n\x06spaces\x18\x01 \x03(\x0b\x32\x14.engram.v1.SpaceInfo\"/\n\x14\x44\x65scribeSpaceRequest\x12\x17\n\x0fmemory_space_id\x18\x01 \x01(\t\"<\n\x15\x44\x65scribeSpaceResponse\x12#\n\x05space\x18\x01 \x01(\x0b\x32\x14.engram.v1.SpaceInfo\"-\n\x12\x44\x65leteSpaceRequest\x12\x17\n\x0fmemory_space_id\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteSpaceResponse\"\xcd\x02\n\tSpaceInfo\x12\x17\n\x0fmemory_space_id\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12\x15\n\rindexed_count\x18\x04 \x01(\x04\x12\x13\n\x0bqueue_depth\x18\x05 \x01(\x04\x12\x15\n\rlast_sequence\x18\x06 \x01(\x04\x12\x19\n\x11index_lag_seconds\x18\x07 \x01(\x01\x12\x19\n\x11quarantined_count\x18\x08 \x01(\x04\x12&\n\x06memory\x18\t \x01(\x0b\x32\x16.engram.v1.SpaceMemory\x12\x30\n\x0evector_storage\x18\n \x01(\x0e\x32\x18.engram.v1.VectorStorage\x12\x1b\n\x13\x64\x65\x66\x61ult_ttl_seconds\x18\x0b \x01(\x01\x12\x15\n\rexpired_count\x18\x0c \x01(\x04\"v\n\x0bSpaceMemory\x12\x0f\n\x07vectors\x18\x01 \x01(\x04\x12\r\n\x05\x63odes\x18\x02 \x01(\x04\x12\r\n\x05graph\x18\x03 \x01(\x04\x12\x10\n\x08\x65pisodes\x18\x04 \x01(\x04\x12\r\n\x05\x66resh\x18\x05 \x01(\x04\x12\x17\n\x0fvectors_on_disk\x18\x06 \x01(\x04\"\x9a\x01\n\x13ListMemoriesRequest\x12\x17\n\x0fmemory_space_id\x18\x01 \x01(\t\x12\'\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x17.engram.v1.MemoryFilter\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x1a\n\x12include_embeddings\x18\x05 \x01(\x08\"L\n\x0cListedMemory\x12#\n\x07\x65pisode\x18\x01 \x01(\x0b\x32\x12.engram.v1.Episode\x12\x17\n\x0fserver_sequence\x18\x02 \x01(\x04\"Z\n\x14ListMemoriesResponse\x12)\n\x08memories\x18\x01 \x03(\x0b\x32\x17.engram.v1.ListedMemory\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*f\n\rVectorStorage\x12\x1e\n\x1aVECTOR_STORAGE_UNSPECIFIED\x10\x00\x12\x19\n\x15VECTOR_STORAGE_MEMORY\x10\x01\x12\x1a\n\x16VECTOR_STORAGE_COMPACT\x10\x02\x32\xd7\x04\n\x06Memory\x12\x43\n\x08Remember\x12\x1a.engram.v1.RememberRequest\x1a\x1b.engram.v1.RememberResponse\x12=\n\x06Recall\x12\x18.engram.v1.RecallRequest\x1a\x19.engram.v1.RecallResponse\x12=\n\x06\x46orget\x12\x18.engram.v1.ForgetRequest\x1a\x19.engram.v1.ForgetResponse\x12L\n\x0b\x43reateSpace\x12\x1d.engram.v1.CreateSpaceRequest\x1a\x1e.engram.v1.CreateSpaceResponse\x12I\n\nListSpaces\x12\x1c.engram.v1.ListSpacesRequest\x1a\x1d.engram.v1.ListSpacesResponse\x12R\n\rDescribeSpace\x12\x1f.engram.v1.DescribeSpaceRequest\x1a .engram.v1.DescribeSpaceResponse\x12L\n\x0b\x44\x65leteSpace\x12\x1d.engram.v1.DeleteSpaceRequest\x1a\x1e.engram.v1.DeleteSpaceResponse\x12O\n\x0cListMemories\x12\x1e.engram.v1.ListMemoriesRequest\x1a\x1f.engram.v1.ListMemoriesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'engram.v1.memory_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VECTORSTORAGE']._serialized_start=1723
-  _globals['_VECTORSTORAGE']._serialized_end=1825
+  _globals['_VECTORSTORAGE']._serialized_start=1767
+  _globals['_VECTORSTORAGE']._serialized_end=1869
   _globals['_REMEMBERREQUEST']._serialized_start=93
   _globals['_REMEMBERREQUEST']._serialized_end=211
   _globals['_REMEMBERRESPONSE']._serialized_start=214
-  _globals['_REMEMBERRESPONSE']._serialized_end=345
-  _globals['_FORGETREQUEST']._serialized_start=347
-  _globals['_FORGETREQUEST']._serialized_end=406
-  _globals['_FORGETRESPONSE']._serialized_start=408
-  _globals['_FORGETRESPONSE']._serialized_end=424
-  _globals['_CREATESPACEREQUEST']._serialized_start=427
-  _globals['_CREATESPACEREQUEST']._serialized_end=599
-  _globals['_CREATESPACERESPONSE']._serialized_start=601
-  _globals['_CREATESPACERESPONSE']._serialized_end=676
-  _globals['_LISTSPACESREQUEST']._serialized_start=678
-  _globals['_LISTSPACESREQUEST']._serialized_end=697
-  _globals['_LISTSPACESRESPONSE']._serialized_start=699
-  _globals['_LISTSPACESRESPONSE']._serialized_end=757
-  _globals['_DESCRIBESPACEREQUEST']._serialized_start=759
-  _globals['_DESCRIBESPACEREQUEST']._serialized_end=806
-  _globals['_DESCRIBESPACERESPONSE']._serialized_start=808
-  _globals['_DESCRIBESPACERESPONSE']._serialized_end=868
-  _globals['_DELETESPACEREQUEST']._serialized_start=870
-  _globals['_DELETESPACEREQUEST']._serialized_end=915
-  _globals['_DELETESPACERESPONSE']._serialized_start=917
-  _globals['_DELETESPACERESPONSE']._serialized_end=938
-  _globals['_SPACEINFO']._serialized_start=941
-  _globals['_SPACEINFO']._serialized_end=1274
-  _globals['_SPACEMEMORY']._serialized_start=1276
-  _globals['_SPACEMEMORY']._serialized_end=1394
-  _globals['_LISTMEMORIESREQUEST']._serialized_start=1397
-  _globals['_LISTMEMORIESREQUEST']._serialized_end=1551
-  _globals['_LISTEDMEMORY']._serialized_start=1553
-  _globals['_LISTEDMEMORY']._serialized_end=1629
-  _globals['_LISTMEMORIESRESPONSE']._serialized_start=1631
-  _globals['_LISTMEMORIESRESPONSE']._serialized_end=1721
-  _globals['_MEMORY']._serialized_start=1828
-  _globals['_MEMORY']._serialized_end=2427
+  _globals['_REMEMBERRESPONSE']._serialized_end=389
+  _globals['_FORGETREQUEST']._serialized_start=391
+  _globals['_FORGETREQUEST']._serialized_end=450
+  _globals['_FORGETRESPONSE']._serialized_start=452
+  _globals['_FORGETRESPONSE']._serialized_end=468
+  _globals['_CREATESPACEREQUEST']._serialized_start=471
+  _globals['_CREATESPACEREQUEST']._serialized_end=643
+  _globals['_CREATESPACERESPONSE']._serialized_start=645
+  _globals['_CREATESPACERESPONSE']._serialized_end=720
+  _globals['_LISTSPACESREQUEST']._serialized_start=722
+  _globals['_LISTSPACESREQUEST']._serialized_end=741
+  _globals['_LISTSPACESRESPONSE']._serialized_start=743
+  _globals['_LISTSPACESRESPONSE']._serialized_end=801
+  _globals['_DESCRIBESPACEREQUEST']._serialized_start=803
+  _globals['_DESCRIBESPACEREQUEST']._serialized_end=850
+  _globals['_DESCRIBESPACERESPONSE']._serialized_start=852
+  _globals['_DESCRIBESPACERESPONSE']._serialized_end=912
+  _globals['_DELETESPACEREQUEST']._serialized_start=914
+  _globals['_DELETESPACEREQUEST']._serialized_end=959
+  _globals['_DELETESPACERESPONSE']._serialized_start=961
+  _globals['_DELETESPACERESPONSE']._serialized_end=982
+  _globals['_SPACEINFO']._serialized_start=985
+  _globals['_SPACEINFO']._serialized_end=1318
+  _globals['_SPACEMEMORY']._serialized_start=1320
+  _globals['_SPACEMEMORY']._serialized_end=1438
+  _globals['_LISTMEMORIESREQUEST']._serialized_start=1441
+  _globals['_LISTMEMORIESREQUEST']._serialized_end=1595
+  _globals['_LISTEDMEMORY']._serialized_start=1597
+  _globals['_LISTEDMEMORY']._serialized_end=1673
+  _globals['_LISTMEMORIESRESPONSE']._serialized_start=1675
+  _globals['_LISTMEMORIESRESPONSE']._serialized_end=1765
+  _globals['_MEMORY']._serialized_start=1872
+  _globals['_MEMORY']._serialized_end=2471
 # @@protoc_insertion_point(module_scope)

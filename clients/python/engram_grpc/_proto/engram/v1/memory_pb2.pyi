@@ -31,16 +31,18 @@ class RememberRequest(_message.Message):
     def __init__(self, memory_space_id: _Optional[str] = ..., episode: _Optional[_Union[_types_pb2.Episode, _Mapping]] = ..., priority: _Optional[_Union[_types_pb2.Priority, str]] = ...) -> None: ...
 
 class RememberResponse(_message.Message):
-    __slots__ = ("memory_id", "server_sequence", "committed_at", "duplicate")
+    __slots__ = ("memory_id", "server_sequence", "committed_at", "duplicate", "token")
     MEMORY_ID_FIELD_NUMBER: _ClassVar[int]
     SERVER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_AT_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
     memory_id: str
     server_sequence: int
     committed_at: _timestamp_pb2.Timestamp
     duplicate: bool
-    def __init__(self, memory_id: _Optional[str] = ..., server_sequence: _Optional[int] = ..., committed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+    token: _types_pb2.ConsistencyToken
+    def __init__(self, memory_id: _Optional[str] = ..., server_sequence: _Optional[int] = ..., committed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duplicate: _Optional[bool] = ..., token: _Optional[_Union[_types_pb2.ConsistencyToken, _Mapping]] = ...) -> None: ...
 
 class ForgetRequest(_message.Message):
     __slots__ = ("memory_space_id", "memory_id")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x65ngram/v1/types.proto\x12\tengram.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd2\x02\n\x07\x45pisode\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x04when\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04what\x18\x03 \x01(\t\x12\x11\n\tembedding\x18\x04 \x03(\x02\x12 \n\x13\x65ncoding_confidence\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\x0c\n\x04tags\x18\x06 \x03(\t\x12\x32\n\x08metadata\x18\x07 \x03(\x0b\x32 .engram.v1.Episode.MetadataEntry\x12.\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bttl_seconds\x18\t \x01(\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x16\n\x14_encoding_confidence\"\x86\x02\n\x03\x43ue\x12\x11\n\tembedding\x18\x01 \x03(\x02\x12\x13\n\x0bmax_results\x18\x02 \x01(\r\x12\x1c\n\x14similarity_threshold\x18\x03 \x01(\x02\x12-\n\twhen_from\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07when_to\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tef_search\x18\x06 \x01(\r\x12\'\n\x06\x66ilter\x18\x07 \x01(\x0b\x32\x17.engram.v1.MemoryFilter\x12!\n\x19recency_half_life_seconds\x18\x08 \x01(\x01\"u\n\x0cMemoryFilter\x12\x10\n\x08tags_all\x18\x01 \x03(\t\x12\x10\n\x08tags_any\x18\x02 \x03(\t\x12\x11\n\ttags_none\x18\x03 \x03(\t\x12.\n\x08metadata\x18\x04 \x03(\x0b\x32\x1c.engram.v1.MetadataCondition\"0\n\x11MetadataCondition\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\"u\n\rRecallRequest\x12\x17\n\x0fmemory_space_id\x18\x01 \x01(\t\x12\x1b\n\x03\x63ue\x18\x02 \x01(\x0b\x32\x0e.engram.v1.Cue\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x1a\n\x12include_embeddings\x18\x04 \x01(\x08\"\xae\x01\n\x0eRecalledMemory\x12#\n\x07\x65pisode\x18\x01 \x01(\x0b\x32\x12.engram.v1.Episode\x12\x12\n\nsimilarity\x18\x02 \x01(\x02\x12\x12\n\nconfidence\x18\x03 \x01(\x02\x12\x17\n\x0fserver_sequence\x18\x04 \x01(\x04\x12\x0f\n\x07indexed\x18\x05 \x01(\x08\x12\r\n\x05score\x18\x06 \x01(\x02\x12\x16\n\x0erecency_weight\x18\x07 \x01(\x02\"f\n\x0eRecallResponse\x12+\n\x08memories\x18\x01 \x03(\x0b\x32\x19.engram.v1.RecalledMemory\x12\x0c\n\x04more\x18\x02 \x01(\x08\x12\x19\n\x11snapshot_sequence\x18\x03 \x01(\x04*D\n\x08Priority\x12\x13\n\x0fPRIORITY_NORMAL\x10\x00\x12\x11\n\rPRIORITY_HIGH\x10\x01\x12\x10\n\x0cPRIORITY_LOW\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x65ngram/v1/types.proto\x12\tengram.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd2\x02\n\x07\x45pisode\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x04when\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04what\x18\x03 \x01(\t\x12\x11\n\tembedding\x18\x04 \x03(\x02\x12 \n\x13\x65ncoding_confidence\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\x0c\n\x04tags\x18\x06 \x03(\t\x12\x32\n\x08metadata\x18\x07 \x03(\x0b\x32 .engram.v1.Episode.MetadataEntry\x12.\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bttl_seconds\x18\t \x01(\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x16\n\x14_encoding_confidence\"\x86\x02\n\x03\x43ue\x12\x11\n\tembedding\x18\x01 \x03(\x02\x12\x13\n\x0bmax_results\x18\x02 \x01(\r\x12\x1c\n\x14similarity_threshold\x18\x03 \x01(\x02\x12-\n\twhen_from\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07when_to\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tef_search\x18\x06 \x01(\r\x12\'\n\x06\x66ilter\x18\x07 \x01(\x0b\x32\x17.engram.v1.MemoryFilter\x12!\n\x19recency_half_life_seconds\x18\x08 \x01(\x01\"u\n\x0cMemoryFilter\x12\x10\n\x08tags_all\x18\x01 \x03(\t\x12\x10\n\x08tags_any\x18\x02 \x03(\t\x12\x11\n\ttags_none\x18\x03 \x03(\t\x12.\n\x08metadata\x18\x04 \x03(\x0b\x32\x1c.engram.v1.MetadataCondition\"0\n\x11MetadataCondition\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\"\xa1\x01\n\rRecallRequest\x12\x17\n\x0fmemory_space_id\x18\x01 \x01(\t\x12\x1b\n\x03\x63ue\x18\x02 \x01(\x0b\x32\x0e.engram.v1.Cue\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x1a\n\x12include_embeddings\x18\x04 \x01(\x08\x12*\n\x05\x61\x66ter\x18\x05 \x01(\x0b\x32\x1b.engram.v1.ConsistencyToken\"7\n\x10\x43onsistencyToken\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"\xae\x01\n\x0eRecalledMemory\x12#\n\x07\x65pisode\x18\x01 \x01(\x0b\x32\x12.engram.v1.Episode\x12\x12\n\nsimilarity\x18\x02 \x01(\x02\x12\x12\n\nconfidence\x18\x03 \x01(\x02\x12\x17\n\x0fserver_sequence\x18\x04 \x01(\x04\x12\x0f\n\x07indexed\x18\x05 \x01(\x08\x12\r\n\x05score\x18\x06 \x01(\x02\x12\x16\n\x0erecency_weight\x18\x07 \x01(\x02\"f\n\x0eRecallResponse\x12+\n\x08memories\x18\x01 \x03(\x0b\x32\x19.engram.v1.RecalledMemory\x12\x0c\n\x04more\x18\x02 \x01(\x08\x12\x19\n\x11snapshot_sequence\x18\x03 \x01(\x04*D\n\x08Priority\x12\x13\n\x0fPRIORITY_NORMAL\x10\x00\x12\x11\n\rPRIORITY_HIGH\x10\x01\x12\x10\n\x0cPRIORITY_LOW\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EPISODE_METADATAENTRY']._loaded_options = None
   _globals['_EPISODE_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_PRIORITY']._serialized_start=1244
-  _globals['_PRIORITY']._serialized_end=1312
+  _globals['_PRIORITY']._serialized_start=1346
+  _globals['_PRIORITY']._serialized_end=1414
   _globals['_EPISODE']._serialized_start=70
   _globals['_EPISODE']._serialized_end=408
   _globals['_EPISODE_METADATAENTRY']._serialized_start=337
@@ -46,10 +46,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MEMORYFILTER']._serialized_end=792
   _globals['_METADATACONDITION']._serialized_start=794
   _globals['_METADATACONDITION']._serialized_end=842
-  _globals['_RECALLREQUEST']._serialized_start=844
-  _globals['_RECALLREQUEST']._serialized_end=961
-  _globals['_RECALLEDMEMORY']._serialized_start=964
-  _globals['_RECALLEDMEMORY']._serialized_end=1138
-  _globals['_RECALLRESPONSE']._serialized_start=1140
-  _globals['_RECALLRESPONSE']._serialized_end=1242
+  _globals['_RECALLREQUEST']._serialized_start=845
+  _globals['_RECALLREQUEST']._serialized_end=1006
+  _globals['_CONSISTENCYTOKEN']._serialized_start=1008
+  _globals['_CONSISTENCYTOKEN']._serialized_end=1063
+  _globals['_RECALLEDMEMORY']._serialized_start=1066
+  _globals['_RECALLEDMEMORY']._serialized_end=1240
+  _globals['_RECALLRESPONSE']._serialized_start=1242
+  _globals['_RECALLRESPONSE']._serialized_end=1344
 # @@protoc_insertion_point(module_scope)

@@ -89,16 +89,26 @@ class MetadataCondition(_message.Message):
     def __init__(self, key: _Optional[str] = ..., values: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RecallRequest(_message.Message):
-    __slots__ = ("memory_space_id", "cue", "batch_size", "include_embeddings")
+    __slots__ = ("memory_space_id", "cue", "batch_size", "include_embeddings", "after")
     MEMORY_SPACE_ID_FIELD_NUMBER: _ClassVar[int]
     CUE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
     memory_space_id: str
     cue: Cue
     batch_size: int
     include_embeddings: bool
-    def __init__(self, memory_space_id: _Optional[str] = ..., cue: _Optional[_Union[Cue, _Mapping]] = ..., batch_size: _Optional[int] = ..., include_embeddings: _Optional[bool] = ...) -> None: ...
+    after: ConsistencyToken
+    def __init__(self, memory_space_id: _Optional[str] = ..., cue: _Optional[_Union[Cue, _Mapping]] = ..., batch_size: _Optional[int] = ..., include_embeddings: _Optional[bool] = ..., after: _Optional[_Union[ConsistencyToken, _Mapping]] = ...) -> None: ...
+
+class ConsistencyToken(_message.Message):
+    __slots__ = ("partition", "sequence")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    sequence: int
+    def __init__(self, partition: _Optional[int] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class RecalledMemory(_message.Message):
     __slots__ = ("episode", "similarity", "confidence", "server_sequence", "indexed", "score", "recency_weight")

@@ -1,0 +1,326 @@
+//! Partition leases: who owns which partition.
+//!
+//! A lease is a key `p.<n>` in the `engram_leases` KV bucket, whose
+//! `max_age` is the lease TTL: a key not rewritten within a TTL vanishes.
+//! - Acquire: `create` (compare-and-set on "absent"); the revision it
+//!   returns is the owner's epoch, larger than every earlier one.
+//! - Renew: `update` with the revision last written (compare-and-set), every
+//!   quarter TTL. A renewal that finds another revision means the lease was
+//!   lost: the owner stops at once.
+//! - Fence: an owner that could not renew for 3/4 of a TTL stops serving
+//!   (checked on every recall, not only here), a quarter TTL before anyone
+//!   else can acquire the lease.
+//! - Who tries first: the nodes rank themselves per partition by rendezvous
+//!   hashing over the live nodes; the k-th waits k × 2 s after seeing the
+//!   partition unowned, so partitions spread evenly and a restarted node
+//!   gets its share back (an owner hands a partition to its preferred node
+//!   once both have been up a while).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv::Operation;
+use serde::{Deserialize, Serialize};
+
+use super::owner::{self, Owned, StopReason};
+use super::{fnv1a, partition_key, Cluster};
+
+/// Wait per rank before trying to acquire an unowned partition.
+const RANK_DELAY: Duration = Duration::from_secs(2);
+/// A partition is handed to its preferred node only after the current
+/// owner held it this long, and the preferred node has been up this long.
+const REBALANCE_AFTER: Duration = Duration::from_secs(20);
+/// A node acquires nothing in its first moments: the other nodes'
+/// registry entries are read first, so that a cluster starting together
+/// spreads its partitions at once.
+const JOIN_SETTLE: Duration = Duration::from_secs(3);
+
+/// The lease loop, supervised: a panic in one pass is logged and the loop
+/// starts again (a lease loop that died would let every lease expire).
+pub(crate) async fn run(cluster: Cluster) {
+    loop {
+        let pass = tokio::spawn(lease_loop(cluster.clone()));
+        match pass.await {
+            Ok(()) => return,
+            Err(e) if e.is_panic() => {
+                tracing::error!("cluster lease loop panicked; restarting it");
+                cluster.inner.metrics.lease_loop_restarts.inc();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+async fn lease_loop(cluster: Cluster) {
+    let inner = &cluster.inner;
+    let ttl = Duration::from_secs(inner.cfg.lease_ttl_secs);
+    let heartbeat = ttl / 4;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stop = inner.stop.clone();
+    let mut last_heartbeat = Instant::now();
+    let mut last_refresh: Option<Instant> = None;
+    let joined = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if last_heartbeat.elapsed() >= heartbeat {
+            cluster.register().await;
+            last_heartbeat = Instant::now();
+        }
+        if last_refresh.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            cluster.refresh_nodes().await;
+            last_refresh = Some(Instant::now());
+        }
+        let settled = joined.elapsed() >= JOIN_SETTLE;
+        for p in 0..inner.cfg.partitions {
+            if *stop.borrow() {
+                return;
+            }
+            step(&cluster, p, ttl, settled).await;
+        }
+    }
+}
+
+/// A node's score for a partition (highest wins): FNV-1a of the node id
+/// mixed with the partition through splitmix64's finalizer, so that
+/// nearly equal ids ("e1", "e2") still win different partitions.
+fn rendezvous(node: &str, p: u32) -> u64 {
+    let mut z = fnv1a(node.as_bytes()) ^ u64::from(p).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// This node's rank for partition `p` among the live nodes (0: preferred).
+fn rank(cluster: &Cluster, p: u32) -> (usize, String) {
+    let view = cluster.inner.node_view.read();
+    let mut nodes: Vec<(u64, &String)> = view.keys().map(|n| (rendezvous(n, p), n)).collect();
+    nodes.sort_by(|a, b| b.cmp(a));
+    let me = cluster.node_id();
+    let rank = nodes
+        .iter()
+        .position(|(_, n)| *n == me)
+        .unwrap_or(nodes.len());
+    let preferred = nodes.first().map(|(_, n)| (*n).clone()).unwrap_or_default();
+    (rank, preferred)
+}
+
+async fn step(cluster: &Cluster, p: u32, ttl: Duration, may_acquire: bool) {
+    let inner = &cluster.inner;
+    let part = &inner.parts[p as usize];
+    let key = partition_key(p);
+    let owned = part.owned.read().clone();
+    let entry = match inner.leases.entry(&key).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::debug!(partition = p, error = %e, "reading a lease failed");
+            if let Some(o) = owned {
+                if !o.lease_valid() {
+                    lose(cluster, p, &o, "its lease could not be renewed");
+                }
+            }
+            return;
+        }
+    };
+    let lease = entry
+        .filter(|e| e.operation == Operation::Put)
+        .and_then(|e| {
+            let v: LeaseValue = serde_json::from_slice(&e.value).ok()?;
+            let epoch = if v.epoch == 0 { e.revision } else { v.epoch };
+            Some((v.owner, epoch, e.revision))
+        });
+    *part.lease.write() = lease.as_ref().map(|(owner, epoch, _)| super::LeaseView {
+        owner: owner.clone(),
+        epoch: *epoch,
+    });
+    if let Some(o) = owned {
+        match &lease {
+            Some((owner, epoch, revision)) if owner == cluster.node_id() && *epoch == o.epoch => {
+                if o.since_renewed() >= ttl / 4 {
+                    renew(cluster, p, &o, *revision).await;
+                }
+                maybe_rebalance(cluster, p, &o).await;
+            }
+            Some((owner, epoch, _)) => lose(
+                cluster,
+                p,
+                &o,
+                &format!("{owner} holds the lease at epoch {epoch}"),
+            ),
+            None => lose(cluster, p, &o, "its lease expired"),
+        }
+        return;
+    }
+    if lease.is_some() {
+        *part.unowned_since.lock() = None;
+        return;
+    }
+    let since = *part.unowned_since.lock().get_or_insert_with(Instant::now);
+    let (rank, _) = rank(cluster, p);
+    if !may_acquire || since.elapsed() < RANK_DELAY * rank as u32 {
+        return;
+    }
+    let value = serde_json::to_vec(&LeaseValue {
+        owner: cluster.node_id().to_owned(),
+        epoch: 0,
+    })
+    .expect("a lease serializes");
+    match inner.leases.create(&key, value.into()).await {
+        Ok(revision) => {
+            *part.unowned_since.lock() = None;
+            tracing::info!(
+                partition = p,
+                epoch = revision,
+                node = %cluster.node_id(),
+                "acquired partition lease"
+            );
+            inner.metrics.ownership_changes.inc();
+            let o = Owned::new(revision, ttl);
+            *part.owned.write() = Some(o.clone());
+            *part.lease.write() = Some(super::LeaseView {
+                owner: cluster.node_id().to_owned(),
+                epoch: revision,
+            });
+            tokio::spawn(owner::run(cluster.clone(), p, o));
+        }
+        Err(e) => {
+            tracing::debug!(partition = p, error = %e, "another node acquired the lease first");
+        }
+    }
+}
+
+async fn renew(cluster: &Cluster, p: u32, o: &Arc<Owned>, revision: u64) {
+    let value = serde_json::to_vec(&LeaseValue {
+        owner: cluster.node_id().to_owned(),
+        epoch: o.epoch,
+    })
+    .expect("a lease serializes");
+    match cluster
+        .inner
+        .leases
+        .update(partition_key(p), value.into(), revision)
+        .await
+    {
+        Ok(_) => o.renewed(),
+        Err(e) => {
+            use async_nats::jetstream::kv::UpdateErrorKind;
+            if e.kind() == UpdateErrorKind::WrongLastRevision {
+                lose(cluster, p, o, "its lease was taken over");
+            } else if !o.lease_valid() {
+                lose(
+                    cluster,
+                    p,
+                    o,
+                    &format!("its lease could not be renewed: {e}"),
+                );
+            } else {
+                tracing::warn!(partition = p, error = %e, "renewing a lease failed; retrying");
+            }
+        }
+    }
+}
+
+/// Stops owning `p` at once (someone else may own it already): no last
+/// snapshot, no lease release.
+fn lose(cluster: &Cluster, p: u32, o: &Arc<Owned>, why: &str) {
+    let part = &cluster.inner.parts[p as usize];
+    let mut owned = part.owned.write();
+    if owned.as_ref().is_some_and(|x| Arc::ptr_eq(x, o)) {
+        *owned = None;
+        drop(owned);
+        tracing::warn!(partition = p, epoch = o.epoch, why, "lost partition lease");
+        cluster.inner.metrics.ownership_changes.inc();
+        o.stop(StopReason::Lost);
+    }
+}
+
+/// Hands `p` on: the owner applies what it has, writes a last snapshot
+/// and deletes its lease (only its own revision), so the next owner starts
+/// at once from an up-to-date snapshot.
+pub(crate) async fn release(cluster: &Cluster, p: u32, o: &Arc<Owned>, why: &str) {
+    tracing::info!(partition = p, epoch = o.epoch, why, "releasing partition");
+    o.stop(StopReason::Release);
+    o.finished().await;
+    let part = &cluster.inner.parts[p as usize];
+    {
+        let mut owned = part.owned.write();
+        if owned.as_ref().is_some_and(|x| Arc::ptr_eq(x, o)) {
+            *owned = None;
+        }
+    }
+    let key = partition_key(p);
+    if let Ok(Some(entry)) = cluster.inner.leases.entry(&key).await {
+        let ours = serde_json::from_slice::<LeaseValue>(&entry.value)
+            .is_ok_and(|v| v.owner == cluster.node_id());
+        if ours {
+            let _ = cluster
+                .inner
+                .leases
+                .delete_expect_revision(&key, Some(entry.revision))
+                .await;
+        }
+    }
+    cluster.inner.metrics.ownership_changes.inc();
+}
+
+async fn maybe_rebalance(cluster: &Cluster, p: u32, o: &Arc<Owned>) {
+    if o.since.elapsed() < REBALANCE_AFTER || !o.is_serving() {
+        return;
+    }
+    let (rank, preferred) = rank(cluster, p);
+    if rank == 0 || preferred.is_empty() {
+        return;
+    }
+    let settled = cluster
+        .inner
+        .node_view
+        .read()
+        .get(&preferred)
+        .is_some_and(|n| {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            now_ms.saturating_sub(n.started_ms) >= REBALANCE_AFTER.as_millis() as u64
+        });
+    if settled {
+        let cluster = cluster.clone();
+        let o = o.clone();
+        // Off the lease loop: the last snapshot may take a while, and the
+        // other leases must be renewed meanwhile.
+        tokio::spawn(async move {
+            release(&cluster, p, &o, &format!("handing it to {preferred}")).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rendezvous;
+
+    #[test]
+    fn similar_node_ids_share_the_partitions() {
+        let nodes = ["e1", "e2", "e3"];
+        let mut wins = [0usize; 3];
+        for p in 0..64 {
+            let best = (0..3).max_by_key(|i| rendezvous(nodes[*i], p)).unwrap();
+            wins[best] += 1;
+        }
+        for w in wins {
+            assert!((12..=32).contains(&w), "uneven: {wins:?}");
+        }
+    }
+}
+
+/// A lease's value.
+#[derive(Serialize, Deserialize)]
+struct LeaseValue {
+    owner: String,
+    /// The revision the lease was acquired at; 0 in the acquiring write
+    /// itself (whose revision it is).
+    epoch: u64,
+}

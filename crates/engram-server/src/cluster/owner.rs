@@ -1,0 +1,534 @@
+//! A partition's owner: takeover (newest snapshot, then replay), applying
+//! the stream as it grows, and snapshots to the object store.
+//!
+//! The owner runs a local engine in a scratch directory with WAL sync off:
+//! what is durable is the partition stream (every acked write) and the
+//! snapshots; the engine is rebuilt from them by whoever owns the
+//! partition next. Applying is idempotent: a record whose episode id the
+//! space already holds is answered as a duplicate and changes nothing,
+//! so a write published twice (a retry outside JetStream's duplicate
+//! window) or replayed over a snapshot that holds it is stored once.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use engram_core::engine::PendingRemember;
+use engram_core::wal::SyncPolicy;
+use engram_core::{Engine, Error, Priority};
+use engram_proto::v1 as pb;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use prost::Message as _;
+use tokio::sync::{mpsc, watch};
+
+use super::{partition_key, stream_name, subject, Cluster, SnapshotPointer};
+
+/// Why an owner stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StopReason {
+    /// Hand the partition on: apply what was read, write a last snapshot.
+    Release,
+    /// Someone else may own it already: stop at once.
+    Lost,
+}
+
+/// This node's ownership of one partition, from lease to teardown.
+pub(crate) struct Owned {
+    pub epoch: u64,
+    pub since: Instant,
+    ttl: Duration,
+    last_renewed: Mutex<Instant>,
+    engine: parking_lot::RwLock<Option<Engine>>,
+    applied: watch::Sender<u64>,
+    serving: AtomicBool,
+    stop: watch::Sender<Option<StopReason>>,
+    finished: watch::Sender<bool>,
+}
+
+impl Owned {
+    pub fn new(epoch: u64, ttl: Duration) -> Arc<Owned> {
+        Arc::new(Owned {
+            epoch,
+            since: Instant::now(),
+            ttl,
+            last_renewed: Mutex::new(Instant::now()),
+            engine: parking_lot::RwLock::new(None),
+            applied: watch::channel(0).0,
+            serving: AtomicBool::new(false),
+            stop: watch::channel(None).0,
+            finished: watch::channel(false).0,
+        })
+    }
+
+    pub fn renewed(&self) {
+        *self.last_renewed.lock() = Instant::now();
+    }
+
+    pub fn since_renewed(&self) -> Duration {
+        self.last_renewed.lock().elapsed()
+    }
+
+    /// False once the lease went 3/4 of a TTL without renewal: the lease
+    /// may expire soon, and then another node may own the partition.
+    pub fn lease_valid(&self) -> bool {
+        self.since_renewed() < self.ttl * 3 / 4
+    }
+
+    /// Caught up with the stream as it was at takeover, lease valid, not
+    /// stopping.
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Acquire) && self.lease_valid()
+    }
+
+    /// The last stream sequence applied (visible to recall).
+    pub fn applied(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    pub fn engine(&self) -> Option<Engine> {
+        self.engine.read().clone()
+    }
+
+    pub fn stop(&self, why: StopReason) {
+        self.serving.store(false, Ordering::Release);
+        self.stop.send_if_modified(|s| {
+            if s.is_none() {
+                *s = Some(why);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    pub async fn finished(&self) {
+        let mut rx = self.finished.subscribe();
+        let _ = rx.wait_for(|f| *f).await;
+    }
+
+    /// Waits (up to `wait`) until serving and `sequence` is applied.
+    pub async fn wait_ready(&self, sequence: u64, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut applied = self.applied.subscribe();
+        loop {
+            if self.is_serving() && *applied.borrow_and_update() >= sequence {
+                return true;
+            }
+            // Serving flips without a new applied value: poll it briefly.
+            let step = tokio::time::Instant::now() + Duration::from_millis(20);
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            let _ = tokio::time::timeout_at(step.min(deadline), applied.changed()).await;
+        }
+    }
+}
+
+/// Owns partition `p` until told to stop; then tears the engine down.
+pub(crate) async fn run(cluster: Cluster, p: u32, o: Arc<Owned>) {
+    let dir = cluster
+        .inner
+        .dir
+        .join(format!("p{p}-e{epoch}", epoch = o.epoch));
+    if let Err(e) = own(&cluster, p, &o, &dir).await {
+        tracing::error!(partition = p, epoch = o.epoch, error = %e, "partition owner failed; giving the partition up");
+        // Let another node (or this one, later) take it over from the
+        // stream and the snapshots.
+        let part = &cluster.inner.parts[p as usize];
+        let mine = part
+            .owned
+            .read()
+            .as_ref()
+            .is_some_and(|x| Arc::ptr_eq(x, &o));
+        if mine {
+            *part.owned.write() = None;
+            if let Ok(Some(entry)) = cluster.inner.leases.entry(partition_key(p)).await {
+                let _ = cluster
+                    .inner
+                    .leases
+                    .delete_expect_revision(partition_key(p), Some(entry.revision))
+                    .await;
+            }
+        }
+    }
+    o.serving.store(false, Ordering::Release);
+    let engine = o.engine.write().take();
+    if let Some(engine) = engine {
+        let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    o.finished.send_replace(true);
+}
+
+/// One applied (or skipped) record, in stream order.
+struct Applying {
+    sequence: u64,
+    pending: Option<PendingRemember>,
+}
+
+async fn own(cluster: &Cluster, p: u32, o: &Arc<Owned>, dir: &PathBuf) -> anyhow::Result<()> {
+    let inner = &cluster.inner;
+    let part = &inner.parts[p as usize];
+    let started = Instant::now();
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir.join("snapshots"))?;
+
+    // 1. The newest snapshot, if any.
+    let pointer = read_pointer(cluster, p).await?.map(|(ptr, _)| ptr);
+    let mut from = 0;
+    if let Some(ptr) = &pointer {
+        let mut object = inner.objects.get(&ptr.object).await?;
+        let path = dir.join("snapshots").join(&ptr.file);
+        let mut file = tokio::fs::File::create(&path).await?;
+        tokio::io::copy(&mut object, &mut file).await?;
+        from = ptr.sequence;
+        *part.snapshot.lock() = (ptr.sequence, ptr.epoch);
+    }
+    let mut config = inner.engine.clone();
+    config.data_dir = dir.clone();
+    // The stream is the durable log; this engine's own WAL is scratch.
+    config.wal.sync = SyncPolicy::None;
+    config.snapshot_interval_secs = 0;
+    config.metrics = false;
+    config.auto_create_spaces = true;
+    let engine = tokio::task::spawn_blocking(move || Engine::open(config)).await??;
+    let loaded = started.elapsed();
+    *o.engine.write() = Some(engine.clone());
+    o.applied.send_replace(from);
+
+    // 2. Replay up to the stream's end as of now, then serve.
+    let mut stream = inner.js.get_stream(stream_name(p)).await?;
+    let target = stream.info().await?.state.last_sequence;
+    part.stream_last.fetch_max(target, Ordering::Relaxed);
+    let replay_started = Instant::now();
+    let (tx, rx) = mpsc::channel::<Applying>(1024);
+    let acker = tokio::spawn(ack_in_order(
+        cluster.clone(),
+        p,
+        o.clone(),
+        rx,
+        target,
+        started,
+        {
+            let snapshot_bytes = pointer.as_ref().map_or(0, |x| x.bytes);
+            move |replayed: u64| {
+                tracing::info!(
+                    partition = p,
+                    snapshot_epoch = pointer.as_ref().map_or(0, |x| x.epoch),
+                    snapshot_sequence = from,
+                    snapshot_bytes,
+                    snapshot_load_ms = loaded.as_millis() as u64,
+                    replayed,
+                    replay_ms = replay_started.elapsed().as_millis() as u64,
+                    takeover_ms = started.elapsed().as_millis() as u64,
+                    "partition served"
+                );
+            }
+        },
+    ));
+    if target <= from {
+        o.serving.store(true, Ordering::Release);
+        inner.metrics.takeover(started.elapsed());
+        tracing::info!(
+            partition = p,
+            snapshot_sequence = from,
+            snapshot_load_ms = loaded.as_millis() as u64,
+            replayed = 0,
+            takeover_ms = started.elapsed().as_millis() as u64,
+            "partition served"
+        );
+    }
+
+    let mut submitted = from;
+    let mut last_snapshot = from;
+    let mut stop = o.stop.subscribe();
+    let mut snapshot_tick =
+        tokio::time::interval(Duration::from_secs(inner.cfg.snapshot_interval_secs));
+    snapshot_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    snapshot_tick.tick().await;
+    let mut messages = consume(&stream, p, submitted).await?;
+    let mut stop_apply = o.stop.subscribe();
+    let why = loop {
+        if let Some(why) = *stop.borrow_and_update() {
+            break why;
+        }
+        tokio::select! {
+            biased;
+            _ = stop.changed() => continue,
+            _ = snapshot_tick.tick() => {
+                if submitted > last_snapshot {
+                    drain(o, submitted).await;
+                    match snapshot(cluster, p, o, &engine).await {
+                        Ok(Some(seq)) => last_snapshot = seq,
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(partition = p, error = %e, "snapshot to the object store failed; will retry"),
+                    }
+                }
+            }
+            next = messages.next() => {
+                let message = match next {
+                    Some(Ok(m)) => m,
+                    other => {
+                        // The consumer failed (a NATS server went away
+                        // mid-fetch): start a new one where we are.
+                        if let Some(Err(e)) = other {
+                            tracing::warn!(partition = p, error = %e, "partition consumer failed; resubscribing");
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        messages = match consume(&stream, p, submitted).await {
+                            Ok(m) => m,
+                            Err(e) => {
+                                tracing::warn!(partition = p, error = %e, "resubscribing failed; retrying");
+                                continue;
+                            }
+                        };
+                        continue;
+                    }
+                };
+                let sequence = match message.info() {
+                    Ok(info) => info.stream_sequence,
+                    Err(e) => {
+                        tracing::warn!(partition = p, error = %e, "a message without stream info; skipped");
+                        continue;
+                    }
+                };
+                if sequence <= submitted {
+                    continue;
+                }
+                part.stream_last.fetch_max(sequence, Ordering::Relaxed);
+                let pending = apply(cluster, p, &engine, &message.payload, &mut stop_apply).await;
+                submitted = sequence;
+                if tx.send(Applying { sequence, pending }).await.is_err() {
+                    anyhow::bail!("the applying task ended");
+                }
+            }
+        }
+    };
+    drop(tx);
+    if why == StopReason::Release {
+        drain(o, submitted).await;
+        if submitted > last_snapshot {
+            if let Err(e) = snapshot(cluster, p, o, &engine).await {
+                tracing::warn!(partition = p, error = %e, "last snapshot before handing on failed");
+            }
+        }
+    }
+    acker.abort();
+    Ok(())
+}
+
+/// An ordered consumer of partition `p` from the record after `after`.
+async fn consume(
+    stream: &async_nats::jetstream::stream::Stream,
+    p: u32,
+    after: u64,
+) -> anyhow::Result<pull::Ordered> {
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: subject(p),
+            deliver_policy: if after == 0 {
+                DeliverPolicy::All
+            } else {
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: after + 1,
+                }
+            },
+            ..Default::default()
+        })
+        .await?;
+    Ok(consumer.messages().await?)
+}
+
+/// Waits until every submitted record is applied.
+async fn drain(o: &Owned, submitted: u64) {
+    let mut applied = o.applied.subscribe();
+    let _ = applied.wait_for(|a| *a >= submitted).await;
+}
+
+/// Hands one record to the engine; `None` when it is skipped (undecodable
+/// or refused for good, e.g. it expired before it was applied).
+async fn apply(
+    cluster: &Cluster,
+    p: u32,
+    engine: &Engine,
+    payload: &[u8],
+    stop: &mut watch::Receiver<Option<StopReason>>,
+) -> Option<PendingRemember> {
+    let metrics = &cluster.inner.metrics;
+    let record = match pb::PartitionRecord::decode(payload) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(partition = p, error = %e, "undecodable partition record; skipped");
+            metrics.apply_skipped.inc();
+            return None;
+        }
+    };
+    let space = record.memory_space_id;
+    let episode = record.episode.unwrap_or_default();
+    if let Err(e) = cluster.ensure_local_space(engine, &space).await {
+        tracing::warn!(partition = p, space, error = %e, "creating the space locally failed; record skipped");
+        metrics.apply_skipped.inc();
+        return None;
+    }
+    loop {
+        let input = match crate::grpc::convert::episode_input(episode.clone()) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(partition = p, space, error = %e.message(), "record refused at apply; skipped");
+                metrics.apply_skipped.inc();
+                return None;
+            }
+        };
+        match engine.submit_remember(&space, input, Priority::High) {
+            Ok(pending) => return Some(pending),
+            Err(Error::Overloaded { retry_after, .. }) => {
+                // Indexing is behind: wait, as a client would, but never
+                // skip (the write was acked).
+                let wait = retry_after.clamp(Duration::from_millis(5), Duration::from_millis(200));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.changed() => return None,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(partition = p, space, error = %e, "record refused at apply; skipped");
+                metrics.apply_skipped.inc();
+                return None;
+            }
+        }
+    }
+}
+
+/// Waits for each applied record's answer in stream order and publishes
+/// the applied sequence; flips to serving once the replay target is
+/// reached.
+async fn ack_in_order(
+    cluster: Cluster,
+    p: u32,
+    o: Arc<Owned>,
+    mut rx: mpsc::Receiver<Applying>,
+    target: u64,
+    takeover_started: Instant,
+    on_served: impl FnOnce(u64),
+) {
+    let from = o.applied();
+    let mut on_served = Some(on_served);
+    while let Some(a) = rx.recv().await {
+        if let Some(pending) = a.pending {
+            if let Err(e) = pending.await {
+                tracing::warn!(partition = p, sequence = a.sequence, error = %e, "record refused at commit; skipped");
+                cluster.inner.metrics.apply_skipped.inc();
+            }
+        }
+        o.applied.send_replace(a.sequence);
+        cluster.inner.metrics.applied.inc();
+        if a.sequence >= target && !o.serving.load(Ordering::Acquire) {
+            if let Some(f) = on_served.take() {
+                o.serving.store(true, Ordering::Release);
+                cluster.inner.metrics.takeover(takeover_started.elapsed());
+                f(a.sequence - from);
+            }
+        }
+    }
+}
+
+/// The newest snapshot pointer of `p` and its KV revision.
+pub(crate) async fn read_pointer(
+    cluster: &Cluster,
+    p: u32,
+) -> anyhow::Result<Option<(SnapshotPointer, u64)>> {
+    let entry = cluster.inner.pointers.entry(partition_key(p)).await?;
+    Ok(entry
+        .filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put)
+        .and_then(|e| {
+            serde_json::from_slice::<SnapshotPointer>(&e.value)
+                .ok()
+                .map(|ptr| (ptr, e.revision))
+        }))
+}
+
+/// Writes the engine's snapshot (everything applied) to the object store
+/// and moves the pointer to it, only forward in (epoch, sequence).
+/// Answers the sequence it holds, `None` when nothing changed.
+async fn snapshot(
+    cluster: &Cluster,
+    p: u32,
+    o: &Owned,
+    engine: &Engine,
+) -> anyhow::Result<Option<u64>> {
+    let inner = &cluster.inner;
+    let sequence = o.applied();
+    let started = Instant::now();
+    let e = engine.clone();
+    let Some(path) = tokio::task::spawn_blocking(move || e.snapshot()).await?? else {
+        return Ok(None);
+    };
+    let file = path
+        .file_name()
+        .and_then(|f| f.to_str())
+        .ok_or_else(|| anyhow::anyhow!("snapshot path without a file name"))?
+        .to_owned();
+    let object = format!("p{p}/e{:012}-s{sequence:012}", o.epoch);
+    let mut reader = tokio::fs::File::open(&path).await?;
+    let info = inner.objects.put(object.as_str(), &mut reader).await?;
+    let ours = SnapshotPointer {
+        epoch: o.epoch,
+        sequence,
+        object: object.clone(),
+        file,
+        bytes: info.size as u64,
+    };
+    let value: bytes::Bytes = serde_json::to_vec(&ours)?.into();
+    for _ in 0..5 {
+        let current = read_pointer(cluster, p).await?;
+        if let Some((c, _)) = &current {
+            if (c.epoch, c.sequence) >= (ours.epoch, ours.sequence) {
+                // A newer owner (or this one) got further: keep its.
+                let _ = inner.objects.delete(&object).await;
+                return Ok(None);
+            }
+        }
+        let moved = match &current {
+            Some((_, revision)) => inner
+                .pointers
+                .update(partition_key(p), value.clone(), *revision)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            None => inner
+                .pointers
+                .create(partition_key(p), value.clone())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        };
+        match moved {
+            Ok(()) => {
+                if let Some((c, _)) = current {
+                    if c.object != object {
+                        let _ = inner.objects.delete(&c.object).await;
+                    }
+                }
+                *inner.parts[p as usize].snapshot.lock() = (sequence, o.epoch);
+                inner.metrics.snapshots.inc();
+                tracing::info!(
+                    partition = p,
+                    epoch = o.epoch,
+                    sequence,
+                    bytes = ours.bytes,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "partition snapshot stored"
+                );
+                return Ok(Some(sequence));
+            }
+            Err(e) => {
+                tracing::debug!(partition = p, error = %e, "snapshot pointer moved meanwhile; rereading");
+            }
+        }
+    }
+    let _ = inner.objects.delete(&object).await;
+    anyhow::bail!("the snapshot pointer kept changing under five attempts")
+}

@@ -1,0 +1,395 @@
+//! The write path in cluster mode: where observations are admitted.
+//!
+//! Any node takes a write: it validates the observation as a single node
+//! would (against the space's dimension from the space registry), makes it
+//! deterministic (server-made id, receive time and expiry fixed here, so
+//! every replay applies the same record), publishes it to the partition's
+//! stream with a message id derived from (space, episode id), and acks
+//! only after JetStream's PubAck: the write is then stored on a majority
+//! of the NATS servers. A retry of the same write (same id) within the
+//! stream's duplicate window is answered with the first write's sequence.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use engram_core::model::{now_unix_nanos, Expiry, SpaceId};
+use engram_proto::v1 as pb;
+use prost::Message as _;
+use sha2::Digest;
+use tonic::Status;
+
+use super::{subject, Cluster, SpaceEntry};
+use crate::grpc::convert;
+use crate::grpc::status::status;
+
+/// The registry key of a space: hex, since space ids may hold characters
+/// that KV keys may not.
+pub(crate) fn space_key(space: &str) -> String {
+    let mut key = String::with_capacity(space.len() * 2);
+    for b in space.as_bytes() {
+        key.push_str(&format!("{b:02x}"));
+    }
+    key
+}
+
+pub(crate) fn space_from_key(key: &str) -> Option<String> {
+    if !key.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..key.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&key[i..i + 2], 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+impl Cluster {
+    /// The registry entry of `space`, if it exists.
+    pub(crate) async fn space_entry(&self, space: &str) -> Result<Option<SpaceEntry>, Status> {
+        if let Some(e) = self.inner.space_cache.read().get(space) {
+            return Ok(Some(e.clone()));
+        }
+        let value = self
+            .inner
+            .spaces
+            .get(space_key(space))
+            .await
+            .map_err(|e| unavailable(format!("reading the space registry: {e}")))?;
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        let entry: SpaceEntry = serde_json::from_slice(&value)
+            .map_err(|e| Status::internal(format!("space registry entry of {space}: {e}")))?;
+        self.inner
+            .space_cache
+            .write()
+            .insert(space.to_owned(), entry.clone());
+        Ok(Some(entry))
+    }
+
+    /// Creates the space in the registry unless it exists; answers the
+    /// entry that holds and whether this call created it.
+    pub(crate) async fn create_space_entry(
+        &self,
+        space: &str,
+        wanted: SpaceEntry,
+    ) -> Result<(SpaceEntry, bool), Status> {
+        SpaceId::parse(space).map_err(status)?;
+        if let Some(e) = self.space_entry(space).await? {
+            return Ok((e, false));
+        }
+        let value = serde_json::to_vec(&wanted).expect("a space entry serializes");
+        match self
+            .inner
+            .spaces
+            .create(space_key(space), value.into())
+            .await
+        {
+            Ok(_) => {
+                self.inner
+                    .space_cache
+                    .write()
+                    .insert(space.to_owned(), wanted.clone());
+                Ok((wanted, true))
+            }
+            Err(_) => {
+                // Another node created it first (or NATS failed): read it.
+                self.inner.space_cache.write().remove(space);
+                match self.space_entry(space).await? {
+                    Some(e) => Ok((e, false)),
+                    None => Err(unavailable(format!(
+                        "creating space {space} in the cluster registry failed; retry"
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// Makes sure a partition engine holds `space` (as the registry says)
+    /// before it applies a record of it or answers for it.
+    pub(crate) async fn ensure_local_space(
+        &self,
+        engine: &engram_core::Engine,
+        space: &str,
+    ) -> Result<(), Status> {
+        if engine.describe_space(space).is_ok() {
+            return Ok(());
+        }
+        let Some(entry) = self.space_entry(space).await? else {
+            return Err(Status::not_found(format!(
+                "memory space {space:?} does not exist"
+            )));
+        };
+        let ttl = entry
+            .default_ttl_secs
+            .map(|s| engram_core::model::default_ttl_from_secs(Some(s)))
+            .transpose()
+            .map_err(|e| Status::internal(e.to_string()))?
+            .flatten();
+        engine
+            .create_space_with_ttl(space, Some(entry.dimension), entry.vector_storage, ttl)
+            .await
+            .map_err(status)?;
+        Ok(())
+    }
+
+    /// CreateSpace in cluster mode: the registry entry is the space (the
+    /// owner creates it in its engine from there). An existing space with
+    /// other settings is ALREADY_EXISTS, as on a single node.
+    pub async fn create_space(
+        &self,
+        space: &str,
+        dimension: Option<usize>,
+        vector_storage: Option<engram_core::model::VectorStorage>,
+        default_ttl: Option<Option<Duration>>,
+    ) -> Result<(pb::SpaceInfo, bool), Status> {
+        let dimension = dimension.unwrap_or(engram_core::model::DEFAULT_DIMENSION);
+        let max = self
+            .inner
+            .engine
+            .max_dimension
+            .clamp(1, engram_core::model::MAX_DIMENSION);
+        if !(1..=max).contains(&dimension) {
+            return Err(Status::invalid_argument(format!(
+                "invalid dimension: is {dimension}; this server takes 1 to {max} dimensions (engine.max_dimension)"
+            )));
+        }
+        let wanted = SpaceEntry {
+            dimension,
+            vector_storage: Some(vector_storage.unwrap_or(self.inner.engine.vector_storage)),
+            default_ttl_secs: default_ttl.flatten().map(|d| d.as_secs_f64()),
+        };
+        let (entry, created) = self.create_space_entry(space, wanted.clone()).await?;
+        if !created {
+            let storage_differs =
+                vector_storage.is_some_and(|v| entry.vector_storage.is_some_and(|e| e != v));
+            let ttl_differs =
+                default_ttl.is_some_and(|t| t.map(|d| d.as_secs_f64()) != entry.default_ttl_secs);
+            if entry.dimension != dimension || storage_differs || ttl_differs {
+                return Err(Status::already_exists(format!(
+                    "memory space {space:?} exists with dimension {}, vector storage {}, default TTL {:?} s",
+                    entry.dimension,
+                    entry.vector_storage.map_or("default".to_owned(), |v| v.to_string()),
+                    entry.default_ttl_secs
+                )));
+            }
+        }
+        Ok((space_info(space, &entry), created))
+    }
+
+    /// Every space in the registry (their counts come from DescribeSpace,
+    /// answered by each space's owner).
+    pub async fn list_spaces(&self) -> Result<Vec<pb::SpaceInfo>, Status> {
+        use futures::StreamExt;
+        let mut keys = self
+            .inner
+            .spaces
+            .keys()
+            .await
+            .map_err(|e| unavailable(format!("reading the space registry: {e}")))?;
+        let mut out = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| unavailable(format!("reading the space registry: {e}")))?;
+            let Some(space) = space_from_key(&key) else {
+                continue;
+            };
+            if let Some(entry) = self.space_entry(&space).await? {
+                out.push(space_info(&space, &entry));
+            }
+        }
+        out.sort_by(|a, b| a.memory_space_id.cmp(&b.memory_space_id));
+        Ok(out)
+    }
+
+    /// Remember in cluster mode: validate, publish, ack after the PubAck.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT as on a single node; RESOURCE_EXHAUSTED when this
+    /// node has `max_pending_publishes` writes in flight; UNAVAILABLE when
+    /// JetStream did not store the write within `publish_timeout_ms`
+    /// (retrying with the same episode id is safe).
+    pub async fn remember(
+        &self,
+        space: &str,
+        mut episode: pb::Episode,
+    ) -> Result<pb::RememberResponse, Status> {
+        let received = now_unix_nanos();
+        SpaceId::parse(space).map_err(status)?;
+        let input = convert::episode_input(episode.clone())?;
+        let valid = input.validate().map_err(status)?;
+        let dimension = valid.embedding.len();
+        let max = self
+            .inner
+            .engine
+            .max_dimension
+            .clamp(1, engram_core::model::MAX_DIMENSION);
+        if dimension > max {
+            return Err(Status::invalid_argument(format!(
+                "invalid episode.embedding: has {dimension} values; this server takes 1 to {max} dimensions (engine.max_dimension)"
+            )));
+        }
+        let entry = match self.space_entry(space).await? {
+            Some(e) => e,
+            None if self.inner.engine.auto_create_spaces => {
+                self.create_space_entry(
+                    space,
+                    SpaceEntry {
+                        dimension,
+                        vector_storage: None,
+                        default_ttl_secs: None,
+                    },
+                )
+                .await?
+                .0
+            }
+            None => {
+                return Err(Status::not_found(format!(
+                    "memory space {space:?} does not exist"
+                )))
+            }
+        };
+        if entry.dimension != dimension {
+            return Err(Status::invalid_argument(format!(
+                "dimension mismatch in space {space}: expected {}, got {dimension}",
+                entry.dimension
+            )));
+        }
+        // Fix everything a replay must not decide anew.
+        if episode.id.is_empty() {
+            episode.id = uuid::Uuid::new_v4().to_string();
+        }
+        if episode.when.is_none() {
+            episode.when = Some(convert::timestamp(received));
+        }
+        let expires_at = match valid.expiry {
+            Some(Expiry::At(t)) => Some(t),
+            Some(Expiry::After(d)) => Some(received.saturating_add(d.as_nanos() as i64)),
+            None => entry
+                .default_ttl_secs
+                .map(|s| received.saturating_add((s * 1e9) as i64)),
+        };
+        if let Some(t) = expires_at {
+            if t <= received {
+                return Err(Status::invalid_argument(
+                    "invalid episode.expires_at: is not in the future by the server's clock",
+                ));
+            }
+        }
+        episode.expires_at = expires_at.map(convert::timestamp);
+        episode.ttl_seconds = 0.0;
+        let memory_id = episode.id.clone();
+        let payload = pb::PartitionRecord {
+            memory_space_id: space.to_owned(),
+            episode: Some(episode),
+        }
+        .encode_to_vec();
+        let p = self.partition(space);
+        let msg_id = {
+            let mut h = sha2::Sha256::new();
+            h.update(space.as_bytes());
+            h.update([0u8]);
+            h.update(memory_id.as_bytes());
+            let d = h.finalize();
+            d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
+        let _permit = self
+            .inner
+            .publish_permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "this node has {} writes waiting for the cluster's log (cluster.max_pending_publishes); retry later",
+                    self.inner.cfg.max_pending_publishes
+                ))
+            })?;
+        let started = Instant::now();
+        let ack = self.publish(p, &msg_id, payload.into()).await?;
+        self.inner.metrics.publish_latency(started.elapsed());
+        self.inner.parts[p as usize]
+            .stream_last
+            .fetch_max(ack.sequence, Ordering::Relaxed);
+        Ok(pb::RememberResponse {
+            memory_id,
+            server_sequence: 0,
+            committed_at: Some(convert::timestamp(now_unix_nanos())),
+            duplicate: ack.duplicate,
+            token: Some(pb::ConsistencyToken {
+                partition: p,
+                sequence: ack.sequence,
+            }),
+        })
+    }
+
+    /// Publishes until JetStream stores the record (or the deadline):
+    /// every retry carries the same message id, so the stream stores it
+    /// once.
+    async fn publish(
+        &self,
+        p: u32,
+        msg_id: &str,
+        payload: bytes::Bytes,
+    ) -> Result<async_nats::jetstream::publish::PublishAck, Status> {
+        let deadline = Instant::now() + Duration::from_millis(self.inner.cfg.publish_timeout_ms);
+        let mut backoff = Duration::from_millis(50);
+        let mut last_error = String::new();
+        while Instant::now() < deadline {
+            let sent = self
+                .inner
+                .js
+                .send_publish(
+                    subject(p),
+                    PublishMessage::build()
+                        .payload(payload.clone())
+                        .message_id(msg_id),
+                )
+                .await;
+            let acked = match sent {
+                Ok(future) => future.await,
+                Err(e) => Err(e),
+            };
+            match acked {
+                // A duplicate with sequence 0 says nothing about where
+                // (or whether) the first copy is stored: not an ack.
+                Ok(ack) if ack.duplicate && ack.sequence == 0 => {
+                    last_error = "JetStream answered duplicate without a sequence".to_owned();
+                }
+                Ok(ack) => return Ok(ack),
+                Err(e) => {
+                    if e.kind() == PublishErrorKind::MaxPayloadExceeded {
+                        return Err(Status::invalid_argument(format!(
+                            "the observation is larger than the NATS server's max_payload: {e}"
+                        )));
+                    }
+                    last_error = e.to_string();
+                }
+            }
+            self.inner.metrics.publish_retries.inc();
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(1000));
+        }
+        Err(unavailable(format!(
+            "partition {p}: the cluster's log did not store the write within {} ms ({last_error}); retrying with the same episode id is safe",
+            self.inner.cfg.publish_timeout_ms
+        )))
+    }
+}
+
+/// A space as the registry knows it (no counts: those are the owner's).
+fn space_info(space: &str, e: &SpaceEntry) -> pb::SpaceInfo {
+    pb::SpaceInfo {
+        memory_space_id: space.to_owned(),
+        dimension: e.dimension as u32,
+        vector_storage: e
+            .vector_storage
+            .map_or(0, |v| convert::vector_storage(v) as i32),
+        default_ttl_seconds: e.default_ttl_secs.unwrap_or(0.0),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn unavailable(message: String) -> Status {
+    Status::unavailable(message)
+}

@@ -1,0 +1,690 @@
+//! Cluster failover, end to end: 3 NATS servers (JetStream, R3) and 3
+//! engram nodes on loopback, as separate processes.
+//!
+//! Writers on several sessions keep a ledger of every ack and its
+//! consistency token; after some acks, a recall carrying the token is
+//! asked of *another* node. Then:
+//! 1. SIGKILL the engram node owning most partitions; every partition it
+//!    owned must be served again within lease TTL + 10 s; restart it;
+//! 2. SIGKILL the NATS server leading most partition streams; restart it.
+//!
+//! Writes go on throughout (a write that fails is retried with the same
+//! episode id until acked). Checks at the end:
+//! - every acked observation is present exactly once (listing every space
+//!   through any node);
+//! - every token-checked recall saw its write;
+//! - one lease holder per (partition, epoch), from every node's log.
+//!
+//! Needs the pinned NATS server: `scripts/install-nats.sh` (the README's
+//! test command runs it) or `ENGRAM_NATS_SERVER`; fails, never skips,
+//! without it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use engram_proto::v1 as pb;
+use engram_proto::v1::memory_client::MemoryClient;
+use parking_lot::Mutex;
+use tonic::transport::Channel;
+
+const PARTITIONS: u32 = 8;
+const LEASE_TTL_SECS: u64 = 10;
+const SPACES: usize = 6;
+const WRITERS: usize = 4;
+const DIM: usize = 16;
+
+fn nats_server() -> PathBuf {
+    if let Ok(p) = std::env::var("ENGRAM_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-nats/bin/nats-server");
+    assert!(
+        p.exists(),
+        "the cluster failover test needs the pinned NATS server: run scripts/install-nats.sh \
+         (the README's test command does) or set ENGRAM_NATS_SERVER"
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Nats {
+    name: String,
+    port: u16,
+    conf: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Nats {
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        self.child = Some(
+            Command::new(nats_server())
+                .arg("-c")
+                .arg(&self.conf)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("nats-server starts"),
+        );
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+}
+
+struct Node {
+    id: String,
+    http: u16,
+    grpc: u16,
+    conf: PathBuf,
+    data: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        self.child = Some(
+            Command::new(env!("CARGO_BIN_EXE_engram"))
+                .args(["serve", "--config"])
+                .arg(&self.conf)
+                .arg("--data-dir")
+                .arg(&self.data)
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("engram starts"),
+        );
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One acked write.
+#[derive(Clone)]
+struct Acked {
+    space: String,
+    id: String,
+}
+
+#[derive(Default)]
+struct Ledger {
+    acked: Mutex<Vec<Acked>>,
+    token_recalls: AtomicU64,
+    token_recall_misses: Mutex<Vec<String>>,
+    write_retries: AtomicU64,
+    gave_up: Mutex<Vec<String>>,
+}
+
+fn client(port: u16) -> MemoryClient<Channel> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(20))
+        .connect_lazy();
+    MemoryClient::new(ch)
+}
+
+fn vector(seed: u64) -> Vec<f32> {
+    // A deterministic pseudo-random vector per write.
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..DIM)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % 2000) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
+fn space_name(i: usize) -> String {
+    format!("failover-{i}")
+}
+
+async fn cluster_status(http: u16) -> Option<serde_json::Value> {
+    let r = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{http}/v1/cluster"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    r.json().await.ok()
+}
+
+/// Partition → owner, with the owner's own view "serving", across `nodes`.
+async fn served(nodes: &[(String, u16)]) -> BTreeMap<u32, String> {
+    let mut out = BTreeMap::new();
+    for (id, http) in nodes {
+        let Some(s) = cluster_status(*http).await else {
+            continue;
+        };
+        for p in s["partitions"].as_array().into_iter().flatten() {
+            if p["state"] == "serving" && p["owner"] == id.as_str() {
+                out.insert(p["partition"].as_u64().unwrap() as u32, id.clone());
+            }
+        }
+    }
+    out
+}
+
+async fn writer(w: usize, ports: Vec<u16>, ledger: Arc<Ledger>, stop: Arc<AtomicBool>) {
+    let clients: Vec<_> = ports.iter().map(|p| client(*p)).collect();
+    let mut n: u64 = 0;
+    let mut node = w % clients.len();
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let space = space_name((w + n as usize) % SPACES);
+        let id = format!("w{w}-{n}");
+        let seed = (w as u64) << 40 | n;
+        let episode = pb::Episode {
+            id: id.clone(),
+            what: format!("writer {w} observation {n}"),
+            embedding: vector(seed),
+            ..Default::default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let ack = loop {
+            let r = clients[node]
+                .clone()
+                .remember(pb::RememberRequest {
+                    memory_space_id: space.clone(),
+                    episode: Some(episode.clone()),
+                    priority: 0,
+                })
+                .await;
+            match r {
+                Ok(r) => break Some(r.into_inner()),
+                Err(_) if Instant::now() < deadline => {
+                    ledger.write_retries.fetch_add(1, Ordering::Relaxed);
+                    node = (node + 1) % clients.len();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    ledger.gave_up.lock().push(format!("{space}/{id}: {e}"));
+                    break None;
+                }
+            }
+        };
+        let Some(ack) = ack else { continue };
+        let token = ack.token.expect("cluster acks carry a token");
+        ledger.acked.lock().push(Acked {
+            space: space.clone(),
+            id: id.clone(),
+        });
+        if n.is_multiple_of(4) {
+            // Read-after-ack on another node.
+            let other = (node + 1 + (n as usize % 2)) % clients.len();
+            ledger.token_recalls.fetch_add(1, Ordering::Relaxed);
+            if !recall_sees(&clients, other, &space, &id, seed, token).await {
+                ledger
+                    .token_recall_misses
+                    .lock()
+                    .push(format!("{space}/{id} at {token:?}"));
+            }
+        }
+    }
+}
+
+/// A recall with `token` (retried on UNAVAILABLE, on the next node after
+/// a transport failure) finds `id` as its best match.
+async fn recall_sees(
+    clients: &[MemoryClient<Channel>],
+    mut node: usize,
+    space: &str,
+    id: &str,
+    seed: u64,
+    token: pb::ConsistencyToken,
+) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = clients[node]
+            .clone()
+            .recall(pb::RecallRequest {
+                memory_space_id: space.to_owned(),
+                cue: Some(pb::Cue {
+                    embedding: vector(seed),
+                    max_results: 3,
+                    ..Default::default()
+                }),
+                after: Some(token),
+                ..Default::default()
+            })
+            .await;
+        match r {
+            Ok(r) => {
+                let r = r.into_inner();
+                return r
+                    .memories
+                    .first()
+                    .and_then(|m| m.episode.as_ref())
+                    .is_some_and(|e| e.id == id);
+            }
+            Err(_) if Instant::now() < deadline => {
+                node = (node + 1) % clients.len();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                eprintln!("recall of {space}/{id} failed for good: {e}");
+                return false;
+            }
+        }
+    }
+}
+
+/// Every memory id of `space`, listed through `client` (retried).
+async fn list_all(client: &MemoryClient<Channel>, space: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    'again: loop {
+        let mut ids = Vec::new();
+        let mut token = String::new();
+        loop {
+            let r = client
+                .clone()
+                .list_memories(pb::ListMemoriesRequest {
+                    memory_space_id: space.to_owned(),
+                    page_size: 1000,
+                    page_token: token.clone(),
+                    ..Default::default()
+                })
+                .await;
+            match r {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    ids.extend(
+                        r.memories
+                            .into_iter()
+                            .filter_map(|m| m.episode.map(|e| e.id)),
+                    );
+                    if r.next_page_token.is_empty() {
+                        return ids;
+                    }
+                    token = r.next_page_token;
+                }
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "listing {space} kept failing: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    continue 'again;
+                }
+            }
+        }
+    }
+}
+
+/// (partition, epoch) → node from every "acquired partition lease" line.
+fn lease_holders(logs: &[PathBuf]) -> Vec<(u32, u64, String)> {
+    let mut out = Vec::new();
+    for log in logs {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        for line in text
+            .lines()
+            .filter(|l| l.contains("acquired partition lease"))
+        {
+            let field = |k: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(&format!("{k}=")))
+                    .map(|v| v.trim_matches('"').to_owned())
+            };
+            if let (Some(p), Some(e), Some(n)) = (field("partition"), field("epoch"), field("node"))
+            {
+                out.push((p.parse().unwrap(), e.parse().unwrap(), n));
+            }
+        }
+    }
+    out
+}
+
+/// The NATS server leading the most partition streams, by its name.
+async fn busiest_stream_leader(nats_urls: &[String]) -> (String, usize) {
+    let client = async_nats::connect(nats_urls.to_vec())
+        .await
+        .expect("connect to NATS");
+    let js = async_nats::jetstream::new(client);
+    let mut leaders: HashMap<String, usize> = HashMap::new();
+    for p in 0..PARTITIONS {
+        let mut stream = js.get_stream(format!("ENGRAM_P{p}")).await.expect("stream");
+        let info = stream.info().await.expect("stream info");
+        if let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone()) {
+            *leaders.entry(leader).or_default() += 1;
+        }
+    }
+    leaders
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .expect("streams have leaders")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failover_loses_no_acked_observation() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // NATS: three servers, one cluster, JetStream syncing every write.
+    let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let routes: Vec<String> = cluster_ports
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect();
+    let mut nats: Vec<Nats> = (0..3)
+        .map(|i| {
+            let port = free_port();
+            let name = format!("nats{}", i + 1);
+            let conf = root.join(format!("{name}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "server_name: {name}\nlisten: 127.0.0.1:{port}\n\
+                     jetstream {{ store_dir: \"{store}\", sync_interval: always }}\n\
+                     cluster {{ name: engram, listen: 127.0.0.1:{cport}, routes: [{routes}] }}\n",
+                    store = root.join(format!("{name}-js")).display(),
+                    cport = cluster_ports[i],
+                    routes = routes.join(", "),
+                ),
+            )
+            .unwrap();
+            Nats {
+                log: root.join(format!("{name}.log")),
+                name,
+                port,
+                conf,
+                child: None,
+            }
+        })
+        .collect();
+    for n in &mut nats {
+        n.start();
+    }
+    let nats_urls: Vec<String> = nats
+        .iter()
+        .map(|n| format!("nats://127.0.0.1:{}", n.port))
+        .collect();
+
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            let id = format!("node{}", i + 1);
+            let (http, grpc) = (free_port(), free_port());
+            let conf = root.join(format!("{id}.toml"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "[http]\naddr = \"127.0.0.1:{http}\"\n[grpc]\naddr = \"127.0.0.1:{grpc}\"\n\
+                     [engine]\nworkers = 1\n\
+                     [cluster]\nnats = [{urls}]\nnode_id = \"{id}\"\npartitions = {PARTITIONS}\n\
+                     replicas = 3\nlease_ttl_secs = {LEASE_TTL_SECS}\nsnapshot_interval_secs = 5\n",
+                    urls = nats_urls
+                        .iter()
+                        .map(|u| format!("\"{u}\""))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
+            )
+            .unwrap();
+            Node {
+                data: root.join(format!("{id}-data")),
+                log: root.join(format!("{id}.log")),
+                id,
+                http,
+                grpc,
+                conf,
+                child: None,
+            }
+        })
+        .collect();
+    for n in &mut nodes {
+        n.start();
+    }
+    let all: Vec<(String, u16)> = nodes.iter().map(|n| (n.id.clone(), n.http)).collect();
+    let logs: Vec<PathBuf> = nodes.iter().map(|n| n.log.clone()).collect();
+    let dump_logs = |why: &str| {
+        for l in logs.iter().chain(nats.iter().map(|n| &n.log)) {
+            let text = std::fs::read_to_string(l).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!("--- {} (last 40 lines) ---", l.display());
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        panic!("{why}");
+    };
+
+    // Every partition served.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if served(&all).await.len() == PARTITIONS as usize {
+            break;
+        }
+        if Instant::now() > deadline {
+            dump_logs("the cluster never served every partition");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("cluster up: every partition served");
+
+    // Writers.
+    let ledger = Arc::new(Ledger::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let ports: Vec<u16> = nodes.iter().map(|n| n.grpc).collect();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| tokio::spawn(writer(w, ports.clone(), ledger.clone(), stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+
+    // 1. SIGKILL the engram node owning the most partitions.
+    let owners = served(&all).await;
+    let mut per_node: HashMap<String, Vec<u32>> = HashMap::new();
+    for (p, n) in &owners {
+        per_node.entry(n.clone()).or_default().push(*p);
+    }
+    let (victim, orphans) = per_node.into_iter().max_by_key(|(_, ps)| ps.len()).unwrap();
+    let vi = nodes.iter().position(|n| n.id == victim).unwrap();
+    let before = ledger.acked.lock().len();
+    println!("killing {victim} (owns partitions {orphans:?}); {before} writes acked so far");
+    let killed_at = Instant::now();
+    nodes[vi].kill();
+    let survivors: Vec<(String, u16)> = all
+        .iter()
+        .filter(|(id, _)| *id != victim)
+        .cloned()
+        .collect();
+    let limit = Duration::from_secs(LEASE_TTL_SECS + 10);
+    let mut back: BTreeMap<u32, Duration> = BTreeMap::new();
+    while back.len() < orphans.len() {
+        for (p, _) in served(&survivors).await {
+            if orphans.contains(&p) {
+                back.entry(p).or_insert_with(|| killed_at.elapsed());
+            }
+        }
+        if killed_at.elapsed() > limit + Duration::from_secs(20) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("orphaned partitions served again after (s): {back:?}");
+    let slow: Vec<_> = orphans
+        .iter()
+        .filter(|p| back.get(p).is_none_or(|t| *t > limit))
+        .collect();
+    if !slow.is_empty() {
+        dump_logs(&format!(
+            "partitions {slow:?} not served again within lease TTL + 10 s ({limit:?}): {back:?}"
+        ));
+    }
+    for line in survivors
+        .iter()
+        .filter_map(|(id, _)| nodes.iter().find(|n| &n.id == id))
+        .flat_map(|n| {
+            std::fs::read_to_string(&n.log)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("partition served"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|l| {
+            orphans
+                .iter()
+                .any(|p| l.contains(&format!(" partition={p} ")))
+        })
+        .collect::<Vec<_>>()
+        .iter()
+        .rev()
+        .take(orphans.len())
+    {
+        println!("takeover: {}", &line[line.find("partition").unwrap_or(0)..]);
+    }
+    nodes[vi].start();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+
+    // 2. SIGKILL the NATS server leading the most partition streams.
+    let (leader, led) = busiest_stream_leader(&nats_urls).await;
+    let ni = nats.iter().position(|n| n.name == leader).unwrap();
+    println!(
+        "killing NATS server {leader} (leads {led} of {PARTITIONS} partition streams); {} writes acked so far",
+        ledger.acked.lock().len()
+    );
+    nats[ni].kill();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    println!(
+        "restarting {leader}; {} writes acked so far",
+        ledger.acked.lock().len()
+    );
+    nats[ni].start();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acked = ledger.acked.lock().clone();
+    println!(
+        "writes acked: {}, retried attempts: {}, token-checked recalls: {}",
+        acked.len(),
+        ledger.write_retries.load(Ordering::Relaxed),
+        ledger.token_recalls.load(Ordering::Relaxed)
+    );
+    assert!(
+        ledger.gave_up.lock().is_empty(),
+        "writes never acked: {:?}",
+        ledger.gave_up.lock()
+    );
+    assert!(
+        acked.len() > 200,
+        "too few writes to mean anything: {}",
+        acked.len()
+    );
+
+    // Every acked write present exactly once, read through every node.
+    let mut want: HashMap<String, HashSet<String>> = HashMap::new();
+    for a in &acked {
+        assert!(
+            want.entry(a.space.clone())
+                .or_default()
+                .insert(a.id.clone()),
+            "the writers acked {} twice",
+            a.id
+        );
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        let c = client(node.grpc);
+        for s in 0..SPACES {
+            let space = space_name(s);
+            if i > 0 && s % 3 != i % 3 {
+                continue; // every space through node 1, a third through each other
+            }
+            let ids = list_all(&c, &space).await;
+            let mut seen = HashSet::new();
+            let dupes: Vec<_> = ids.iter().filter(|id| !seen.insert(id.as_str())).collect();
+            assert!(
+                dupes.is_empty(),
+                "{space}: stored more than once: {dupes:?}"
+            );
+            let expected = want.get(&space).cloned().unwrap_or_default();
+            let missing: Vec<_> = expected
+                .iter()
+                .filter(|id| !seen.contains(id.as_str()))
+                .collect();
+            assert!(
+                missing.is_empty(),
+                "{space} via {}: {} acked writes missing, e.g. {:?}",
+                node.id,
+                missing.len(),
+                missing.iter().take(5).collect::<Vec<_>>()
+            );
+            let extra: Vec<_> = seen.iter().filter(|id| !expected.contains(**id)).collect();
+            assert!(extra.is_empty(), "{space}: writes nobody acked: {extra:?}");
+        }
+    }
+    let misses = ledger.token_recall_misses.lock().clone();
+    assert!(
+        misses.is_empty(),
+        "{} of {} token-checked recalls missed their write: {:?}",
+        misses.len(),
+        ledger.token_recalls.load(Ordering::Relaxed),
+        &misses[..misses.len().min(5)]
+    );
+
+    // One lease holder per (partition, epoch).
+    let holders = lease_holders(&logs);
+    let mut by_epoch: HashMap<(u32, u64), HashSet<String>> = HashMap::new();
+    for (p, e, n) in &holders {
+        by_epoch.entry((*p, *e)).or_default().insert(n.clone());
+    }
+    let doubled: Vec<_> = by_epoch.iter().filter(|(_, n)| n.len() > 1).collect();
+    assert!(
+        doubled.is_empty(),
+        "two lease holders for one (partition, epoch): {doubled:?}"
+    );
+    assert!(holders.len() >= PARTITIONS as usize + orphans.len());
+    println!(
+        "checked: {} acked writes present exactly once, {} token recalls saw their write, {} lease acquisitions with unique (partition, epoch)",
+        acked.len(),
+        ledger.token_recalls.load(Ordering::Relaxed),
+        holders.len()
+    );
+}
