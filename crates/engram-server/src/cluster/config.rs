@@ -49,6 +49,9 @@ pub struct ClusterConfig {
     /// so retries are idempotent) through a NATS failover before it
     /// answers UNAVAILABLE.
     pub publish_timeout_ms: u64,
+    /// Seconds the node keeps trying to reach NATS and set up the streams
+    /// and buckets at start; then it exits with the cause.
+    pub join_timeout_secs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -65,6 +68,7 @@ impl Default for ClusterConfig {
             read_wait_ms: 5_000,
             max_pending_publishes: 4_096,
             publish_timeout_ms: 15_000,
+            join_timeout_secs: 30,
         }
     }
 }

@@ -126,13 +126,7 @@ async fn step(cluster: &Cluster, p: u32, ttl: Duration, may_acquire: bool) {
             return;
         }
     };
-    let lease = entry
-        .filter(|e| e.operation == Operation::Put)
-        .and_then(|e| {
-            let v: LeaseValue = serde_json::from_slice(&e.value).ok()?;
-            let epoch = if v.epoch == 0 { e.revision } else { v.epoch };
-            Some((v.owner, epoch, e.revision))
-        });
+    let lease = lease_of(entry);
     *part.lease.write() = lease.as_ref().map(|(owner, epoch, _)| super::LeaseView {
         owner: owner.clone(),
         epoch: *epoch,
@@ -191,6 +185,26 @@ async fn step(cluster: &Cluster, p: u32, ttl: Duration, may_acquire: bool) {
             tracing::debug!(partition = p, error = %e, "another node acquired the lease first");
         }
     }
+}
+
+/// (owner, epoch, revision) of a lease entry; `None` when deleted.
+fn lease_of(entry: Option<async_nats::jetstream::kv::Entry>) -> Option<(String, u64, u64)> {
+    entry
+        .filter(|e| e.operation == Operation::Put)
+        .and_then(|e| {
+            let v: LeaseValue = serde_json::from_slice(&e.value).ok()?;
+            let epoch = if v.epoch == 0 { e.revision } else { v.epoch };
+            Some((v.owner, epoch, e.revision))
+        })
+}
+
+/// Reads the lease of `p` now (the lease loop's view may be up to a tick
+/// old) and updates the view.
+pub(crate) async fn read_lease(cluster: &Cluster, p: u32) -> Option<super::LeaseView> {
+    let entry = cluster.inner.leases.entry(partition_key(p)).await.ok()?;
+    let view = lease_of(entry).map(|(owner, epoch, _)| super::LeaseView { owner, epoch });
+    *cluster.inner.parts[p as usize].lease.write() = view.clone();
+    view
 }
 
 async fn renew(cluster: &Cluster, p: u32, o: &Arc<Owned>, revision: u64) {

@@ -21,6 +21,7 @@ mod config;
 mod lease;
 mod metrics;
 mod owner;
+pub mod proxy;
 mod route;
 mod write;
 
@@ -38,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 pub use config::ClusterConfig;
-pub use route::{forward_failed, Route, FORWARDED_HEADER};
+pub use route::{forward_failed, OwnerAt, Route, FORWARDED_HEADER};
 
 use owner::Owned;
 
@@ -195,17 +196,21 @@ impl Cluster {
         stop: watch::Receiver<bool>,
     ) -> Result<Cluster, JoinError> {
         let urls = cfg.nats.join(",");
-        let client = async_nats::ConnectOptions::new()
-            .name(format!("engram-{}", cfg.node_id))
-            .connection_timeout(Duration::from_secs(5))
-            .request_timeout(Some(Duration::from_secs(5)))
-            .retry_on_initial_connect()
-            .connect(cfg.nats.clone())
-            .await
-            .map_err(|e| JoinError::Connect {
-                urls: urls.clone(),
-                message: e.to_string(),
-            })?;
+        let deadline = Instant::now() + Duration::from_secs(cfg.join_timeout_secs);
+        // Bounded: a node that cannot reach NATS exits with the cause
+        // (a supervisor restarts it) instead of hanging unready.
+        let client = retry_setup(deadline, || {
+            async_nats::ConnectOptions::new()
+                .name(format!("engram-{}", cfg.node_id))
+                .connection_timeout(Duration::from_secs(5))
+                .request_timeout(Some(Duration::from_secs(5)))
+                .connect(cfg.nats.clone())
+        })
+        .await
+        .map_err(|e| JoinError::Connect {
+            urls: urls.clone(),
+            message: e.to_string(),
+        })?;
         let js = jetstream::new(client);
         let setup = |what: &str, e: &dyn std::fmt::Display| JoinError::Setup {
             what: what.to_owned(),
@@ -226,7 +231,7 @@ impl Cluster {
                 duplicate_window: Duration::from_secs(120),
                 ..Default::default()
             };
-            retry_setup(|| js.get_or_create_stream(config.clone()))
+            retry_setup(deadline, || js.get_or_create_stream(config.clone()))
                 .await
                 .map_err(|e| setup(&stream_name(p), &e))?;
         }
@@ -238,20 +243,23 @@ impl Cluster {
             storage: stream::StorageType::File,
             ..Default::default()
         };
-        let leases = retry_setup(|| js.create_key_value(kv(LEASES, ttl, 1)))
+        let leases = retry_setup(deadline, || js.create_key_value(kv(LEASES, ttl, 1)))
             .await
             .map_err(|e| setup(LEASES, &e))?;
-        let nodes = retry_setup(|| js.create_key_value(kv(NODES, ttl, 1)))
+        let nodes = retry_setup(deadline, || js.create_key_value(kv(NODES, ttl, 1)))
             .await
             .map_err(|e| setup(NODES, &e))?;
-        let spaces = retry_setup(|| js.create_key_value(kv(SPACES, Duration::ZERO, 1)))
-            .await
-            .map_err(|e| setup(SPACES, &e))?;
-        let pointers =
-            retry_setup(|| js.create_key_value(kv(SNAPSHOT_POINTERS, Duration::ZERO, 1)))
-                .await
-                .map_err(|e| setup(SNAPSHOT_POINTERS, &e))?;
-        let objects = retry_setup(|| {
+        let spaces = retry_setup(deadline, || {
+            js.create_key_value(kv(SPACES, Duration::ZERO, 1))
+        })
+        .await
+        .map_err(|e| setup(SPACES, &e))?;
+        let pointers = retry_setup(deadline, || {
+            js.create_key_value(kv(SNAPSHOT_POINTERS, Duration::ZERO, 1))
+        })
+        .await
+        .map_err(|e| setup(SNAPSHOT_POINTERS, &e))?;
+        let objects = retry_setup(deadline, || {
             js.create_object_store(object_store::Config {
                 bucket: SNAPSHOTS.to_owned(),
                 num_replicas: cfg.replicas,
@@ -454,14 +462,17 @@ impl Cluster {
     }
 }
 
-/// Retries a JetStream setup call for up to 30 s: a NATS cluster that has
+/// Retries a connection or JetStream setup call until `deadline`
+/// (`cluster.join_timeout_secs` after the start): a NATS cluster that has
 /// just started elects its JetStream meta leader first.
-async fn retry_setup<T, E: std::fmt::Display, F, Fut>(mut call: F) -> Result<T, E>
+async fn retry_setup<T, E: std::fmt::Display, F, Fut>(
+    deadline: Instant,
+    mut call: F,
+) -> Result<T, E>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match call().await {
             Ok(v) => return Ok(v),

@@ -27,6 +27,13 @@ pub enum Route {
     },
 }
 
+/// Who owns a partition, as far as this node can tell now.
+pub enum OwnerAt {
+    Here,
+    Node { id: String, http: String },
+    Nobody,
+}
+
 /// A connection to another node (lazy; reconnects by itself).
 pub(crate) struct Peer {
     addr: String,
@@ -75,7 +82,12 @@ impl Cluster {
                 Status::unavailable(format!("partition {p}: this node is handing it on; retry"))
             });
         }
-        let lease = part.lease.read().clone();
+        let mut lease = part.lease.read().clone();
+        if lease.as_ref().is_none_or(|l| l.owner == self.node_id()) {
+            // The view may be a tick old (an owner acquired it since, or
+            // this node just lost it): ask the lease itself.
+            lease = super::lease::read_lease(self, p).await;
+        }
         match lease {
             None => Err(Status::unavailable(format!(
                 "partition {p} has no owner at the moment (a takeover is running); retry"
@@ -94,6 +106,34 @@ impl Cluster {
                     client,
                 })
             }
+        }
+    }
+
+    /// Who owns partition `p` (reading the lease when the view has no
+    /// owner, or names this node without it owning).
+    pub async fn owner_at(&self, p: u32) -> OwnerAt {
+        let part = &self.inner.parts[p as usize];
+        if part.owned.read().is_some() {
+            return OwnerAt::Here;
+        }
+        let mut lease = part.lease.read().clone();
+        if lease.as_ref().is_none_or(|l| l.owner == self.node_id()) {
+            lease = super::lease::read_lease(self, p).await;
+        }
+        match lease {
+            Some(l) if l.owner != self.node_id() => {
+                match self.inner.node_view.read().get(&l.owner) {
+                    Some(n) => OwnerAt::Node {
+                        id: l.owner.clone(),
+                        http: n.http.clone(),
+                    },
+                    None => OwnerAt::Nobody,
+                }
+            }
+            // This node holds the lease but is not serving (taking it
+            // over): answered here, with the owner's wait.
+            Some(_) => OwnerAt::Here,
+            None => OwnerAt::Nobody,
         }
     }
 

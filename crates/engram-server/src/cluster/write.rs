@@ -213,12 +213,11 @@ impl Cluster {
     pub async fn remember(
         &self,
         space: &str,
-        mut episode: pb::Episode,
+        input: engram_core::EpisodeInput,
     ) -> Result<pb::RememberResponse, Status> {
         let received = now_unix_nanos();
         SpaceId::parse(space).map_err(status)?;
-        let input = convert::episode_input(episode.clone())?;
-        let valid = input.validate().map_err(status)?;
+        let valid = input.clone().validate().map_err(status)?;
         let dimension = valid.embedding.len();
         let max = self
             .inner
@@ -256,13 +255,8 @@ impl Cluster {
                 entry.dimension
             )));
         }
-        // Fix everything a replay must not decide anew.
-        if episode.id.is_empty() {
-            episode.id = uuid::Uuid::new_v4().to_string();
-        }
-        if episode.when.is_none() {
-            episode.when = Some(convert::timestamp(received));
-        }
+        // Fix everything a replay must not decide anew: the id, the time,
+        // the expiry (a TTL counts from here).
         let expires_at = match valid.expiry {
             Some(Expiry::At(t)) => Some(t),
             Some(Expiry::After(d)) => Some(received.saturating_add(d.as_nanos() as i64)),
@@ -277,8 +271,23 @@ impl Cluster {
                 ));
             }
         }
-        episode.expires_at = expires_at.map(convert::timestamp);
-        episode.ttl_seconds = 0.0;
+        let episode = pb::Episode {
+            id: valid
+                .id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            when: Some(convert::timestamp(
+                input.when_unix_nanos.unwrap_or(received),
+            )),
+            what: input.what,
+            // As given: the owner's engine normalizes it, as here.
+            embedding: input.embedding,
+            encoding_confidence: input.encoding_confidence,
+            tags: input.tags,
+            metadata: input.metadata.into_iter().collect(),
+            expires_at: expires_at.map(convert::timestamp),
+            ttl_seconds: 0.0,
+        };
         let memory_id = episode.id.clone();
         let payload = pb::PartitionRecord {
             memory_space_id: space.to_owned(),

@@ -70,8 +70,9 @@ impl Memory for MemoryService {
             if self.state.ready_engine().is_none() {
                 return Err(not_ready());
             }
+            let input = convert::episode_input(episode)?;
             return Ok(Response::new(
-                cluster.remember(&req.memory_space_id, episode).await?,
+                cluster.remember(&req.memory_space_id, input).await?,
             ));
         }
         let input = convert::episode_input(episode)?;

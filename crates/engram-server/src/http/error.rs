@@ -78,6 +78,27 @@ impl From<Error> for ApiError {
     }
 }
 
+impl From<tonic::Status> for ApiError {
+    /// A cluster-mode answer (the cluster layer speaks gRPC statuses).
+    fn from(s: tonic::Status) -> Self {
+        use tonic::Code;
+        let (status, code) = match s.code() {
+            Code::InvalidArgument => (StatusCode::BAD_REQUEST, "invalid_argument"),
+            Code::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Code::AlreadyExists => (StatusCode::CONFLICT, "already_exists"),
+            Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
+            Code::Unavailable | Code::DeadlineExceeded => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
+            Code::Unimplemented => (StatusCode::NOT_IMPLEMENTED, "not_in_cluster_mode"),
+            Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            Code::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        Self::new(status, code, s.message().to_owned())
+    }
+}
+
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {

@@ -94,6 +94,38 @@ impl AppState {
         self.inner.engine.get()
     }
 
+    /// The engine that answers for `space`: the node's engine, or in
+    /// cluster mode the engine of the space's partition when this node
+    /// owns it, once it has applied the write `after` names (the cluster
+    /// proxy sends calls on other partitions to their owner first).
+    ///
+    /// # Errors
+    /// 503 while recovering, or (cluster mode) while the partition is not
+    /// served here, naming its owner.
+    pub async fn space_engine(
+        &self,
+        space: &str,
+        after: Option<&engram_proto::v1::ConsistencyToken>,
+    ) -> Result<Engine, ApiError> {
+        let Some(cluster) = self.cluster() else {
+            return self.engine().cloned();
+        };
+        if self.ready_engine().is_none() {
+            return Err(ApiError::not_ready("recovering its data"));
+        }
+        match cluster.route(space, after, true).await? {
+            crate::cluster::Route::Local(engine) => {
+                cluster.ensure_local_space(&engine, space).await?;
+                Ok(engine)
+            }
+            crate::cluster::Route::Forward { owner, .. } => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("the space's partition is owned by {owner}; retry"),
+            )),
+        }
+    }
+
     /// The engine, once recovery has finished.
     ///
     /// # Errors
@@ -105,7 +137,7 @@ impl AppState {
             return Err(ApiError::new(
                 StatusCode::NOT_IMPLEMENTED,
                 "not_in_cluster_mode",
-                "in cluster mode this node serves engram.v1.Memory Remember, Recall, CreateSpace, DescribeSpace, ListSpaces and ListMemories over gRPC, and GET /v1/cluster; this route is not available in cluster mode yet",
+                "in cluster mode a node serves observe, recall, create, describe and list of spaces and memories (REST and gRPC Memory) and GET /v1/cluster; this route is not available in cluster mode yet",
             ));
         }
         self.inner
@@ -155,6 +187,10 @@ pub fn router(state: AppState, max_body_bytes: usize, ws: ws::WsSettings) -> Rou
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::cluster::proxy::to_owner,
+        ))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }

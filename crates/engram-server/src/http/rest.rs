@@ -138,6 +138,34 @@ pub struct CreateSpaceJson {
 pub struct RecallQuery {
     #[serde(default)]
     include_embeddings: bool,
+    /// Cluster mode: `<partition>.<sequence>`, an ack's token; the recall
+    /// sees that write (read-after-ack on any node).
+    #[serde(default)]
+    after: Option<String>,
+}
+
+impl RecallQuery {
+    fn after(&self) -> Result<Option<engram_proto::v1::ConsistencyToken>, ApiError> {
+        let Some(raw) = &self.after else {
+            return Ok(None);
+        };
+        let parsed = raw
+            .split_once('.')
+            .and_then(|(p, s)| Some((p.parse().ok()?, s.parse().ok()?)));
+        match parsed {
+            Some((partition, sequence)) => Ok(Some(engram_proto::v1::ConsistencyToken {
+                partition,
+                sequence,
+            })),
+            None => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                format!(
+                    "invalid after {raw:?}: expected <partition>.<sequence>, as an ack's token"
+                ),
+            )),
+        }
+    }
 }
 
 fn parse_time(field: &'static str, s: &str) -> Result<i64, ApiError> {
@@ -332,7 +360,6 @@ pub async fn create_space(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     caller.may(&state, &space_id, Need::Write)?;
-    let engine = state.engine()?;
     let req: CreateSpaceJson = if body.is_empty() {
         CreateSpaceJson::default()
     } else {
@@ -355,7 +382,19 @@ pub async fn create_space(
         .map(str::parse::<VectorStorage>)
         .transpose()?;
     let default_ttl = engram_core::model::default_ttl_from_secs(req.default_ttl_seconds)?;
-    let (info, created) = engine
+    if let Some(cluster) = state.cluster() {
+        let (info, created) = cluster
+            .create_space(&space_id, req.dimension, vector_storage, default_ttl)
+            .await?;
+        let status = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        return Ok((status, Json(registered_space_json(&info))).into_response());
+    }
+    let (info, created) = state
+        .engine()?
         .create_space_with_ttl(&space_id, req.dimension, vector_storage, default_ttl)
         .await?;
     let status = if created {
@@ -374,6 +413,16 @@ pub async fn list_spaces(
     caller: Caller,
 ) -> Result<Response, ApiError> {
     state.auth().authorize_any(&caller.0)?;
+    if let Some(cluster) = state.cluster() {
+        let spaces: Vec<_> = cluster
+            .list_spaces()
+            .await?
+            .iter()
+            .filter(|s| state.auth().covers(&caller.0, &s.memory_space_id))
+            .map(registered_space_json)
+            .collect();
+        return Ok(Json(json!({ "spaces": spaces })).into_response());
+    }
     let spaces: Vec<_> = state
         .engine()?
         .list_spaces()
@@ -384,6 +433,16 @@ pub async fn list_spaces(
     Ok(Json(json!({ "spaces": spaces })).into_response())
 }
 
+/// A space as the cluster's registry holds it (counts are answered by
+/// `GET /v1/spaces/{id}`, from the space's owner).
+fn registered_space_json(s: &engram_proto::v1::SpaceInfo) -> serde_json::Value {
+    json!({
+        "memory_space_id": s.memory_space_id,
+        "dimension": s.dimension,
+        "default_ttl_seconds": (s.default_ttl_seconds > 0.0).then_some(s.default_ttl_seconds),
+    })
+}
+
 /// `GET /v1/spaces/{space_id}`
 pub async fn describe_space(
     State(state): State<AppState>,
@@ -391,7 +450,10 @@ pub async fn describe_space(
     PathParams(space_id): PathParams<String>,
 ) -> Result<Response, ApiError> {
     caller.may(&state, &space_id, Need::Read)?;
-    let info = state.engine()?.describe_space(&space_id)?;
+    let info = state
+        .space_engine(&space_id, None)
+        .await?
+        .describe_space(&space_id)?;
     Ok(Json(space_json(&info)).into_response())
 }
 
@@ -416,6 +478,29 @@ pub async fn remember(
     JsonBody(episode): JsonBody<EpisodeJson>,
 ) -> Result<Response, ApiError> {
     caller.may(&state, &space_id, Need::Write)?;
+    if let Some(cluster) = state.cluster() {
+        if state.ready_engine().is_none() {
+            return Err(ApiError::not_ready("recovering its data"));
+        }
+        let done = cluster.remember(&space_id, episode.into_input()?).await?;
+        let token = done.token.unwrap_or_default();
+        let status = if done.duplicate {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        };
+        return Ok((
+            status,
+            Json(json!({
+                "memory_id": done.memory_id,
+                "server_sequence": 0,
+                "committed_at": format_time(engram_core::model::now_unix_nanos()),
+                "duplicate": done.duplicate,
+                "token": {"partition": token.partition, "sequence": token.sequence},
+            })),
+        )
+            .into_response());
+    }
     let engine = state.engine()?;
     let done = engine.remember(&space_id, episode.into_input()?).await?;
     let status = if done.duplicate {
@@ -436,7 +521,8 @@ pub async fn recall(
 ) -> Result<Response, ApiError> {
     caller.may(&state, &space_id, Need::Read)?;
     let Query(query) = query?;
-    let engine = state.engine()?.clone();
+    let after = query.after()?;
+    let engine = state.space_engine(&space_id, after.as_ref()).await?;
     let cue = cue.into_cue()?;
     // Search is CPU work: keep it off the async workers.
     let result = tokio::task::spawn_blocking(move || engine.recall(&space_id, cue))
@@ -525,7 +611,7 @@ pub async fn list_memories(
         .collect();
     let after = crate::grpc::convert::page_after(&token).map_err(bad)?;
     let limit = page_size.unwrap_or(engram_core::model::DEFAULT_LIST_PAGE);
-    let engine = state.engine()?.clone();
+    let engine = state.space_engine(&space_id, None).await?;
     let page = tokio::task::spawn_blocking(move || {
         engine.list_memories(&space_id, &filter, after, limit, include)
     })

@@ -1,0 +1,156 @@
+//! Cluster mode over REST: a read of a space (describe, list memories,
+//! recall) that arrives at a node not owning the space's partition is
+//! passed, whole, to the owner's HTTP listener; its answer goes back as
+//! is. Writes and space creation need no owner (any node publishes).
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::time::Duration;
+
+use super::route::{OwnerAt, FORWARDED_HEADER};
+use crate::http::{ApiError, AppState};
+
+/// The space a request reads, for the routes the owner must answer.
+fn read_of(method: &Method, path: &str) -> Option<String> {
+    let rest = path.strip_prefix("/v1/spaces/")?;
+    let (raw, tail) = match rest.split_once('/') {
+        Some((id, tail)) => (id, Some(tail)),
+        None => (rest, None),
+    };
+    let owner_answers = matches!(
+        (method.as_str(), tail),
+        ("GET", None) | ("POST", Some("recall")) | ("GET", Some("memories"))
+    );
+    if owner_answers {
+        percent_decode(raw)
+    } else {
+        None
+    }
+}
+
+/// `%XX` decoding of a path segment (as axum's `Path` extractor does);
+/// `None` when it is not valid UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The middleware: passes reads of another node's partitions to it.
+pub async fn to_owner(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(cluster) = state.cluster() else {
+        return next.run(req).await;
+    };
+    if req.headers().contains_key(FORWARDED_HEADER) {
+        return next.run(req).await;
+    }
+    let Some(space) = read_of(req.method(), req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let p = cluster.partition(&space);
+    let http = match cluster.owner_at(p).await {
+        OwnerAt::Here => return next.run(req).await,
+        OwnerAt::Node { http, .. } => http,
+        OwnerAt::Nobody => {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("partition {p} has no owner at the moment (a takeover is running); retry"),
+            )
+            .into_response()
+        }
+    };
+    match forward(cluster.node_id(), &http, req).await {
+        Ok(r) => r,
+        Err(message) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("forwarding to the owner of partition {p} at {http}: {message}; retry"),
+        )
+        .into_response(),
+    }
+}
+
+async fn forward(me: &str, http: &str, req: Request) -> Result<Response, String> {
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .map_err(|e| e.to_string())?;
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let client = reqwest::Client::new();
+    let mut out = client
+        .request(parts.method.clone(), format!("http://{http}{path}"))
+        .timeout(Duration::from_secs(30))
+        .header(FORWARDED_HEADER, me)
+        .body(body);
+    for (name, value) in &parts.headers {
+        if name == axum::http::header::HOST || name == axum::http::header::CONTENT_LENGTH {
+            continue;
+        }
+        out = out.header(name, value);
+    }
+    let answer = out.send().await.map_err(|e| e.to_string())?;
+    let status = answer.status();
+    let content_type = answer
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .cloned();
+    let bytes = answer.bytes().await.map_err(|e| e.to_string())?;
+    let mut response = Response::new(Body::from(bytes));
+    *response.status_mut() = status;
+    if let Some(ct) = content_type {
+        response
+            .headers_mut()
+            .insert(axum::http::header::CONTENT_TYPE, ct);
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_reads_of_a_space_go_to_its_owner() {
+        assert_eq!(
+            read_of(&Method::GET, "/v1/spaces/a%20b"),
+            Some("a b".to_owned())
+        );
+        assert_eq!(
+            read_of(&Method::POST, "/v1/spaces/s/recall"),
+            Some("s".to_owned())
+        );
+        assert_eq!(
+            read_of(&Method::GET, "/v1/spaces/s/memories"),
+            Some("s".to_owned())
+        );
+        assert_eq!(read_of(&Method::POST, "/v1/spaces/s/memories"), None);
+        assert_eq!(read_of(&Method::PUT, "/v1/spaces/s"), None);
+        assert_eq!(read_of(&Method::GET, "/v1/spaces"), None);
+        assert_eq!(read_of(&Method::GET, "/v1/cluster"), None);
+        assert_eq!(percent_decode("%e2%82%ac"), Some("€".to_owned()));
+        assert_eq!(percent_decode("%ff"), None);
+        assert_eq!(percent_decode("50%"), Some("50%".to_owned()));
+        assert_eq!(percent_decode("%é"), Some("%é".to_owned()));
+    }
+}

@@ -1,0 +1,482 @@
+//! Cluster mode through its real interfaces: one NATS server (replicas 1)
+//! and two engram nodes as processes on loopback.
+//!
+//! - writes on any node are acked with a consistency token; a retried
+//!   write (same id) is a duplicate with the first write's sequence, and
+//!   is stored once;
+//! - bad input is refused with INVALID_ARGUMENT naming the field, and the
+//!   node goes on;
+//! - recalls, DescribeSpace and ListMemories on the other node are
+//!   forwarded to the owner; a recall with a token sees its write;
+//! - calls cluster mode does not serve yet answer UNIMPLEMENTED / 501;
+//! - `/v1/cluster`, `engram.v1.Cluster/Status` and the cluster metrics;
+//! - a graceful stop hands every partition on at once (no lease TTL
+//!   wait), through a last snapshot the new owner loads;
+//! - a node that cannot reach NATS exits with the cause.
+
+mod cluster_support;
+
+use std::time::{Duration, Instant};
+
+use cluster_support::{free_port, nats_cluster, nodes, served, tails, wait_all_served};
+use engram_proto::v1 as pb;
+use engram_proto::v1::cluster_client::ClusterClient;
+use engram_proto::v1::memory_client::MemoryClient;
+use engram_proto::v1::streaming_client::StreamingClient;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const PARTITIONS: u32 = 4;
+const LEASE_TTL_SECS: u64 = 10;
+const SPACE: &str = "api-space";
+
+fn channel(port: u16) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .timeout(Duration::from_secs(20))
+        .connect_lazy()
+}
+
+fn episode(id: &str, embedding: Vec<f32>) -> pb::Episode {
+    pb::Episode {
+        id: id.to_owned(),
+        what: format!("memory {id}"),
+        embedding,
+        ..Default::default()
+    }
+}
+
+fn basis(i: usize) -> Vec<f32> {
+    let mut v = vec![0.0; 8];
+    v[i % 8] = 1.0;
+    v[(i + 3) % 8] = 0.5;
+    v
+}
+
+async fn remember(
+    client: &mut MemoryClient<Channel>,
+    space: &str,
+    e: pb::Episode,
+) -> Result<pb::RememberResponse, tonic::Status> {
+    client
+        .remember(pb::RememberRequest {
+            memory_space_id: space.to_owned(),
+            episode: Some(e),
+            priority: 0,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+fn recall_request(
+    space: &str,
+    cue: Vec<f32>,
+    after: Option<pb::ConsistencyToken>,
+) -> pb::RecallRequest {
+    pb::RecallRequest {
+        memory_space_id: space.to_owned(),
+        cue: Some(pb::Cue {
+            embedding: cue,
+            max_results: 5,
+            ..Default::default()
+        }),
+        after,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_calls_through_both_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (nats, urls) = nats_cluster(root, 1);
+    let mut nodes = nodes(
+        root,
+        &urls,
+        2,
+        &format!(
+            "partitions = {PARTITIONS}\nreplicas = 1\nlease_ttl_secs = {LEASE_TTL_SECS}\nsnapshot_interval_secs = 3600\n"
+        ),
+    );
+    let all: Vec<(String, u16)> = nodes.iter().map(|n| (n.id.clone(), n.http)).collect();
+    let logs: Vec<std::path::PathBuf> = nodes
+        .iter()
+        .map(|n| n.log.clone())
+        .chain([nats[0].log.clone()])
+        .collect();
+    let tail = || {
+        let files: Vec<&std::path::Path> = logs.iter().map(|p| p.as_path()).collect();
+        tails(&files, 30)
+    };
+    assert!(
+        wait_all_served(&all, PARTITIONS as usize, Duration::from_secs(60)).await,
+        "not every partition served:\n{}",
+        tail()
+    );
+    let mut m1 = MemoryClient::new(channel(nodes[0].grpc));
+    let mut m2 = MemoryClient::new(channel(nodes[1].grpc));
+
+    // Spaces: created once; again with the same settings is not created;
+    // with another dimension is ALREADY_EXISTS.
+    let create = |dimension: u32| pb::CreateSpaceRequest {
+        memory_space_id: SPACE.to_owned(),
+        dimension,
+        ..Default::default()
+    };
+    let first = m1.create_space(create(8)).await.unwrap().into_inner();
+    assert!(first.created);
+    assert_eq!(first.space.unwrap().dimension, 8);
+    let again = m2.create_space(create(8)).await.unwrap().into_inner();
+    assert!(
+        !again.created,
+        "the registry holds the space for every node"
+    );
+    let other = m2.create_space(create(16)).await.unwrap_err();
+    assert_eq!(other.code(), Code::AlreadyExists, "{other:?}");
+
+    // Writes: a token on every ack; a retry of the same id is a duplicate
+    // at the first write's sequence.
+    let a = remember(&mut m1, SPACE, episode("a", basis(0)))
+        .await
+        .unwrap();
+    let token_a = a.token.expect("cluster acks carry a token");
+    assert_eq!(a.memory_id, "a");
+    assert!(!a.duplicate);
+    let retry = remember(&mut m2, SPACE, episode("a", basis(0)))
+        .await
+        .unwrap();
+    assert!(retry.duplicate, "a retried write is a duplicate: {retry:?}");
+    assert_eq!(retry.token, Some(token_a), "the first write's place");
+    let b = remember(&mut m2, SPACE, episode("", basis(1)))
+        .await
+        .unwrap();
+    assert!(!b.memory_id.is_empty(), "the node makes an id");
+    let token_b = b.token.unwrap();
+    assert_eq!(token_b.partition, token_a.partition);
+    assert!(token_b.sequence > token_a.sequence);
+
+    // Bad input: refused, naming the field; the node goes on.
+    let bad = [
+        (episode("d1", vec![1.0; 16]), "dimension"),
+        (episode("d2", vec![]), "embedding"),
+        (episode("d3", vec![f32::NAN; 8]), "embedding"),
+        (
+            pb::Episode {
+                expires_at: Some(prost_types::Timestamp {
+                    seconds: 1_000,
+                    nanos: 0,
+                }),
+                ..episode("d4", basis(2))
+            },
+            "expires_at",
+        ),
+        (
+            pb::Episode {
+                ttl_seconds: 5.0,
+                expires_at: Some(prost_types::Timestamp {
+                    seconds: 4_000_000_000,
+                    nanos: 0,
+                }),
+                ..episode("d5", basis(2))
+            },
+            "ttl_seconds",
+        ),
+    ];
+    for (e, field) in bad {
+        let err = remember(&mut m1, SPACE, e).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(field), "{field}: {}", err.message());
+    }
+    let err = remember(&mut m1, "bad space/id\u{1}", episode("x", basis(0)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    // Read-after-ack on both nodes (one of them forwards to the owner).
+    for (name, client) in [("node1", &mut m1), ("node2", &mut m2)] {
+        let r = client
+            .recall(recall_request(SPACE, basis(1), Some(token_b)))
+            .await
+            .unwrap_or_else(|e| panic!("recall on {name}: {e:?}"))
+            .into_inner();
+        assert_eq!(
+            r.memories[0].episode.as_ref().unwrap().id,
+            b.memory_id,
+            "{name} sees the write its token names"
+        );
+        let info = client
+            .describe_space(pb::DescribeSpaceRequest {
+                memory_space_id: SPACE.to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .space
+            .unwrap();
+        assert_eq!(info.count, 2, "{name}: stored once despite the retry");
+        let listed = client
+            .list_memories(pb::ListMemoriesRequest {
+                memory_space_id: SPACE.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(listed.memories.len(), 2, "{name}");
+    }
+    let wrong = pb::ConsistencyToken {
+        partition: (token_b.partition + 1) % PARTITIONS,
+        sequence: 1,
+    };
+    let err = m2
+        .recall(recall_request(SPACE, basis(1), Some(wrong)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("partition"), "{}", err.message());
+    // A token far ahead: the owner waits read_wait_ms, then UNAVAILABLE.
+    let ahead = pb::ConsistencyToken {
+        partition: token_b.partition,
+        sequence: token_b.sequence + 1_000_000,
+    };
+    let err = m1
+        .recall(recall_request(SPACE, basis(1), Some(ahead)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let spaces = m2
+        .list_spaces(pb::ListSpacesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .spaces;
+    assert!(spaces
+        .iter()
+        .any(|s| s.memory_space_id == SPACE && s.dimension == 8));
+
+    // Not served in cluster mode yet: a clear refusal, nothing harmed.
+    let err = m1
+        .forget(pb::ForgetRequest {
+            memory_space_id: SPACE.to_owned(),
+            memory_id: "a".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    let mut streaming = StreamingClient::new(channel(nodes[0].grpc));
+    let err = streaming
+        .recall_stream(recall_request(SPACE, basis(1), None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    let http = reqwest::Client::new();
+    let r = http
+        .delete(format!(
+            "http://127.0.0.1:{}/v1/spaces/{SPACE}/memories/a",
+            nodes[0].http
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 501);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "not_in_cluster_mode", "{body}");
+
+    // REST: a write on one node with its token; the read on every node
+    // (the non-owner passes it to the owner).
+    let r = http
+        .post(format!(
+            "http://127.0.0.1:{}/v1/spaces/{SPACE}/memories",
+            nodes[0].http
+        ))
+        .json(&serde_json::json!({"id": "rest-1", "what": "over REST", "embedding": basis(5)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let ack: serde_json::Value = r.json().await.unwrap();
+    let after = format!("{}.{}", ack["token"]["partition"], ack["token"]["sequence"]);
+    assert_eq!(ack["token"]["partition"], token_b.partition, "{ack}");
+    for node in &nodes {
+        let r = http
+            .post(format!(
+                "http://127.0.0.1:{}/v1/spaces/{SPACE}/recall?after={after}",
+                node.http
+            ))
+            .json(&serde_json::json!({"embedding": basis(5), "max_results": 2}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{}", node.id);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(
+            body["memories"][0]["episode"]["id"], "rest-1",
+            "{}: {body}",
+            node.id
+        );
+        let d: serde_json::Value = http
+            .get(format!("http://127.0.0.1:{}/v1/spaces/{SPACE}", node.http))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(d["count"], 3, "{}: {d}", node.id);
+    }
+    let r = http
+        .post(format!(
+            "http://127.0.0.1:{}/v1/spaces/{SPACE}/recall?after=nonsense",
+            nodes[1].http
+        ))
+        .json(&serde_json::json!({"embedding": basis(5)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+
+    // The cluster map, over HTTP and gRPC, and the metrics.
+    let status = ClusterClient::new(channel(nodes[1].grpc))
+        .status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.node_id, "node2");
+    assert_eq!(status.partition_count, PARTITIONS);
+    assert_eq!(status.nodes.len(), 2);
+    assert!(status
+        .partitions
+        .iter()
+        .all(|p| !p.owner.is_empty() && p.epoch > 0));
+    let owned: usize = status.nodes.iter().map(|n| n.partitions.len()).sum();
+    assert_eq!(owned, PARTITIONS as usize);
+    let metrics = http
+        .get(format!("http://127.0.0.1:{}/metrics", nodes[0].http))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "engram_cluster_partition_has_owner{partition=\"0\"} 1",
+        "engram_cluster_publish_seconds_count",
+        "engram_cluster_takeover_seconds_count",
+        "engram_cluster_ownership_changes_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+
+    // A graceful stop hands its partitions on now, not after a lease TTL,
+    // through a last snapshot: the survivor loads it and still answers.
+    let owner_of_space = status.partitions[token_b.partition as usize].owner.clone();
+    let leaving = nodes.iter().position(|n| n.id == owner_of_space).unwrap();
+    let staying = 1 - leaving;
+    let pid = nodes[leaving].child.as_ref().unwrap().id();
+    let stopped = Instant::now();
+    // SAFETY: signalling a child process this test started.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGTERM);
+    }
+    let survivor = vec![(nodes[staying].id.clone(), nodes[staying].http)];
+    let mut handed = false;
+    while stopped.elapsed() < Duration::from_secs(LEASE_TTL_SECS) {
+        if served(&survivor).await.len() == PARTITIONS as usize {
+            handed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        handed,
+        "the survivor did not serve every partition within the lease TTL after a graceful stop:\n{}",
+        tail()
+    );
+    let took = stopped.elapsed();
+    let exit = nodes[leaving].child.as_mut().unwrap().wait().unwrap();
+    assert!(exit.success(), "graceful stop exits 0: {exit:?}");
+    nodes[leaving].child = None;
+    let survivor_log = std::fs::read_to_string(&nodes[staying].log).unwrap();
+    let takeover = survivor_log
+        .lines()
+        .rev()
+        .find(|l| {
+            l.contains("partition served")
+                && l.contains(&format!(" partition={} ", token_b.partition))
+        })
+        .expect("the survivor logged its takeover");
+    assert!(
+        !takeover.contains("snapshot_sequence=0 "),
+        "the new owner loaded the leaving owner's last snapshot: {takeover}"
+    );
+    println!("graceful handoff served everything after {took:?}: {takeover}");
+    let mut left = if staying == 0 { m1 } else { m2 };
+    let r = left
+        .recall(recall_request(SPACE, basis(0), Some(token_a)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.memories[0].episode.as_ref().unwrap().id, "a");
+    let c = remember(&mut left, SPACE, episode("c", basis(4)))
+        .await
+        .unwrap();
+    let r = left
+        .recall(recall_request(SPACE, basis(4), c.token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.memories[0].episode.as_ref().unwrap().id, "c");
+    drop(nats);
+}
+
+#[test]
+fn a_node_that_cannot_reach_nats_exits_with_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = free_port();
+    let conf = dir.path().join("node.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[http]\naddr = \"127.0.0.1:0\"\n[grpc]\naddr = \"127.0.0.1:0\"\n\
+             [cluster]\nnats = [\"nats://127.0.0.1:{dead}\"]\nnode_id = \"lonely\"\njoin_timeout_secs = 2\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_engram"))
+        .args(["serve", "--config"])
+        .arg(&conf)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("connecting to NATS") && stderr.contains(&dead.to_string()),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn cluster_flags_are_checked() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_engram"))
+        .args(["serve", "--node-id", "n1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--node-id needs cluster mode"), "{stderr}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_engram"))
+        .args([
+            "serve",
+            "--cluster",
+            "nats://127.0.0.1:1",
+            "--node-id",
+            "bad id!",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cluster.node_id"), "{stderr}");
+}
