@@ -41,7 +41,7 @@ ALERTS = ROOT / "deployments/prometheus/alerts/streaming.yml"
 DOC_REL = "docs/operations/streaming-monitoring.md"
 DOC = ROOT / DOC_REL
 RUNBOOK_PREFIX = DOC_REL + "#"
-ALERT_COUNT = 7
+ALERT_COUNT = 8
 
 # What the server exports on /metrics: name -> (type, labels).
 METRICS = {
@@ -72,6 +72,19 @@ METRICS = {
     "engram_wal_sync_duration_seconds": ("histogram", set()),
     "process_resident_memory_bytes": ("gauge", set()),
     "process_cpu_seconds_total": ("counter", set()),
+    # Cluster mode only (docs/operations/cluster.md): every node exports
+    # has_owner for every partition; owned and lag only the partition's owner.
+    "engram_cluster_partition_has_owner": ("gauge", {"partition"}),
+    "engram_cluster_partition_owned": ("gauge", {"partition"}),
+    "engram_cluster_partition_lag": ("gauge", {"partition"}),
+    "engram_cluster_ownership_changes_total": ("counter", set()),
+    "engram_cluster_applied_total": ("counter", set()),
+    "engram_cluster_apply_skipped_total": ("counter", set()),
+    "engram_cluster_snapshots_total": ("counter", set()),
+    "engram_cluster_publish_retries_total": ("counter", set()),
+    "engram_cluster_lease_loop_restarts_total": ("counter", set()),
+    "engram_cluster_publish_seconds": ("histogram", set()),
+    "engram_cluster_takeover_seconds": ("histogram", set()),
 }
 # What Prometheus writes itself for every scrape target (job and instance
 # are the only labels, and every series may use those anyway).

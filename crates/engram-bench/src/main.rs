@@ -8,8 +8,12 @@
 //!   gRPC unary, gRPC RecallStream and WebSocket against a running server
 //!   (`scripts/bench_recall_transports.sh` starts one and writes the
 //!   result file).
+//! - `cluster-load` ([`cluster_load`]): acked observations/s and ack and
+//!   recall latency against one node or a cluster's nodes
+//!   (`scripts/bench_cluster.sh` runs both and writes the ratios).
 
 mod ack_under_recall;
+mod cluster_load;
 mod filters;
 mod index_bench;
 mod recall_transports;
@@ -40,6 +44,9 @@ enum Command {
     /// filtered search and against unfiltered recall, in process; prints
     /// one JSON object.
     Filters(filters::FiltersArgs),
+    /// Acked observations/s, ack and recall latency over gRPC against
+    /// running nodes (one, or a cluster's); prints one JSON object.
+    ClusterLoad(cluster_load::ClusterLoadArgs),
 }
 
 /// Runs `measure` on a runtime of `threads` workers and prints its JSON.
@@ -69,5 +76,6 @@ fn main() -> anyhow::Result<()> {
         Command::AckUnderRecall(args) => ack_under_recall::run(&args),
         Command::SyncModes(args) => sync_modes::run(&args),
         Command::Filters(args) => filters::run(&args),
+        Command::ClusterLoad(args) => cluster_load::run(&args),
     }
 }

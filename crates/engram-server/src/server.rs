@@ -224,7 +224,9 @@ pub async fn serve(
         took_ms = r.took.as_millis() as u64,
         "recovery finished"
     );
-    state.set_engine(engine.clone());
+    // Cluster mode: joined before the engine is published to the
+    // handlers, so that no call is ever answered by the node's own
+    // engine (a write acked there would not be in the cluster's log).
     let cluster = match &config.cluster {
         None => None,
         Some(c) => {
@@ -250,6 +252,7 @@ pub async fn serve(
             }
         }
     };
+    state.set_engine(engine.clone());
     tokio::spawn({
         let mut fatal = engine.fatal_watch();
         let fatal_stop = fatal_stop.clone();

@@ -282,6 +282,16 @@ async fn cluster_calls_through_both_nodes() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["code"], "not_in_cluster_mode", "{body}");
 
+    // The WebSocket stream is refused before the upgrade.
+    let ws =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/v1/stream", nodes[0].http))
+            .await
+            .unwrap_err();
+    match ws {
+        tokio_tungstenite::tungstenite::Error::Http(r) => assert_eq!(r.status().as_u16(), 501),
+        other => panic!("expected 501 before the upgrade: {other:?}"),
+    }
+
     // REST: a write on one node with its token; the read on every node
     // (the non-owner passes it to the owner).
     let r = http
@@ -426,6 +436,31 @@ async fn cluster_calls_through_both_nodes() {
         .unwrap()
         .into_inner();
     assert_eq!(r.memories[0].episode.as_ref().unwrap().id, "c");
+
+    // A node configured with another partition count is refused.
+    let conf = root.join("odd.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[http]\naddr = \"127.0.0.1:0\"\n[grpc]\naddr = \"127.0.0.1:0\"\n\
+             [cluster]\nnats = [\"{}\"]\nnode_id = \"odd\"\npartitions = 5\nreplicas = 1\n",
+            urls[0]
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_engram"))
+        .args(["serve", "--config"])
+        .arg(&conf)
+        .arg("--data-dir")
+        .arg(root.join("odd-data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cluster.partitions = 5, the cluster has 4"),
+        "{stderr}"
+    );
     drop(nats);
 }
 

@@ -104,6 +104,12 @@ impl ClusterConfig {
         if self.snapshot_interval_secs == 0 {
             return Err("cluster.snapshot_interval_secs must be at least 1".to_owned());
         }
+        if self.publish_timeout_ms < 100 {
+            return Err("cluster.publish_timeout_ms must be at least 100".to_owned());
+        }
+        if self.join_timeout_secs == 0 {
+            return Err("cluster.join_timeout_secs must be at least 1".to_owned());
+        }
         if self.max_pending_publishes == 0 {
             return Err("cluster.max_pending_publishes must be at least 1".to_owned());
         }

@@ -266,19 +266,29 @@ pub(crate) async fn release(cluster: &Cluster, p: u32, o: &Arc<Owned>, why: &str
             *owned = None;
         }
     }
-    let key = partition_key(p);
-    if let Ok(Some(entry)) = cluster.inner.leases.entry(&key).await {
-        let ours = serde_json::from_slice::<LeaseValue>(&entry.value)
-            .is_ok_and(|v| v.owner == cluster.node_id());
-        if ours {
-            let _ = cluster
-                .inner
-                .leases
-                .delete_expect_revision(&key, Some(entry.revision))
-                .await;
-        }
-    }
+    delete_if_ours(cluster, p, o.epoch).await;
     cluster.inner.metrics.ownership_changes.inc();
+}
+
+/// Deletes the lease of `p` only while it is still this node's at
+/// `epoch` (compare-and-set on its revision): never another owner's.
+pub(crate) async fn delete_if_ours(cluster: &Cluster, p: u32, epoch: u64) {
+    let key = partition_key(p);
+    let Ok(entry) = cluster.inner.leases.entry(&key).await else {
+        return;
+    };
+    let Some(revision) = entry.as_ref().map(|e| e.revision) else {
+        return;
+    };
+    let ours =
+        lease_of(entry).is_some_and(|(owner, e, _)| owner == cluster.node_id() && e == epoch);
+    if ours {
+        let _ = cluster
+            .inner
+            .leases
+            .delete_expect_revision(&key, Some(revision))
+            .await;
+    }
 }
 
 async fn maybe_rebalance(cluster: &Cluster, p: u32, o: &Arc<Owned>) {

@@ -126,16 +126,6 @@ impl ClusterMetrics {
                 u8::from(!p.owner.is_empty())
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP engram_cluster_partition_owned 1 for each partition this node owns and serves (0.5 while loading)."
-        );
-        let _ = writeln!(out, "# TYPE engram_cluster_partition_owned gauge");
-        let _ = writeln!(
-            out,
-            "# HELP engram_cluster_partition_lag Records of the partition stream not yet applied by this node (its owner)."
-        );
-        let _ = writeln!(out, "# TYPE engram_cluster_partition_lag gauge");
         let mut owned = String::new();
         let mut lag = String::new();
         for p in &status.partitions {
@@ -155,7 +145,17 @@ impl ClusterMetrics {
                 p.partition, p.lag
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP engram_cluster_partition_owned 1 for each partition this node owns and serves (0.5 while loading)."
+        );
+        let _ = writeln!(out, "# TYPE engram_cluster_partition_owned gauge");
         out.push_str(&owned);
+        let _ = writeln!(
+            out,
+            "# HELP engram_cluster_partition_lag Records of the partition stream not yet applied by this node (its owner)."
+        );
+        let _ = writeln!(out, "# TYPE engram_cluster_partition_lag gauge");
         out.push_str(&lag);
         counter(
             &mut out,

@@ -43,6 +43,9 @@ pub use route::{forward_failed, OwnerAt, Route, FORWARDED_HEADER};
 
 use owner::Owned;
 
+/// How long a write waits for one PubAck before publishing again.
+const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// KV bucket of partition leases: key `p.<n>`, value the owner's node id.
 const LEASES: &str = "engram_leases";
 /// KV bucket of live nodes: key node id, value [`NodeEntry`] as JSON.
@@ -51,6 +54,9 @@ const NODES: &str = "engram_nodes";
 const SPACES: &str = "engram_spaces";
 /// KV bucket of snapshot pointers: key `p.<n>`, value [`SnapshotPointer`].
 const SNAPSHOT_POINTERS: &str = "engram_snapshot_pointers";
+/// Key in [`SPACES`] holding the cluster's partition count (not hex, so
+/// no space's key).
+const PARTITION_COUNT_KEY: &str = "partitions";
 /// Object store bucket holding the snapshot files.
 const SNAPSHOTS: &str = "engram_snapshots";
 
@@ -145,6 +151,8 @@ pub(crate) struct Part {
 pub(crate) struct Inner {
     pub cfg: ClusterConfig,
     pub js: jetstream::Context,
+    /// [`Inner::js`] with a short PubAck timeout, for writes.
+    pub publisher: jetstream::Context,
     pub leases: kv::Store,
     pub nodes: kv::Store,
     pub spaces: kv::Store,
@@ -211,6 +219,13 @@ impl Cluster {
             urls: urls.clone(),
             message: e.to_string(),
         })?;
+        // Writes publish through their own context: a PubAck that does
+        // not come within PUBLISH_ACK_TIMEOUT (its stream's leader died) is
+        // given up and the publish retried with the same message id,
+        // instead of waiting out the client's 30 s default.
+        let publisher = jetstream::ContextBuilder::new()
+            .ack_timeout(PUBLISH_ACK_TIMEOUT)
+            .build(client.clone());
         let js = jetstream::new(client);
         let setup = |what: &str, e: &dyn std::fmt::Display| JoinError::Setup {
             what: what.to_owned(),
@@ -259,6 +274,34 @@ impl Cluster {
         })
         .await
         .map_err(|e| setup(SNAPSHOT_POINTERS, &e))?;
+        // The partition count is the cluster's, fixed: a node configured
+        // with another count would put spaces in other partitions.
+        let count = cfg.partitions.to_string();
+        let held = loop {
+            if spaces
+                .create(PARTITION_COUNT_KEY, count.clone().into())
+                .await
+                .is_ok()
+            {
+                break count.clone();
+            }
+            match spaces.get(PARTITION_COUNT_KEY).await {
+                Ok(Some(v)) => break String::from_utf8_lossy(&v).into_owned(),
+                Ok(None) | Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Ok(None) => return Err(setup(SPACES, &"the partition count vanished")),
+                Err(e) => return Err(setup(SPACES, &e)),
+            }
+        };
+        if held != count {
+            return Err(JoinError::Setup {
+                what: "the partition count".to_owned(),
+                message: format!(
+                    "this node has cluster.partitions = {count}, the cluster has {held}; every node must use the cluster's"
+                ),
+            });
+        }
         let objects = retry_setup(deadline, || {
             js.create_object_store(object_store::Config {
                 bucket: SNAPSHOTS.to_owned(),
@@ -303,6 +346,7 @@ impl Cluster {
             publish_permits: Arc::new(tokio::sync::Semaphore::new(cfg.max_pending_publishes)),
             cfg,
             js,
+            publisher,
             leases,
             nodes,
             spaces,

@@ -145,13 +145,8 @@ pub(crate) async fn run(cluster: Cluster, p: u32, o: Arc<Owned>) {
             .is_some_and(|x| Arc::ptr_eq(x, &o));
         if mine {
             *part.owned.write() = None;
-            if let Ok(Some(entry)) = cluster.inner.leases.entry(partition_key(p)).await {
-                let _ = cluster
-                    .inner
-                    .leases
-                    .delete_expect_revision(partition_key(p), Some(entry.revision))
-                    .await;
-            }
+            cluster.inner.metrics.ownership_changes.inc();
+            super::lease::delete_if_ours(&cluster, p, o.epoch).await;
         }
     }
     o.serving.store(false, Ordering::Release);
@@ -167,6 +162,19 @@ pub(crate) async fn run(cluster: Cluster, p: u32, o: Arc<Owned>) {
 struct Applying {
     sequence: u64,
     pending: Option<PendingRemember>,
+}
+
+/// What became of a record handed to the engine.
+enum Applied {
+    /// Submitted: its answer comes in order.
+    Pending(PendingRemember),
+    /// Refused for good, the same on every replay (undecodable, or
+    /// invalid by now, e.g. expired before it was applied): counted and
+    /// passed over.
+    Skipped,
+    /// The owner was told to stop before the record could be submitted:
+    /// it is not applied, and nothing after it is.
+    Stopped,
 }
 
 async fn own(cluster: &Cluster, p: u32, o: &Arc<Owned>, dir: &PathBuf) -> anyhow::Result<()> {
@@ -194,6 +202,9 @@ async fn own(cluster: &Cluster, p: u32, o: &Arc<Owned>, dir: &PathBuf) -> anyhow
     config.snapshot_interval_secs = 0;
     config.metrics = false;
     config.auto_create_spaces = true;
+    // The space limit is kept at the registry (cluster-wide); here every
+    // registered space must be taken, or an acked write would be refused.
+    config.max_spaces = usize::MAX;
     let engine = tokio::task::spawn_blocking(move || Engine::open(config)).await??;
     let loaded = started.elapsed();
     *o.engine.write() = Some(engine.clone());
@@ -205,28 +216,32 @@ async fn own(cluster: &Cluster, p: u32, o: &Arc<Owned>, dir: &PathBuf) -> anyhow
     part.stream_last.fetch_max(target, Ordering::Relaxed);
     let replay_started = Instant::now();
     let (tx, rx) = mpsc::channel::<Applying>(1024);
+    let (failed_tx, mut failed) = watch::channel(None::<String>);
     let acker = tokio::spawn(ack_in_order(
         cluster.clone(),
         p,
         o.clone(),
         rx,
-        target,
-        started,
-        {
-            let snapshot_bytes = pointer.as_ref().map_or(0, |x| x.bytes);
-            move |replayed: u64| {
-                tracing::info!(
-                    partition = p,
-                    snapshot_epoch = pointer.as_ref().map_or(0, |x| x.epoch),
-                    snapshot_sequence = from,
-                    snapshot_bytes,
-                    snapshot_load_ms = loaded.as_millis() as u64,
-                    replayed,
-                    replay_ms = replay_started.elapsed().as_millis() as u64,
-                    takeover_ms = started.elapsed().as_millis() as u64,
-                    "partition served"
-                );
-            }
+        failed_tx,
+        Replay {
+            target,
+            takeover_started: started,
+            on_served: {
+                let snapshot_bytes = pointer.as_ref().map_or(0, |x| x.bytes);
+                move |replayed: u64| {
+                    tracing::info!(
+                        partition = p,
+                        snapshot_epoch = pointer.as_ref().map_or(0, |x| x.epoch),
+                        snapshot_sequence = from,
+                        snapshot_bytes,
+                        snapshot_load_ms = loaded.as_millis() as u64,
+                        replayed,
+                        replay_ms = replay_started.elapsed().as_millis() as u64,
+                        takeover_ms = started.elapsed().as_millis() as u64,
+                        "partition served"
+                    );
+                }
+            },
         },
     ));
     if target <= from {
@@ -258,6 +273,11 @@ async fn own(cluster: &Cluster, p: u32, o: &Arc<Owned>, dir: &PathBuf) -> anyhow
         tokio::select! {
             biased;
             _ = stop.changed() => continue,
+            _ = failed.changed() => {
+                let why = failed.borrow().clone().unwrap_or_default();
+                acker.abort();
+                anyhow::bail!(why);
+            }
             _ = snapshot_tick.tick() => {
                 if submitted > last_snapshot {
                     drain(o, submitted).await;
@@ -299,7 +319,18 @@ async fn own(cluster: &Cluster, p: u32, o: &Arc<Owned>, dir: &PathBuf) -> anyhow
                     continue;
                 }
                 part.stream_last.fetch_max(sequence, Ordering::Relaxed);
-                let pending = apply(cluster, p, &engine, &message.payload, &mut stop_apply).await;
+                let pending = match apply(cluster, p, &engine, &message.payload, &mut stop_apply).await {
+                    Ok(Applied::Pending(pending)) => Some(pending),
+                    Ok(Applied::Skipped) => None,
+                    // Not applied: the loop ends at the stop, and the
+                    // applied sequence (and a last snapshot) stays below
+                    // this record.
+                    Ok(Applied::Stopped) => continue,
+                    Err(e) => {
+                        acker.abort();
+                        return Err(e);
+                    }
+                };
                 submitted = sequence;
                 if tx.send(Applying { sequence, pending }).await.is_err() {
                     anyhow::bail!("the applying task ended");
@@ -309,7 +340,14 @@ async fn own(cluster: &Cluster, p: u32, o: &Arc<Owned>, dir: &PathBuf) -> anyhow
     };
     drop(tx);
     if why == StopReason::Release {
-        drain(o, submitted).await;
+        tokio::select! {
+            _ = drain(o, submitted) => {}
+            _ = failed.changed() => {
+                let why = failed.borrow().clone().unwrap_or_default();
+                acker.abort();
+                anyhow::bail!(why);
+            }
+        }
         if submitted > last_snapshot {
             if let Err(e) = snapshot(cluster, p, o, &engine).await {
                 tracing::warn!(partition = p, error = %e, "last snapshot before handing on failed");
@@ -348,58 +386,85 @@ async fn drain(o: &Owned, submitted: u64) {
     let _ = applied.wait_for(|a| *a >= submitted).await;
 }
 
-/// Hands one record to the engine; `None` when it is skipped (undecodable
-/// or refused for good, e.g. it expired before it was applied).
+/// Hands one record to the engine. Transient failures (indexing behind,
+/// the space registry unreadable) are waited out, never skipped: the
+/// write was acked.
+///
+/// # Errors
+/// A refusal that is neither transient nor the record's own fault (the
+/// engine's storage failed): the owner gives the partition up.
 async fn apply(
     cluster: &Cluster,
     p: u32,
     engine: &Engine,
     payload: &[u8],
     stop: &mut watch::Receiver<Option<StopReason>>,
-) -> Option<PendingRemember> {
+) -> anyhow::Result<Applied> {
     let metrics = &cluster.inner.metrics;
     let record = match pb::PartitionRecord::decode(payload) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(partition = p, error = %e, "undecodable partition record; skipped");
             metrics.apply_skipped.inc();
-            return None;
+            return Ok(Applied::Skipped);
         }
     };
     let space = record.memory_space_id;
     let episode = record.episode.unwrap_or_default();
-    if let Err(e) = cluster.ensure_local_space(engine, &space).await {
-        tracing::warn!(partition = p, space, error = %e, "creating the space locally failed; record skipped");
-        metrics.apply_skipped.inc();
-        return None;
-    }
+    let mut wait = Duration::from_millis(5);
     loop {
-        let input = match crate::grpc::convert::episode_input(episode.clone()) {
-            Ok(i) => i,
-            Err(e) => {
-                tracing::warn!(partition = p, space, error = %e.message(), "record refused at apply; skipped");
-                metrics.apply_skipped.inc();
-                return None;
-            }
-        };
-        match engine.submit_remember(&space, input, Priority::High) {
-            Ok(pending) => return Some(pending),
-            Err(Error::Overloaded { retry_after, .. }) => {
-                // Indexing is behind: wait, as a client would, but never
-                // skip (the write was acked).
-                let wait = retry_after.clamp(Duration::from_millis(5), Duration::from_millis(200));
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.changed() => return None,
-                }
-            }
-            Err(e) => {
-                tracing::warn!(partition = p, space, error = %e, "record refused at apply; skipped");
-                metrics.apply_skipped.inc();
-                return None;
-            }
+        if stop.borrow().is_some() {
+            return Ok(Applied::Stopped);
         }
+        let outcome: Result<(), String> = match cluster.ensure_local_space(engine, &space).await {
+            Err(e) => Err(format!("creating the space locally: {}", e.message())),
+            Ok(()) => match crate::grpc::convert::episode_input(episode.clone()) {
+                Err(e) => {
+                    tracing::warn!(partition = p, space, error = %e.message(), "record refused at apply; skipped");
+                    metrics.apply_skipped.inc();
+                    return Ok(Applied::Skipped);
+                }
+                Ok(input) => match engine.submit_remember(&space, input, Priority::High) {
+                    Ok(pending) => return Ok(Applied::Pending(pending)),
+                    Err(e) if skippable(&e) => {
+                        tracing::warn!(partition = p, space, error = %e, "record refused at apply; skipped");
+                        metrics.apply_skipped.inc();
+                        return Ok(Applied::Skipped);
+                    }
+                    Err(Error::Overloaded { retry_after, .. }) => {
+                        wait = retry_after;
+                        Err("indexing is behind".to_owned())
+                    }
+                    Err(e) => anyhow::bail!("the partition engine refused a record: {e}"),
+                },
+            },
+        };
+        if let Err(why) = outcome {
+            tracing::debug!(partition = p, space, why, "applying waits");
+        }
+        let pause = wait.clamp(Duration::from_millis(5), Duration::from_millis(500));
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.changed() => {}
+        }
+        wait = (pause * 2).min(Duration::from_millis(500));
     }
+}
+
+/// A refusal that is the record's own and the same on every replay.
+fn skippable(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::InvalidArgument { .. } | Error::DimensionMismatch { .. }
+    )
+}
+
+/// The takeover's replay: serve once `target` is applied.
+struct Replay<F> {
+    target: u64,
+    takeover_started: Instant,
+    /// Called once, with the number of records replayed.
+    on_served: F,
 }
 
 /// Waits for each applied record's answer in stream order and publishes
@@ -410,17 +475,34 @@ async fn ack_in_order(
     p: u32,
     o: Arc<Owned>,
     mut rx: mpsc::Receiver<Applying>,
-    target: u64,
-    takeover_started: Instant,
-    on_served: impl FnOnce(u64),
+    failed: watch::Sender<Option<String>>,
+    replay: Replay<impl FnOnce(u64)>,
 ) {
+    let Replay {
+        target,
+        takeover_started,
+        on_served,
+    } = replay;
     let from = o.applied();
     let mut on_served = Some(on_served);
     while let Some(a) = rx.recv().await {
         if let Some(pending) = a.pending {
-            if let Err(e) = pending.await {
-                tracing::warn!(partition = p, sequence = a.sequence, error = %e, "record refused at commit; skipped");
-                cluster.inner.metrics.apply_skipped.inc();
+            match pending.await {
+                Ok(_) => {}
+                Err(e) if skippable(&e) => {
+                    tracing::warn!(partition = p, sequence = a.sequence, error = %e, "record refused at commit; skipped");
+                    cluster.inner.metrics.apply_skipped.inc();
+                }
+                Err(e) => {
+                    // Not applied, and not the record's fault: stop here
+                    // (the applied sequence stays below it) and give the
+                    // partition up.
+                    let _ = failed.send(Some(format!(
+                        "the partition engine failed to commit sequence {}: {e}",
+                        a.sequence
+                    )));
+                    return;
+                }
             }
         }
         o.applied.send_replace(a.sequence);

@@ -80,6 +80,17 @@ impl Cluster {
         if let Some(e) = self.space_entry(space).await? {
             return Ok((e, false));
         }
+        // The cluster-wide space limit is kept here, where spaces are
+        // created (partition engines take every space the registry has,
+        // so that no acked write is refused at apply).
+        let limit = self.inner.engine.max_spaces;
+        if self.space_count().await? >= limit {
+            return Err(status(engram_core::Error::LimitReached {
+                what: "memory spaces",
+                limit,
+                setting: "engine.max_spaces",
+            }));
+        }
         let value = serde_json::to_vec(&wanted).expect("a space entry serializes");
         match self
             .inner
@@ -94,15 +105,19 @@ impl Cluster {
                     .insert(space.to_owned(), wanted.clone());
                 Ok((wanted, true))
             }
-            Err(_) => {
-                // Another node created it first (or NATS failed): read it.
-                self.inner.space_cache.write().remove(space);
-                match self.space_entry(space).await? {
-                    Some(e) => Ok((e, false)),
-                    None => Err(unavailable(format!(
-                        "creating space {space} in the cluster registry failed; retry"
-                    ))),
+            Err(create_error) => {
+                // Another node created it first (or NATS failed): read
+                // it; a read served by a replica may lag the create a
+                // little.
+                for _ in 0..20 {
+                    if let Some(e) = self.space_entry(space).await? {
+                        return Ok((e, false));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
+                Err(unavailable(format!(
+                    "creating space {space} in the cluster registry failed ({create_error}); retry"
+                )))
             }
         }
     }
@@ -177,6 +192,21 @@ impl Cluster {
             }
         }
         Ok((space_info(space, &entry), created))
+    }
+
+    /// How many spaces the registry holds.
+    async fn space_count(&self) -> Result<usize, Status> {
+        use futures::StreamExt;
+        let keys = self
+            .inner
+            .spaces
+            .keys()
+            .await
+            .map_err(|e| unavailable(format!("reading the space registry: {e}")))?;
+        Ok(keys
+            .filter(|k| std::future::ready(k.as_ref().is_ok_and(|k| space_from_key(k).is_some())))
+            .count()
+            .await)
     }
 
     /// Every space in the registry (their counts come from DescribeSpace,
@@ -347,7 +377,7 @@ impl Cluster {
         while Instant::now() < deadline {
             let sent = self
                 .inner
-                .js
+                .publisher
                 .send_publish(
                     subject(p),
                     PublishMessage::build()

@@ -70,6 +70,14 @@ pub async fn stream(
     state: AppState,
     settings: WsSettings,
 ) -> Response {
+    if state.cluster().is_some() {
+        // Refused before the upgrade: the stream's sessions are not
+        // served in cluster mode yet.
+        return match state.engine() {
+            Err(e) => e.into_response(),
+            Ok(_) => unreachable!("engine() refuses in cluster mode"),
+        };
+    }
     let principal = if !state.auth().enabled() {
         // No keys: whatever credentials a client or proxy sends are not
         // ours to judge (REST ignores them too).
