@@ -11,14 +11,15 @@
 #   scripts/bench_cluster.sh
 #
 # Environment (defaults in brackets): PROFILE [release], WRITERS [16],
-# SECS [20], DIM [384], SPACES [8], RECALLS [500], PARTITIONS [8],
+# COUNT [20000] writes per run (the same data volume, so recall latencies
+# compare), DIM [384], SPACES [8], RECALLS [500], PARTITIONS [8],
 # OUT [bench-results/cluster-<date>.json].
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PROFILE="${PROFILE:-release}"
 WRITERS="${WRITERS:-16}"
-SECS="${SECS:-20}"
+COUNT="${COUNT:-20000}"
 DIM="${DIM:-384}"
 SPACES="${SPACES:-8}"
 RECALLS="${RECALLS:-500}"
@@ -47,7 +48,7 @@ wait_ready() { # http port
   return 1
 }
 load() { # label grpc-list
-  "$bench" cluster-load --label "$1" --grpc "$2" --writers "$WRITERS" --secs "$SECS" \
+  "$bench" cluster-load --label "$1" --grpc "$2" --writers "$WRITERS" --count "$COUNT" \
     --dim "$DIM" --spaces "$SPACES" --recalls "$RECALLS"
 }
 
@@ -56,7 +57,7 @@ h=$(free_port); g=$(free_port)
 "$bin" serve --data-dir "$work/single" --http-addr "127.0.0.1:$h" --grpc-addr "127.0.0.1:$g" 2>"$work/single.log" &
 pids+=($!)
 wait_ready "$h"
-echo "single node: loading for ${SECS}s" >&2
+echo "single node: $COUNT writes" >&2
 load single "127.0.0.1:$g" >"$work/single.json"
 kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 
@@ -103,7 +104,7 @@ for _ in $(seq 600); do
   sleep 0.2
 done
 sleep 4 # the owners' own takeovers (replay of nothing) finish
-echo "cluster (3 NATS + 3 engram): loading for ${SECS}s" >&2
+echo "cluster (3 NATS + 3 engram): $COUNT writes" >&2
 load cluster "$(IFS=,; echo "${grpcs[*]}")" >"$work/cluster.json"
 
 mkdir -p "$(dirname "$OUT")"

@@ -83,6 +83,8 @@ METRICS = {
     "engram_cluster_snapshots_total": ("counter", set()),
     "engram_cluster_publish_retries_total": ("counter", set()),
     "engram_cluster_lease_loop_restarts_total": ("counter", set()),
+    "engram_cluster_lag_refusals_total": ("counter", set()),
+    "engram_cluster_consumer_restarts_total": ("counter", set()),
     "engram_cluster_publish_seconds": ("histogram", set()),
     "engram_cluster_takeover_seconds": ("histogram", set()),
 }

@@ -28,8 +28,12 @@ pub struct ClusterLoadArgs {
     /// Concurrent writers (each one unary call at a time).
     #[arg(long, default_value_t = 16)]
     pub writers: usize,
-    /// Seconds of writing.
-    #[arg(long, default_value_t = 20)]
+    /// Writes in all (the same data volume on every run, so that recall
+    /// latencies compare).
+    #[arg(long, default_value_t = 20_000)]
+    pub count: u64,
+    /// Most seconds of writing (stops earlier at `count`).
+    #[arg(long, default_value_t = 120)]
     pub secs: u64,
     #[arg(long, default_value_t = 384)]
     pub dim: usize,
@@ -96,11 +100,14 @@ async fn measure(args: &ClusterLoadArgs) -> anyhow::Result<serde_json::Value> {
         .map(|a| client(a))
         .collect::<anyhow::Result<_>>()?;
     let stop = Arc::new(AtomicBool::new(false));
+    let issued = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..args.writers {
         let clients = clients.clone();
         let stop = stop.clone();
+        let issued = issued.clone();
+        let count = args.count;
         let (dim, spaces) = (args.dim, args.spaces);
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -108,7 +115,7 @@ async fn measure(args: &ClusterLoadArgs) -> anyhow::Result<serde_json::Value> {
             let mut stored = Vec::new();
             let mut errors: Vec<String> = Vec::new();
             let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) && issued.fetch_add(1, Ordering::Relaxed) < count {
                 n += 1;
                 let node = (w + n as usize) % clients.len();
                 let space = format!("bench-{}", (w + n as usize) % spaces);
@@ -144,14 +151,24 @@ async fn measure(args: &ClusterLoadArgs) -> anyhow::Result<serde_json::Value> {
             (latencies, stored, errors, acked_at)
         }));
     }
-    tokio::time::sleep(Duration::from_secs(args.secs)).await;
-    stop.store(true, Ordering::Relaxed);
+    let limit = tokio::time::sleep(Duration::from_secs(args.secs));
+    tokio::pin!(limit);
+    let mut tasks = tasks;
+    let mut results = Vec::new();
+    for t in tasks.iter_mut() {
+        tokio::select! {
+            r = &mut *t => results.push(r?),
+            _ = &mut limit => {
+                stop.store(true, Ordering::Relaxed);
+                results.push(t.await?);
+            }
+        }
+    }
     let mut latencies = Vec::new();
     let mut stored = Vec::new();
     let mut errors = Vec::new();
     let mut per_second = vec![0u64; args.secs as usize + 60];
-    for t in tasks {
-        let (l, s, e, at) = t.await?;
+    for (l, s, e, at) in results {
         latencies.extend(l);
         stored.extend(s);
         errors.extend(e);

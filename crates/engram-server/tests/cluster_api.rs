@@ -515,3 +515,93 @@ fn cluster_flags_are_checked() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cluster.node_id"), "{stderr}");
 }
+
+/// An owner that falls behind its partition's log slows the writers of
+/// that partition (RESOURCE_EXHAUSTED with a retry-after), as a full
+/// indexing queue does on one node; once it catches up, writes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_owner_slows_its_partition_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (nats, urls) = nats_cluster(root, 1);
+    let mut nodes = nodes(
+        root,
+        &urls,
+        2,
+        "partitions = 1\nreplicas = 1\nmax_partition_lag = 20\n",
+    );
+    let all: Vec<(String, u16)> = nodes.iter().map(|n| (n.id.clone(), n.http)).collect();
+    assert!(wait_all_served(&all, 1, Duration::from_secs(60)).await);
+    let owner = served(&all).await[&0].clone();
+    let (oi, wi) = if owner == nodes[0].id { (0, 1) } else { (1, 0) };
+    let mut writer = MemoryClient::new(channel(nodes[wi].grpc));
+    let first = remember(&mut writer, "lag", episode("first", basis(0)))
+        .await
+        .unwrap();
+    // The writer learns the owner's progress within a second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s: serde_json::Value =
+            reqwest::get(format!("http://127.0.0.1:{}/v1/cluster", nodes[wi].http))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+        if s["partitions"][0]["applied_sequence"].as_u64() >= Some(first.token.unwrap().sequence) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the owner's progress never reached the writer: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = nodes[oi].child.as_ref().unwrap().id() as i32;
+    // SAFETY: signalling a child process this test started.
+    unsafe {
+        libc::kill(pid, libc::SIGSTOP);
+    }
+    let mut refused = None;
+    for i in 0..200 {
+        match remember(&mut writer, "lag", episode(&format!("m{i}"), basis(i))).await {
+            Ok(_) => {}
+            Err(e) => {
+                refused = Some((i, e));
+                break;
+            }
+        }
+    }
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(pid, libc::SIGCONT);
+    }
+    let (at, err) = refused.expect("writes to a stalled owner's partition were never refused");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("max_partition_lag"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        (20..=40).contains(&at),
+        "refused after {at} writes (limit 20)"
+    );
+    // Caught up: accepted again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match remember(&mut writer, "lag", episode("after", basis(3))).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "writes never accepted again: {e:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    nodes.clear();
+    drop(nats);
+}

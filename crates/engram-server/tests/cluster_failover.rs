@@ -44,6 +44,7 @@ const DIM: usize = 16;
 struct Acked {
     space: String,
     id: String,
+    at: Instant,
 }
 
 #[derive(Default)]
@@ -124,6 +125,7 @@ async fn writer(w: usize, ports: Vec<u16>, ledger: Arc<Ledger>, stop: Arc<Atomic
         ledger.acked.lock().push(Acked {
             space: space.clone(),
             id: id.clone(),
+            at: Instant::now(),
         });
         if n.is_multiple_of(4) {
             // Read-after-ack on another node.
@@ -385,6 +387,7 @@ async fn failover_loses_no_acked_observation() {
         "killing NATS server {leader} (leads {led} of {PARTITIONS} partition streams); {} writes acked so far",
         ledger.acked.lock().len()
     );
+    let nats_killed = Instant::now();
     nats[ni].kill();
     tokio::time::sleep(Duration::from_secs(10)).await;
     println!(
@@ -395,6 +398,19 @@ async fn failover_loses_no_acked_observation() {
     tokio::time::sleep(Duration::from_secs(8)).await;
 
     stop.store(true, Ordering::Relaxed);
+    {
+        // Acks in each second after the NATS kill (the leader elections'
+        // pause, for the record).
+        let acked = ledger.acked.lock();
+        let mut per_second = vec![0usize; 19];
+        for a in acked.iter().filter(|a| a.at >= nats_killed) {
+            let s = (a.at - nats_killed).as_secs() as usize;
+            if let Some(n) = per_second.get_mut(s) {
+                *n += 1;
+            }
+        }
+        println!("acks in each second after the NATS kill: {per_second:?}");
+    }
     for w in writers {
         w.await.unwrap();
     }

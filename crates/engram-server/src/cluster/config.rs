@@ -45,6 +45,11 @@ pub struct ClusterConfig {
     /// Writes this node may have in flight to JetStream at once; one more
     /// is refused with RESOURCE_EXHAUSTED (the publish path's admission).
     pub max_pending_publishes: usize,
+    /// Records a partition's owner may be behind the partition's stream
+    /// before writes to it are refused with RESOURCE_EXHAUSTED and a
+    /// retry-after (the owners' backpressure on writers, as the indexing
+    /// queue's on one node); 0: no limit.
+    pub max_partition_lag: u64,
     /// Milliseconds a write keeps retrying its publish (same message id,
     /// so retries are idempotent) through a NATS failover before it
     /// answers UNAVAILABLE.
@@ -67,6 +72,7 @@ impl Default for ClusterConfig {
             snapshot_interval_secs: 30,
             read_wait_ms: 5_000,
             max_pending_publishes: 4_096,
+            max_partition_lag: 100_000,
             publish_timeout_ms: 15_000,
             join_timeout_secs: 30,
         }

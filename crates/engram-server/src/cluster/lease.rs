@@ -73,6 +73,7 @@ async fn lease_loop(cluster: Cluster) {
         }
         if last_refresh.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
             cluster.refresh_nodes().await;
+            cluster.exchange_progress().await;
             last_refresh = Some(Instant::now());
         }
         let settled = joined.elapsed() >= JOIN_SETTLE;

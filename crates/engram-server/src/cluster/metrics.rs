@@ -79,6 +79,8 @@ pub(crate) struct ClusterMetrics {
     pub snapshots: Counter,
     pub publish_retries: Counter,
     pub lease_loop_restarts: Counter,
+    pub lag_refusals: Counter,
+    pub consumer_restarts: Counter,
     publish: Histogram,
     takeover: Histogram,
 }
@@ -92,6 +94,8 @@ impl ClusterMetrics {
             snapshots: Counter::default(),
             publish_retries: Counter::default(),
             lease_loop_restarts: Counter::default(),
+            lag_refusals: Counter::default(),
+            consumer_restarts: Counter::default(),
             publish: Histogram::new(&PUBLISH_BUCKETS),
             takeover: Histogram::new(&TAKEOVER_BUCKETS),
         }
@@ -192,6 +196,18 @@ impl ClusterMetrics {
             "engram_cluster_lease_loop_restarts_total",
             "Times the lease loop panicked and was restarted.",
             self.lease_loop_restarts.get(),
+        );
+        counter(
+            &mut out,
+            "engram_cluster_lag_refusals_total",
+            "Writes refused because their partition's owner was more than cluster.max_partition_lag records behind.",
+            self.lag_refusals.get(),
+        );
+        counter(
+            &mut out,
+            "engram_cluster_consumer_restarts_total",
+            "Partition consumers an owner replaced (failed, or stalled while the stream held more).",
+            self.consumer_restarts.get(),
         );
         self.publish.render(
             &mut out,

@@ -57,6 +57,8 @@ const SNAPSHOT_POINTERS: &str = "engram_snapshot_pointers";
 /// Key in [`SPACES`] holding the cluster's partition count (not hex, so
 /// no space's key).
 const PARTITION_COUNT_KEY: &str = "partitions";
+/// KV bucket of owners' progress: key `p.<n>`, value [`Progress`].
+const PROGRESS: &str = "engram_progress";
 /// Object store bucket holding the snapshot files.
 const SNAPSHOTS: &str = "engram_snapshots";
 
@@ -127,6 +129,15 @@ pub struct SnapshotPointer {
     pub bytes: u64,
 }
 
+/// How far an owner has applied its partition (written every second):
+/// what other nodes report as the partition's lag and admit writes by.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Progress {
+    pub epoch: u64,
+    pub applied: u64,
+    pub stream_last: u64,
+}
+
 /// A lease as this node last read it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LeaseView {
@@ -140,8 +151,11 @@ pub(crate) struct Part {
     pub lease: RwLock<Option<LeaseView>>,
     /// Set while this node owns the partition.
     pub owned: RwLock<Option<Arc<Owned>>>,
-    /// Last stream sequence seen (from PubAcks here and stream info).
+    /// Last stream sequence seen (from PubAcks here, stream info and the
+    /// owner's progress).
     pub stream_last: AtomicU64,
+    /// The owner's applied sequence, from its progress (other nodes).
+    pub remote_applied: AtomicU64,
     /// The newest snapshot pointer seen: (sequence, epoch).
     pub snapshot: Mutex<(u64, u64)>,
     /// Since when this node has seen the partition without a lease.
@@ -157,6 +171,7 @@ pub(crate) struct Inner {
     pub nodes: kv::Store,
     pub spaces: kv::Store,
     pub pointers: kv::Store,
+    pub progress: kv::Store,
     pub objects: object_store::ObjectStore,
     pub parts: Vec<Part>,
     pub space_cache: RwLock<HashMap<String, SpaceEntry>>,
@@ -302,6 +317,11 @@ impl Cluster {
                 ),
             });
         }
+        let progress = retry_setup(deadline, || {
+            js.create_key_value(kv(PROGRESS, Duration::ZERO, 1))
+        })
+        .await
+        .map_err(|e| setup(PROGRESS, &e))?;
         let objects = retry_setup(deadline, || {
             js.create_object_store(object_store::Config {
                 bucket: SNAPSHOTS.to_owned(),
@@ -337,6 +357,7 @@ impl Cluster {
                 lease: RwLock::new(None),
                 owned: RwLock::new(None),
                 stream_last: AtomicU64::new(0),
+                remote_applied: AtomicU64::new(0),
                 snapshot: Mutex::new((0, 0)),
                 unowned_since: Mutex::new(None),
             })
@@ -351,6 +372,7 @@ impl Cluster {
             nodes,
             spaces,
             pointers,
+            progress,
             objects,
             parts,
             space_cache: RwLock::new(HashMap::new()),
@@ -445,7 +467,7 @@ impl Cluster {
                     if o.is_serving() { "serving" } else { "loading" },
                     o.applied(),
                 ),
-                (Some(_), None) => ("remote", 0),
+                (Some(_), None) => ("remote", part.remote_applied.load(Ordering::Relaxed)),
                 (None, None) => ("unowned", 0),
             };
             let stream_sequence = stream_sequence.max(applied);
@@ -465,7 +487,7 @@ impl Cluster {
                 state: state.to_owned(),
                 stream_sequence,
                 applied_sequence: applied,
-                lag: if owned.is_some() {
+                lag: if lease.is_some() || owned.is_some() {
                     stream_sequence.saturating_sub(applied)
                 } else {
                     0
@@ -480,6 +502,46 @@ impl Cluster {
             nodes,
             partitions,
         }
+    }
+
+    /// Publishes the progress of every partition this node owns and reads
+    /// the others' (the lease loop, every second).
+    async fn exchange_progress(&self) {
+        for (p, part) in self.inner.parts.iter().enumerate() {
+            let key = partition_key(p as u32);
+            let owned = part.owned.read().clone();
+            if let Some(o) = owned {
+                let progress = Progress {
+                    epoch: o.epoch,
+                    applied: o.applied(),
+                    stream_last: part.stream_last.load(Ordering::Relaxed),
+                };
+                let value = serde_json::to_vec(&progress).expect("progress serializes");
+                let _ = self.inner.progress.put(&key, value.into()).await;
+                continue;
+            }
+            if let Ok(Some(value)) = self.inner.progress.get(&key).await {
+                if let Ok(progress) = serde_json::from_slice::<Progress>(&value) {
+                    part.remote_applied
+                        .store(progress.applied, Ordering::Relaxed);
+                    part.stream_last
+                        .fetch_max(progress.stream_last, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Records partition `p` has that its owner has not applied yet, as
+    /// this node knows (its own writes' PubAcks, the owner's progress).
+    pub(crate) fn lag(&self, p: u32) -> u64 {
+        let part = &self.inner.parts[p as usize];
+        let applied = match part.owned.read().as_ref() {
+            Some(o) => o.applied(),
+            None => part.remote_applied.load(Ordering::Relaxed),
+        };
+        part.stream_last
+            .load(Ordering::Relaxed)
+            .saturating_sub(applied)
     }
 
     /// The cluster's metrics, in the Prometheus text format (appended to

@@ -26,6 +26,10 @@ use tokio::sync::{mpsc, watch};
 
 use super::{partition_key, stream_name, subject, Cluster, SnapshotPointer};
 
+/// How long an owner's consumer may deliver nothing before the stream is
+/// asked whether it holds more (and the consumer replaced if so).
+const CONSUMER_STALL: Duration = Duration::from_secs(2);
+
 /// Why an owner stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum StopReason {
@@ -265,6 +269,12 @@ async fn own(cluster: &Cluster, p: u32, o: &Arc<Owned>, dir: &PathBuf) -> anyhow
     snapshot_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     snapshot_tick.tick().await;
     let mut messages = consume(&stream, p, submitted).await?;
+    // The consumer watchdog: a consumer whose stream leader died may stall
+    // without an error; when nothing arrived for CONSUMER_STALL while the
+    // stream holds more, a new consumer starts after the last record read.
+    let mut watchdog = tokio::time::interval(Duration::from_secs(1));
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_message = Instant::now();
     let mut stop_apply = o.stop.subscribe();
     let why = loop {
         if let Some(why) = *stop.borrow_and_update() {
@@ -278,6 +288,24 @@ async fn own(cluster: &Cluster, p: u32, o: &Arc<Owned>, dir: &PathBuf) -> anyhow
                 acker.abort();
                 anyhow::bail!(why);
             }
+            _ = watchdog.tick() => {
+                if last_message.elapsed() < CONSUMER_STALL {
+                    continue;
+                }
+                let last = match tokio::time::timeout(Duration::from_secs(2), stream.info()).await {
+                    Ok(Ok(info)) => info.state.last_sequence,
+                    _ => continue,
+                };
+                part.stream_last.fetch_max(last, Ordering::Relaxed);
+                if last > submitted {
+                    tracing::warn!(partition = p, applied_to = submitted, stream_last = last, "partition consumer stalled; resubscribing");
+                    inner.metrics.consumer_restarts.inc();
+                    if let Ok(m) = consume(&stream, p, submitted).await {
+                        messages = m;
+                    }
+                }
+                last_message = Instant::now();
+            }
             _ = snapshot_tick.tick() => {
                 if submitted > last_snapshot {
                     drain(o, submitted).await;
@@ -290,13 +318,17 @@ async fn own(cluster: &Cluster, p: u32, o: &Arc<Owned>, dir: &PathBuf) -> anyhow
             }
             next = messages.next() => {
                 let message = match next {
-                    Some(Ok(m)) => m,
+                    Some(Ok(m)) => {
+                        last_message = Instant::now();
+                        m
+                    }
                     other => {
                         // The consumer failed (a NATS server went away
                         // mid-fetch): start a new one where we are.
                         if let Some(Err(e)) = other {
                             tracing::warn!(partition = p, error = %e, "partition consumer failed; resubscribing");
                         }
+                        inner.metrics.consumer_restarts.inc();
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         messages = match consume(&stream, p, submitted).await {
                             Ok(m) => m,

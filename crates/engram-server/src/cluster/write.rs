@@ -333,6 +333,19 @@ impl Cluster {
             let d = h.finalize();
             d.iter().map(|b| format!("{b:02x}")).collect::<String>()
         };
+        let max_lag = self.inner.cfg.max_partition_lag;
+        let lag = self.lag(p);
+        if max_lag > 0 && lag > max_lag {
+            self.inner.metrics.lag_refusals.inc();
+            use tonic_types::{ErrorDetails, StatusExt};
+            return Err(Status::with_error_details(
+                tonic::Code::ResourceExhausted,
+                format!(
+                    "partition {p}: its owner is {lag} records behind the log (cluster.max_partition_lag {max_lag}); retry later"
+                ),
+                ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
+            ));
+        }
         let _permit = self
             .inner
             .publish_permits
