@@ -765,6 +765,11 @@ impl Engine {
         })
     }
 
+    /// Whether the space exists (cheap: no statistics gathered).
+    pub fn has_space(&self, space: &str) -> bool {
+        SpaceId::parse(space).is_ok_and(|id| self.space(&id).is_ok())
+    }
+
     /// # Errors
     /// [`Error::SpaceNotFound`], or an invalid id.
     pub fn describe_space(&self, space: &str) -> Result<SpaceInfo> {

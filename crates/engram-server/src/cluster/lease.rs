@@ -133,20 +133,23 @@ async fn step(cluster: &Cluster, p: u32, ttl: Duration, may_acquire: bool) {
         epoch: *epoch,
     });
     if let Some(o) = owned {
-        match &lease {
-            Some((owner, epoch, revision)) if owner == cluster.node_id() && *epoch == o.epoch => {
-                if o.since_renewed() >= ttl / 4 {
-                    renew(cluster, p, &o, *revision).await;
-                }
-                maybe_rebalance(cluster, p, &o).await;
-            }
-            Some((owner, epoch, _)) => lose(
-                cluster,
-                p,
-                &o,
-                &format!("{owner} holds the lease at epoch {epoch}"),
-            ),
-            None => lose(cluster, p, &o, "its lease expired"),
+        // A read may be answered by a replica that lags (KV direct gets):
+        // what it shows never ends an ownership by itself. The renewal, a
+        // compare-and-set on the revision this node last wrote, decides;
+        // a read that does not show this node's lease only renews now.
+        let shows_ours = lease
+            .as_ref()
+            .is_some_and(|(owner, epoch, _)| owner == cluster.node_id() && *epoch == o.epoch);
+        if !shows_ours || o.since_renewed() >= ttl / 4 {
+            renew(cluster, p, &o).await;
+        }
+        if part
+            .owned
+            .read()
+            .as_ref()
+            .is_some_and(|x| Arc::ptr_eq(x, &o))
+        {
+            maybe_rebalance(cluster, p, &o).await;
         }
         return;
     }
@@ -208,32 +211,63 @@ pub(crate) async fn read_lease(cluster: &Cluster, p: u32) -> Option<super::Lease
     view
 }
 
-async fn renew(cluster: &Cluster, p: u32, o: &Arc<Owned>, revision: u64) {
-    let value = serde_json::to_vec(&LeaseValue {
+/// Renews the lease of `p`: an update expecting the revision this node
+/// last wrote. Another revision there means the lease was written by
+/// someone else, unless it is this node's own at its epoch (a renewal
+/// whose reply was lost): then that revision is adopted and the update
+/// tried again.
+async fn renew(cluster: &Cluster, p: u32, o: &Arc<Owned>) {
+    use async_nats::jetstream::kv::UpdateErrorKind;
+    use std::sync::atomic::Ordering;
+    let value: bytes::Bytes = serde_json::to_vec(&LeaseValue {
         owner: cluster.node_id().to_owned(),
         epoch: o.epoch,
     })
-    .expect("a lease serializes");
-    match cluster
-        .inner
-        .leases
-        .update(partition_key(p), value.into(), revision)
-        .await
-    {
-        Ok(_) => o.renewed(),
-        Err(e) => {
-            use async_nats::jetstream::kv::UpdateErrorKind;
-            if e.kind() == UpdateErrorKind::WrongLastRevision {
-                lose(cluster, p, o, "its lease was taken over");
-            } else if !o.lease_valid() {
-                lose(
-                    cluster,
-                    p,
-                    o,
-                    &format!("its lease could not be renewed: {e}"),
-                );
-            } else {
-                tracing::warn!(partition = p, error = %e, "renewing a lease failed; retrying");
+    .expect("a lease serializes")
+    .into();
+    let key = partition_key(p);
+    let leases = &cluster.inner.leases;
+    for attempt in 0..2 {
+        let expected = o.revision.load(Ordering::Acquire);
+        match leases.update(&key, value.clone(), expected).await {
+            Ok(revision) => {
+                o.revision.store(revision, Ordering::Release);
+                o.renewed();
+                return;
+            }
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                let current = leases.entry(&key).await.ok().flatten();
+                let revision = current.as_ref().map(|e| e.revision);
+                let ours = lease_of(current).is_some_and(|(owner, epoch, _)| {
+                    owner == cluster.node_id() && epoch == o.epoch
+                });
+                match revision {
+                    Some(r) if ours && attempt == 0 && r != expected => {
+                        o.revision.store(r, Ordering::Release);
+                    }
+                    _ => {
+                        lose(
+                            cluster,
+                            p,
+                            o,
+                            "its lease was written by another node or expired",
+                        );
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                if !o.lease_valid() {
+                    lose(
+                        cluster,
+                        p,
+                        o,
+                        &format!("its lease could not be renewed: {e}"),
+                    );
+                } else {
+                    tracing::warn!(partition = p, error = %e, "renewing a lease failed; retrying");
+                }
+                return;
             }
         }
     }
@@ -267,28 +301,36 @@ pub(crate) async fn release(cluster: &Cluster, p: u32, o: &Arc<Owned>, why: &str
             *owned = None;
         }
     }
-    delete_if_ours(cluster, p, o.epoch).await;
+    delete_if_ours(cluster, p, o).await;
     cluster.inner.metrics.ownership_changes.inc();
 }
 
-/// Deletes the lease of `p` only while it is still this node's at
-/// `epoch` (compare-and-set on its revision): never another owner's.
-pub(crate) async fn delete_if_ours(cluster: &Cluster, p: u32, epoch: u64) {
+/// Deletes the lease of `p` only while it is still this node's
+/// (compare-and-set on the revision it last wrote, else on the one a read
+/// shows, if that read shows this node's lease at its epoch): never
+/// another owner's. A delete that loses a race leaves the lease to
+/// expire.
+pub(crate) async fn delete_if_ours(cluster: &Cluster, p: u32, o: &Owned) {
     let key = partition_key(p);
-    let Ok(entry) = cluster.inner.leases.entry(&key).await else {
+    let leases = &cluster.inner.leases;
+    let last = o.revision.load(std::sync::atomic::Ordering::Acquire);
+    if leases
+        .delete_expect_revision(&key, Some(last))
+        .await
+        .is_ok()
+    {
+        return;
+    }
+    let Ok(entry) = leases.entry(&key).await else {
         return;
     };
     let Some(revision) = entry.as_ref().map(|e| e.revision) else {
         return;
     };
     let ours =
-        lease_of(entry).is_some_and(|(owner, e, _)| owner == cluster.node_id() && e == epoch);
+        lease_of(entry).is_some_and(|(owner, e, _)| owner == cluster.node_id() && e == o.epoch);
     if ours {
-        let _ = cluster
-            .inner
-            .leases
-            .delete_expect_revision(&key, Some(revision))
-            .await;
+        let _ = leases.delete_expect_revision(&key, Some(revision)).await;
     }
 }
 

@@ -42,6 +42,10 @@ pub(crate) enum StopReason {
 /// This node's ownership of one partition, from lease to teardown.
 pub(crate) struct Owned {
     pub epoch: u64,
+    /// The lease key's revision this node last wrote (acquired or
+    /// renewed at): renewals expect it, so one that finds another means
+    /// someone else wrote the lease.
+    pub revision: std::sync::atomic::AtomicU64,
     pub since: Instant,
     ttl: Duration,
     last_renewed: Mutex<Instant>,
@@ -56,6 +60,7 @@ impl Owned {
     pub fn new(epoch: u64, ttl: Duration) -> Arc<Owned> {
         Arc::new(Owned {
             epoch,
+            revision: std::sync::atomic::AtomicU64::new(epoch),
             since: Instant::now(),
             ttl,
             last_renewed: Mutex::new(Instant::now()),
@@ -150,7 +155,7 @@ pub(crate) async fn run(cluster: Cluster, p: u32, o: Arc<Owned>) {
         if mine {
             *part.owned.write() = None;
             cluster.inner.metrics.ownership_changes.inc();
-            super::lease::delete_if_ours(&cluster, p, o.epoch).await;
+            super::lease::delete_if_ours(&cluster, p, &o).await;
         }
     }
     o.serving.store(false, Ordering::Release);
@@ -284,7 +289,10 @@ async fn own(cluster: &Cluster, p: u32, o: &Arc<Owned>, dir: &PathBuf) -> anyhow
             biased;
             _ = stop.changed() => continue,
             _ = failed.changed() => {
-                let why = failed.borrow().clone().unwrap_or_default();
+                let why = failed
+                    .borrow()
+                    .clone()
+                    .unwrap_or_else(|| "the applying task ended".to_owned());
                 acker.abort();
                 anyhow::bail!(why);
             }
@@ -308,7 +316,10 @@ async fn own(cluster: &Cluster, p: u32, o: &Arc<Owned>, dir: &PathBuf) -> anyhow
             }
             _ = snapshot_tick.tick() => {
                 if submitted > last_snapshot {
-                    drain(o, submitted).await;
+                    if let Err(e) = drain(o, submitted, &mut failed).await {
+                        acker.abort();
+                        return Err(e);
+                    }
                     match snapshot(cluster, p, o, &engine).await {
                         Ok(Some(seq)) => last_snapshot = seq,
                         Ok(None) => {}
@@ -372,13 +383,9 @@ async fn own(cluster: &Cluster, p: u32, o: &Arc<Owned>, dir: &PathBuf) -> anyhow
     };
     drop(tx);
     if why == StopReason::Release {
-        tokio::select! {
-            _ = drain(o, submitted) => {}
-            _ = failed.changed() => {
-                let why = failed.borrow().clone().unwrap_or_default();
-                acker.abort();
-                anyhow::bail!(why);
-            }
+        if let Err(e) = drain(o, submitted, &mut failed).await {
+            acker.abort();
+            return Err(e);
         }
         if submitted > last_snapshot {
             if let Err(e) = snapshot(cluster, p, o, &engine).await {
@@ -413,9 +420,32 @@ async fn consume(
 }
 
 /// Waits until every submitted record is applied.
-async fn drain(o: &Owned, submitted: u64) {
+///
+/// # Errors
+/// The applying task failed (a partition engine that refused to commit)
+/// or ended before applying them: waiting on would never end.
+async fn drain(
+    o: &Owned,
+    submitted: u64,
+    failed: &mut watch::Receiver<Option<String>>,
+) -> anyhow::Result<()> {
     let mut applied = o.applied.subscribe();
-    let _ = applied.wait_for(|a| *a >= submitted).await;
+    loop {
+        if *applied.borrow_and_update() >= submitted {
+            return Ok(());
+        }
+        if let Some(why) = failed.borrow().clone() {
+            anyhow::bail!(why);
+        }
+        tokio::select! {
+            _ = applied.changed() => {}
+            ended = failed.changed() => {
+                if ended.is_err() && o.applied() < submitted {
+                    anyhow::bail!("the applying task ended before applying every record read");
+                }
+            }
+        }
+    }
 }
 
 /// Hands one record to the engine. Transient failures (indexing behind,

@@ -129,7 +129,7 @@ impl Cluster {
         engine: &engram_core::Engine,
         space: &str,
     ) -> Result<(), Status> {
-        if engine.describe_space(space).is_ok() {
+        if engine.has_space(space) {
             return Ok(());
         }
         let Some(entry) = self.space_entry(space).await? else {
