@@ -38,13 +38,29 @@ const JOIN_SETTLE: Duration = Duration::from_secs(3);
 /// The lease loop, supervised: a panic in one pass is logged and the loop
 /// starts again (a lease loop that died would let every lease expire).
 pub(crate) async fn run(cluster: Cluster) {
+    let restarts = cluster.clone();
+    supervise(
+        move || lease_loop(cluster.clone()),
+        move || {
+            tracing::error!("cluster lease loop panicked; restarting it");
+            restarts.inner.metrics.lease_loop_restarts.inc();
+        },
+    )
+    .await;
+}
+
+/// Runs the task `make` builds until it returns; builds and runs it again
+/// after each panic (`on_panic` is told first).
+async fn supervise<F, Fut>(make: F, on_panic: impl Fn())
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
-        let pass = tokio::spawn(lease_loop(cluster.clone()));
-        match pass.await {
+        match tokio::spawn(make()).await {
             Ok(()) => return,
             Err(e) if e.is_panic() => {
-                tracing::error!("cluster lease loop panicked; restarting it");
-                cluster.inner.metrics.lease_loop_restarts.inc();
+                on_panic();
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(_) => return,
@@ -367,7 +383,33 @@ async fn maybe_rebalance(cluster: &Cluster, p: u32, o: &Arc<Owned>) {
 
 #[cfg(test)]
 mod tests {
-    use super::rendezvous;
+    use super::{rendezvous, supervise};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn a_panicking_loop_is_restarted_until_it_returns() {
+        let runs = Arc::new(AtomicU32::new(0));
+        let panics = Arc::new(AtomicU32::new(0));
+        let (r, p) = (runs.clone(), panics.clone());
+        supervise(
+            move || {
+                let r = r.clone();
+                async move {
+                    // Panics in its first two runs, returns in the third.
+                    if r.fetch_add(1, Ordering::SeqCst) < 2 {
+                        panic!("injected");
+                    }
+                }
+            },
+            move || {
+                p.fetch_add(1, Ordering::SeqCst);
+            },
+        )
+        .await;
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
+        assert_eq!(panics.load(Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn similar_node_ids_share_the_partitions() {

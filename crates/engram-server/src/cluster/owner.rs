@@ -676,3 +676,49 @@ async fn snapshot(
     let _ = inner.objects.delete(&object).await;
     anyhow::bail!("the snapshot pointer kept changing under five attempts")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waiting for the applying task ends in each way it can: everything
+    /// applied, the task failed, or the task ended first (the owner must
+    /// never wait for ever on a dead task).
+    #[tokio::test]
+    async fn drain_ends_when_applied_or_when_the_applying_task_is_gone() {
+        let o = Owned::new(7, Duration::from_secs(10));
+        let (failed_tx, mut failed) = watch::channel(None::<String>);
+        let applier = {
+            let o = o.clone();
+            tokio::spawn(async move {
+                for s in 1..=5 {
+                    tokio::task::yield_now().await;
+                    o.applied.send_replace(s);
+                }
+            })
+        };
+        drain(&o, 5, &mut failed).await.unwrap();
+        applier.await.unwrap();
+
+        failed_tx.send_replace(Some("the partition engine failed".to_owned()));
+        let e = drain(&o, 6, &mut failed).await.unwrap_err();
+        assert!(e.to_string().contains("engine failed"), "{e}");
+
+        let (failed_tx, mut failed) = watch::channel(None::<String>);
+        drop(failed_tx);
+        let e = drain(&o, 6, &mut failed).await.unwrap_err();
+        assert!(e.to_string().contains("ended"), "{e}");
+        // Already applied: nothing to wait for, whatever the task did.
+        drain(&o, 5, &mut failed).await.unwrap();
+    }
+
+    #[test]
+    fn only_the_records_own_faults_are_skipped() {
+        assert!(skippable(&Error::InvalidArgument {
+            field: "episode.expires_at",
+            message: "is past".into(),
+        }));
+        assert!(!skippable(&Error::Storage("disk full".into())));
+        assert!(!skippable(&Error::ShuttingDown));
+    }
+}
