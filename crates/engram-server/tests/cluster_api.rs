@@ -334,6 +334,26 @@ async fn cluster_calls_through_both_nodes() {
             .unwrap();
         assert_eq!(d["count"], 3, "{}: {d}", node.id);
     }
+    // A read passed on to the owner is read whole first, but never more
+    // than the body limit (4 MiB by default) a handler would take.
+    let status_now = ClusterClient::new(channel(nodes[0].grpc))
+        .status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let owner = &status_now.partitions[token_b.partition as usize].owner;
+    let other = nodes.iter().find(|n| &n.id != owner).unwrap();
+    let r = http
+        .post(format!(
+            "http://127.0.0.1:{}/v1/spaces/{SPACE}/recall",
+            other.http
+        ))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 5 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413, "{}", other.id);
     let r = http
         .post(format!(
             "http://127.0.0.1:{}/v1/spaces/{SPACE}/recall?after=nonsense",

@@ -52,8 +52,25 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// What the proxy needs: the server's state and the body limit (a
+/// passed-on request's body is read whole, so never more than a handler
+/// would take).
+#[derive(Clone)]
+pub struct ProxyState {
+    pub app: AppState,
+    pub max_body_bytes: usize,
+}
+
+/// One HTTP client for every passed-on request (its connections are kept
+/// and reused).
+fn client() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(reqwest::Client::new)
+}
+
 /// The middleware: passes reads of another node's partitions to it.
-pub async fn to_owner(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn to_owner(State(proxy): State<ProxyState>, req: Request, next: Next) -> Response {
+    let state = &proxy.app;
     let Some(cluster) = state.cluster() else {
         return next.run(req).await;
     };
@@ -76,29 +93,34 @@ pub async fn to_owner(State(state): State<AppState>, req: Request, next: Next) -
             .into_response()
         }
     };
-    match forward(cluster.node_id(), &http, req).await {
+    match forward(cluster.node_id(), &http, req, proxy.max_body_bytes).await {
         Ok(r) => r,
-        Err(message) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            format!("forwarding to the owner of partition {p} at {http}: {message}; retry"),
-        )
-        .into_response(),
+        Err(e) => e.into_response(),
     }
 }
 
-async fn forward(me: &str, http: &str, req: Request) -> Result<Response, String> {
+async fn forward(
+    me: &str,
+    http: &str,
+    req: Request,
+    max_body_bytes: usize,
+) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, usize::MAX)
+    let body = axum::body::to_bytes(body, max_body_bytes)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the request body could not be read whole (http.max_body_bytes {max_body_bytes}): {e}"),
+            )
+        })?;
     let path = parts
         .uri
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
-    let client = reqwest::Client::new();
-    let mut out = client
+    let mut out = client()
         .request(parts.method.clone(), format!("http://{http}{path}"))
         .timeout(Duration::from_secs(30))
         .header(FORWARDED_HEADER, me)
@@ -109,13 +131,20 @@ async fn forward(me: &str, http: &str, req: Request) -> Result<Response, String>
         }
         out = out.header(name, value);
     }
-    let answer = out.send().await.map_err(|e| e.to_string())?;
+    let unreachable = |e: reqwest::Error| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("forwarding to the owner at {http}: {e}; retry"),
+        )
+    };
+    let answer = out.send().await.map_err(unreachable)?;
     let status = answer.status();
     let content_type = answer
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .cloned();
-    let bytes = answer.bytes().await.map_err(|e| e.to_string())?;
+    let bytes = answer.bytes().await.map_err(unreachable)?;
     let mut response = Response::new(Body::from(bytes));
     *response.status_mut() = status;
     if let Some(ct) = content_type {

@@ -188,7 +188,10 @@ pub fn router(state: AppState, max_body_bytes: usize, ws: ws::WsSettings) -> Rou
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            crate::cluster::proxy::ProxyState {
+                app: state.clone(),
+                max_body_bytes,
+            },
             crate::cluster::proxy::to_owner,
         ))
         .layer(DefaultBodyLimit::max(max_body_bytes))
