@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 mod cluster_support;
 
-use cluster_support::{nats_cluster, nodes, served, tails, wait_all_served};
+use cluster_support::{cluster_status, nats_cluster, nodes, served, tails, wait_all_served};
 use engram_proto::v1 as pb;
 use engram_proto::v1::memory_client::MemoryClient;
 use parking_lot::Mutex;
@@ -45,6 +45,22 @@ struct Acked {
     space: String,
     id: String,
     at: Instant,
+}
+
+impl Ledger {
+    /// Waits until `more` writes beyond those acked now are acked; false
+    /// after `within`.
+    async fn wait_for_more(&self, more: usize, within: Duration) -> bool {
+        let target = self.acked.lock().len() + more;
+        let deadline = Instant::now() + within;
+        while self.acked.lock().len() < target {
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    }
 }
 
 #[derive(Default)]
@@ -312,7 +328,10 @@ async fn failover_loses_no_acked_observation() {
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| tokio::spawn(writer(w, ports.clone(), ledger.clone(), stop.clone())))
         .collect();
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        ledger.wait_for_more(2_000, Duration::from_secs(60)).await,
+        "the writers never got going"
+    );
 
     // 1. SIGKILL the engram node owning the most partitions.
     let owners = served(&all).await;
@@ -378,7 +397,18 @@ async fn failover_loses_no_acked_observation() {
         println!("takeover: {}", &line[line.find("partition").unwrap_or(0)..]);
     }
     nodes[vi].start();
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    let restarted_at = Instant::now();
+    while cluster_status(nodes[vi].http).await.is_none() {
+        assert!(
+            restarted_at.elapsed() < Duration::from_secs(60),
+            "the restarted node never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        ledger.wait_for_more(1_000, Duration::from_secs(60)).await,
+        "writes stopped after the node restarted"
+    );
 
     // 2. SIGKILL the NATS server leading the most partition streams.
     let (leader, led) = busiest_stream_leader(&nats_urls).await;
@@ -389,13 +419,20 @@ async fn failover_loses_no_acked_observation() {
     );
     let nats_killed = Instant::now();
     nats[ni].kill();
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    // Writes go on with two of the three NATS servers.
+    assert!(
+        ledger.wait_for_more(1_000, Duration::from_secs(60)).await,
+        "writes never resumed after the NATS server was killed"
+    );
     println!(
         "restarting {leader}; {} writes acked so far",
         ledger.acked.lock().len()
     );
     nats[ni].start();
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        ledger.wait_for_more(1_000, Duration::from_secs(60)).await,
+        "writes stopped after the NATS server was restarted"
+    );
 
     stop.store(true, Ordering::Relaxed);
     {

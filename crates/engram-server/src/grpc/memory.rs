@@ -11,6 +11,28 @@ use crate::auth::Need;
 use crate::cluster::{forward_failed, Route, FORWARDED_HEADER};
 use crate::http::AppState;
 
+/// The engine that answers `$req` (a request naming a space): the node's
+/// own, or in cluster mode the partition engine this node owns; when
+/// another node owns the space, returns that node's answer to the
+/// forwarded request from the handler.
+macro_rules! engine_or_forward {
+    ($svc:expr, $req:ident, $after:expr, $method:ident) => {{
+        let space = $req.get_ref().memory_space_id.clone();
+        match $svc.route(&$req, &space, $after).await? {
+            None => $svc.engine()?,
+            Some(Route::Local(engine)) => engine,
+            Some(Route::Forward { owner, mut client }) => {
+                let cluster = $svc.state.cluster().expect("routed in cluster mode");
+                let (md, _, message) = $req.into_parts();
+                return client
+                    .$method(cluster.forward_request(message, &md))
+                    .await
+                    .map_err(|s| forward_failed(&owner, s));
+            }
+        }
+    }};
+}
+
 pub struct MemoryService {
     pub state: AppState,
 }
@@ -90,24 +112,10 @@ impl Memory for MemoryService {
         req: Request<pb::RecallRequest>,
     ) -> Result<Response<pb::RecallResponse>, Status> {
         self.authorize(&req, &req.get_ref().memory_space_id, Need::Read)?;
-        let space = req.get_ref().memory_space_id.clone();
-        let engine = match self
-            .route(&req, &space, req.get_ref().after.as_ref())
-            .await?
-        {
-            None => self.engine()?,
-            Some(Route::Local(engine)) => engine,
-            Some(Route::Forward { owner, mut client }) => {
-                let cluster = self.state.cluster().expect("routed in cluster mode");
-                let (md, _, message) = req.into_parts();
-                return client
-                    .recall(cluster.forward_request(message, &md))
-                    .await
-                    .map_err(|s| forward_failed(&owner, s));
-            }
-        };
+        let engine = engine_or_forward!(self, req, req.get_ref().after.as_ref(), recall);
         let req = req.into_inner();
         let cue = convert::cue(req.cue)?;
+        let space = req.memory_space_id;
         let result = tokio::task::spawn_blocking(move || engine.recall(&space, cue))
             .await
             .map_err(|e| Status::internal(format!("recall task failed: {e}")))?
@@ -198,19 +206,7 @@ impl Memory for MemoryService {
         req: Request<pb::DescribeSpaceRequest>,
     ) -> Result<Response<pb::DescribeSpaceResponse>, Status> {
         self.authorize(&req, &req.get_ref().memory_space_id, Need::Read)?;
-        let space = req.get_ref().memory_space_id.clone();
-        let engine = match self.route(&req, &space, None).await? {
-            None => self.engine()?,
-            Some(Route::Local(engine)) => engine,
-            Some(Route::Forward { owner, mut client }) => {
-                let cluster = self.state.cluster().expect("routed in cluster mode");
-                let (md, _, message) = req.into_parts();
-                return client
-                    .describe_space(cluster.forward_request(message, &md))
-                    .await
-                    .map_err(|s| forward_failed(&owner, s));
-            }
-        };
+        let engine = engine_or_forward!(self, req, None, describe_space);
         let info = engine
             .describe_space(&req.into_inner().memory_space_id)
             .map_err(status)?;
@@ -224,19 +220,7 @@ impl Memory for MemoryService {
         req: Request<pb::ListMemoriesRequest>,
     ) -> Result<Response<pb::ListMemoriesResponse>, Status> {
         self.authorize(&req, &req.get_ref().memory_space_id, Need::Read)?;
-        let space = req.get_ref().memory_space_id.clone();
-        let engine = match self.route(&req, &space, None).await? {
-            None => self.engine()?,
-            Some(Route::Local(engine)) => engine,
-            Some(Route::Forward { owner, mut client }) => {
-                let cluster = self.state.cluster().expect("routed in cluster mode");
-                let (md, _, message) = req.into_parts();
-                return client
-                    .list_memories(cluster.forward_request(message, &md))
-                    .await
-                    .map_err(|s| forward_failed(&owner, s));
-            }
-        };
+        let engine = engine_or_forward!(self, req, None, list_memories);
         let req = req.into_inner();
         let after = convert::page_after(&req.page_token).map_err(Status::invalid_argument)?;
         let filter = req.filter.map(convert::memory_filter).unwrap_or_default();

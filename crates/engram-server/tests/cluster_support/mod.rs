@@ -31,6 +31,27 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Starts `cmd` with its stderr appended to `log` (kept across restarts).
+fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    cmd.stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {:?}: {e}", cmd.get_program()))
+}
+
+/// SIGKILLs the process, if running, and reaps it.
+fn sigkill(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
 pub struct Nats {
     pub name: String,
     pub port: u16,
@@ -41,27 +62,13 @@ pub struct Nats {
 
 impl Nats {
     pub fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        self.child = Some(
-            Command::new(nats_server())
-                .arg("-c")
-                .arg(&self.conf)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("nats-server starts"),
-        );
+        let mut cmd = Command::new(nats_server());
+        cmd.arg("-c").arg(&self.conf);
+        self.child = Some(spawn_logged(cmd, &self.log));
     }
 
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill(); // SIGKILL
-            let _ = c.wait();
-        }
+        sigkill(&mut self.child);
     }
 }
 
@@ -77,30 +84,17 @@ pub struct Node {
 
 impl Node {
     pub fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        self.child = Some(
-            Command::new(env!("CARGO_BIN_EXE_engram"))
-                .args(["serve", "--config"])
-                .arg(&self.conf)
-                .arg("--data-dir")
-                .arg(&self.data)
-                .env("RUST_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("engram starts"),
-        );
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_engram"));
+        cmd.args(["serve", "--config"])
+            .arg(&self.conf)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .env("RUST_LOG", "info");
+        self.child = Some(spawn_logged(cmd, &self.log));
     }
 
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill(); // SIGKILL
-            let _ = c.wait();
-        }
+        sigkill(&mut self.child);
     }
 }
 
