@@ -332,6 +332,29 @@ async fn failover_loses_no_acked_observation() {
         ledger.wait_for_more(2_000, Duration::from_secs(60)).await,
         "the writers never got going"
     );
+    // Takeovers below should load snapshots: wait until every partition
+    // that holds writes has one (its owner reports it).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut all_snapshotted = true;
+        for (id, http) in &all {
+            let Some(s) = cluster_status(*http).await else {
+                all_snapshotted = false;
+                continue;
+            };
+            for p in s["partitions"].as_array().into_iter().flatten() {
+                let mine = p["owner"] == id.as_str() && p["state"] == "serving";
+                if mine && p["stream_sequence"].as_u64() > Some(0) {
+                    all_snapshotted &= p["snapshot_sequence"].as_u64() > Some(0);
+                }
+            }
+        }
+        if all_snapshotted {
+            break;
+        }
+        assert!(Instant::now() < deadline, "partitions never snapshotted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // 1. SIGKILL the engram node owning the most partitions.
     let owners = served(&all).await;
