@@ -85,6 +85,9 @@ METRICS = {
     "engram_cluster_lease_loop_restarts_total": ("counter", set()),
     "engram_cluster_lag_refusals_total": ("counter", set()),
     "engram_cluster_consumer_restarts_total": ("counter", set()),
+    "engram_cluster_stream_sessions": ("gauge", set()),
+    "engram_cluster_publish_pending": ("gauge", set()),
+    "engram_cluster_stream_rejected_total": ("counter", {"reason"}),
     "engram_cluster_publish_seconds": ("histogram", set()),
     "engram_cluster_takeover_seconds": ("histogram", set()),
 }

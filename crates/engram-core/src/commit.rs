@@ -37,7 +37,8 @@ use crate::wal::{Lsn, SyncPolicy, Wal};
 /// Where an answer goes: usually a oneshot to the caller; a stream session
 /// also records the answer (so a resumed session knows every outcome, even
 /// one whose caller went away).
-pub(crate) type Reply<T> = Box<dyn FnOnce(Result<T>) + Send>;
+/// Called once with the answer to a submitted write.
+pub type Reply<T> = Box<dyn FnOnce(Result<T>) + Send>;
 
 /// A reply that sends to a oneshot channel.
 pub(crate) fn to_channel<T: Send + 'static>(tx: oneshot::Sender<Result<T>>) -> Reply<T> {
@@ -691,6 +692,7 @@ impl Committer {
                     server_sequence: seq,
                     committed_at_unix_nanos: original.unwrap_or_else(now_unix_nanos),
                     duplicate: true,
+                    token: None,
                 };
                 drop(reservation);
                 out.push(Prepared::Duplicate {
@@ -967,6 +969,7 @@ impl Committer {
                         server_sequence: episode.server_sequence,
                         committed_at_unix_nanos: episode.committed_at_unix_nanos,
                         duplicate: false,
+                        token: None,
                     };
                     self.apply_observe(&space, episode, Some(reservation));
                     if let Some(admitted) = admitted {

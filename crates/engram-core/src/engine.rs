@@ -1175,6 +1175,7 @@ impl SessionHost for Engine {
         input: EpisodeInput,
         priority: Priority,
         received: Instant,
+        _origin: crate::session::Origin<'_>,
         reply: crate::commit::Reply<Remembered>,
     ) -> Result<()> {
         self.submit_remember_with(space, input, priority, received, reply)

@@ -82,6 +82,18 @@ pub enum Error {
     /// cannot be retried safely).
     #[error("storage failure: {0}")]
     Storage(String),
+
+    /// An observation refused outside the engine, with the reason and the
+    /// words of what refused it: in cluster mode, the node's write path
+    /// (bad input; this node's publishes waiting for the log, or the
+    /// partition's owner behind it; the log not storing the write in
+    /// time, where retrying with the same episode id is safe).
+    #[error("{message}")]
+    Refused {
+        reason: RejectReason,
+        message: String,
+        retry_after: Option<Duration>,
+    },
 }
 
 impl Error {
@@ -99,6 +111,7 @@ impl Error {
             Error::ShuttingDown => "shutting_down",
             Error::Storage(_) => "storage_failure",
             Error::LimitReached { .. } => "limit_reached",
+            Error::Refused { reason, .. } => reason.as_str(),
         }
     }
 
@@ -155,6 +168,11 @@ impl RejectReason {
                 (RejectReason::Overloaded, Some(*retry_after))
             }
             Error::ShuttingDown | Error::Storage(_) => (RejectReason::Unavailable, None),
+            Error::Refused {
+                reason,
+                retry_after,
+                ..
+            } => (*reason, *retry_after),
             _ => (RejectReason::Invalid, None),
         }
     }

@@ -863,6 +863,15 @@ pub struct SpaceInfo {
     pub expired_count: u64,
 }
 
+/// Where a write landed in cluster mode: its partition's stream and the
+/// sequence JetStream stored it at. A recall that carries it (on any node)
+/// waits until the partition's owner has applied the write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConsistencyToken {
+    pub partition: u32,
+    pub sequence: u64,
+}
+
 /// The result of remembering one observation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Remembered {
@@ -872,6 +881,8 @@ pub struct Remembered {
     /// True when an episode with this id already existed: nothing new was
     /// stored, and this is the original's sequence (idempotent retry).
     pub duplicate: bool,
+    /// In cluster mode: where the write is stored (None on a single node).
+    pub token: Option<ConsistencyToken>,
 }
 
 #[cfg(test)]

@@ -199,8 +199,9 @@ impl Shared {
     }
 }
 
-/// All sessions of the engine.
-pub(crate) struct Registry {
+/// All sessions of one server: the engine's, or in cluster mode the
+/// node's (sessions live on the node their stream is attached to).
+pub struct Registry {
     config: SessionConfig,
     sessions: Mutex<HashMap<String, Arc<Shared>>>,
     next_holder: AtomicU64,
@@ -343,21 +344,33 @@ impl std::future::Future for PendingAck {
     }
 }
 
-/// What a session needs from the engine: submitting an observation and
-/// counting a rejection decided by the sequence rules. [`Engine`] implements
-/// it (in `engine.rs`); the trait keeps this module from depending on the
-/// engine, which depends on it.
+/// Where an observation came from: its session and sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin<'a> {
+    pub session_id: &'a str,
+    pub sequence: u64,
+}
+
+/// What a session needs from what stores its observations: submitting an
+/// observation and counting a rejection decided by the sequence rules.
+/// [`Engine`] implements it (in `engine.rs`), and in cluster mode the
+/// node's publisher to the partition streams; the trait keeps this module
+/// from depending on the engine, which depends on it.
 ///
 /// [`Engine`]: crate::Engine
-pub(crate) trait SessionHost: Send + Sync + 'static {
+pub trait SessionHost: Send + Sync + 'static {
     /// Submits one observation; `reply` is called with its answer (not
-    /// called when this returns `Err`).
+    /// called when this returns `Err`). `origin` names the session and
+    /// number it came with (a cluster node derives the id of an episode
+    /// sent without one from it, so that a record published twice is
+    /// applied once).
     fn submit(
         &self,
         space: &str,
         input: EpisodeInput,
         priority: Priority,
         received: Instant,
+        origin: Origin<'_>,
         reply: Reply<Remembered>,
     ) -> Result<()>;
 
@@ -375,7 +388,7 @@ impl Registry {
     /// [`Error::SessionNotFound`] for an unknown or expired session id;
     /// [`Error::InvalidArgument`] when resuming with another space;
     /// [`Error::SessionLimit`] at the session limit.
-    pub(crate) async fn open(
+    pub async fn open(
         &self,
         host: Arc<dyn SessionHost>,
         space: SpaceId,
@@ -676,7 +689,14 @@ impl Session {
             let _ = tx.send(ack);
         });
         let space = self.shared.space.as_str();
-        match self.host.submit(space, input, priority, received, hook) {
+        let origin = Origin {
+            session_id: &self.shared.id,
+            sequence: seq,
+        };
+        match self
+            .host
+            .submit(space, input, priority, received, origin, hook)
+        {
             Ok(()) => PendingAck::Waiting(rx),
             Err(e) => {
                 let (reason, retry_after) = RejectReason::of(&e);

@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::access::{AllowAll, Denial, Operation, StreamAccess};
 use crate::engine::Engine;
-use crate::error::Error;
+use crate::error::{Error, RejectReason};
 use crate::model::{Cue, EpisodeInput, DEFAULT_MAX_RESULTS};
 use crate::queue::{Level, Priority};
 use crate::recall::RecallBatch;
@@ -74,6 +74,10 @@ pub struct RecallRequest {
     /// Memories per batch; 0: all in one batch.
     pub batch_size: usize,
     pub include_embeddings: bool,
+    /// Cluster mode: an ack's token; the recall waits (bounded) until the
+    /// partition's owner has applied that write. A single node has applied
+    /// everything it acked, and ignores it.
+    pub after: Option<crate::model::ConsistencyToken>,
 }
 
 /// One client message, decoded by the transport.
@@ -286,6 +290,21 @@ impl From<Error> for StreamError {
             }
             Error::LimitReached { .. } => StreamErrorKind::ResourceExhausted { retry_after: None },
             Error::ShuttingDown => StreamErrorKind::Unavailable,
+            Error::Refused {
+                reason,
+                retry_after,
+                ..
+            } => match reason {
+                RejectReason::Overloaded => StreamErrorKind::ResourceExhausted {
+                    retry_after: *retry_after,
+                },
+                RejectReason::Invalid | RejectReason::OutOfOrder => {
+                    StreamErrorKind::InvalidArgument
+                }
+                RejectReason::Unauthorized => StreamErrorKind::PermissionDenied,
+                RejectReason::Closed => StreamErrorKind::Aborted,
+                RejectReason::Unavailable => StreamErrorKind::Unavailable,
+            },
             Error::Storage(_) => StreamErrorKind::Internal,
         };
         StreamError::new(kind, e.to_string())
@@ -344,16 +363,95 @@ impl From<Denial> for StreamError {
     }
 }
 
-/// Runs one stream on `engine`: reads `inbound` until the client finishes,
-/// the session closes, or the stream fails; returns the receiver of what to
-/// send back. The receiver yields `Err` at most once, last: the reason the
-/// stream ended (the transport ends its connection with it). It ends
-/// without an error after `close`, or when the client finished sending and
-/// every observation it sent was answered.
-///
-/// `shutdown` turning true makes the stream stop taking observations,
-/// answer what it holds, report CLOSING and end with
-/// [`StreamErrorKind::Unavailable`].
+/// What a stream runs on: the engine on a single node, the node's
+/// publisher and router in cluster mode. The [`Driver`] asks it for
+/// everything that is not the protocol itself, so both behave the same.
+pub trait StreamHost: Send + Sync + 'static {
+    /// Opens (or resumes) a session on `space`, with the space's dimension
+    /// for `init_ack` (0 when unknown yet).
+    fn open_session<'a>(
+        &'a self,
+        space: &'a str,
+        resume_session_id: Option<&'a str>,
+    ) -> futures::future::BoxFuture<'a, Result<OpenedSession, StreamError>>;
+
+    /// The queue capacity reported in `init_ack`.
+    fn queue_capacity(&self) -> u64;
+
+    /// Recalls one stream may have running at once.
+    fn max_recalls_per_stream(&self) -> usize;
+
+    /// The state of a writing, unpaused stream at the current pressure.
+    fn pressure_state(&self) -> StreamState;
+
+    /// What a stream tells its client when the pressure changes to `state`.
+    fn pressure_message(&self, state: StreamState) -> String;
+
+    /// The status a writing stream reports now, in `state`.
+    fn stream_status(&self, state: StreamState, message: String) -> StreamStatus;
+
+    /// Validates a recall and starts it.
+    fn start_recall(&self, req: RecallRequest) -> RecallStart;
+}
+
+/// A session a [`StreamHost`] opened.
+pub struct OpenedSession {
+    pub session: Session,
+    pub opened: crate::session::Opened,
+    /// The space's dimension (0 when the space does not exist yet).
+    pub dimension: u32,
+}
+
+/// A started recall: known at once (the engine validates and starts it
+/// right away), or later (in cluster mode, when the owner is asked).
+pub enum RecallStart {
+    Ready(Result<RecallBatches, StreamError>),
+    Later(futures::future::BoxFuture<'static, Result<RecallBatches, StreamError>>),
+}
+
+impl StreamHost for Engine {
+    fn open_session<'a>(
+        &'a self,
+        space: &'a str,
+        resume_session_id: Option<&'a str>,
+    ) -> futures::future::BoxFuture<'a, Result<OpenedSession, StreamError>> {
+        Box::pin(async move {
+            let (session, opened) = Engine::open_session(self, space, resume_session_id).await?;
+            let dimension = self.describe_space(space).map_or(0, |i| i.dimension as u32);
+            Ok(OpenedSession {
+                session,
+                opened,
+                dimension,
+            })
+        })
+    }
+
+    fn queue_capacity(&self) -> u64 {
+        Engine::queue_capacity(self) as u64
+    }
+
+    fn max_recalls_per_stream(&self) -> usize {
+        self.config().sessions.max_recalls_per_stream.max(1)
+    }
+
+    fn pressure_state(&self) -> StreamState {
+        Engine::pressure_state(self)
+    }
+
+    fn pressure_message(&self, state: StreamState) -> String {
+        Engine::pressure_message(self, state)
+    }
+
+    fn stream_status(&self, state: StreamState, message: String) -> StreamStatus {
+        Engine::stream_status(self, state, message)
+    }
+
+    fn start_recall(&self, req: RecallRequest) -> RecallStart {
+        RecallStart::Ready(start_recall(self, req).map_err(StreamError::from))
+    }
+}
+
+/// Runs one stream on `engine` (see [`run_on`]).
 pub fn run<I>(
     engine: Engine,
     inbound: I,
@@ -363,10 +461,32 @@ pub fn run<I>(
 where
     I: Stream<Item = Result<Inbound, StreamError>> + Send + Unpin + 'static,
 {
+    run_on(Arc::new(engine), inbound, limits, shutdown)
+}
+
+/// Runs one stream on `host`: reads `inbound` until the client finishes,
+/// the session closes, or the stream fails; returns the receiver of what to
+/// send back. The receiver yields `Err` at most once, last: the reason the
+/// stream ended (the transport ends its connection with it). It ends
+/// without an error after `close`, or when the client finished sending and
+/// every observation it sent was answered.
+///
+/// `shutdown` turning true makes the stream stop taking observations,
+/// answer what it holds, report CLOSING and end with
+/// [`StreamErrorKind::Unavailable`].
+pub fn run_on<I>(
+    host: Arc<dyn StreamHost>,
+    inbound: I,
+    limits: StreamLimits,
+    shutdown: watch::Receiver<bool>,
+) -> mpsc::Receiver<Result<Outbound, StreamError>>
+where
+    I: Stream<Item = Result<Inbound, StreamError>> + Send + Unpin + 'static,
+{
     let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
-    let recall_limit = engine.config().sessions.max_recalls_per_stream.max(1);
+    let recall_limit = host.max_recalls_per_stream().max(1);
     let driver = Driver {
-        engine,
+        host,
         out: tx,
         limits,
         session: None,
@@ -532,19 +652,19 @@ fn percent(fraction: f64) -> String {
 impl Session {
     /// The status of this session's stream now: PAUSED when the client
     /// paused it, else the state of the current backpressure level.
-    pub fn status(&self, engine: &Engine, message: impl Into<String>) -> StreamStatus {
+    pub fn status(&self, host: &dyn StreamHost, message: impl Into<String>) -> StreamStatus {
         let state = match self.phase() {
             SessionPhase::Paused => StreamState::Paused,
             SessionPhase::Closing | SessionPhase::Closed => StreamState::Closing,
-            SessionPhase::Active => engine.pressure_state(),
+            SessionPhase::Active => host.pressure_state(),
         };
-        engine.stream_status(state, message)
+        host.stream_status(state, message.into())
     }
 }
 
 /// The task behind one stream.
 struct Driver {
-    engine: Engine,
+    host: Arc<dyn StreamHost>,
     out: mpsc::Sender<Result<Outbound, StreamError>>,
     limits: StreamLimits,
     session: Option<Session>,
@@ -699,14 +819,14 @@ impl Driver {
             return false;
         }
         let resume = init.resume_session_id.as_deref().filter(|s| !s.is_empty());
-        let (mut session, opened) = match self
-            .engine
-            .open_session(&init.memory_space_id, resume)
-            .await
-        {
+        let OpenedSession {
+            mut session,
+            opened,
+            dimension,
+        } = match self.host.open_session(&init.memory_space_id, resume).await {
             Ok(s) => s,
             Err(e) => {
-                self.fail(e.into()).await;
+                self.fail(e).await;
                 return false;
             }
         };
@@ -715,9 +835,7 @@ impl Driver {
         // A stream whose credentials do not cover its space learns nothing
         // of it (its observations will be rejected as unauthorized).
         let dimension = if self.limits.access.covers(&init.memory_space_id) {
-            self.engine
-                .describe_space(&init.memory_space_id)
-                .map_or(0, |i| i.dimension as u32)
+            dimension
         } else {
             0
         };
@@ -728,24 +846,19 @@ impl Driver {
                 last_acked_sequence: opened.last_acked_sequence,
                 resumed: opened.resumed,
                 capabilities: Capabilities {
-                    queue_capacity: self.engine.queue_capacity() as u64,
+                    queue_capacity: self.host.queue_capacity(),
                     dimension,
                     max_message_size: self.limits.max_message_bytes as u64,
-                    max_recalls_per_stream: self
-                        .engine
-                        .config()
-                        .sessions
-                        .max_recalls_per_stream
-                        .max(1) as u32,
+                    max_recalls_per_stream: self.host.max_recalls_per_stream().max(1) as u32,
                 },
             }))
             .await;
         // Statuses go out on level changes; a stream that opens (or
         // resumes) while the queue is already under pressure must hear of
         // it now, not at the next change.
-        let state = self.engine.pressure_state();
+        let state = self.host.pressure_state();
         if sent && self.backpressure && state != StreamState::Active {
-            let message = self.engine.pressure_message(state);
+            let message = self.host.pressure_message(state);
             return self.send_status(state, &message).await;
         }
         sent
@@ -775,7 +888,7 @@ impl Driver {
             }
             FlowAction::BufferStatus => "status",
         };
-        let status = session.status(&self.engine, message);
+        let status = session.status(&*self.host, message);
         self.last_state = status.state;
         self.send(Outbound::Status(status)).await
     }
@@ -814,9 +927,11 @@ impl Driver {
                 .access
                 .check(&req.memory_space_id, Operation::Read)?;
             let include_embeddings = req.include_embeddings;
-            start_recall(&self.engine, req)
-                .map(|batches| (batches, include_embeddings))
-                .map_err(StreamError::from)
+            match self.host.start_recall(req) {
+                // A bad request is answered as such, before the limit.
+                RecallStart::Ready(Err(e)) => Err(e),
+                start => Ok((start, include_embeddings)),
+            }
         });
         let started = started.and_then(|started| match self.recalls.clone().try_acquire_owned() {
             Ok(permit) => Ok((started, permit)),
@@ -824,32 +939,67 @@ impl Driver {
                 StreamErrorKind::ResourceExhausted { retry_after: None },
                 format!(
                     "this stream already has {} recalls running (sessions.max_recalls_per_stream); wait for one to end",
-                    self.engine.config().sessions.max_recalls_per_stream
+                    self.host.max_recalls_per_stream()
                 ),
             )),
         });
-        match started {
-            Ok(((batches, include_embeddings), permit)) => {
-                tokio::spawn(forward_recall(
-                    batches,
-                    self.out.clone(),
-                    request_id,
-                    include_embeddings,
-                    self.paused.subscribe(),
-                    permit,
-                ));
-            }
+        let (start, include_embeddings, permit) = match started {
+            Ok(((start, include_embeddings), permit)) => (start, include_embeddings, permit),
             Err(error) => {
                 let _ = self
                     .send(Outbound::RecallFailed { request_id, error })
                     .await;
+                return;
+            }
+        };
+        let paused = self.paused.subscribe();
+        let out = self.out.clone();
+        match start {
+            RecallStart::Ready(Ok(batches)) => {
+                tokio::spawn(forward_recall(
+                    batches,
+                    out,
+                    request_id,
+                    include_embeddings,
+                    paused,
+                    permit,
+                ));
+            }
+            RecallStart::Ready(Err(error)) => {
+                drop(permit);
+                let _ = self
+                    .send(Outbound::RecallFailed { request_id, error })
+                    .await;
+            }
+            RecallStart::Later(starting) => {
+                tokio::spawn(async move {
+                    match starting.await {
+                        Ok(batches) => {
+                            forward_recall(
+                                batches,
+                                out,
+                                request_id,
+                                include_embeddings,
+                                paused,
+                                permit,
+                            )
+                            .await
+                        }
+                        Err(error) => {
+                            drop(permit);
+                            let _ = out
+                                .send(Ok(Outbound::RecallFailed { request_id, error }))
+                                .await;
+                        }
+                    }
+                });
             }
         }
     }
 
     async fn send_status(&mut self, state: StreamState, message: &str) -> Go {
         self.last_state = state;
-        let status = self.engine.stream_status(state, message);
+        let status = self.host.stream_status(state, message.to_owned());
         self.send(Outbound::Status(status)).await
     }
 
@@ -859,11 +1009,11 @@ impl Driver {
                 // The level now, not the event's: events that found the
                 // session's buffer full were dropped, and this one may be
                 // older than the latest change.
-                let state = self.engine.pressure_state();
+                let state = self.host.pressure_state();
                 if !self.backpressure || *self.paused.borrow() || state == self.last_state {
                     return true;
                 }
-                let message = self.engine.pressure_message(state);
+                let message = self.host.pressure_message(state);
                 self.send_status(state, &message).await
             }
             SessionEvent::IdleTimeout => {

@@ -727,6 +727,7 @@ async fn recalls_per_stream_are_bounded_and_paused_ones_complete_on_resume() {
                 cue: cue(&vecs[id], 10),
                 batch_size: 2,
                 include_embeddings: false,
+                after: None,
             }),
         })
     };
@@ -977,6 +978,7 @@ async fn stream_access_is_checked_per_message_and_the_stream_goes_on() {
             cue: cue(&[1.0, 0.0, 0.0], 5),
             batch_size: 0,
             include_embeddings: false,
+            after: None,
         }),
     }))
     .await

@@ -8,7 +8,10 @@
 //!   node goes on;
 //! - recalls, DescribeSpace and ListMemories on the other node are
 //!   forwarded to the owner; a recall with a token sees its write;
-//! - calls cluster mode does not serve yet answer UNIMPLEMENTED / 501;
+//! - Forget on either node is answered by the owner (OK, then NOT_FOUND),
+//!   over gRPC and REST, and stays forgotten after a handoff;
+//! - calls cluster mode does not serve yet answer UNIMPLEMENTED / 501
+//!   (streams: `cluster_streams.rs`);
 //! - `/v1/cluster`, `engram.v1.Cluster/Status` and the cluster metrics;
 //! - a graceful stop hands every partition on at once (no lease TTL
 //!   wait), through a last snapshot the new owner loads;
@@ -22,7 +25,6 @@ use cluster_support::{free_port, nats_cluster, nodes, served, tails, wait_all_se
 use engram_proto::v1 as pb;
 use engram_proto::v1::cluster_client::ClusterClient;
 use engram_proto::v1::memory_client::MemoryClient;
-use engram_proto::v1::streaming_client::StreamingClient;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -256,23 +258,16 @@ async fn cluster_calls_through_both_nodes() {
 
     // Not served in cluster mode yet: a clear refusal, nothing harmed.
     let err = m1
-        .forget(pb::ForgetRequest {
+        .delete_space(pb::DeleteSpaceRequest {
             memory_space_id: SPACE.to_owned(),
-            memory_id: "a".to_owned(),
         })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
-    let mut streaming = StreamingClient::new(channel(nodes[0].grpc));
-    let err = streaming
-        .recall_stream(recall_request(SPACE, basis(1), None))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
     let http = reqwest::Client::new();
     let r = http
         .delete(format!(
-            "http://127.0.0.1:{}/v1/spaces/{SPACE}/memories/a",
+            "http://127.0.0.1:{}/v1/spaces/{SPACE}",
             nodes[0].http
         ))
         .send()
@@ -281,16 +276,6 @@ async fn cluster_calls_through_both_nodes() {
     assert_eq!(r.status().as_u16(), 501);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["code"], "not_in_cluster_mode", "{body}");
-
-    // The WebSocket stream is refused before the upgrade.
-    let ws =
-        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/v1/stream", nodes[0].http))
-            .await
-            .unwrap_err();
-    match ws {
-        tokio_tungstenite::tungstenite::Error::Http(r) => assert_eq!(r.status().as_u16(), 501),
-        other => panic!("expected 501 before the upgrade: {other:?}"),
-    }
 
     // REST: a write on one node with its token; the read on every node
     // (the non-owner passes it to the owner).
@@ -333,6 +318,66 @@ async fn cluster_calls_through_both_nodes() {
             .await
             .unwrap();
         assert_eq!(d["count"], 3, "{}: {d}", node.id);
+    }
+    // Forget, on either node (the owner answers: it publishes the forget
+    // to the partition's log and applies it after every earlier record):
+    // OK, then NOT_FOUND; REST the same; the count follows.
+    for (i, client) in [&mut m1, &mut m2].into_iter().enumerate() {
+        let forget = |id: &str| pb::ForgetRequest {
+            memory_space_id: SPACE.to_owned(),
+            memory_id: id.to_owned(),
+        };
+        if i == 0 {
+            client.forget(forget("rest-1")).await.unwrap();
+        }
+        let err = client.forget(forget("rest-1")).await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "node{}: {err:?}", i + 1);
+        let err = client.forget(forget("")).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        let err = client
+            .forget(pb::ForgetRequest {
+                memory_space_id: "no-such-space".to_owned(),
+                memory_id: "x".to_owned(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    }
+    let r = http
+        .post(format!(
+            "http://127.0.0.1:{}/v1/spaces/{SPACE}/memories",
+            nodes[1].http
+        ))
+        .json(&serde_json::json!({"id": "gone", "what": "to forget", "embedding": basis(6)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    for (node, expected) in [(&nodes[0], 200), (&nodes[1], 404)] {
+        let r = http
+            .delete(format!(
+                "http://127.0.0.1:{}/v1/spaces/{SPACE}/memories/gone",
+                node.http
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), expected, "{}", node.id);
+        if expected == 404 {
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["code"], "memory_not_found", "{body}");
+        }
+    }
+    for node in &nodes {
+        let d: serde_json::Value = http
+            .get(format!("http://127.0.0.1:{}/v1/spaces/{SPACE}", node.http))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(d["count"], 2, "{}: forgotten twice: {d}", node.id);
     }
     // A read passed on to the owner is read whole first, but never more
     // than the body limit (4 MiB by default) a handler would take.
@@ -447,6 +492,21 @@ async fn cluster_calls_through_both_nodes() {
         .unwrap()
         .into_inner();
     assert_eq!(r.memories[0].episode.as_ref().unwrap().id, "a");
+    // What was forgotten stays forgotten on the new owner.
+    let r = left
+        .recall(recall_request(SPACE, basis(5), None))
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<&str> = r
+        .memories
+        .iter()
+        .map(|m| m.episode.as_ref().unwrap().id.as_str())
+        .collect();
+    assert!(
+        !ids.contains(&"rest-1") && !ids.contains(&"gone"),
+        "{ids:?}"
+    );
     let c = remember(&mut left, SPACE, episode("c", basis(4)))
         .await
         .unwrap();

@@ -1,15 +1,18 @@
 //! Cluster failover, end to end: 3 NATS servers (JetStream, R3) and 3
 //! engram nodes on loopback, as separate processes.
 //!
-//! Writers on several sessions keep a ledger of every ack and its
-//! consistency token; after some acks, a recall carrying the token is
+//! Writers keep a ledger of every ack and its consistency token: unary
+//! writers, and stream writers, each on a session of its own
+//! (`ObserveStream`); after some acks, a recall carrying the token is
 //! asked of *another* node. Then:
 //! 1. SIGKILL the engram node owning most partitions; every partition it
 //!    owned must be served again within lease TTL + 10 s; restart it;
 //! 2. SIGKILL the NATS server leading most partition streams; restart it.
 //!
 //! Writes go on throughout (a write that fails is retried with the same
-//! episode id until acked). Checks at the end:
+//! episode id until acked; a stream writer whose stream breaks opens a new
+//! session on the next node and resends what was not acked, with the same
+//! ids, as the clients do). Checks at the end:
 //! - every acked observation is present exactly once (listing every space
 //!   through any node);
 //! - every token-checked recall saw its write;
@@ -37,6 +40,10 @@ const PARTITIONS: u32 = 8;
 const LEASE_TTL_SECS: u64 = 10;
 const SPACES: usize = 6;
 const WRITERS: usize = 4;
+/// Writers on streams (one session each, one space each).
+const STREAM_WRITERS: usize = 2;
+/// Observations a stream writer has on the wire at once.
+const STREAM_WINDOW: usize = 16;
 const DIM: usize = 16;
 
 /// One acked write.
@@ -70,6 +77,10 @@ struct Ledger {
     token_recall_misses: Mutex<Vec<String>>,
     write_retries: AtomicU64,
     gave_up: Mutex<Vec<String>>,
+    /// Acks that came on streams.
+    streamed: AtomicU64,
+    /// Streams opened again after one broke.
+    stream_reconnects: AtomicU64,
 }
 
 fn client(port: u16) -> MemoryClient<Channel> {
@@ -152,6 +163,150 @@ async fn writer(w: usize, ports: Vec<u16>, ledger: Arc<Ledger>, stop: Arc<Atomic
                     .token_recall_misses
                     .lock()
                     .push(format!("{space}/{id} at {token:?}"));
+            }
+        }
+    }
+}
+
+/// One stream writer: an `ObserveStream` session on one node, writing one
+/// space in windows of [`STREAM_WINDOW`]; what is not acked (the stream
+/// broke, or a retryable rejection) is sent again, with the same ids, on
+/// the same or (after a break) a new session on the next node.
+async fn stream_writer(w: usize, ports: Vec<u16>, ledger: Arc<Ledger>, stop: Arc<AtomicBool>) {
+    use engram_proto::v1::streaming_client::StreamingClient;
+    use pb::observe_request::Request;
+    use pb::observe_response::Response;
+    let clients: Vec<_> = ports.iter().map(|p| client(*p)).collect();
+    let space = space_name(w % SPACES);
+    let mut node = w % ports.len();
+    let mut n: u64 = 0;
+    // (id, seed, first tried): sent but not acked, oldest first.
+    let mut todo: std::collections::VecDeque<(String, u64, Instant)> = Default::default();
+    'session: while !stop.load(Ordering::Relaxed) || !todo.is_empty() {
+        let ch =
+            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", ports[node]))
+                .unwrap()
+                .connect_timeout(Duration::from_secs(1))
+                .connect_lazy();
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_WINDOW + 1);
+        tx.send(pb::ObserveRequest {
+            request: Some(Request::Init(pb::StreamInit {
+                memory_space_id: space.clone(),
+                ..Default::default()
+            })),
+        })
+        .await
+        .unwrap();
+        let opened = tokio::time::timeout(
+            Duration::from_secs(10),
+            StreamingClient::new(ch)
+                .observe_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        )
+        .await;
+        let mut answers = match opened {
+            Ok(Ok(r)) => r.into_inner(),
+            _ => {
+                ledger.stream_reconnects.fetch_add(1, Ordering::Relaxed);
+                node = (node + 1) % ports.len();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue 'session;
+            }
+        };
+        let mut seq: u64 = 0;
+        loop {
+            if let Some((id, _, since)) = todo.front() {
+                if since.elapsed() > Duration::from_secs(90) {
+                    ledger
+                        .gave_up
+                        .lock()
+                        .push(format!("{space}/{id}: not acked on any stream within 90 s"));
+                    todo.pop_front();
+                    continue;
+                }
+            }
+            // Fill the window: what waits first, then new observations.
+            while todo.len() < STREAM_WINDOW && !stop.load(Ordering::Relaxed) {
+                n += 1;
+                todo.push_back((
+                    format!("s{w}-{n}"),
+                    (1 << 50) | (w as u64) << 40 | n,
+                    Instant::now(),
+                ));
+            }
+            if todo.is_empty() {
+                return;
+            }
+            let window: Vec<(String, u64, Instant)> =
+                todo.iter().take(STREAM_WINDOW).cloned().collect();
+            let first = seq + 1;
+            for (id, seed, _) in &window {
+                seq += 1;
+                let sent = tx
+                    .send(pb::ObserveRequest {
+                        request: Some(Request::Observation(pb::Observation {
+                            sequence_number: seq,
+                            episode: Some(pb::Episode {
+                                id: id.clone(),
+                                what: format!("stream writer {w}"),
+                                embedding: vector(*seed),
+                                ..Default::default()
+                            }),
+                            priority: 0,
+                        })),
+                    })
+                    .await;
+                if sent.is_err() {
+                    break;
+                }
+            }
+            let mut answered = 0;
+            while answered < window.len() {
+                let m = tokio::time::timeout(Duration::from_secs(30), answers.message()).await;
+                let ack = match m {
+                    Ok(Ok(Some(pb::ObserveResponse {
+                        response: Some(Response::Ack(a)),
+                    }))) => a,
+                    Ok(Ok(Some(_))) => continue,
+                    // The stream broke (its node died, or the call timed
+                    // out): a new session on the next node.
+                    _ => {
+                        ledger.stream_reconnects.fetch_add(1, Ordering::Relaxed);
+                        node = (node + 1) % ports.len();
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue 'session;
+                    }
+                };
+                assert_eq!(
+                    ack.sequence_number,
+                    first + answered as u64,
+                    "acks in order"
+                );
+                let (id, seed, _) = window[answered].clone();
+                answered += 1;
+                if ack.status == pb::observation_ack::Status::AckAccepted as i32 {
+                    let pos = todo.iter().position(|t| t.0 == id).unwrap();
+                    todo.remove(pos);
+                    let token = ack.token.expect("cluster acks carry a token");
+                    ledger.acked.lock().push(Acked {
+                        space: space.clone(),
+                        id: id.clone(),
+                        at: Instant::now(),
+                    });
+                    ledger.streamed.fetch_add(1, Ordering::Relaxed);
+                    if answered == 1 {
+                        let other = (node + 1) % clients.len();
+                        ledger.token_recalls.fetch_add(1, Ordering::Relaxed);
+                        if !recall_sees(&clients, other, &space, &id, seed, token).await {
+                            ledger
+                                .token_recall_misses
+                                .lock()
+                                .push(format!("{space}/{id} at {token:?} (streamed)"));
+                        }
+                    }
+                } else {
+                    // Rejected (overloaded, unavailable): sent again.
+                    ledger.write_retries.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -270,22 +425,36 @@ fn lease_holders(logs: &[PathBuf]) -> Vec<(u32, u64, String)> {
 
 /// The NATS server leading the most partition streams, by its name.
 async fn busiest_stream_leader(nats_urls: &[String]) -> (String, usize) {
-    let client = async_nats::connect(nats_urls.to_vec())
-        .await
-        .expect("connect to NATS");
-    let js = async_nats::jetstream::new(client);
     let mut leaders: HashMap<String, usize> = HashMap::new();
-    for p in 0..PARTITIONS {
-        let mut stream = js.get_stream(format!("ENGRAM_P{p}")).await.expect("stream");
-        let info = stream.info().await.expect("stream info");
-        if let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone()) {
-            *leaders.entry(leader).or_default() += 1;
-        }
+    for leader in stream_leaders(nats_urls).await.into_values().flatten() {
+        *leaders.entry(leader).or_default() += 1;
     }
     leaders
         .into_iter()
         .max_by_key(|(_, n)| *n)
         .expect("streams have leaders")
+}
+
+/// Each partition stream's leader, as JetStream reports it now (None
+/// while it has none, or cannot say).
+async fn stream_leaders(nats_urls: &[String]) -> HashMap<u32, Option<String>> {
+    let client = async_nats::connect(nats_urls.to_vec())
+        .await
+        .expect("connect to NATS");
+    let js = async_nats::jetstream::new(client);
+    let mut leaders = HashMap::new();
+    for p in 0..PARTITIONS {
+        let leader = match js.get_stream(format!("ENGRAM_P{p}")).await {
+            Ok(mut stream) => stream
+                .info()
+                .await
+                .ok()
+                .and_then(|i| i.cluster.as_ref().and_then(|c| c.leader.clone())),
+            Err(_) => None,
+        };
+        leaders.insert(p, leader);
+    }
+    leaders
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -327,6 +496,14 @@ async fn failover_loses_no_acked_observation() {
     let ports: Vec<u16> = nodes.iter().map(|n| n.grpc).collect();
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| tokio::spawn(writer(w, ports.clone(), ledger.clone(), stop.clone())))
+        .chain((0..STREAM_WRITERS).map(|w| {
+            tokio::spawn(stream_writer(
+                w,
+                ports.clone(),
+                ledger.clone(),
+                stop.clone(),
+            ))
+        }))
         .collect();
     assert!(
         ledger.wait_for_more(2_000, Duration::from_secs(60)).await,
@@ -442,6 +619,31 @@ async fn failover_loses_no_acked_observation() {
     );
     let nats_killed = Instant::now();
     nats[ni].kill();
+    // The streams it led elect new leaders among the other two.
+    let survivors_urls: Vec<String> = nats_urls
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != ni)
+        .map(|(_, u)| u.clone())
+        .collect();
+    loop {
+        let leaders = stream_leaders(&survivors_urls).await;
+        if leaders
+            .values()
+            .all(|l| l.as_ref().is_some_and(|l| *l != leader))
+        {
+            println!(
+                "every partition stream has a leader other than {leader} after {:?}",
+                nats_killed.elapsed()
+            );
+            break;
+        }
+        assert!(
+            nats_killed.elapsed() < Duration::from_secs(60),
+            "streams without a new leader 60 s after {leader} was killed: {leaders:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Writes go on with two of the three NATS servers.
     assert!(
         ledger.wait_for_more(1_000, Duration::from_secs(60)).await,
@@ -475,12 +677,15 @@ async fn failover_loses_no_acked_observation() {
         w.await.unwrap();
     }
     let acked = ledger.acked.lock().clone();
+    let streamed = ledger.streamed.load(Ordering::Relaxed);
     println!(
-        "writes acked: {}, retried attempts: {}, token-checked recalls: {}",
+        "writes acked: {} ({streamed} on streams, which were opened again {} times after breaking), retried attempts: {}, token-checked recalls: {}",
         acked.len(),
+        ledger.stream_reconnects.load(Ordering::Relaxed),
         ledger.write_retries.load(Ordering::Relaxed),
         ledger.token_recalls.load(Ordering::Relaxed)
     );
+    assert!(streamed >= 100, "the stream writers got {streamed} acks");
     assert!(
         ledger.gave_up.lock().is_empty(),
         "writes never acked: {:?}",

@@ -51,7 +51,7 @@ pub(crate) async fn run(cluster: Cluster) {
 
 /// Runs the task `make` builds until it returns; builds and runs it again
 /// after each panic (`on_panic` is told first).
-async fn supervise<F, Fut>(make: F, on_panic: impl Fn())
+pub(crate) async fn supervise<F, Fut>(make: F, on_panic: impl Fn())
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,

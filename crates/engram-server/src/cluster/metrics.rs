@@ -209,6 +209,34 @@ impl ClusterMetrics {
             "Partition consumers an owner replaced (failed, or stalled while the stream held more).",
             self.consumer_restarts.get(),
         );
+        let streams = &cluster.inner.streams;
+        let _ = writeln!(
+            out,
+            "# HELP engram_cluster_stream_sessions Streams with a session attached on this node."
+        );
+        let _ = writeln!(out, "# TYPE engram_cluster_stream_sessions gauge");
+        let _ = writeln!(out, "engram_cluster_stream_sessions {}", streams.attached());
+        let _ = writeln!(
+            out,
+            "# HELP engram_cluster_publish_pending Writes on this node waiting for their PubAck (streams' backpressure reads it against cluster.max_pending_publishes)."
+        );
+        let _ = writeln!(out, "# TYPE engram_cluster_publish_pending gauge");
+        let _ = writeln!(
+            out,
+            "engram_cluster_publish_pending {}",
+            cluster.pending_publishes()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP engram_cluster_stream_rejected_total Streamed observations this node rejected, by reason."
+        );
+        let _ = writeln!(out, "# TYPE engram_cluster_stream_rejected_total counter");
+        for (reason, n) in streams.rejected() {
+            let _ = writeln!(
+                out,
+                "engram_cluster_stream_rejected_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
         self.publish.render(
             &mut out,
             "engram_cluster_publish_seconds",

@@ -13,6 +13,8 @@
 //!   replays the stream from its sequence into a local engine, applies new
 //!   writes as they arrive, serves recall and writes snapshots.
 //! - Other nodes forward recalls to the owner (`route`).
+//! - Streaming sessions (`sessions`) live on the node their stream is
+//!   attached to and publish each observation as a write.
 
 // tonic::Status is large, but it is what the gRPC handlers return anyway.
 #![allow(clippy::result_large_err)]
@@ -23,6 +25,7 @@ mod metrics;
 mod owner;
 pub mod proxy;
 mod route;
+mod sessions;
 mod write;
 
 use std::collections::HashMap;
@@ -179,6 +182,8 @@ pub(crate) struct Inner {
     pub peers: Mutex<HashMap<String, route::Peer>>,
     pub publish_permits: Arc<tokio::sync::Semaphore>,
     pub metrics: metrics::ClusterMetrics,
+    /// This node's streaming sessions and the write pressure they see.
+    pub streams: sessions::Streams,
     /// The engine settings every partition engine starts from.
     pub engine: EngineConfig,
     /// Partition engines live under here (scratch: the streams and the
@@ -365,6 +370,7 @@ impl Cluster {
         let inner = Arc::new(Inner {
             metrics: metrics::ClusterMetrics::new(cfg.partitions),
             publish_permits: Arc::new(tokio::sync::Semaphore::new(cfg.max_pending_publishes)),
+            streams: sessions::Streams::new(&engine),
             cfg,
             js,
             publisher,
@@ -386,6 +392,15 @@ impl Cluster {
         let cluster = Cluster { inner };
         cluster.register().await;
         tokio::spawn(lease::run(cluster.clone()));
+        let streams = cluster.clone();
+        tokio::spawn(lease::supervise(
+            move || streams.clone().stream_loop(),
+            || {
+                tracing::error!(
+                    "the cluster stream loop (pressure, session sweep) panicked; restarted"
+                )
+            },
+        ));
         tracing::info!(
             node = %cluster.inner.cfg.node_id,
             partitions = cluster.inner.cfg.partitions,

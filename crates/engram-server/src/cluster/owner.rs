@@ -54,7 +54,14 @@ pub(crate) struct Owned {
     serving: AtomicBool,
     stop: watch::Sender<Option<StopReason>>,
     finished: watch::Sender<bool>,
+    /// Forget records applied lately: stream sequence → whether the
+    /// memory existed (what the Forget call that published it answers).
+    forgets: Mutex<std::collections::BTreeMap<u64, bool>>,
 }
+
+/// Forget outcomes an owner keeps for the calls waiting on them (the
+/// oldest go first; a call reads its own within milliseconds).
+const FORGET_OUTCOMES: usize = 1024;
 
 impl Owned {
     pub fn new(epoch: u64, ttl: Duration) -> Arc<Owned> {
@@ -69,7 +76,22 @@ impl Owned {
             serving: AtomicBool::new(false),
             stop: watch::channel(None).0,
             finished: watch::channel(false).0,
+            forgets: Mutex::new(std::collections::BTreeMap::new()),
         })
+    }
+
+    fn record_forget(&self, sequence: u64, existed: bool) {
+        let mut f = self.forgets.lock();
+        f.insert(sequence, existed);
+        while f.len() > FORGET_OUTCOMES {
+            f.pop_first();
+        }
+    }
+
+    /// Whether the memory the forget record at `sequence` named existed
+    /// when it was applied (None: not applied here, or long ago).
+    pub fn forget_outcome(&self, sequence: u64) -> Option<bool> {
+        self.forgets.lock().remove(&sequence)
     }
 
     pub fn renewed(&self) {
@@ -362,7 +384,37 @@ async fn own(cluster: &Cluster, p: u32, o: &Arc<Owned>, dir: &PathBuf) -> anyhow
                     continue;
                 }
                 part.stream_last.fetch_max(sequence, Ordering::Relaxed);
-                let pending = match apply(cluster, p, &engine, &message.payload, &mut stop_apply).await {
+                let record = match pb::PartitionRecord::decode(&message.payload[..]) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(partition = p, sequence, error = %e, "undecodable partition record; skipped");
+                        inner.metrics.apply_skipped.inc();
+                        pb::PartitionRecord::default()
+                    }
+                };
+                if !record.forget_memory_id.is_empty() {
+                    // After every earlier record is committed: a write of
+                    // the memory still in the engine's queue would come
+                    // back after the forget.
+                    if let Err(e) = drain(o, submitted, &mut failed).await {
+                        acker.abort();
+                        return Err(e);
+                    }
+                    let existed = match apply_forget(cluster, &engine, &record).await {
+                        Ok(existed) => existed,
+                        Err(e) => {
+                            acker.abort();
+                            return Err(e);
+                        }
+                    };
+                    o.record_forget(sequence, existed);
+                    submitted = sequence;
+                    if tx.send(Applying { sequence, pending: None }).await.is_err() {
+                        anyhow::bail!("the applying task ended");
+                    }
+                    continue;
+                }
+                let pending = match apply(cluster, p, &engine, record, &mut stop_apply).await {
                     Ok(Applied::Pending(pending)) => Some(pending),
                     Ok(Applied::Skipped) => None,
                     // Not applied: the loop ends at the stop, and the
@@ -459,18 +511,15 @@ async fn apply(
     cluster: &Cluster,
     p: u32,
     engine: &Engine,
-    payload: &[u8],
+    record: pb::PartitionRecord,
     stop: &mut watch::Receiver<Option<StopReason>>,
 ) -> anyhow::Result<Applied> {
     let metrics = &cluster.inner.metrics;
-    let record = match pb::PartitionRecord::decode(payload) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(partition = p, error = %e, "undecodable partition record; skipped");
-            metrics.apply_skipped.inc();
-            return Ok(Applied::Skipped);
-        }
-    };
+    if record.episode.is_none() {
+        // Undecodable (counted where it was read), or of a kind this
+        // version does not know.
+        return Ok(Applied::Skipped);
+    }
     let space = record.memory_space_id;
     let episode = record.episode.unwrap_or_default();
     let mut wait = Duration::from_millis(5);
@@ -510,6 +559,44 @@ async fn apply(
             _ = stop.changed() => {}
         }
         wait = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// Applies a forget record: whether the memory existed. A space the
+/// registry does not have holds nothing to forget.
+///
+/// # Errors
+/// The engine failed to commit the forget (its storage): the owner gives
+/// the partition up, as for a write.
+async fn apply_forget(
+    cluster: &Cluster,
+    engine: &Engine,
+    record: &pb::PartitionRecord,
+) -> anyhow::Result<bool> {
+    let space = &record.memory_space_id;
+    let mut wait = Duration::from_millis(20);
+    // The registry unreadable for a moment is waited out (a record is
+    // never skipped for a transient reason).
+    loop {
+        match cluster.ensure_local_space(engine, space).await {
+            Ok(()) => break,
+            Err(s) if s.code() == tonic::Code::NotFound => return Ok(false),
+            Err(s) => {
+                tracing::debug!(space, error = %s.message(), "a forget waits for the space registry");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_millis(500));
+            }
+        }
+    }
+    match engine.forget(space, &record.forget_memory_id).await {
+        Ok(()) => Ok(true),
+        Err(Error::MemoryNotFound { .. } | Error::SpaceNotFound(_)) => Ok(false),
+        Err(e) if skippable(&e) => {
+            tracing::warn!(space, error = %e, "forget record refused at apply; skipped");
+            cluster.inner.metrics.apply_skipped.inc();
+            Ok(false)
+        }
+        Err(e) => anyhow::bail!("the partition engine refused a forget: {e}"),
     }
 }
 

@@ -1,7 +1,8 @@
 //! Cluster mode over REST: a read of a space (describe, list memories,
-//! recall) that arrives at a node not owning the space's partition is
-//! passed, whole, to the owner's HTTP listener; its answer goes back as
-//! is. Writes and space creation need no owner (any node publishes).
+//! recall) or a forget that arrives at a node not owning the space's
+//! partition is passed, whole, to the owner's HTTP listener; its answer
+//! goes back as is. Writes and space creation need no owner (any node
+//! publishes).
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -13,7 +14,8 @@ use std::time::Duration;
 use super::route::{OwnerAt, FORWARDED_HEADER};
 use crate::http::{ApiError, AppState};
 
-/// The space a request reads, for the routes the owner must answer.
+/// The space of a request the owner must answer: reads, and forgets (the
+/// owner knows whether the memory existed).
 fn read_of(method: &Method, path: &str) -> Option<String> {
     let rest = path.strip_prefix("/v1/spaces/")?;
     let (raw, tail) = match rest.split_once('/') {
@@ -23,7 +25,11 @@ fn read_of(method: &Method, path: &str) -> Option<String> {
     let owner_answers = matches!(
         (method.as_str(), tail),
         ("GET", None) | ("POST", Some("recall")) | ("GET", Some("memories"))
-    );
+    ) || (method == Method::DELETE
+        && tail.is_some_and(|t| {
+            t.strip_prefix("memories/")
+                .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+        }));
     if owner_answers {
         percent_decode(raw)
     } else {
@@ -174,6 +180,12 @@ mod tests {
             Some("s".to_owned())
         );
         assert_eq!(read_of(&Method::POST, "/v1/spaces/s/memories"), None);
+        assert_eq!(
+            read_of(&Method::DELETE, "/v1/spaces/s/memories/m1"),
+            Some("s".to_owned())
+        );
+        assert_eq!(read_of(&Method::DELETE, "/v1/spaces/s/memories/"), None);
+        assert_eq!(read_of(&Method::DELETE, "/v1/spaces/s"), None);
         assert_eq!(read_of(&Method::PUT, "/v1/spaces/s"), None);
         assert_eq!(read_of(&Method::GET, "/v1/spaces"), None);
         assert_eq!(read_of(&Method::GET, "/v1/cluster"), None);

@@ -14,15 +14,20 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
-use engram_core::model::{now_unix_nanos, Expiry, SpaceId};
+use engram_core::model::{now_unix_nanos, ConsistencyToken, Expiry, Remembered, SpaceId};
 use engram_proto::v1 as pb;
 use prost::Message as _;
 use sha2::Digest;
+use tokio::sync::OwnedSemaphorePermit;
 use tonic::Status;
 
 use super::{subject, Cluster, SpaceEntry};
 use crate::grpc::convert;
 use crate::grpc::status::status;
+
+/// The retry-after of a write refused because this node has
+/// `max_pending_publishes` writes waiting for their PubAck.
+const PENDING_RETRY_AFTER: Duration = Duration::from_millis(200);
 
 /// The registry key of a space: hex, since space ids may hold characters
 /// that KV keys may not.
@@ -237,14 +242,77 @@ impl Cluster {
     ///
     /// # Errors
     /// INVALID_ARGUMENT as on a single node; RESOURCE_EXHAUSTED when this
-    /// node has `max_pending_publishes` writes in flight; UNAVAILABLE when
-    /// JetStream did not store the write within `publish_timeout_ms`
+    /// node has `max_pending_publishes` writes in flight or the partition's
+    /// owner is more than `max_partition_lag` records behind; UNAVAILABLE
+    /// when JetStream did not store the write within `publish_timeout_ms`
     /// (retrying with the same episode id is safe).
     pub async fn remember(
         &self,
         space: &str,
         input: engram_core::EpisodeInput,
     ) -> Result<pb::RememberResponse, Status> {
+        let done = self.write(space, input, None, None).await?;
+        Ok(pb::RememberResponse {
+            memory_id: done.memory_id,
+            server_sequence: 0,
+            committed_at: Some(convert::timestamp(done.committed_at_unix_nanos)),
+            duplicate: done.duplicate,
+            token: done.token.map(|t| pb::ConsistencyToken {
+                partition: t.partition,
+                sequence: t.sequence,
+            }),
+        })
+    }
+
+    /// Admission of a write to partition `p`: refused while the
+    /// partition's owner is more than `max_partition_lag` records behind
+    /// its stream, or while this node has `max_pending_publishes` writes
+    /// waiting for their PubAck. The permit is held until the PubAck.
+    ///
+    /// # Errors
+    /// RESOURCE_EXHAUSTED with a retry-after, naming the setting.
+    pub(crate) fn admit(&self, p: u32) -> Result<OwnedSemaphorePermit, Status> {
+        use tonic_types::{ErrorDetails, StatusExt};
+        let max_lag = self.inner.cfg.max_partition_lag;
+        let lag = self.lag(p);
+        if max_lag > 0 && lag > max_lag {
+            self.inner.metrics.lag_refusals.inc();
+            return Err(Status::with_error_details(
+                tonic::Code::ResourceExhausted,
+                format!(
+                    "partition {p}: its owner is {lag} records behind the log (cluster.max_partition_lag {max_lag}); retry later"
+                ),
+                ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
+            ));
+        }
+        self.inner
+            .publish_permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::with_error_details(
+                    tonic::Code::ResourceExhausted,
+                    format!(
+                        "this node has {} writes waiting for the cluster's log (cluster.max_pending_publishes); retry later",
+                        self.inner.cfg.max_pending_publishes
+                    ),
+                    ErrorDetails::with_retry_info(Some(PENDING_RETRY_AFTER)),
+                )
+            })
+    }
+
+    /// Validates, publishes and waits for the PubAck. `derived_id` is the
+    /// id an episode sent without one gets (a stream's observation: from
+    /// its session and sequence number, so that publishing it twice stores
+    /// it once; else a new UUID). `permit`: admission already passed
+    /// (else it is asked here, after validation).
+    pub(crate) async fn write(
+        &self,
+        space: &str,
+        input: engram_core::EpisodeInput,
+        derived_id: Option<String>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<Remembered, Status> {
         let received = now_unix_nanos();
         SpaceId::parse(space).map_err(status)?;
         let valid = input.clone().validate().map_err(status)?;
@@ -305,6 +373,7 @@ impl Cluster {
             id: valid
                 .id
                 .clone()
+                .or(derived_id)
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
             when: Some(convert::timestamp(
                 input.when_unix_nanos.unwrap_or(received),
@@ -322,6 +391,7 @@ impl Cluster {
         let payload = pb::PartitionRecord {
             memory_space_id: space.to_owned(),
             episode: Some(episode),
+            forget_memory_id: String::new(),
         }
         .encode_to_vec();
         let p = self.partition(space);
@@ -333,46 +403,89 @@ impl Cluster {
             let d = h.finalize();
             d.iter().map(|b| format!("{b:02x}")).collect::<String>()
         };
-        let max_lag = self.inner.cfg.max_partition_lag;
-        let lag = self.lag(p);
-        if max_lag > 0 && lag > max_lag {
-            self.inner.metrics.lag_refusals.inc();
-            use tonic_types::{ErrorDetails, StatusExt};
-            return Err(Status::with_error_details(
-                tonic::Code::ResourceExhausted,
-                format!(
-                    "partition {p}: its owner is {lag} records behind the log (cluster.max_partition_lag {max_lag}); retry later"
-                ),
-                ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
-            ));
-        }
-        let _permit = self
-            .inner
-            .publish_permits
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| {
-                Status::resource_exhausted(format!(
-                    "this node has {} writes waiting for the cluster's log (cluster.max_pending_publishes); retry later",
-                    self.inner.cfg.max_pending_publishes
-                ))
-            })?;
+        let _permit = match permit {
+            Some(permit) => permit,
+            None => self.admit(p)?,
+        };
         let started = Instant::now();
         let ack = self.publish(p, &msg_id, payload.into()).await?;
         self.inner.metrics.publish_latency(started.elapsed());
         self.inner.parts[p as usize]
             .stream_last
             .fetch_max(ack.sequence, Ordering::Relaxed);
-        Ok(pb::RememberResponse {
+        Ok(Remembered {
             memory_id,
             server_sequence: 0,
-            committed_at: Some(convert::timestamp(now_unix_nanos())),
+            committed_at_unix_nanos: now_unix_nanos(),
             duplicate: ack.duplicate,
-            token: Some(pb::ConsistencyToken {
+            token: Some(ConsistencyToken {
                 partition: p,
                 sequence: ack.sequence,
             }),
         })
+    }
+
+    /// Forget in cluster mode, on the owner of the space's partition:
+    /// publishes a forget record to the partition's log, waits until this
+    /// node has applied it (after every earlier record), and answers as a
+    /// single node: OK, or NOT_FOUND when the memory did not exist.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT for a bad id; NOT_FOUND for an unknown space or
+    /// memory; UNAVAILABLE when this node does not own the partition (the
+    /// caller forwards), or lost it before the forget was applied here
+    /// (the forget is in the log and will be applied: a retry answers
+    /// NOT_FOUND once it is).
+    pub async fn forget(&self, space: &str, memory_id: &str) -> Result<(), engram_core::Error> {
+        use engram_core::Error;
+        let refused = |s: Status| super::sessions::refused(&s);
+        SpaceId::parse(space)?;
+        if memory_id.is_empty() || memory_id.len() > engram_core::model::MAX_ID_BYTES {
+            return Err(Error::InvalidArgument {
+                field: "memory_id",
+                message: format!("must be 1 to {} bytes", engram_core::model::MAX_ID_BYTES),
+            });
+        }
+        if self.space_entry(space).await.map_err(refused)?.is_none() {
+            return Err(Error::SpaceNotFound(space.to_owned()));
+        }
+        let p = self.partition(space);
+        let Some(owned) = self.inner.parts[p as usize].owned.read().clone() else {
+            return Err(refused(unavailable(format!(
+                "partition {p}: this node does not own it; retry (a forget is answered by the owner)"
+            ))));
+        };
+        let payload = pb::PartitionRecord {
+            memory_space_id: space.to_owned(),
+            episode: None,
+            forget_memory_id: memory_id.to_owned(),
+        }
+        .encode_to_vec();
+        // Retries of this call's publish store it once; another forget of
+        // the same id (after it was written again) is another record.
+        let msg_id = format!("forget-{}", uuid::Uuid::new_v4());
+        let _permit = self.admit(p).map_err(refused)?;
+        let ack = self
+            .publish(p, &msg_id, payload.into())
+            .await
+            .map_err(refused)?;
+        self.inner.parts[p as usize]
+            .stream_last
+            .fetch_max(ack.sequence, Ordering::Relaxed);
+        let wait = Duration::from_millis(self.inner.cfg.read_wait_ms);
+        let applied = owned.wait_ready(ack.sequence, wait).await;
+        match owned.forget_outcome(ack.sequence) {
+            Some(true) => Ok(()),
+            Some(false) => Err(Error::MemoryNotFound {
+                space: space.to_owned(),
+                memory_id: memory_id.to_owned(),
+            }),
+            None => Err(refused(unavailable(format!(
+                "partition {p}: the forget is stored in the log at sequence {} but was not applied here within {} ms (applied: {applied}; the partition may have changed owner); it will be applied: a retry answers NOT_FOUND once it is",
+                ack.sequence,
+                wait.as_millis()
+            )))),
+        }
     }
 
     /// Publishes until JetStream stores the record (or the deadline):

@@ -136,11 +136,20 @@ impl Memory for MemoryService {
         req: Request<pb::ForgetRequest>,
     ) -> Result<Response<pb::ForgetResponse>, Status> {
         self.authorize(&req, &req.get_ref().memory_space_id, Need::Write)?;
+        // Cluster mode: answered by the owner (it publishes the forget to
+        // the partition's log and knows whether the memory existed).
+        let engine = engine_or_forward!(self, req, None, forget);
         let req = req.into_inner();
-        self.engine()?
-            .forget(&req.memory_space_id, &req.memory_id)
-            .await
-            .map_err(status)?;
+        match self.state.cluster() {
+            Some(cluster) => cluster
+                .forget(&req.memory_space_id, &req.memory_id)
+                .await
+                .map_err(status)?,
+            None => engine
+                .forget(&req.memory_space_id, &req.memory_id)
+                .await
+                .map_err(status)?,
+        }
         Ok(Response::new(pb::ForgetResponse {}))
     }
 

@@ -1,5 +1,6 @@
 //! The one place where engine errors become gRPC statuses.
 
+use engram_core::session::RejectReason;
 use engram_core::Error;
 
 use crate::auth::AuthError;
@@ -24,6 +25,27 @@ pub fn status(e: Error) -> Status {
         }
         Error::LimitReached { .. } => Code::ResourceExhausted,
         Error::ShuttingDown => Code::Unavailable,
+        Error::Refused {
+            reason,
+            retry_after,
+            message,
+        } => {
+            let code = match reason {
+                RejectReason::Overloaded => Code::ResourceExhausted,
+                RejectReason::Invalid | RejectReason::OutOfOrder => Code::InvalidArgument,
+                RejectReason::Unauthorized => Code::PermissionDenied,
+                RejectReason::Closed => Code::Aborted,
+                RejectReason::Unavailable => Code::Unavailable,
+            };
+            return match retry_after {
+                Some(after) => Status::with_error_details(
+                    code,
+                    message.clone(),
+                    ErrorDetails::with_retry_info(Some(*after)),
+                ),
+                None => Status::new(code, message.clone()),
+            };
+        }
         Error::Storage(_) => Code::Internal,
     };
     Status::new(code, e.to_string())
@@ -32,7 +54,7 @@ pub fn status(e: Error) -> Status {
 /// A call cluster mode does not serve yet.
 pub fn not_in_cluster_mode() -> Status {
     Status::unimplemented(
-        "not available in cluster mode yet: a cluster node serves engram.v1.Memory Remember, Recall, CreateSpace, DescribeSpace, ListSpaces, ListMemories and engram.v1.Cluster Status",
+        "not available in cluster mode yet: a cluster node serves engram.v1.Memory Remember, Recall, Forget, CreateSpace, DescribeSpace, ListSpaces, ListMemories, the engram.v1.Streaming service and engram.v1.Cluster Status (not yet: DeleteSpace)",
     )
 }
 

@@ -6,13 +6,14 @@
 //! The WebSocket endpoint (`http::ws`) is the same adapter for JSON.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
+use engram_core::model::ConsistencyToken;
 use engram_core::session::{Ack, Answer, RejectReason};
 use engram_core::stream::{
-    self, FlowAction, Inbound, Outbound, RecallRequest, StreamError, StreamErrorKind, StreamInit,
-    StreamLimits, StreamState, StreamStatus,
+    self, FlowAction, Inbound, Outbound, RecallRequest, RecallStart, StreamError, StreamErrorKind,
+    StreamHost, StreamInit, StreamLimits, StreamState, StreamStatus,
 };
-use engram_core::Engine;
 use engram_proto::v1 as pb;
 use engram_proto::v1::streaming_server::Streaming;
 use futures::{Stream, StreamExt};
@@ -21,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::status::{auth_status, not_ready, status};
+use super::status::{auth_status, not_ready};
 use super::{convert, principal};
 use crate::auth::{Need, StreamGuard};
 use crate::http::AppState;
@@ -41,11 +42,15 @@ pub struct StreamingService {
 type Responses<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl StreamingService {
-    fn engine(&self) -> Result<Engine, Status> {
-        if self.state.cluster().is_some() {
-            return Err(super::status::not_in_cluster_mode());
-        }
-        self.state.ready_engine().cloned().ok_or_else(not_ready)
+    /// What a stream runs on: the engine, or in cluster mode this node's
+    /// sessions and write path (recalls forwarded to an owner carry the
+    /// stream's credentials, from `metadata`).
+    fn host(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Arc<dyn StreamHost>, Status> {
+        let engine = self.state.ready_engine().cloned().ok_or_else(not_ready)?;
+        Ok(match self.state.cluster() {
+            Some(cluster) => cluster.stream_host(metadata.clone()),
+            None => Arc::new(engine),
+        })
     }
 
     /// Authenticates a stream as it opens: its key's place among the
@@ -62,7 +67,7 @@ impl StreamingService {
 
     fn run<T, I>(
         &self,
-        engine: Engine,
+        host: Arc<dyn StreamHost>,
         inbound: I,
         (limits, guard): (StreamLimits, StreamGuard),
         encode: fn(Outbound) -> Option<T>,
@@ -71,7 +76,7 @@ impl StreamingService {
         T: Send + 'static,
         I: Stream<Item = Result<Inbound, StreamError>> + Send + Unpin + 'static,
     {
-        let out = stream::run(engine, inbound, limits, self.shutdown.clone());
+        let out = stream::run_on(host, inbound, limits, self.shutdown.clone());
         Box::pin(ReceiverStream::new(out).filter_map(move |item| {
             // The stream holds its key's place until its responses end.
             let _held = &guard;
@@ -93,14 +98,14 @@ impl Streaming for StreamingService {
         &self,
         req: Request<tonic::Streaming<pb::ObserveRequest>>,
     ) -> Result<Response<Self::ObserveStreamStream>, Status> {
-        let engine = self.engine()?;
+        let host = self.host(req.metadata())?;
         let opened = self.open_guarded(&req)?;
         let limit = self.max_message_bytes;
         let inbound = req.into_inner().map(move |r| {
             r.map_err(|st| inbound_error(st, limit))
                 .and_then(observe_request)
         });
-        Ok(Response::new(self.run(engine, inbound, opened, |m| {
+        Ok(Response::new(self.run(host, inbound, opened, |m| {
             observe_response(m).map(|response| pb::ObserveResponse {
                 response: Some(response),
             })
@@ -111,7 +116,7 @@ impl Streaming for StreamingService {
         &self,
         req: Request<pb::RecallRequest>,
     ) -> Result<Response<Self::RecallStreamStream>, Status> {
-        let engine = self.engine()?;
+        let host = self.host(req.metadata())?;
         self.state
             .auth()
             .authorize(
@@ -123,7 +128,11 @@ impl Streaming for StreamingService {
         // Errors in the request itself fail the call before any batch.
         let req = recall_request(req.into_inner()).map_err(stream_status)?;
         let include = req.include_embeddings;
-        let mut batches = stream::start_recall(&engine, req).map_err(status)?;
+        let mut batches = match host.start_recall(req) {
+            RecallStart::Ready(started) => started,
+            RecallStart::Later(starting) => starting.await,
+        }
+        .map_err(stream_status)?;
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(async move {
             while let Some(b) = batches.next().await {
@@ -142,7 +151,7 @@ impl Streaming for StreamingService {
         &self,
         req: Request<tonic::Streaming<pb::FlowRequest>>,
     ) -> Result<Response<Self::MemoryFlowStream>, Status> {
-        let engine = self.engine()?;
+        let host = self.host(req.metadata())?;
         let opened = self.open_guarded(&req)?;
         let limit = self.max_message_bytes;
         let inbound = req.into_inner().map(move |r| {
@@ -150,7 +159,7 @@ impl Streaming for StreamingService {
                 .and_then(flow_request)
         });
         Ok(Response::new(self.run(
-            engine,
+            host,
             inbound,
             opened,
             flow_response,
@@ -221,6 +230,10 @@ fn recall_request(r: pb::RecallRequest) -> Result<RecallRequest, StreamError> {
         cue: convert::cue(r.cue).map_err(|st| StreamError::invalid(st.message()))?,
         batch_size: r.batch_size as usize,
         include_embeddings: r.include_embeddings,
+        after: r.after.map(|t| ConsistencyToken {
+            partition: t.partition,
+            sequence: t.sequence,
+        }),
     })
 }
 
@@ -376,6 +389,10 @@ fn ack_message(ack: Ack) -> pb::ObservationAck {
             out.server_sequence = r.server_sequence;
             out.committed_at = Some(convert::timestamp(r.committed_at_unix_nanos));
             out.duplicate = r.duplicate;
+            out.token = r.token.map(|t| pb::ConsistencyToken {
+                partition: t.partition,
+                sequence: t.sequence,
+            });
         }
         Answer::Rejected {
             reason,

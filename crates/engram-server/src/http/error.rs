@@ -5,6 +5,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use engram_core::session::RejectReason;
 use engram_core::Error;
 
 use crate::auth::AuthError;
@@ -61,12 +62,23 @@ impl From<Error> for ApiError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Refused { reason, .. } => match reason {
+                RejectReason::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+                RejectReason::Invalid | RejectReason::OutOfOrder => StatusCode::BAD_REQUEST,
+                RejectReason::Unauthorized => StatusCode::FORBIDDEN,
+                RejectReason::Closed => StatusCode::CONFLICT,
+                RejectReason::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            },
             Error::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let retry_after_ms = match &e {
             Error::Overloaded { retry_after, .. } | Error::SessionLimit { retry_after, .. } => {
                 Some(retry_after.as_millis().max(1) as u64)
             }
+            Error::Refused {
+                retry_after: Some(after),
+                ..
+            } => Some(after.as_millis().max(1) as u64),
             _ => None,
         };
         ApiError {

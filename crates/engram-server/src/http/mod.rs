@@ -130,14 +130,14 @@ impl AppState {
     ///
     /// # Errors
     /// 503 while recovering; 501 `not_in_cluster_mode` in cluster mode,
-    /// where the REST data routes and the WebSocket stream are not served
-    /// yet (gRPC serves the cluster's calls).
+    /// for the routes a cluster node does not serve yet (deleting a space,
+    /// the admin routes); the others answer from the cluster.
     pub fn engine(&self) -> Result<&Engine, ApiError> {
         if self.cluster().is_some() {
             return Err(ApiError::new(
                 StatusCode::NOT_IMPLEMENTED,
                 "not_in_cluster_mode",
-                "in cluster mode a node serves observe, recall, create, describe and list of spaces and memories (REST and gRPC Memory) and GET /v1/cluster; this route is not available in cluster mode yet",
+                "in cluster mode a node serves observe, recall, forget, create, describe and list of spaces and memories (REST and gRPC), the streams (gRPC Streaming and the WebSocket /v1/stream) and GET /v1/cluster; this route (deleting a space, the admin routes) is not available in cluster mode yet",
             ));
         }
         self.inner

@@ -553,7 +553,12 @@ pub async fn forget(
     PathParams((space_id, memory_id)): PathParams<(String, String)>,
 ) -> Result<Response, ApiError> {
     caller.may(&state, &space_id, Need::Write)?;
-    state.engine()?.forget(&space_id, &memory_id).await?;
+    match state.cluster() {
+        // The cluster proxy sent it here, to the owner (or the owner is
+        // changing: the call answers UNAVAILABLE).
+        Some(cluster) => cluster.forget(&space_id, &memory_id).await?,
+        None => state.engine()?.forget(&space_id, &memory_id).await?,
+    }
     Ok(Json(json!({})).into_response())
 }
 

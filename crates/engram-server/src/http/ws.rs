@@ -10,14 +10,15 @@
 //! later).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
 use engram_core::session::{Ack, Answer, RejectReason};
 use engram_core::stream::{
-    self, FlowAction, Inbound, Outbound, RecallRequest, StreamError, StreamErrorKind, StreamInit,
-    StreamLimits,
+    self, FlowAction, Inbound, Outbound, RecallRequest, StreamError, StreamErrorKind, StreamHost,
+    StreamInit, StreamLimits,
 };
 use engram_core::{Engine, Priority};
 use futures::stream::{SplitSink, SplitStream};
@@ -70,24 +71,19 @@ pub async fn stream(
     state: AppState,
     settings: WsSettings,
 ) -> Response {
-    if state.cluster().is_some() {
-        // Refused before the upgrade: the stream's sessions are not
-        // served in cluster mode yet.
-        return match state.engine() {
-            Err(e) => e.into_response(),
-            Ok(_) => unreachable!("engine() refuses in cluster mode"),
-        };
-    }
+    let upgrade = upgrade_key(&headers).map(|k| k.map(str::to_owned));
     let principal = if !state.auth().enabled() {
         // No keys: whatever credentials a client or proxy sends are not
         // ours to judge (REST ignores them too).
-        Some(Principal::Open)
+        Some((Principal::Open, None))
     } else {
-        match upgrade_key(&headers) {
-            Some(key) => match key.and_then(|k| state.auth().authenticate_key(k)) {
-                Ok(p) => Some(p),
-                Err(e) => return super::ApiError::from(e).into_response(),
-            },
+        match upgrade {
+            Some(key) => {
+                match key.and_then(|k| state.auth().authenticate_key(&k).map(|p| (p, k))) {
+                    Ok((p, k)) => Some((p, Some(k))),
+                    Err(e) => return super::ApiError::from(e).into_response(),
+                }
+            }
             None => None,
         }
     };
@@ -131,7 +127,7 @@ async fn serve_socket(
     socket: WebSocket,
     state: AppState,
     settings: WsSettings,
-    principal: Option<Principal>,
+    principal: Option<(Principal, Option<String>)>,
 ) {
     let open = settings.open_sockets.clone();
     let (mut tx, rx) = socket.split();
@@ -158,7 +154,7 @@ async fn serve_socket(
         Some(p) => Ok(p),
         // No key on the upgrade: the init message must carry it.
         None => match tokio::time::timeout(settings.auth_timeout, key_rx).await {
-            Ok(Ok(Some(key))) => auth.authenticate_key(&key),
+            Ok(Ok(Some(key))) => auth.authenticate_key(&key).map(|p| (p, Some(key))),
             Ok(_) => Err(AuthError::Unauthenticated(
                 "missing API key: send it in init.api_key, as the subprotocol 'bearer.<key>', or as 'authorization: Bearer <key>'".into(),
             )),
@@ -168,15 +164,28 @@ async fn serve_socket(
             ))),
         },
     };
-    let (principal, _guard) = match principal.and_then(|p| auth.open_stream(&p).map(|g| (p, g))) {
-        Ok(held) => held,
-        Err(e) => {
-            end_with(&mut tx, &auth_stream_error(e)).await;
-            return;
-        }
-    };
+    let ((principal, key), _guard) =
+        match principal.and_then(|(p, k)| auth.open_stream(&p).map(|g| ((p, k), g))) {
+            Ok(held) => held,
+            Err(e) => {
+                end_with(&mut tx, &auth_stream_error(e)).await;
+                return;
+            }
+        };
     let limits = StreamLimits::new(limit).with_access(auth.stream_access(&principal));
-    let mut out = stream::run(engine, inbound, limits, settings.shutdown.clone());
+    let host: Arc<dyn StreamHost> = match state.cluster() {
+        // Cluster mode: the node's sessions and write path; recalls
+        // forwarded to an owner carry the stream's key.
+        Some(cluster) => {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            if let Some(v) = key.and_then(|k| format!("Bearer {k}").parse().ok()) {
+                metadata.insert("authorization", v);
+            }
+            cluster.stream_host(metadata)
+        }
+        None => Arc::new(engine),
+    };
+    let mut out = stream::run_on(host, inbound, limits, settings.shutdown.clone());
     let every = settings.ping_interval;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
@@ -392,6 +401,9 @@ enum ClientMsg {
         batch_size: usize,
         #[serde(default)]
         include_embeddings: bool,
+        /// Cluster mode: an ack's `token`; the recall sees that write.
+        #[serde(default)]
+        after: Option<TokenIn>,
     },
     Heartbeat {},
     Close {
@@ -464,6 +476,7 @@ fn inbound(m: ClientMsg) -> Inbound {
             cue,
             batch_size,
             include_embeddings,
+            after,
         } => Inbound::Recall {
             request_id,
             request: cue
@@ -473,6 +486,10 @@ fn inbound(m: ClientMsg) -> Inbound {
                     cue,
                     batch_size,
                     include_embeddings,
+                    after: after.map(|t| engram_core::model::ConsistencyToken {
+                        partition: t.partition,
+                        sequence: t.sequence,
+                    }),
                 })
                 .map_err(|e| StreamError::invalid(e.message)),
         },
@@ -622,12 +639,29 @@ struct AckJson<'a> {
     committed_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     duplicate: Option<bool>,
+    /// Cluster mode: where the write is stored (a recall's `after`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<TokenJson>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_after_ms: Option<u64>,
+}
+
+/// A token as a client sends it back (`after`): the ack's `token`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenIn {
+    partition: u32,
+    sequence: u64,
+}
+
+#[derive(Serialize)]
+struct TokenJson {
+    partition: u32,
+    sequence: u64,
 }
 
 fn ack_json(ack: &Ack) -> AckJson<'_> {
@@ -639,6 +673,7 @@ fn ack_json(ack: &Ack) -> AckJson<'_> {
         server_sequence: None,
         committed_at: None,
         duplicate: None,
+        token: None,
         reason: None,
         message: None,
         retry_after_ms: None,
@@ -649,6 +684,10 @@ fn ack_json(ack: &Ack) -> AckJson<'_> {
             out.server_sequence = Some(r.server_sequence);
             out.committed_at = Some(format_time(r.committed_at_unix_nanos));
             out.duplicate = Some(r.duplicate);
+            out.token = r.token.map(|t| TokenJson {
+                partition: t.partition,
+                sequence: t.sequence,
+            });
         }
         Answer::Rejected {
             reason,

@@ -101,7 +101,7 @@ class StreamInitAck(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., last_acked_sequence: _Optional[int] = ..., capabilities: _Optional[_Union[StreamCapabilities, _Mapping]] = ...) -> None: ...
 
 class ObservationAck(_message.Message):
-    __slots__ = ("sequence_number", "status", "memory_id", "server_sequence", "committed_at", "reason", "retry_after_ms", "message", "replayed", "duplicate")
+    __slots__ = ("sequence_number", "status", "memory_id", "server_sequence", "committed_at", "reason", "retry_after_ms", "message", "replayed", "duplicate", "token")
     class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         ACK_UNSPECIFIED: _ClassVar[ObservationAck.Status]
@@ -136,6 +136,7 @@ class ObservationAck(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
     sequence_number: int
     status: ObservationAck.Status
     memory_id: str
@@ -146,7 +147,8 @@ class ObservationAck(_message.Message):
     message: str
     replayed: bool
     duplicate: bool
-    def __init__(self, sequence_number: _Optional[int] = ..., status: _Optional[_Union[ObservationAck.Status, str]] = ..., memory_id: _Optional[str] = ..., server_sequence: _Optional[int] = ..., committed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[_Union[ObservationAck.Reason, str]] = ..., retry_after_ms: _Optional[int] = ..., message: _Optional[str] = ..., replayed: _Optional[bool] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+    token: _types_pb2.ConsistencyToken
+    def __init__(self, sequence_number: _Optional[int] = ..., status: _Optional[_Union[ObservationAck.Status, str]] = ..., memory_id: _Optional[str] = ..., server_sequence: _Optional[int] = ..., committed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[_Union[ObservationAck.Reason, str]] = ..., retry_after_ms: _Optional[int] = ..., message: _Optional[str] = ..., replayed: _Optional[bool] = ..., duplicate: _Optional[bool] = ..., token: _Optional[_Union[_types_pb2.ConsistencyToken, _Mapping]] = ...) -> None: ...
 
 class StreamStatus(_message.Message):
     __slots__ = ("state", "queue_depth", "queue_capacity", "pressure", "suggested_rate", "message")
