@@ -26,6 +26,7 @@ from .options import BackoffPolicy, ClientOptions, RetryPolicy
 from .sync import Client
 from .types import (
     Ack,
+    ConsistencyToken,
     Answer,
     Cue,
     CueLike,
@@ -58,6 +59,7 @@ __all__ = [
     "BackoffPolicy",
     "Client",
     "ClientOptions",
+    "ConsistencyToken",
     "Cue",
     "CueLike",
     "Disconnected",

@@ -6,13 +6,14 @@ import dataclasses
 import numbers
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 from google.protobuf import timestamp_pb2
 
 from ._proto.engram.v1 import memory_pb2, streaming_pb2, types_pb2
 from .types import (
     Ack,
+    ConsistencyToken,
     Cue,
     CueLike,
     Episode,
@@ -303,13 +304,18 @@ def recall_request(
     batch_size: int = 0,
     filter: Optional[MemoryFilterLike] = None,
     recency_half_life_seconds: Optional[float] = None,
+    after: Optional[ConsistencyToken] = None,
 ) -> types_pb2.RecallRequest:
-    return types_pb2.RecallRequest(
+    request = types_pb2.RecallRequest(
         memory_space_id=space,
         cue=cue_to_proto(cue, filter, recency_half_life_seconds),
         batch_size=batch_size,
         include_embeddings=include_embeddings,
     )
+    if after is not None:
+        request.after.partition = after.partition
+        request.after.sequence = after.sequence
+    return request
 
 
 def recall_result(msg: types_pb2.RecallResponse, recency: bool = False) -> RecallResult:
@@ -409,6 +415,7 @@ def remember_result(msg: memory_pb2.RememberResponse) -> RememberResult:
         server_sequence=msg.server_sequence,
         committed_at=datetime_of(msg, "committed_at"),
         duplicate=msg.duplicate,
+        token=token_of(msg),
     )
 
 
@@ -437,7 +444,17 @@ def ack(msg: streaming_pb2.ObservationAck, sequence_number: int, retries: int) -
         replayed=msg.replayed,
         wire_sequence=msg.sequence_number,
         retries=retries,
+        token=token_of(msg),
     )
+
+
+def token_of(
+    msg: Union[streaming_pb2.ObservationAck, memory_pb2.RememberResponse],
+) -> Optional[ConsistencyToken]:
+    """The ack's consistency token (cluster mode), else None."""
+    if not msg.HasField("token"):
+        return None
+    return ConsistencyToken(partition=msg.token.partition, sequence=msg.token.sequence)
 
 
 def rejection(

@@ -31,6 +31,7 @@ from .options import ClientOptions
 from .types import (
     Ack,
     Answer,
+    ConsistencyToken,
     CueLike,
     EpisodeLike,
     MemoryFilterLike,
@@ -315,6 +316,7 @@ class StreamingClient:
         include_embeddings: bool = False,
         filter: Optional[MemoryFilterLike] = None,
         recency_half_life_seconds: Optional[float] = None,
+        after: Optional[ConsistencyToken] = None,
     ) -> RecallResult:
         """The most similar memories to ``cue`` (a :class:`Cue`, a dict, or
         a bare embedding), including everything acked before the call.
@@ -328,13 +330,18 @@ class StreamingClient:
         0.5^(age / half-life)`` instead of similarity alone, so newer
         memories come first among similar ones (see :class:`Cue`); each
         memory's ``score`` and ``recency_weight`` say how it ranked. Or set
-        the cue's; giving both raises ``ValueError``."""
+        the cue's; giving both raises ``ValueError``.
+
+        ``after`` (cluster mode): an ack's ``token``; the recall, on any
+        node, waits (bounded, by the server) until that write is applied,
+        so it sees it. A single node ignores it."""
         request = _convert.recall_request(
             space or self.space,
             cue,
             include_embeddings,
             filter=filter,
             recency_half_life_seconds=recency_half_life_seconds,
+            after=after,
         )
         response = await self._conn.unary(self._conn.memory.Recall, request)
         return _convert.recall_result(response, request.cue.recency_half_life_seconds != 0.0)
@@ -348,14 +355,16 @@ class StreamingClient:
         include_embeddings: bool = False,
         filter: Optional[MemoryFilterLike] = None,
         recency_half_life_seconds: Optional[float] = None,
+        after: Optional[ConsistencyToken] = None,
     ) -> AsyncIterator[RecallResult]:
         """One recall, its results in batches of ``batch_size`` (default
         ``options.recall_batch_size``; 0 = one batch). The first batch comes
         before the full search is done; the last has ``more=False``.
-        ``filter``, ``recency_half_life_seconds``: as for :meth:`recall`."""
+        ``filter``, ``recency_half_life_seconds``, ``after``: as for
+        :meth:`recall`."""
         size = self.options.recall_batch_size if batch_size is None else batch_size
         request = _convert.recall_request(
-            space or self.space, cue, include_embeddings, size, filter, recency_half_life_seconds
+            space or self.space, cue, include_embeddings, size, filter, recency_half_life_seconds, after
         )
         recency = request.cue.recency_half_life_seconds != 0.0
         batches = self._conn.recall_stream(request)

@@ -16,6 +16,7 @@ from .options import ClientOptions
 from .types import (
     Ack,
     Answer,
+    ConsistencyToken,
     CueLike,
     EpisodeLike,
     MemoryFilterLike,
@@ -105,6 +106,7 @@ class Client:
         include_embeddings: bool = False,
         filter: Optional[MemoryFilterLike] = None,
         recency_half_life_seconds: Optional[float] = None,
+        after: Optional[ConsistencyToken] = None,
     ) -> RecallResult:
         return self._call(
             self._client.recall(
@@ -113,6 +115,7 @@ class Client:
                 include_embeddings=include_embeddings,
                 filter=filter,
                 recency_half_life_seconds=recency_half_life_seconds,
+                after=after,
             )
         )
 
@@ -125,6 +128,7 @@ class Client:
         include_embeddings: bool = False,
         filter: Optional[MemoryFilterLike] = None,
         recency_half_life_seconds: Optional[float] = None,
+        after: Optional[ConsistencyToken] = None,
     ) -> Iterator[RecallResult]:
         return self._iterate(
             self._client.recall_stream(
@@ -134,6 +138,7 @@ class Client:
                 include_embeddings=include_embeddings,
                 filter=filter,
                 recency_half_life_seconds=recency_half_life_seconds,
+                after=after,
             )
         )
 

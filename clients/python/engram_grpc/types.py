@@ -212,6 +212,17 @@ CueLike = Union[Cue, Mapping[str, Any], Embedding]
 
 
 @dataclass(frozen=True)
+class ConsistencyToken:
+    """Cluster mode: where a write is stored (its partition's log and the
+    sequence there). A recall given it as ``after``, on any node, sees that
+    write. Acks carry none on a single node (which has applied everything
+    it acked)."""
+
+    partition: int
+    sequence: int
+
+
+@dataclass(frozen=True)
 class Ack:
     """An accepted observation: durable, and visible to every recall that
     starts from now on."""
@@ -232,6 +243,8 @@ class Ack:
     wire_sequence: int = 0
     #: How many times the client resent it after overload rejections.
     retries: int = 0
+    #: Cluster mode: where it is stored (pass it as a recall's ``after``).
+    token: Optional[ConsistencyToken] = None
 
     @property
     def accepted(self) -> bool:
@@ -371,6 +384,8 @@ class RememberResult:
     server_sequence: int
     committed_at: Optional[datetime]
     duplicate: bool
+    #: Cluster mode: where it is stored (pass it as a recall's ``after``).
+    token: Optional[ConsistencyToken] = None
 
 
 @dataclass(frozen=True)

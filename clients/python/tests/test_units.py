@@ -394,3 +394,29 @@ def test_expiry_in_answers() -> None:
     assert (info.default_ttl_seconds, info.expired_count) == (3600.0, 7)
     none = _convert.space_info(memory_pb2.SpaceInfo(memory_space_id="s"))
     assert (none.default_ttl_seconds, none.expired_count) == (0.0, 0)
+
+
+def test_acks_carry_the_cluster_token_and_recalls_send_it_as_after() -> None:
+    """Cluster mode: an ack's consistency token comes through as a
+    ConsistencyToken (None on a single node), and a recall's ``after``
+    goes on the wire."""
+    with_token = streaming_pb2.ObservationAck(
+        sequence_number=3,
+        status=streaming_pb2.ObservationAck.ACK_ACCEPTED,
+        memory_id="m",
+        token=types_pb2.ConsistencyToken(partition=2, sequence=41),
+    )
+    ack = _convert.ack(with_token, 3, 0)
+    assert ack.token == eg.ConsistencyToken(partition=2, sequence=41)
+    plain = streaming_pb2.ObservationAck(
+        sequence_number=3, status=streaming_pb2.ObservationAck.ACK_ACCEPTED, memory_id="m"
+    )
+    assert _convert.ack(plain, 3, 0).token is None
+    remembered = _convert.remember_result(
+        memory_pb2.RememberResponse(memory_id="m", token=types_pb2.ConsistencyToken(partition=1, sequence=7))
+    )
+    assert remembered.token == eg.ConsistencyToken(partition=1, sequence=7)
+    request = _convert.recall_request("s", [1.0, 0.0], False, after=eg.ConsistencyToken(partition=2, sequence=41))
+    assert request.HasField("after")
+    assert (request.after.partition, request.after.sequence) == (2, 41)
+    assert not _convert.recall_request("s", [1.0, 0.0], False).HasField("after")

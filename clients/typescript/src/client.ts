@@ -34,6 +34,7 @@ import {
   type Capabilities,
   type ClientMessage,
   type ClosedMessage,
+  type ConsistencyToken,
   type Cue,
   type Episode,
   type EpisodeInput,
@@ -79,6 +80,8 @@ export interface RecallOptions {
   /** Memories per batch (recallStream); default `options.recallBatchSize`. */
   batchSize?: number;
   includeEmbeddings?: boolean;
+  /** Cluster mode: an ack's `token`; the recall, on any node, sees that write (a single node ignores it). */
+  after?: ConsistencyToken;
 }
 
 /** All batches of one recall, merged. */
@@ -364,6 +367,7 @@ export class EngramWebSocketClient {
     };
     if (opts?.memorySpaceId !== undefined) msg.memory_space_id = opts.memorySpaceId;
     if (opts?.includeEmbeddings) msg.include_embeddings = true;
+    if (opts?.after !== undefined) msg.after = { partition: opts.after.partition, sequence: opts.after.sequence };
     const p: PendingRecall = { msg, received: false, batches: [], done: false, error: undefined, wake: undefined };
     this.#checkUsable();
     // The server runs at most max_recalls_per_stream recalls per stream and

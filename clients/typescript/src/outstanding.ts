@@ -13,7 +13,7 @@
  */
 
 import { Deque } from "./deque.js";
-import type { AckMessage, Episode, ObservationMessage, Priority, RejectReason } from "./protocol.js";
+import type { AckMessage, ConsistencyToken, Episode, ObservationMessage, Priority, RejectReason } from "./protocol.js";
 
 /** An observation the server accepted (durable and visible to later recalls). */
 export interface ObservationAccepted {
@@ -31,6 +31,8 @@ export interface ObservationAccepted {
   replayed: boolean;
   /** Resends after `overloaded` rejections. */
   retries: number;
+  /** Cluster mode: where it is stored (pass it as a recall's `after`); absent on a single node. */
+  token?: ConsistencyToken;
 }
 
 /** An observation's final rejection. */
@@ -172,6 +174,7 @@ export class Outstanding<P> {
         replayed: ack.replayed === true,
         retries: e.retries,
       };
+      if (ack.token !== undefined) e.answer.token = ack.token;
       return { kind: "answered" };
     }
     if (RETRYABLE.has(ack.reason) && e.retries < this.retry.maxRetries) {

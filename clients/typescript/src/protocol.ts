@@ -166,6 +166,14 @@ export interface RecallMessage {
   /** Memories per batch; 0 = all in one batch. */
   batch_size?: number;
   include_embeddings?: boolean;
+  /** Cluster mode: an ack's `token`; the recall, on any node, sees that write. */
+  after?: ConsistencyToken;
+}
+
+/** Cluster mode: where a write is stored (its partition's log and the sequence there). */
+export interface ConsistencyToken {
+  partition: number;
+  sequence: number;
 }
 
 export interface HeartbeatMessage {
@@ -219,6 +227,8 @@ export interface AcceptedAckMessage extends AckCommon {
   committed_at: string;
   /** An episode with this id already existed; nothing was stored. */
   duplicate?: boolean;
+  /** Cluster mode: where it is stored (a recall's `after`). Absent on a single node. */
+  token?: ConsistencyToken;
 }
 
 export interface RejectedAckMessage extends AckCommon {

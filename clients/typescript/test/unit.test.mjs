@@ -52,6 +52,15 @@ describe("Outstanding", () => {
     assert.deepEqual(a.map((x) => [x.sequence_number, x.wire_sequence_number, x.server_sequence]), [[1, 1, 10], [2, 2, 11]]);
     assert.equal(o.length, 1);
   });
+  it("an accepted answer carries the cluster's consistency token, when the ack has one", () => {
+    const o = pushed(2);
+    sendAll(o);
+    o.onAck({ ...accepted(1, 10), token: { partition: 3, sequence: 77 } }, 0);
+    o.onAck(accepted(2, 11), 0);
+    const [withToken, without] = answers(o);
+    assert.deepEqual(withToken.token, { partition: 3, sequence: 77 });
+    assert.equal(without.token, undefined);
+  });
   it("an ack out of order is a protocol error", () => {
     const o = pushed(2);
     sendAll(o);
