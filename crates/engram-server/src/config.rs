@@ -358,6 +358,17 @@ impl ServerConfig {
         if self.security.tls_cert.is_some() != self.security.tls_key.is_some() {
             return bad("security.tls_cert and security.tls_key go together: set both or neither");
         }
+        if let Some(cluster) = &self.cluster {
+            match (&self.security.tls_cert, &cluster.peer_ca) {
+                (Some(_), None) => {
+                    return bad("cluster.peer_ca is required with security.tls_cert: the nodes serve only TLS, so they forward to each other over TLS and need the CA that signed their certificates")
+                }
+                (None, Some(_)) => {
+                    return bad("cluster.peer_ca needs security.tls_cert: nodes speak TLS to each other only when they serve it (all nodes of a cluster use TLS, or none)")
+                }
+                _ => {}
+            }
+        }
         if !(1..=engram_core::model::MAX_DIMENSION).contains(&self.engine.max_dimension) {
             return Err(ConfigError::Invalid(format!(
                 "engine.max_dimension must be 1 to {}",

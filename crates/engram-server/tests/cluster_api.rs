@@ -15,7 +15,9 @@
 //! - `/v1/cluster`, `engram.v1.Cluster/Status` and the cluster metrics;
 //! - a graceful stop hands every partition on at once (no lease TTL
 //!   wait), through a last snapshot the new owner loads;
-//! - a node that cannot reach NATS exits with the cause.
+//! - a node that cannot reach NATS exits with the cause;
+//! - with TLS, nodes forward to each other over TLS (`cluster.peer_ca`),
+//!   and a TLS node without it refuses to start.
 
 mod cluster_support;
 
@@ -683,5 +685,155 @@ async fn a_lagging_owner_slows_its_partition_writers() {
         }
     }
     nodes.clear();
+    drop(nats);
+}
+
+/// TLS between nodes: with `security.tls_cert` every node serves only TLS,
+/// and the nodes forward to each other over TLS, verifying the peer
+/// against `cluster.peer_ca`: a recall on the node that does not own the
+/// space (gRPC, forwarded) and a REST recall there (passed to the owner)
+/// both answer. A TLS node without `peer_ca` refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_forward_to_each_other_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let certs = root.join("certs");
+    engram_server::tls::generate(&certs, &["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .unwrap();
+    let (ca, pem, key) = (
+        certs.join("ca.pem"),
+        certs.join("server.pem"),
+        certs.join("server.key"),
+    );
+    let (nats, urls) = nats_cluster(root, 1);
+    let nodes = nodes(
+        root,
+        &urls,
+        2,
+        &format!(
+            "partitions = 2\nreplicas = 1\npeer_ca = \"{}\"\n[security]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            ca.display(),
+            pem.display(),
+            key.display()
+        ),
+    );
+    let ca_pem = std::fs::read(&ca).unwrap();
+    let https = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca_pem).unwrap())
+        .build()
+        .unwrap();
+    let logs: Vec<std::path::PathBuf> = nodes
+        .iter()
+        .map(|n| n.log.clone())
+        .chain([nats[0].log.clone()])
+        .collect();
+    let tail = || {
+        let files: Vec<&std::path::Path> = logs.iter().map(|p| p.as_path()).collect();
+        tails(&files, 30)
+    };
+    // Both partitions served, as the nodes say over HTTPS.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let owners = loop {
+        let mut owners = std::collections::BTreeMap::new();
+        for n in &nodes {
+            let s: Option<serde_json::Value> = match https
+                .get(format!("https://127.0.0.1:{}/v1/cluster", n.http))
+                .send()
+                .await
+            {
+                Ok(r) => r.json().await.ok(),
+                Err(_) => None,
+            };
+            for p in s
+                .iter()
+                .flat_map(|s| s["partitions"].as_array().cloned().unwrap_or_default())
+            {
+                if p["state"] == "serving" && p["owner"] == n.id.as_str() {
+                    owners.insert(p["partition"].as_u64().unwrap() as u32, n.id.clone());
+                }
+            }
+        }
+        if owners.len() == 2 {
+            break owners;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not served over TLS:\n{}",
+            tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let space = "tls-space";
+    let p = engram_server::cluster::partition_of(space, 2);
+    let other = nodes.iter().find(|n| n.id != owners[&p]).unwrap();
+    let tls_channel = |port: u16| {
+        tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+            .unwrap()
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem)),
+            )
+            .unwrap()
+            .timeout(Duration::from_secs(20))
+            .connect_lazy()
+    };
+    let mut m = MemoryClient::new(tls_channel(other.grpc));
+    m.create_space(pb::CreateSpaceRequest {
+        memory_space_id: space.to_owned(),
+        dimension: 8,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let written = remember(&mut m, space, episode("t1", basis(2)))
+        .await
+        .unwrap();
+    // gRPC recall on the node that does not own the space: forwarded to
+    // the owner over TLS.
+    let r = m
+        .recall(recall_request(space, basis(2), written.token))
+        .await
+        .unwrap_or_else(|e| panic!("forwarded recall over TLS: {e:?}\n{}", tail()))
+        .into_inner();
+    assert_eq!(r.memories[0].episode.as_ref().unwrap().id, "t1");
+    // REST on the same node: passed to the owner over HTTPS.
+    let t = written.token.unwrap();
+    let r = https
+        .post(format!(
+            "https://127.0.0.1:{}/v1/spaces/{space}/recall?after={}.{}",
+            other.http, t.partition, t.sequence
+        ))
+        .json(&serde_json::json!({"embedding": basis(2), "max_results": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", tail());
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["memories"][0]["episode"]["id"], "t1", "{body}");
+
+    // TLS without the peers' CA: refused at start, naming the setting.
+    let conf = root.join("no-ca.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[cluster]\nnats = [\"{}\"]\nnode_id = \"no-ca\"\nreplicas = 1\n[security]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            urls[0],
+            pem.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_engram"))
+        .args(["serve", "--config"])
+        .arg(&conf)
+        .arg("--data-dir")
+        .arg(root.join("no-ca-data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cluster.peer_ca is required"), "{stderr}");
     drop(nats);
 }

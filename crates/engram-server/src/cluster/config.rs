@@ -57,6 +57,13 @@ pub struct ClusterConfig {
     /// Seconds the node keeps trying to reach NATS and set up the streams
     /// and buckets at start; then it exits with the cause.
     pub join_timeout_secs: u64,
+    /// PEM file of the CA that signed the nodes' TLS certificates. A node
+    /// with `security.tls_cert` serves only TLS, so nodes forward to each
+    /// other over TLS (gRPC and REST) and verify the peer against this CA:
+    /// required then, and only then. Every node's certificate must name
+    /// the host it advertises (`grpc_advertise`, `http_advertise`, or the
+    /// bound address). All nodes of a cluster use TLS, or none.
+    pub peer_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -75,6 +82,7 @@ impl Default for ClusterConfig {
             max_partition_lag: 100_000,
             publish_timeout_ms: 15_000,
             join_timeout_secs: 30,
+            peer_ca: None,
         }
     }
 }

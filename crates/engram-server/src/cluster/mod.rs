@@ -191,6 +191,61 @@ pub(crate) struct Inner {
     pub dir: PathBuf,
     pub me: NodeEntry,
     pub stop: watch::Receiver<bool>,
+    /// How this node dials the others (TLS with `cluster.peer_ca`).
+    pub peers_tls: PeerTls,
+}
+
+/// How nodes reach each other: plain, or TLS verified against the
+/// cluster's CA (`cluster.peer_ca`).
+pub(crate) struct PeerTls {
+    /// The CA's PEM; None: plain.
+    pub ca_pem: Option<Vec<u8>>,
+    /// The client REST requests passed to an owner go through (its
+    /// connections are kept and reused).
+    pub http: reqwest::Client,
+}
+
+impl PeerTls {
+    fn new(ca: Option<&std::path::Path>) -> Result<PeerTls, String> {
+        let Some(path) = ca else {
+            return Ok(PeerTls {
+                ca_pem: None,
+                http: reqwest::Client::new(),
+            });
+        };
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("reading cluster.peer_ca {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("cluster.peer_ca {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "cluster.peer_ca {}: no PEM certificate in it",
+                path.display()
+            ));
+        }
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false);
+        for c in certs {
+            builder = builder.add_root_certificate(c);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| format!("an HTTPS client for cluster.peer_ca: {e}"))?;
+        Ok(PeerTls {
+            ca_pem: Some(pem),
+            http,
+        })
+    }
+
+    /// The URL scheme peers are dialed with.
+    pub fn scheme(&self) -> &'static str {
+        if self.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }
 
 /// A handle on this node's membership in the cluster.
@@ -224,6 +279,11 @@ impl Cluster {
         stop: watch::Receiver<bool>,
     ) -> Result<Cluster, JoinError> {
         let urls = cfg.nats.join(",");
+        let peers_tls =
+            PeerTls::new(cfg.peer_ca.as_deref()).map_err(|message| JoinError::Setup {
+                what: "cluster.peer_ca".to_owned(),
+                message,
+            })?;
         let deadline = Instant::now() + Duration::from_secs(cfg.join_timeout_secs);
         // Bounded: a node that cannot reach NATS exits with the cause
         // (a supervisor restarts it) instead of hanging unready.
@@ -388,6 +448,7 @@ impl Cluster {
             dir,
             me,
             stop,
+            peers_tls,
         });
         let cluster = Cluster { inner };
         cluster.register().await;

@@ -67,13 +67,6 @@ pub struct ProxyState {
     pub max_body_bytes: usize,
 }
 
-/// One HTTP client for every passed-on request (its connections are kept
-/// and reused).
-fn client() -> &'static reqwest::Client {
-    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    CLIENT.get_or_init(reqwest::Client::new)
-}
-
 /// The middleware: passes reads of another node's partitions to it.
 pub async fn to_owner(State(proxy): State<ProxyState>, req: Request, next: Next) -> Response {
     let state = &proxy.app;
@@ -99,14 +92,14 @@ pub async fn to_owner(State(proxy): State<ProxyState>, req: Request, next: Next)
             .into_response()
         }
     };
-    match forward(cluster.node_id(), &http, req, proxy.max_body_bytes).await {
+    match forward(cluster, &http, req, proxy.max_body_bytes).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
 async fn forward(
-    me: &str,
+    cluster: &super::Cluster,
     http: &str,
     req: Request,
     max_body_bytes: usize,
@@ -126,10 +119,15 @@ async fn forward(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
-    let mut out = client()
-        .request(parts.method.clone(), format!("http://{http}{path}"))
+    let tls = &cluster.inner.peers_tls;
+    let mut out = tls
+        .http
+        .request(
+            parts.method.clone(),
+            format!("{}://{http}{path}", tls.scheme()),
+        )
         .timeout(Duration::from_secs(30))
-        .header(FORWARDED_HEADER, me)
+        .header(FORWARDED_HEADER, cluster.node_id())
         .body(body);
     for (name, value) in &parts.headers {
         if name == axum::http::header::HOST || name == axum::http::header::CONTENT_LENGTH {

@@ -155,11 +155,20 @@ impl Cluster {
                 return Ok(p.client.clone());
             }
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+        let tls = &self.inner.peers_tls;
+        let mut endpoint = Endpoint::from_shared(format!("{}://{addr}", tls.scheme()))
             .map_err(|e| Status::internal(format!("address of {node}: {e}")))?
             .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
+        if let Some(ca) = &tls.ca_pem {
+            endpoint = endpoint
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+                )
+                .map_err(|e| Status::internal(format!("TLS to {node}: {e}")))?;
+        }
+        let channel = endpoint.connect_lazy();
         let client = MemoryClient::new(channel)
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024);
