@@ -10,8 +10,9 @@
 //!   forwarded to the owner; a recall with a token sees its write;
 //! - Forget on either node is answered by the owner (OK, then NOT_FOUND),
 //!   over gRPC and REST, and stays forgotten after a handoff;
-//! - calls cluster mode does not serve yet answer UNIMPLEMENTED / 501
-//!   (streams: `cluster_streams.rs`);
+//! - DeleteSpace on either node (the owner answers), over gRPC and REST;
+//!   a space created again starts empty;
+//! - streams: `cluster_streams.rs`;
 //! - `/v1/cluster`, `engram.v1.Cluster/Status` and the cluster metrics;
 //! - a graceful stop hands every partition on at once (no lease TTL
 //!   wait), through a last snapshot the new owner loads;
@@ -258,26 +259,106 @@ async fn cluster_calls_through_both_nodes() {
         .iter()
         .any(|s| s.memory_space_id == SPACE && s.dimension == 8));
 
-    // Not served in cluster mode yet: a clear refusal, nothing harmed.
-    let err = m1
-        .delete_space(pb::DeleteSpaceRequest {
-            memory_space_id: SPACE.to_owned(),
+    // DeleteSpace on either node (the owner answers): the space and its
+    // memories are gone everywhere; created again (another dimension) it
+    // starts empty, whatever of the old one is still in the log.
+    const DOOMED: &str = "doomed";
+    m1.create_space(pb::CreateSpaceRequest {
+        memory_space_id: DOOMED.to_owned(),
+        dimension: 8,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for i in 0..3 {
+        remember(&mut m2, DOOMED, episode(&format!("old-{i}"), basis(i)))
+            .await
+            .unwrap();
+    }
+    m2.delete_space(pb::DeleteSpaceRequest {
+        memory_space_id: DOOMED.to_owned(),
+    })
+    .await
+    .unwrap();
+    for client in [&mut m1, &mut m2] {
+        let err = client
+            .describe_space(pb::DescribeSpaceRequest {
+                memory_space_id: DOOMED.to_owned(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{err:?}");
+        let err = client
+            .delete_space(pb::DeleteSpaceRequest {
+                memory_space_id: DOOMED.to_owned(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "deleted twice: {err:?}");
+        let listed = client
+            .list_spaces(pb::ListSpacesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .spaces;
+        assert!(
+            listed.iter().all(|s| s.memory_space_id != DOOMED),
+            "{listed:?}"
+        );
+    }
+    let again = m1
+        .create_space(pb::CreateSpaceRequest {
+            memory_space_id: DOOMED.to_owned(),
+            dimension: 4,
+            ..Default::default()
         })
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
-    let http = reqwest::Client::new();
-    let r = http
-        .delete(format!(
-            "http://127.0.0.1:{}/v1/spaces/{SPACE}",
-            nodes[0].http
-        ))
-        .send()
+        .unwrap()
+        .into_inner();
+    assert!(again.created, "created anew after the deletion");
+    let new = remember(&mut m1, DOOMED, episode("new-0", vec![1.0, 0.0, 0.0, 0.0]))
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 501);
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["code"], "not_in_cluster_mode", "{body}");
+    let r = m2
+        .recall(pb::RecallRequest {
+            memory_space_id: DOOMED.to_owned(),
+            cue: Some(pb::Cue {
+                embedding: vec![1.0, 0.0, 0.0, 0.0],
+                max_results: 10,
+                ..Default::default()
+            }),
+            after: new.token,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<&str> = r
+        .memories
+        .iter()
+        .map(|m| m.episode.as_ref().unwrap().id.as_str())
+        .collect();
+    assert_eq!(ids, ["new-0"], "only the new generation's memory");
+    let http = reqwest::Client::new();
+    // REST: deleted through either node (passed to the owner).
+    m1.create_space(pb::CreateSpaceRequest {
+        memory_space_id: "doomed-rest".to_owned(),
+        dimension: 8,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for (node, expected) in [(&nodes[0], 200), (&nodes[1], 404)] {
+        let r = http
+            .delete(format!(
+                "http://127.0.0.1:{}/v1/spaces/doomed-rest",
+                node.http
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), expected, "{}", node.id);
+    }
 
     // REST: a write on one node with its token; the read on every node
     // (the non-owner passes it to the owner).
@@ -835,5 +916,108 @@ async fn nodes_forward_to_each_other_over_tls() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cluster.peer_ca is required"), "{stderr}");
+    drop(nats);
+}
+
+/// A new owner that replays a partition's log from the start (no snapshot:
+/// its owner was killed) ends where the old owner was: a deleted space's
+/// old generation stays deleted, the space created again (same dimension,
+/// so an old record would apply) holds only its own memories, and a
+/// forgotten memory stays forgotten. (Records of a deleted generation that
+/// land after its delete record are skipped by their generation: the unit
+/// test `records_of_a_deleted_generation_are_skipped` in `owner.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_keeps_deletions_and_forgets() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (nats, urls) = nats_cluster(root, 1);
+    let mut nodes = nodes(
+        root,
+        &urls,
+        2,
+        "partitions = 1\nreplicas = 1\nlease_ttl_secs = 4\nsnapshot_interval_secs = 3600\n",
+    );
+    let all: Vec<(String, u16)> = nodes.iter().map(|n| (n.id.clone(), n.http)).collect();
+    assert!(wait_all_served(&all, 1, Duration::from_secs(60)).await);
+    let owner = served(&all).await[&0].clone();
+    let (oi, si) = if owner == nodes[0].id { (0, 1) } else { (1, 0) };
+    let mut m = MemoryClient::new(channel(nodes[si].grpc));
+    let create = |dimension: u32| pb::CreateSpaceRequest {
+        memory_space_id: "replayed".to_owned(),
+        dimension,
+        ..Default::default()
+    };
+    m.create_space(create(8)).await.unwrap();
+    for i in 0..3 {
+        remember(&mut m, "replayed", episode(&format!("old-{i}"), basis(i)))
+            .await
+            .unwrap();
+    }
+    m.delete_space(pb::DeleteSpaceRequest {
+        memory_space_id: "replayed".to_owned(),
+    })
+    .await
+    .unwrap();
+    // The same dimension: a record of the old generation would apply.
+    m.create_space(create(8)).await.unwrap();
+    let unit = |i: usize| {
+        let mut v = vec![0.0; 8];
+        v[i] = 1.0;
+        v
+    };
+    remember(&mut m, "replayed", episode("new-0", unit(0)))
+        .await
+        .unwrap();
+    remember(&mut m, "replayed", episode("gone", unit(1)))
+        .await
+        .unwrap();
+    m.forget(pb::ForgetRequest {
+        memory_space_id: "replayed".to_owned(),
+        memory_id: "gone".to_owned(),
+    })
+    .await
+    .unwrap();
+    let last = remember(&mut m, "replayed", episode("new-1", unit(2)))
+        .await
+        .unwrap();
+
+    // The owner dies without a snapshot: the survivor replays everything.
+    nodes[oi].kill();
+    let survivor = vec![all[si].clone()];
+    assert!(
+        wait_all_served(&survivor, 1, Duration::from_secs(30)).await,
+        "the survivor never served the partition"
+    );
+    let r = m
+        .recall(pb::RecallRequest {
+            memory_space_id: "replayed".to_owned(),
+            cue: Some(pb::Cue {
+                embedding: unit(0),
+                max_results: 10,
+                ..Default::default()
+            }),
+            after: last.token,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ids: Vec<&str> = r
+        .memories
+        .iter()
+        .map(|m| m.episode.as_ref().unwrap().id.as_str())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["new-0", "new-1"], "after the replay");
+    let log = std::fs::read_to_string(&nodes[si].log).unwrap();
+    let takeover = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("partition served"))
+        .unwrap();
+    assert!(
+        takeover.contains("snapshot_sequence=0 "),
+        "a replay from the start: {takeover}"
+    );
     drop(nats);
 }

@@ -106,15 +106,32 @@ pub struct NodeEntry {
     pub started_ms: u64,
 }
 
-/// A space as the cluster knows it; written once when the space is
-/// created (explicitly or by its first observation), never changed.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+/// A space as the cluster knows it; written when the space is created
+/// (explicitly or by its first observation), replaced by a tombstone when
+/// it is deleted, and by a new entry (a new generation: the KV revision)
+/// when it is created again.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct SpaceEntry {
     pub dimension: usize,
     #[serde(default)]
     pub vector_storage: Option<engram_core::model::VectorStorage>,
     #[serde(default)]
     pub default_ttl_secs: Option<f64>,
+    /// A tombstone: the space was deleted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    /// A tombstone whose delete record the owner has applied: the space
+    /// may be created again (before that, creating answers UNAVAILABLE, so
+    /// that no record of a new generation precedes the delete in the log).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sealed: bool,
+    /// A tombstone: the generation it deleted.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deleted_generation: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Where a partition's newest snapshot is: only ever moved forward in
@@ -177,7 +194,9 @@ pub(crate) struct Inner {
     pub progress: kv::Store,
     pub objects: object_store::ObjectStore,
     pub parts: Vec<Part>,
-    pub space_cache: RwLock<HashMap<String, SpaceEntry>>,
+    /// The space registry as this node last saw it: entry and KV
+    /// revision (the space's generation), kept current by a watch.
+    pub space_cache: RwLock<HashMap<String, (SpaceEntry, u64)>>,
     pub node_view: RwLock<HashMap<String, NodeEntry>>,
     pub peers: Mutex<HashMap<String, route::Peer>>,
     pub publish_permits: Arc<tokio::sync::Semaphore>,
@@ -453,6 +472,11 @@ impl Cluster {
         let cluster = Cluster { inner };
         cluster.register().await;
         tokio::spawn(lease::run(cluster.clone()));
+        let watcher = cluster.clone();
+        tokio::spawn(lease::supervise(
+            move || watcher.clone().watch_spaces(),
+            || tracing::error!("the space registry watch panicked; restarted"),
+        ));
         let streams = cluster.clone();
         tokio::spawn(lease::supervise(
             move || streams.clone().stream_loop(),

@@ -54,8 +54,9 @@ pub(crate) struct Owned {
     serving: AtomicBool,
     stop: watch::Sender<Option<StopReason>>,
     finished: watch::Sender<bool>,
-    /// Forget records applied lately: stream sequence → whether the
-    /// memory existed (what the Forget call that published it answers).
+    /// Forget and delete records applied lately: stream sequence →
+    /// whether the memory (space) existed (what the call that published it
+    /// answers).
     forgets: Mutex<std::collections::BTreeMap<u64, bool>>,
 }
 
@@ -88,8 +89,9 @@ impl Owned {
         }
     }
 
-    /// Whether the memory the forget record at `sequence` named existed
-    /// when it was applied (None: not applied here, or long ago).
+    /// Whether the memory (space) the forget (delete) record at `sequence`
+    /// named existed when it was applied (None: not applied here, or long
+    /// ago).
     pub fn forget_outcome(&self, sequence: u64) -> Option<bool> {
         self.forgets.lock().remove(&sequence)
     }
@@ -392,15 +394,20 @@ async fn own(cluster: &Cluster, p: u32, o: &Arc<Owned>, dir: &PathBuf) -> anyhow
                         pb::PartitionRecord::default()
                     }
                 };
-                if !record.forget_memory_id.is_empty() {
-                    // After every earlier record is committed: a write of
-                    // the memory still in the engine's queue would come
-                    // back after the forget.
+                if !record.forget_memory_id.is_empty() || record.delete_space {
+                    // After every earlier record is committed: a write
+                    // still in the engine's queue would come back after
+                    // the forget (or the deletion).
                     if let Err(e) = drain(o, submitted, &mut failed).await {
                         acker.abort();
                         return Err(e);
                     }
-                    let existed = match apply_forget(cluster, &engine, &record).await {
+                    let applied = if record.delete_space {
+                        apply_delete(&engine, &record).await
+                    } else {
+                        apply_forget(cluster, &engine, &record).await
+                    };
+                    let existed = match applied {
                         Ok(existed) => existed,
                         Err(e) => {
                             acker.abort();
@@ -527,26 +534,48 @@ async fn apply(
         if stop.borrow().is_some() {
             return Ok(Applied::Stopped);
         }
-        let outcome: Result<(), String> = match cluster.ensure_local_space(engine, &space).await {
-            Err(e) => Err(format!("creating the space locally: {}", e.message())),
-            Ok(()) => match crate::grpc::convert::episode_input(episode.clone()) {
-                Err(e) => {
-                    tracing::warn!(partition = p, space, error = %e.message(), "record refused at apply; skipped");
-                    metrics.apply_skipped.inc();
-                    return Ok(Applied::Skipped);
-                }
-                Ok(input) => match engine.submit_remember(&space, input, Priority::High) {
-                    Ok(pending) => return Ok(Applied::Pending(pending)),
-                    Err(e) if skippable(&e) => {
-                        tracing::warn!(partition = p, space, error = %e, "record refused at apply; skipped");
+        let outcome: Result<(), String> = match generation_of(
+            cluster,
+            &space,
+            record.space_generation,
+        )
+        .await
+        {
+            Err(e) => Err(format!("reading the space registry: {}", e.message())),
+            Ok(Generation::Wait) => {
+                Err("the space registry has not shown this generation yet".to_owned())
+            }
+            Ok(Generation::Skip) => {
+                tracing::debug!(
+                    partition = p,
+                    space,
+                    generation = record.space_generation,
+                    "record of a deleted space generation; skipped"
+                );
+                metrics.apply_skipped.inc();
+                return Ok(Applied::Skipped);
+            }
+            Ok(Generation::Apply) => match cluster.ensure_local_space(engine, &space).await {
+                Err(e) => Err(format!("creating the space locally: {}", e.message())),
+                Ok(()) => match crate::grpc::convert::episode_input(episode.clone()) {
+                    Err(e) => {
+                        tracing::warn!(partition = p, space, error = %e.message(), "record refused at apply; skipped");
                         metrics.apply_skipped.inc();
                         return Ok(Applied::Skipped);
                     }
-                    Err(Error::Overloaded { retry_after, .. }) => {
-                        wait = retry_after;
-                        Err("indexing is behind".to_owned())
-                    }
-                    Err(e) => anyhow::bail!("the partition engine refused a record: {e}"),
+                    Ok(input) => match engine.submit_remember(&space, input, Priority::High) {
+                        Ok(pending) => return Ok(Applied::Pending(pending)),
+                        Err(e) if skippable(&e) => {
+                            tracing::warn!(partition = p, space, error = %e, "record refused at apply; skipped");
+                            metrics.apply_skipped.inc();
+                            return Ok(Applied::Skipped);
+                        }
+                        Err(Error::Overloaded { retry_after, .. }) => {
+                            wait = retry_after;
+                            Err("indexing is behind".to_owned())
+                        }
+                        Err(e) => anyhow::bail!("the partition engine refused a record: {e}"),
+                    },
                 },
             },
         };
@@ -598,6 +627,70 @@ async fn apply_forget(
         }
         Err(e) => anyhow::bail!("the partition engine refused a forget: {e}"),
     }
+}
+
+/// Applies a delete record: drops the space from the partition engine;
+/// whether it was there. (Records of the space's next generation come
+/// after it in the log: the registry lets a deleted space be created again
+/// only once this record is applied.)
+///
+/// # Errors
+/// The engine failed to delete it (its storage): the owner gives the
+/// partition up, as for a write.
+async fn apply_delete(engine: &Engine, record: &pb::PartitionRecord) -> anyhow::Result<bool> {
+    match engine.delete_space(&record.memory_space_id).await {
+        Ok(()) => Ok(true),
+        Err(Error::SpaceNotFound(_)) => Ok(false),
+        Err(e) => anyhow::bail!("the partition engine refused a space deletion: {e}"),
+    }
+}
+
+/// What to do with a record of `generation` of `space`.
+#[derive(Debug, PartialEq, Eq)]
+enum Generation {
+    Apply,
+    /// The generation was deleted (or replaced) since: its records are gone.
+    Skip,
+    /// This node's registry view is older than the record: wait for it.
+    Wait,
+}
+
+/// Decides by the registry's record of the space (entry, revision).
+fn generation_decision(
+    record: Option<&(super::SpaceEntry, u64)>,
+    generation: u64,
+) -> Option<Generation> {
+    let (entry, revision) = record?;
+    if generation == 0 {
+        // Written before generations: applied while the space exists.
+        return Some(if entry.deleted {
+            Generation::Skip
+        } else {
+            Generation::Apply
+        });
+    }
+    if *revision > generation {
+        Some(Generation::Skip)
+    } else if *revision == generation && !entry.deleted {
+        Some(Generation::Apply)
+    } else {
+        None
+    }
+}
+
+async fn generation_of(
+    cluster: &Cluster,
+    space: &str,
+    generation: u64,
+) -> Result<Generation, tonic::Status> {
+    if let Some(d) = generation_decision(cluster.space_record(space).await?.as_ref(), generation) {
+        return Ok(d);
+    }
+    Ok(generation_decision(
+        cluster.space_record_fresh(space).await?.as_ref(),
+        generation,
+    )
+    .unwrap_or(Generation::Wait))
 }
 
 /// A refusal that is the record's own and the same on every replay.
@@ -767,6 +860,31 @@ async fn snapshot(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_of_a_deleted_generation_are_skipped() {
+        use super::super::SpaceEntry;
+        let live = SpaceEntry {
+            dimension: 8,
+            ..SpaceEntry::default()
+        };
+        let tombstone = SpaceEntry {
+            deleted: true,
+            deleted_generation: 5,
+            ..live.clone()
+        };
+        let at = |e: &SpaceEntry, r: u64, g: u64| generation_decision(Some(&(e.clone(), r)), g);
+        assert_eq!(at(&live, 5, 5), Some(Generation::Apply));
+        // Deleted (tombstone 9) or created again (revision 12) since.
+        assert_eq!(at(&tombstone, 9, 5), Some(Generation::Skip));
+        assert_eq!(at(&live, 12, 5), Some(Generation::Skip));
+        // This node's view is older than the record: not decided here.
+        assert_eq!(at(&live, 5, 12), None);
+        assert_eq!(generation_decision(None, 5), None);
+        // Written before generations: while the space exists.
+        assert_eq!(at(&live, 5, 0), Some(Generation::Apply));
+        assert_eq!(at(&tombstone, 9, 0), Some(Generation::Skip));
+    }
 
     /// Waiting for the applying task ends in each way it can: everything
     /// applied, the task failed, or the task ended first (the owner must

@@ -14,8 +14,8 @@ use std::time::Duration;
 use super::route::{OwnerAt, FORWARDED_HEADER};
 use crate::http::{ApiError, AppState};
 
-/// The space of a request the owner must answer: reads, and forgets (the
-/// owner knows whether the memory existed).
+/// The space of a request the owner must answer: reads, forgets (the
+/// owner knows whether the memory existed) and deleting the space.
 fn read_of(method: &Method, path: &str) -> Option<String> {
     let rest = path.strip_prefix("/v1/spaces/")?;
     let (raw, tail) = match rest.split_once('/') {
@@ -24,7 +24,7 @@ fn read_of(method: &Method, path: &str) -> Option<String> {
     };
     let owner_answers = matches!(
         (method.as_str(), tail),
-        ("GET", None) | ("POST", Some("recall")) | ("GET", Some("memories"))
+        ("GET", None) | ("DELETE", None) | ("POST", Some("recall")) | ("GET", Some("memories"))
     ) || (method == Method::DELETE
         && tail.is_some_and(|t| {
             t.strip_prefix("memories/")
@@ -183,7 +183,10 @@ mod tests {
             Some("s".to_owned())
         );
         assert_eq!(read_of(&Method::DELETE, "/v1/spaces/s/memories/"), None);
-        assert_eq!(read_of(&Method::DELETE, "/v1/spaces/s"), None);
+        assert_eq!(
+            read_of(&Method::DELETE, "/v1/spaces/s"),
+            Some("s".to_owned())
+        );
         assert_eq!(read_of(&Method::PUT, "/v1/spaces/s"), None);
         assert_eq!(read_of(&Method::GET, "/v1/spaces"), None);
         assert_eq!(read_of(&Method::GET, "/v1/cluster"), None);

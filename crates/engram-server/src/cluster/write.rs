@@ -51,40 +51,127 @@ pub(crate) fn space_from_key(key: &str) -> Option<String> {
 }
 
 impl Cluster {
-    /// The registry entry of `space`, if it exists.
+    /// The registry entry of `space`, if it exists (a deleted space's
+    /// tombstone is none).
     pub(crate) async fn space_entry(&self, space: &str) -> Result<Option<SpaceEntry>, Status> {
+        Ok(self
+            .space_record(space)
+            .await?
+            .filter(|(e, _)| !e.deleted)
+            .map(|(e, _)| e))
+    }
+
+    /// The registry's record of `space` with its KV revision (the space's
+    /// generation), tombstones included: from this node's cache (kept
+    /// current by the registry watch), else read.
+    pub(crate) async fn space_record(
+        &self,
+        space: &str,
+    ) -> Result<Option<(SpaceEntry, u64)>, Status> {
         if let Some(e) = self.inner.space_cache.read().get(space) {
             return Ok(Some(e.clone()));
         }
-        let value = self
+        self.space_record_fresh(space).await
+    }
+
+    /// [`Cluster::space_record`] read from the registry, not the cache.
+    pub(crate) async fn space_record_fresh(
+        &self,
+        space: &str,
+    ) -> Result<Option<(SpaceEntry, u64)>, Status> {
+        let entry = self
             .inner
             .spaces
-            .get(space_key(space))
+            .entry(space_key(space))
             .await
             .map_err(|e| unavailable(format!("reading the space registry: {e}")))?;
-        let Some(value) = value else {
+        let Some(entry) =
+            entry.filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put)
+        else {
             return Ok(None);
         };
-        let entry: SpaceEntry = serde_json::from_slice(&value)
+        let parsed: SpaceEntry = serde_json::from_slice(&entry.value)
             .map_err(|e| Status::internal(format!("space registry entry of {space}: {e}")))?;
-        self.inner
-            .space_cache
-            .write()
-            .insert(space.to_owned(), entry.clone());
-        Ok(Some(entry))
+        Ok(Some(self.cache_space(space, parsed, entry.revision)))
+    }
+
+    /// Puts a registry record in this node's cache unless the cache holds
+    /// a newer one; answers what the cache holds then.
+    pub(crate) fn cache_space(
+        &self,
+        space: &str,
+        e: SpaceEntry,
+        revision: u64,
+    ) -> (SpaceEntry, u64) {
+        let mut cache = self.inner.space_cache.write();
+        let held = cache
+            .entry(space.to_owned())
+            .or_insert_with(|| (e.clone(), revision));
+        if held.1 < revision {
+            *held = (e, revision);
+        }
+        held.clone()
+    }
+
+    /// Keeps this node's registry cache current (deletions and
+    /// re-creations by other nodes), until the node stops. Run
+    /// supervised; a failed watch is started again.
+    pub(crate) async fn watch_spaces(self) {
+        use futures::StreamExt;
+        let mut stop = self.inner.stop.clone();
+        loop {
+            let mut watch = match self.inner.spaces.watch_all().await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(error = %e, "watching the space registry failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    n = watch.next() => n,
+                    _ = stop.wait_for(|s| *s) => return,
+                };
+                let Some(Ok(entry)) = next else {
+                    break;
+                };
+                let Some(space) = space_from_key(&entry.key) else {
+                    continue;
+                };
+                if entry.operation != async_nats::jetstream::kv::Operation::Put {
+                    self.inner.space_cache.write().remove(&space);
+                    continue;
+                }
+                if let Ok(parsed) = serde_json::from_slice::<SpaceEntry>(&entry.value) {
+                    self.cache_space(&space, parsed, entry.revision);
+                }
+            }
+        }
     }
 
     /// Creates the space in the registry unless it exists; answers the
-    /// entry that holds and whether this call created it.
+    /// entry that holds and whether this call created it. Over a deleted
+    /// space's sealed tombstone it creates the space anew (a new
+    /// generation); over one still being deleted it answers UNAVAILABLE.
     pub(crate) async fn create_space_entry(
         &self,
         space: &str,
         wanted: SpaceEntry,
     ) -> Result<(SpaceEntry, bool), Status> {
         SpaceId::parse(space).map_err(status)?;
-        if let Some(e) = self.space_entry(space).await? {
-            return Ok((e, false));
-        }
+        let tombstone = match self.space_record(space).await? {
+            Some((e, _)) if !e.deleted => return Ok((e, false)),
+            Some((e, _)) if !e.sealed => {
+                return Err(unavailable(format!(
+                    "memory space {space:?} is being deleted; retry later (a DeleteSpace that was interrupted finishes when DeleteSpace is retried)"
+                )))
+            }
+            Some((_, revision)) => Some(revision),
+            None => None,
+        };
         // The cluster-wide space limit is kept here, where spaces are
         // created (partition engines take every space the registry has,
         // so that no acked write is refused at apply).
@@ -97,17 +184,23 @@ impl Cluster {
             }));
         }
         let value = serde_json::to_vec(&wanted).expect("a space entry serializes");
-        match self
-            .inner
-            .spaces
-            .create(space_key(space), value.into())
-            .await
-        {
-            Ok(_) => {
-                self.inner
-                    .space_cache
-                    .write()
-                    .insert(space.to_owned(), wanted.clone());
+        let created = match tombstone {
+            None => self
+                .inner
+                .spaces
+                .create(space_key(space), value.into())
+                .await
+                .map_err(|e| e.to_string()),
+            Some(revision) => self
+                .inner
+                .spaces
+                .update(space_key(space), value.into(), revision)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        match created {
+            Ok(revision) => {
+                self.cache_space(space, wanted.clone(), revision);
                 Ok((wanted, true))
             }
             Err(create_error) => {
@@ -115,8 +208,10 @@ impl Cluster {
                 // it; a read served by a replica may lag the create a
                 // little.
                 for _ in 0..20 {
-                    if let Some(e) = self.space_entry(space).await? {
-                        return Ok((e, false));
+                    if let Some((e, _)) = self.space_record_fresh(space).await? {
+                        if !e.deleted {
+                            return Ok((e, false));
+                        }
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -180,6 +275,7 @@ impl Cluster {
             dimension,
             vector_storage: Some(vector_storage.unwrap_or(self.inner.engine.vector_storage)),
             default_ttl_secs: default_ttl.flatten().map(|d| d.as_secs_f64()),
+            ..SpaceEntry::default()
         };
         let (entry, created) = self.create_space_entry(space, wanted.clone()).await?;
         if !created {
@@ -202,16 +298,23 @@ impl Cluster {
     /// How many spaces the registry holds.
     async fn space_count(&self) -> Result<usize, Status> {
         use futures::StreamExt;
-        let keys = self
+        let mut keys = self
             .inner
             .spaces
             .keys()
             .await
             .map_err(|e| unavailable(format!("reading the space registry: {e}")))?;
-        Ok(keys
-            .filter(|k| std::future::ready(k.as_ref().is_ok_and(|k| space_from_key(k).is_some())))
-            .count()
-            .await)
+        let mut live = 0;
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| unavailable(format!("reading the space registry: {e}")))?;
+            if let Some(space) = space_from_key(&key) {
+                // Deleted spaces' tombstones do not count.
+                if self.space_entry(&space).await?.is_some() {
+                    live += 1;
+                }
+            }
+        }
+        Ok(live)
     }
 
     /// Every space in the registry (their counts come from DescribeSpace,
@@ -327,19 +430,26 @@ impl Cluster {
                 "invalid episode.embedding: has {dimension} values; this server takes 1 to {max} dimensions (engine.max_dimension)"
             )));
         }
-        let entry = match self.space_entry(space).await? {
+        // The space as the registry has it, with its generation (the
+        // record carries it: a record of a deleted generation is skipped
+        // at apply).
+        let live = |r: Option<(SpaceEntry, u64)>| r.filter(|(e, _)| !e.deleted);
+        let (entry, generation) = match live(self.space_record(space).await?) {
             Some(e) => e,
             None if self.inner.engine.auto_create_spaces => {
                 self.create_space_entry(
                     space,
                     SpaceEntry {
                         dimension,
-                        vector_storage: None,
-                        default_ttl_secs: None,
+                        ..SpaceEntry::default()
                     },
                 )
-                .await?
-                .0
+                .await?;
+                live(self.space_record(space).await?).ok_or_else(|| {
+                    unavailable(format!(
+                        "memory space {space:?} was deleted while this write created it; retry"
+                    ))
+                })?
             }
             None => {
                 return Err(Status::not_found(format!(
@@ -391,7 +501,8 @@ impl Cluster {
         let payload = pb::PartitionRecord {
             memory_space_id: space.to_owned(),
             episode: Some(episode),
-            forget_memory_id: String::new(),
+            space_generation: generation,
+            ..Default::default()
         }
         .encode_to_vec();
         let p = self.partition(space);
@@ -457,8 +568,8 @@ impl Cluster {
         };
         let payload = pb::PartitionRecord {
             memory_space_id: space.to_owned(),
-            episode: None,
             forget_memory_id: memory_id.to_owned(),
+            ..Default::default()
         }
         .encode_to_vec();
         // Retries of this call's publish store it once; another forget of
@@ -486,6 +597,117 @@ impl Cluster {
                 wait.as_millis()
             )))),
         }
+    }
+
+    /// DeleteSpace in cluster mode, on the owner of the space's partition:
+    /// replaces the registry entry by a tombstone (so that no node takes
+    /// writes of this generation any more, and the owner skips any still
+    /// in the log), publishes a delete record, waits until it is applied
+    /// here (after every earlier record), and seals the tombstone (from
+    /// then on the space may be created again, as a new generation).
+    ///
+    /// # Errors
+    /// NOT_FOUND for a space that does not exist (or is deleted);
+    /// UNAVAILABLE when this node does not own the partition (the caller
+    /// forwards) or lost it meanwhile: the deletion then finishes when the
+    /// call is retried.
+    pub async fn delete_space(&self, space: &str) -> Result<(), engram_core::Error> {
+        use engram_core::Error;
+        let refused = |s: Status| super::sessions::refused(&s);
+        SpaceId::parse(space)?;
+        let p = self.partition(space);
+        let Some(owned) = self.inner.parts[p as usize].owned.read().clone() else {
+            return Err(refused(unavailable(format!(
+                "partition {p}: this node does not own it; retry (a deletion is answered by the owner)"
+            ))));
+        };
+        // Tombstone the live generation (compare-and-set on its revision),
+        // or finish a deletion that was interrupted before its seal.
+        let mut attempts = 0;
+        let (tombstone, tombstone_revision) = loop {
+            attempts += 1;
+            match self.space_record_fresh(space).await.map_err(refused)? {
+                None => return Err(Error::SpaceNotFound(space.to_owned())),
+                Some((e, _)) if e.deleted && e.sealed => {
+                    return Err(Error::SpaceNotFound(space.to_owned()))
+                }
+                Some((e, revision)) if e.deleted => break (e, revision),
+                Some((e, generation)) => {
+                    let tombstone = SpaceEntry {
+                        deleted: true,
+                        sealed: false,
+                        deleted_generation: generation,
+                        ..e
+                    };
+                    let value = serde_json::to_vec(&tombstone).expect("a space entry serializes");
+                    match self
+                        .inner
+                        .spaces
+                        .update(space_key(space), value.into(), generation)
+                        .await
+                    {
+                        Ok(revision) => {
+                            self.cache_space(space, tombstone.clone(), revision);
+                            break (tombstone, revision);
+                        }
+                        // Changed meanwhile (another deletion, a write of
+                        // the registry): read it again.
+                        Err(e) if attempts < 5 => {
+                            tracing::debug!(space, error = %e, "tombstoning a space raced; again");
+                        }
+                        Err(e) => {
+                            return Err(refused(unavailable(format!(
+                                "deleting space {space}: the registry kept changing ({e}); retry"
+                            ))))
+                        }
+                    }
+                }
+            }
+        };
+        let payload = pb::PartitionRecord {
+            memory_space_id: space.to_owned(),
+            delete_space: true,
+            space_generation: tombstone.deleted_generation,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let msg_id = format!("delete-{}", uuid::Uuid::new_v4());
+        let _permit = self.admit(p).map_err(refused)?;
+        let ack = self
+            .publish(p, &msg_id, payload.into())
+            .await
+            .map_err(refused)?;
+        self.inner.parts[p as usize]
+            .stream_last
+            .fetch_max(ack.sequence, Ordering::Relaxed);
+        let wait = Duration::from_millis(self.inner.cfg.read_wait_ms);
+        if !owned.wait_ready(ack.sequence, wait).await
+            || owned.forget_outcome(ack.sequence).is_none()
+        {
+            return Err(refused(unavailable(format!(
+                "partition {p}: the deletion of {space} is stored in the log at sequence {} but was not applied here within {} ms (the partition may have changed owner); retry to finish it",
+                ack.sequence,
+                wait.as_millis()
+            ))));
+        }
+        let sealed = SpaceEntry {
+            sealed: true,
+            ..tombstone
+        };
+        let value = serde_json::to_vec(&sealed).expect("a space entry serializes");
+        match self
+            .inner
+            .spaces
+            .update(space_key(space), value.into(), tombstone_revision)
+            .await
+        {
+            Ok(revision) => {
+                self.cache_space(space, sealed, revision);
+            }
+            // Another call finishing the same deletion sealed it first.
+            Err(e) => tracing::debug!(space, error = %e, "sealing a tombstone raced"),
+        }
+        Ok(())
     }
 
     /// Publishes until JetStream stores the record (or the deadline):

@@ -264,6 +264,30 @@ impl Memory for MemoryService {
         req: Request<pb::DeleteSpaceRequest>,
     ) -> Result<Response<pb::DeleteSpaceResponse>, Status> {
         self.authorize(&req, &req.get_ref().memory_space_id, Need::Admin)?;
+        // Cluster mode: answered by the owner (it tombstones the space in
+        // the registry and applies the deletion from the partition's log).
+        // Routed without making the space locally: a deletion interrupted
+        // after it was applied must still be finishable.
+        if let Some(cluster) = self.state.cluster() {
+            if self.state.ready_engine().is_none() {
+                return Err(not_ready());
+            }
+            let space = req.get_ref().memory_space_id.clone();
+            let forwarded = req.metadata().contains_key(FORWARDED_HEADER);
+            return match cluster.route(&space, None, forwarded).await? {
+                Route::Local(_) => {
+                    cluster.delete_space(&space).await.map_err(status)?;
+                    Ok(Response::new(pb::DeleteSpaceResponse {}))
+                }
+                Route::Forward { owner, mut client } => {
+                    let (md, _, message) = req.into_parts();
+                    client
+                        .delete_space(cluster.forward_request(message, &md))
+                        .await
+                        .map_err(|s| forward_failed(&owner, s))
+                }
+            };
+        }
         self.engine()?
             .delete_space(&req.into_inner().memory_space_id)
             .await

@@ -51,10 +51,11 @@ pub fn status(e: Error) -> Status {
     Status::new(code, e.to_string())
 }
 
-/// A call cluster mode does not serve yet.
+/// A call that reached the single-node path on a cluster node (every
+/// gRPC call has a cluster path: a guard, not an answer).
 pub fn not_in_cluster_mode() -> Status {
     Status::unimplemented(
-        "not available in cluster mode yet: a cluster node serves engram.v1.Memory Remember, Recall, Forget, CreateSpace, DescribeSpace, ListSpaces, ListMemories, the engram.v1.Streaming service and engram.v1.Cluster Status (not yet: DeleteSpace)",
+        "this call took the single-node path on a cluster node (a bug: please report it); a cluster node serves every engram.v1.Memory and engram.v1.Streaming call and engram.v1.Cluster Status",
     )
 }
 

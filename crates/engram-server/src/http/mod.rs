@@ -130,14 +130,14 @@ impl AppState {
     ///
     /// # Errors
     /// 503 while recovering; 501 `not_in_cluster_mode` in cluster mode,
-    /// for the routes a cluster node does not serve yet (deleting a space,
-    /// the admin routes); the others answer from the cluster.
+    /// for the admin routes (they act on one engine); the others answer
+    /// from the cluster.
     pub fn engine(&self) -> Result<&Engine, ApiError> {
         if self.cluster().is_some() {
             return Err(ApiError::new(
                 StatusCode::NOT_IMPLEMENTED,
                 "not_in_cluster_mode",
-                "in cluster mode a node serves observe, recall, forget, create, describe and list of spaces and memories (REST and gRPC), the streams (gRPC Streaming and the WebSocket /v1/stream) and GET /v1/cluster; this route (deleting a space, the admin routes) is not available in cluster mode yet",
+                "in cluster mode a node serves the data routes (spaces and memories), the streams (gRPC Streaming and the WebSocket /v1/stream) and GET /v1/cluster; the admin routes (fault injection, indexing pause, integrity checks) act on one engine and are not available in cluster mode",
             ));
         }
         self.inner

@@ -464,7 +464,11 @@ pub async fn delete_space(
     PathParams(space_id): PathParams<String>,
 ) -> Result<Response, ApiError> {
     caller.may(&state, &space_id, Need::Admin)?;
-    state.engine()?.delete_space(&space_id).await?;
+    match state.cluster() {
+        // The cluster proxy sent it here, to the owner.
+        Some(cluster) => cluster.delete_space(&space_id).await?,
+        None => state.engine()?.delete_space(&space_id).await?,
+    }
     Ok(Json(json!({})).into_response())
 }
 
