@@ -340,6 +340,72 @@ async fn cluster_calls_through_both_nodes() {
         .collect();
     assert_eq!(ids, ["new-0"], "only the new generation's memory");
     let http = reqwest::Client::new();
+    // Deleted and created again through one node, then written with the
+    // same ids as before, on each node in turn (so once through the node
+    // that does not own it): stored again each time, nothing taken for a
+    // duplicate of the deleted generation's writes.
+    for (round, client) in [&mut m1, &mut m2].into_iter().enumerate() {
+        client
+            .delete_space(pb::DeleteSpaceRequest {
+                memory_space_id: DOOMED.to_owned(),
+            })
+            .await
+            .unwrap();
+        let made = client
+            .create_space(pb::CreateSpaceRequest {
+                memory_space_id: DOOMED.to_owned(),
+                dimension: 4,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(made.created, "round {round}: created anew");
+        let mut last = None;
+        for i in 0..3 {
+            let mut v = vec![0.0; 4];
+            v[i] = 1.0;
+            let w = remember(client, DOOMED, episode(&format!("same-{i}"), v))
+                .await
+                .unwrap();
+            assert!(
+                !w.duplicate,
+                "round {round}: same-{i} is new in the new generation"
+            );
+            last = w.token;
+        }
+        let r = client
+            .recall(pb::RecallRequest {
+                memory_space_id: DOOMED.to_owned(),
+                cue: Some(pb::Cue {
+                    embedding: vec![1.0, 0.0, 0.0, 0.0],
+                    max_results: 10,
+                    ..Default::default()
+                }),
+                after: last,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.memories.len(), 3, "round {round}: {:?}", r.memories);
+    }
+    // Back to one memory, for the handoff check below.
+    m1.delete_space(pb::DeleteSpaceRequest {
+        memory_space_id: DOOMED.to_owned(),
+    })
+    .await
+    .unwrap();
+    m1.create_space(pb::CreateSpaceRequest {
+        memory_space_id: DOOMED.to_owned(),
+        dimension: 4,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    remember(&mut m1, DOOMED, episode("new-0", vec![1.0, 0.0, 0.0, 0.0]))
+        .await
+        .unwrap();
     // REST: deleted through either node (passed to the owner).
     m1.create_space(pb::CreateSpaceRequest {
         memory_space_id: "doomed-rest".to_owned(),

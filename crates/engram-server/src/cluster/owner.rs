@@ -645,36 +645,35 @@ async fn apply_delete(engine: &Engine, record: &pb::PartitionRecord) -> anyhow::
     }
 }
 
-/// What to do with a record of `generation` of `space`.
+/// What to do with a record of `space` written for `generation`.
 #[derive(Debug, PartialEq, Eq)]
 enum Generation {
     Apply,
-    /// The generation was deleted (or replaced) since: its records are gone.
+    /// The space is deleted (a tombstone at least as new as the record):
+    /// the record raced the deletion and goes with the space.
     Skip,
     /// This node's registry view is older than the record: wait for it.
     Wait,
 }
 
-/// Decides by the registry's record of the space (entry, revision).
+/// Decides by the registry's record of the space (entry, revision). A
+/// live space takes the record whatever generation it was written for:
+/// the log orders it (a record before the space's delete record is
+/// deleted with it; one after it was written once the space existed again,
+/// as on a single node).
 fn generation_decision(
     record: Option<&(super::SpaceEntry, u64)>,
     generation: u64,
 ) -> Option<Generation> {
     let (entry, revision) = record?;
-    if generation == 0 {
-        // Written before generations: applied while the space exists.
-        return Some(if entry.deleted {
-            Generation::Skip
-        } else {
-            Generation::Apply
-        });
-    }
-    if *revision > generation {
-        Some(Generation::Skip)
-    } else if *revision == generation && !entry.deleted {
+    if !entry.deleted {
         Some(Generation::Apply)
-    } else {
+    } else if generation > *revision {
+        // Written for a generation created after this tombstone: the view
+        // is stale.
         None
+    } else {
+        Some(Generation::Skip)
     }
 }
 
@@ -683,8 +682,12 @@ async fn generation_of(
     space: &str,
     generation: u64,
 ) -> Result<Generation, tonic::Status> {
-    if let Some(d) = generation_decision(cluster.space_record(space).await?.as_ref(), generation) {
-        return Ok(d);
+    // The cache decides only to apply: a skip is confirmed by the
+    // registry itself (the cache may not have seen a re-creation yet).
+    if let Some(Generation::Apply) =
+        generation_decision(cluster.space_record(space).await?.as_ref(), generation)
+    {
+        return Ok(Generation::Apply);
     }
     Ok(generation_decision(
         cluster.space_record_fresh(space).await?.as_ref(),
@@ -862,7 +865,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn records_of_a_deleted_generation_are_skipped() {
+    fn records_of_a_deleted_space_are_skipped_and_a_stale_view_waits() {
         use super::super::SpaceEntry;
         let live = SpaceEntry {
             dimension: 8,
@@ -874,16 +877,18 @@ mod tests {
             ..live.clone()
         };
         let at = |e: &SpaceEntry, r: u64, g: u64| generation_decision(Some(&(e.clone(), r)), g);
+        // A live space takes records of any generation (the log orders
+        // them around the delete record).
         assert_eq!(at(&live, 5, 5), Some(Generation::Apply));
-        // Deleted (tombstone 9) or created again (revision 12) since.
-        assert_eq!(at(&tombstone, 9, 5), Some(Generation::Skip));
-        assert_eq!(at(&live, 12, 5), Some(Generation::Skip));
-        // This node's view is older than the record: not decided here.
-        assert_eq!(at(&live, 5, 12), None);
-        assert_eq!(generation_decision(None, 5), None);
-        // Written before generations: while the space exists.
+        assert_eq!(at(&live, 12, 5), Some(Generation::Apply));
         assert_eq!(at(&live, 5, 0), Some(Generation::Apply));
+        // Deleted (tombstone at revision 9): records written before it go.
+        assert_eq!(at(&tombstone, 9, 5), Some(Generation::Skip));
         assert_eq!(at(&tombstone, 9, 0), Some(Generation::Skip));
+        // A record of a generation newer than the tombstone: the view is
+        // stale, not decided here.
+        assert_eq!(at(&tombstone, 9, 12), None);
+        assert_eq!(generation_decision(None, 5), None);
     }
 
     /// Waiting for the applying task ends in each way it can: everything

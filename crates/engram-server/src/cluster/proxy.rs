@@ -92,10 +92,17 @@ pub async fn to_owner(State(proxy): State<ProxyState>, req: Request, next: Next)
             .into_response()
         }
     };
-    match forward(cluster, &http, req, proxy.max_body_bytes).await {
+    let deletes_space =
+        req.method() == Method::DELETE && !req.uri().path()["/v1/spaces/".len()..].contains('/');
+    let answer = match forward(cluster, &http, req, proxy.max_body_bytes).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
+    };
+    if deletes_space {
+        // This node's next call reads the registry afresh.
+        cluster.evict_space(&space);
     }
+    answer
 }
 
 async fn forward(

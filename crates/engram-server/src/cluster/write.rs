@@ -113,6 +113,13 @@ impl Cluster {
         held.clone()
     }
 
+    /// Drops `space` from this node's registry cache: the next lookup reads
+    /// the registry (after this node passed a deletion on to the owner, so
+    /// that its own next call does not see the deleted generation).
+    pub fn evict_space(&self, space: &str) {
+        self.inner.space_cache.write().remove(space);
+    }
+
     /// Keeps this node's registry cache current (deletions and
     /// re-creations by other nodes), until the node stops. Run
     /// supervised; a failed watch is started again.
@@ -506,10 +513,15 @@ impl Cluster {
         }
         .encode_to_vec();
         let p = self.partition(space);
+        // Of the space's generation too: once a space is deleted and
+        // created again, an id it held before is new (JetStream's
+        // duplicate window would otherwise answer it as a duplicate of the
+        // deleted generation's write, storing nothing).
         let msg_id = {
             let mut h = sha2::Sha256::new();
             h.update(space.as_bytes());
             h.update([0u8]);
+            h.update(generation.to_be_bytes());
             h.update(memory_id.as_bytes());
             let d = h.finalize();
             d.iter().map(|b| format!("{b:02x}")).collect::<String>()

@@ -281,10 +281,13 @@ impl Memory for MemoryService {
                 }
                 Route::Forward { owner, mut client } => {
                     let (md, _, message) = req.into_parts();
-                    client
+                    let answer = client
                         .delete_space(cluster.forward_request(message, &md))
                         .await
-                        .map_err(|s| forward_failed(&owner, s))
+                        .map_err(|s| forward_failed(&owner, s));
+                    // This node's next call reads the registry afresh.
+                    cluster.evict_space(&space);
+                    answer
                 }
             };
         }
