@@ -247,6 +247,10 @@ pub async fn serve(
                 Err(e) => {
                     signal_task.abort();
                     let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+                    if matches!(e, crate::cluster::JoinError::Stopped) {
+                        tracing::info!("stopped while joining the cluster");
+                        return Ok(());
+                    }
                     return Err(ServeError::Cluster(e.to_string()));
                 }
             }

@@ -719,6 +719,54 @@ fn a_node_that_cannot_reach_nats_exits_with_the_cause() {
         stderr.contains("connecting to NATS") && stderr.contains(&dead.to_string()),
         "{stderr}"
     );
+
+    // Told to stop while it is still trying to join: it stops now (exit
+    // 0), not after join_timeout_secs.
+    std::fs::write(
+        &conf,
+        format!(
+            "[http]\naddr = \"127.0.0.1:0\"\n[grpc]\naddr = \"127.0.0.1:0\"\n\
+             [cluster]\nnats = [\"nats://127.0.0.1:{dead}\"]\nnode_id = \"lonely\"\njoin_timeout_secs = 600\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("joining.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_engram"))
+        .args(["serve", "--config"])
+        .arg(&conf)
+        .arg("--data-dir")
+        .arg(dir.path().join("data2"))
+        .stderr(std::fs::File::create(&log).unwrap())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("joining the cluster")
+    {
+        assert!(Instant::now() < deadline, "never started joining");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let asked = Instant::now();
+    // SAFETY: a plain signal to a child process this test started.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let exit = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if asked.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!(
+                "still joining 10 s after SIGTERM:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit:?}");
 }
 
 #[test]

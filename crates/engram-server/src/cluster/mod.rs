@@ -280,6 +280,9 @@ pub enum JoinError {
     Connect { urls: String, message: String },
     #[error("setting up JetStream {what}: {message}")]
     Setup { what: String, message: String },
+    /// Told to stop (SIGTERM) while joining.
+    #[error("stopped while joining the cluster")]
+    Stopped,
 }
 
 impl Cluster {
@@ -291,6 +294,22 @@ impl Cluster {
     /// NATS unreachable, or JetStream refusing a stream or bucket (e.g. a
     /// replica count above the number of NATS servers).
     pub async fn join(
+        cfg: ClusterConfig,
+        engine: EngineConfig,
+        grpc: std::net::SocketAddr,
+        http: std::net::SocketAddr,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Cluster, JoinError> {
+        // A stop while joining (NATS unreachable, JetStream refusing)
+        // ends the join at once, not after join_timeout_secs.
+        let mut stopping = stop.clone();
+        tokio::select! {
+            joined = Self::join_now(cfg, engine, grpc, http, stop) => joined,
+            _ = stopping.wait_for(|s| *s) => Err(JoinError::Stopped),
+        }
+    }
+
+    async fn join_now(
         cfg: ClusterConfig,
         engine: EngineConfig,
         grpc: std::net::SocketAddr,
