@@ -197,6 +197,9 @@ pub(crate) struct Inner {
     /// The space registry as this node last saw it: entry and KV
     /// revision (the space's generation), kept current by a watch.
     pub space_cache: RwLock<HashMap<String, (SpaceEntry, u64)>>,
+    /// When the owner last read a space's registry entry past the cache
+    /// (to decide skips at apply).
+    pub registry_read_at: Mutex<HashMap<String, Instant>>,
     pub node_view: RwLock<HashMap<String, NodeEntry>>,
     pub peers: Mutex<HashMap<String, route::Peer>>,
     pub publish_permits: Arc<tokio::sync::Semaphore>,
@@ -480,6 +483,7 @@ impl Cluster {
             objects,
             parts,
             space_cache: RwLock::new(HashMap::new()),
+            registry_read_at: Mutex::new(HashMap::new()),
             node_view: RwLock::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
             engine,

@@ -677,23 +677,38 @@ fn generation_decision(
     }
 }
 
+/// How long a registry read past the cache decides skips of one space: a
+/// replay through many records of a deleted space reads the registry about
+/// once a second, not once a record.
+const FRESH_FOR: Duration = Duration::from_secs(1);
+
 async fn generation_of(
     cluster: &Cluster,
     space: &str,
     generation: u64,
 ) -> Result<Generation, tonic::Status> {
-    // The cache decides only to apply: a skip is confirmed by the
-    // registry itself (the cache may not have seen a re-creation yet).
-    if let Some(Generation::Apply) =
-        generation_decision(cluster.space_record(space).await?.as_ref(), generation)
-    {
-        return Ok(Generation::Apply);
+    // The cache decides to apply; a skip is decided on the registry read
+    // past the cache (the cache may not have seen a re-creation yet),
+    // within the last FRESH_FOR.
+    let cached = generation_decision(cluster.space_record(space).await?.as_ref(), generation);
+    let fresh_lately = cluster
+        .inner
+        .registry_read_at
+        .lock()
+        .get(space)
+        .is_some_and(|at| at.elapsed() < FRESH_FOR);
+    match cached {
+        Some(Generation::Apply) => return Ok(Generation::Apply),
+        Some(Generation::Skip) if fresh_lately => return Ok(Generation::Skip),
+        _ => {}
     }
-    Ok(generation_decision(
-        cluster.space_record_fresh(space).await?.as_ref(),
-        generation,
-    )
-    .unwrap_or(Generation::Wait))
+    let fresh = cluster.space_record_fresh(space).await?;
+    cluster
+        .inner
+        .registry_read_at
+        .lock()
+        .insert(space.to_owned(), Instant::now());
+    Ok(generation_decision(fresh.as_ref(), generation).unwrap_or(Generation::Wait))
 }
 
 /// A refusal that is the record's own and the same on every replay.

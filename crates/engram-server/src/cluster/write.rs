@@ -143,6 +143,12 @@ impl Cluster {
                     _ = stop.wait_for(|s| *s) => return,
                 };
                 let Some(Ok(entry)) = next else {
+                    // Ended or failed: watch again, after a pause (never
+                    // a busy loop against a failing server).
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
                     break;
                 };
                 let Some(space) = space_from_key(&entry.key) else {
@@ -587,11 +593,13 @@ impl Cluster {
         // Retries of this call's publish store it once; another forget of
         // the same id (after it was written again) is another record.
         let msg_id = format!("forget-{}", uuid::Uuid::new_v4());
-        let _permit = self.admit(p).map_err(refused)?;
+        let permit = self.admit(p).map_err(refused)?;
         let ack = self
             .publish(p, &msg_id, payload.into())
             .await
             .map_err(refused)?;
+        // Published: no longer a write waiting for the log.
+        drop(permit);
         self.inner.parts[p as usize]
             .stream_last
             .fetch_max(ack.sequence, Ordering::Relaxed);
@@ -684,11 +692,12 @@ impl Cluster {
         }
         .encode_to_vec();
         let msg_id = format!("delete-{}", uuid::Uuid::new_v4());
-        let _permit = self.admit(p).map_err(refused)?;
+        let permit = self.admit(p).map_err(refused)?;
         let ack = self
             .publish(p, &msg_id, payload.into())
             .await
             .map_err(refused)?;
+        drop(permit);
         self.inner.parts[p as usize]
             .stream_last
             .fetch_max(ack.sequence, Ordering::Relaxed);
