@@ -24,7 +24,10 @@ mod cluster_support;
 
 use std::time::{Duration, Instant};
 
-use cluster_support::{free_port, nats_cluster, nodes, served, tails, wait_all_served};
+use cluster_support::{
+    cluster_status, eventually, eventually_blocking, free_port, nats_cluster, nodes, served, tails,
+    wait_all_served,
+};
 use engram_proto::v1 as pb;
 use engram_proto::v1::cluster_client::ClusterClient;
 use engram_proto::v1::memory_client::MemoryClient;
@@ -606,14 +609,12 @@ async fn cluster_calls_through_both_nodes() {
         libc::kill(pid as i32, libc::SIGTERM);
     }
     let survivor = vec![(nodes[staying].id.clone(), nodes[staying].http)];
-    let mut handed = false;
-    while stopped.elapsed() < Duration::from_secs(LEASE_TTL_SECS) {
-        if served(&survivor).await.len() == PARTITIONS as usize {
-            handed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let handed = wait_all_served(
+        &survivor,
+        PARTITIONS as usize,
+        Duration::from_secs(LEASE_TTL_SECS).saturating_sub(stopped.elapsed()),
+    )
+    .await;
     assert!(
         handed,
         "the survivor did not serve every partition within the lease TTL after a graceful stop:\n{}",
@@ -743,31 +744,26 @@ fn a_node_that_cannot_reach_nats_exits_with_the_cause() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("joining the cluster")
-    {
-        assert!(Instant::now() < deadline, "never started joining");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let joining = eventually_blocking(Duration::from_secs(30), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("joining the cluster")
+            .then_some(())
+    });
+    assert!(joining.is_some(), "never started joining");
     let asked = Instant::now();
     // SAFETY: a plain signal to a child process this test started.
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
-    let exit = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if asked.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            panic!(
-                "still joining 10 s after SIGTERM:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let Some(exit) = eventually_blocking(Duration::from_secs(10), || child.try_wait().unwrap())
+    else {
+        let _ = child.kill();
+        panic!(
+            "still joining {:?} after SIGTERM:\n{}",
+            asked.elapsed(),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
     };
     assert!(exit.success(), "{exit:?}");
 }
@@ -819,24 +815,18 @@ async fn a_lagging_owner_slows_its_partition_writers() {
         .await
         .unwrap();
     // The writer learns the owner's progress within a second.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s: serde_json::Value =
-            reqwest::get(format!("http://127.0.0.1:{}/v1/cluster", nodes[wi].http))
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-        if s["partitions"][0]["applied_sequence"].as_u64() >= Some(first.token.unwrap().sequence) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the owner's progress never reached the writer: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let target = first.token.unwrap().sequence;
+    let writer_http = nodes[wi].http;
+    let reached = eventually(Duration::from_secs(10), || async move {
+        let s = cluster_status(writer_http).await?;
+        (s["partitions"][0]["applied_sequence"].as_u64() >= Some(target)).then_some(())
+    })
+    .await;
+    assert!(
+        reached.is_some(),
+        "the owner's progress never reached the writer: {:?}",
+        cluster_status(writer_http).await
+    );
     let pid = nodes[oi].child.as_ref().unwrap().id() as i32;
     // SAFETY: signalling a child process this test started.
     unsafe {
@@ -868,20 +858,20 @@ async fn a_lagging_owner_slows_its_partition_writers() {
         "refused after {at} writes (limit 20)"
     );
     // Caught up: accepted again.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match remember(&mut writer, "lag", episode("after", basis(3))).await {
-            Ok(_) => break,
-            Err(e) => {
-                assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
-                assert!(
-                    Instant::now() < deadline,
-                    "writes never accepted again: {e:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
+    let accepted = eventually(Duration::from_secs(20), || {
+        let mut writer = writer.clone();
+        async move {
+            match remember(&mut writer, "lag", episode("after", basis(3))).await {
+                Ok(_) => Some(()),
+                Err(e) => {
+                    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                    None
+                }
             }
         }
-    }
+    })
+    .await;
+    assert!(accepted.is_some(), "writes never accepted again");
     nodes.clear();
     drop(nats);
 }
@@ -932,37 +922,25 @@ async fn nodes_forward_to_each_other_over_tls() {
         tails(&files, 30)
     };
     // Both partitions served, as the nodes say over HTTPS.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let owners = loop {
+    let (https_ref, nodes_ref) = (&https, &nodes);
+    let owners = eventually(Duration::from_secs(60), || async move {
         let mut owners = std::collections::BTreeMap::new();
-        for n in &nodes {
-            let s: Option<serde_json::Value> = match https
-                .get(format!("https://127.0.0.1:{}/v1/cluster", n.http))
-                .send()
-                .await
-            {
-                Ok(r) => r.json().await.ok(),
-                Err(_) => None,
+        for n in nodes_ref {
+            let url = format!("https://127.0.0.1:{}/v1/cluster", n.http);
+            let Ok(r) = https_ref.get(url).send().await else {
+                continue;
             };
-            for p in s
-                .iter()
-                .flat_map(|s| s["partitions"].as_array().cloned().unwrap_or_default())
-            {
+            let s: serde_json::Value = r.json().await.ok()?;
+            for p in s["partitions"].as_array().into_iter().flatten() {
                 if p["state"] == "serving" && p["owner"] == n.id.as_str() {
                     owners.insert(p["partition"].as_u64().unwrap() as u32, n.id.clone());
                 }
             }
         }
-        if owners.len() == 2 {
-            break owners;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not served over TLS:\n{}",
-            tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        (owners.len() == 2).then_some(owners)
+    })
+    .await
+    .unwrap_or_else(|| panic!("not served over TLS:\n{}", tail()));
     let space = "tls-space";
     let p = engram_server::cluster::partition_of(space, 2);
     let other = nodes.iter().find(|n| n.id != owners[&p]).unwrap();

@@ -30,7 +30,9 @@ use std::time::{Duration, Instant};
 
 mod cluster_support;
 
-use cluster_support::{cluster_status, nats_cluster, nodes, served, tails, wait_all_served};
+use cluster_support::{
+    cluster_status, eventually, nats_cluster, nodes, served, tails, wait_all_served,
+};
 use engram_proto::v1 as pb;
 use engram_proto::v1::memory_client::MemoryClient;
 use parking_lot::Mutex;
@@ -59,14 +61,11 @@ impl Ledger {
     /// after `within`.
     async fn wait_for_more(&self, more: usize, within: Duration) -> bool {
         let target = self.acked.lock().len() + more;
-        let deadline = Instant::now() + within;
-        while self.acked.lock().len() < target {
-            if Instant::now() > deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        true
+        eventually(within, || async move {
+            (self.acked.lock().len() >= target).then_some(())
+        })
+        .await
+        .is_some()
     }
 }
 
@@ -81,6 +80,13 @@ struct Ledger {
     streamed: AtomicU64,
     /// Streams opened again after one broke.
     stream_reconnects: AtomicU64,
+}
+
+/// A writer's or reader's pause after a failed call before it tries
+/// again (on the next node): backoff while a node or NATS server is down,
+/// not a wait for a condition (each retry loop has its own deadline).
+async fn retry_pause() {
+    tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
 fn client(port: u16) -> MemoryClient<Channel> {
@@ -139,7 +145,7 @@ async fn writer(w: usize, ports: Vec<u16>, ledger: Arc<Ledger>, stop: Arc<Atomic
                 Err(_) if Instant::now() < deadline => {
                     ledger.write_retries.fetch_add(1, Ordering::Relaxed);
                     node = (node + 1) % clients.len();
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    retry_pause().await;
                 }
                 Err(e) => {
                     ledger.gave_up.lock().push(format!("{space}/{id}: {e}"));
@@ -208,7 +214,7 @@ async fn stream_writer(w: usize, ports: Vec<u16>, ledger: Arc<Ledger>, stop: Arc
             _ => {
                 ledger.stream_reconnects.fetch_add(1, Ordering::Relaxed);
                 node = (node + 1) % ports.len();
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                retry_pause().await;
                 continue 'session;
             }
         };
@@ -272,7 +278,7 @@ async fn stream_writer(w: usize, ports: Vec<u16>, ledger: Arc<Ledger>, stop: Arc
                     _ => {
                         ledger.stream_reconnects.fetch_add(1, Ordering::Relaxed);
                         node = (node + 1) % ports.len();
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        retry_pause().await;
                         continue 'session;
                     }
                 };
@@ -348,7 +354,7 @@ async fn recall_sees(
             }
             Err(_) if Instant::now() < deadline => {
                 node = (node + 1) % clients.len();
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                retry_pause().await;
             }
             Err(e) => {
                 eprintln!("recall of {space}/{id} failed for good: {e}");
@@ -392,7 +398,7 @@ async fn list_all(client: &MemoryClient<Channel>, space: &str) -> Vec<String> {
                         Instant::now() < deadline,
                         "listing {space} kept failing: {e}"
                     );
-                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    retry_pause().await;
                     continue 'again;
                 }
             }
@@ -511,27 +517,21 @@ async fn failover_loses_no_acked_observation() {
     );
     // Takeovers below should load snapshots: wait until every partition
     // that holds writes has one (its owner reports it).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut all_snapshotted = true;
-        for (id, http) in &all {
-            let Some(s) = cluster_status(*http).await else {
-                all_snapshotted = false;
-                continue;
-            };
+    let all_ref = &all;
+    let snapshotted = eventually(Duration::from_secs(60), || async move {
+        for (id, http) in all_ref {
+            let s = cluster_status(*http).await?;
             for p in s["partitions"].as_array().into_iter().flatten() {
                 let mine = p["owner"] == id.as_str() && p["state"] == "serving";
                 if mine && p["stream_sequence"].as_u64() > Some(0) {
-                    all_snapshotted &= p["snapshot_sequence"].as_u64() > Some(0);
+                    p["snapshot_sequence"].as_u64().filter(|s| *s > 0)?;
                 }
             }
         }
-        if all_snapshotted {
-            break;
-        }
-        assert!(Instant::now() < deadline, "partitions never snapshotted");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        Some(())
+    })
+    .await;
+    assert!(snapshotted.is_some(), "partitions never snapshotted");
 
     // 1. SIGKILL the engram node owning the most partitions.
     let owners = served(&all).await;
@@ -551,18 +551,23 @@ async fn failover_loses_no_acked_observation() {
         .cloned()
         .collect();
     let limit = Duration::from_secs(LEASE_TTL_SECS + 10);
-    let mut back: BTreeMap<u32, Duration> = BTreeMap::new();
-    while back.len() < orphans.len() {
-        for (p, _) in served(&survivors).await {
-            if orphans.contains(&p) {
-                back.entry(p).or_insert_with(|| killed_at.elapsed());
+    // When each orphan was first seen served again (looked at until all
+    // are, or well past the limit, so that a slow one is measured too).
+    let back = parking_lot::Mutex::new(BTreeMap::<u32, Duration>::new());
+    let (back_ref, survivors_ref, orphans_ref) = (&back, &survivors, &orphans);
+    eventually(limit + Duration::from_secs(20), || async move {
+        for (p, _) in served(survivors_ref).await {
+            if orphans_ref.contains(&p) {
+                back_ref
+                    .lock()
+                    .entry(p)
+                    .or_insert_with(|| killed_at.elapsed());
             }
         }
-        if killed_at.elapsed() > limit + Duration::from_secs(20) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (back_ref.lock().len() == orphans_ref.len()).then_some(())
+    })
+    .await;
+    let back = back.into_inner();
     println!("orphaned partitions served again after (s): {back:?}");
     let slow: Vec<_> = orphans
         .iter()
@@ -597,14 +602,12 @@ async fn failover_loses_no_acked_observation() {
         println!("takeover: {}", &line[line.find("partition").unwrap_or(0)..]);
     }
     nodes[vi].start();
-    let restarted_at = Instant::now();
-    while cluster_status(nodes[vi].http).await.is_none() {
-        assert!(
-            restarted_at.elapsed() < Duration::from_secs(60),
-            "the restarted node never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let restarted_http = nodes[vi].http;
+    let answered = eventually(Duration::from_secs(60), || async move {
+        cluster_status(restarted_http).await
+    })
+    .await;
+    assert!(answered.is_some(), "the restarted node never answered");
     assert!(
         ledger.wait_for_more(1_000, Duration::from_secs(60)).await,
         "writes stopped after the node restarted"
@@ -626,24 +629,24 @@ async fn failover_loses_no_acked_observation() {
         .filter(|(i, _)| *i != ni)
         .map(|(_, u)| u.clone())
         .collect();
-    loop {
-        let leaders = stream_leaders(&survivors_urls).await;
-        if leaders
+    let (urls_ref, leader_ref) = (&survivors_urls, &leader);
+    let elected = eventually(Duration::from_secs(60), || async move {
+        let leaders = stream_leaders(urls_ref).await;
+        leaders
             .values()
-            .all(|l| l.as_ref().is_some_and(|l| *l != leader))
-        {
-            println!(
-                "every partition stream has a leader other than {leader} after {:?}",
-                nats_killed.elapsed()
-            );
-            break;
-        }
-        assert!(
-            nats_killed.elapsed() < Duration::from_secs(60),
-            "streams without a new leader 60 s after {leader} was killed: {leaders:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            .all(|l| l.as_ref().is_some_and(|l| l != leader_ref))
+            .then_some(())
+    })
+    .await;
+    assert!(
+        elected.is_some(),
+        "streams without a new leader 60 s after {leader} was killed: {:?}",
+        stream_leaders(&survivors_urls).await
+    );
+    println!(
+        "every partition stream has a leader other than {leader} after {:?}",
+        nats_killed.elapsed()
+    );
     // Writes go on with two of the three NATS servers.
     assert!(
         ledger.wait_for_more(1_000, Duration::from_secs(60)).await,

@@ -225,16 +225,50 @@ pub fn nodes(root: &Path, nats_urls: &[String], n: usize, cluster_toml: &str) ->
     nodes
 }
 
+/// How often a condition is looked at while a test waits for it.
+pub const POLL: Duration = Duration::from_millis(50);
+
+/// Waits for a condition: `probe` until it yields `Some`, looked at every
+/// [`POLL`], for at most `within`; `None` after that (the caller fails
+/// with what it waited for). The one place the cluster tests wait.
+pub async fn eventually<T, F, Fut>(within: Duration, mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(v) = probe().await {
+            return Some(v);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`eventually`] for a test without a runtime.
+pub fn eventually_blocking<T>(within: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(v) = probe() {
+            return Some(v);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
 /// Waits until every one of `partitions` is served by one of `nodes`.
 pub async fn wait_all_served(nodes: &[(String, u16)], partitions: usize, within: Duration) -> bool {
-    let deadline = std::time::Instant::now() + within;
-    while std::time::Instant::now() < deadline {
-        if served(nodes).await.len() == partitions {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
+    eventually(within, || async move {
+        (served(nodes).await.len() == partitions).then_some(())
+    })
+    .await
+    .is_some()
 }
 
 /// The last `lines` lines of each file, for a failure message.
