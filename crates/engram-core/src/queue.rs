@@ -130,7 +130,7 @@ pub enum Level {
 }
 
 impl Level {
-    const ALL: [Level; 4] = [
+    pub const ALL: [Level; 4] = [
         Level::Normal,
         Level::Adaptive,
         Level::SlowDown,
@@ -363,9 +363,11 @@ pub struct IndexQueue<K, T> {
     slow_down_activations: AtomicU64,
 }
 
-/// Depths at which the levels start, precomputed from the fractions.
+/// Depths at which the levels start, precomputed from the fractions: the
+/// indexing queue's, and (with the same fractions over another capacity)
+/// a cluster node's writes waiting for the log.
 #[derive(Clone, Copy, Debug)]
-struct Thresholds {
+pub struct Thresholds {
     adaptive: usize,
     adaptive_clear: usize,
     slow_down: usize,
@@ -376,7 +378,7 @@ struct Thresholds {
 }
 
 impl Thresholds {
-    fn new(c: &QueueConfig) -> Self {
+    pub fn new(c: &QueueConfig) -> Self {
         Thresholds {
             adaptive: ceil_of(c.adaptive_at, c.capacity),
             adaptive_clear: ceil_of(c.adaptive_clear_at, c.capacity),
@@ -392,7 +394,7 @@ impl Thresholds {
     /// its mark and left only below its clear mark (hysteresis), also when
     /// falling from a higher one: from OVERLOADED at 70% the level is
     /// SLOW_DOWN, not ADAPTIVE.
-    fn level(&self, prev: Level, depth: usize) -> Level {
+    pub fn level(&self, prev: Level, depth: usize) -> Level {
         let holds = |level: Level, clear: usize| prev >= level && depth >= clear;
         if depth >= self.reject || (prev == Level::Overloaded && depth >= self.reject_clear) {
             Level::Overloaded

@@ -640,7 +640,9 @@ impl Engine {
     }
 }
 
-fn percent(fraction: f64) -> String {
+/// A fraction as the percentage a status message shows (`0.8` → `80`,
+/// `0.825` → `82.5`).
+pub fn percent(fraction: f64) -> String {
     let p = fraction * 100.0;
     if (p - p.round()).abs() < 1e-9 {
         format!("{}", p.round() as i64)

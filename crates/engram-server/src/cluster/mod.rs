@@ -471,7 +471,7 @@ impl Cluster {
         let inner = Arc::new(Inner {
             metrics: metrics::ClusterMetrics::new(cfg.partitions),
             publish_permits: Arc::new(tokio::sync::Semaphore::new(cfg.max_pending_publishes)),
-            streams: sessions::Streams::new(&engine),
+            streams: sessions::Streams::new(&engine, cfg.max_pending_publishes),
             cfg,
             js,
             publisher,

@@ -57,12 +57,12 @@ pub(crate) struct Owned {
     /// Forget and delete records applied lately: stream sequence →
     /// whether the memory (space) existed (what the call that published it
     /// answers).
-    forgets: Mutex<std::collections::BTreeMap<u64, bool>>,
+    outcomes: Mutex<std::collections::BTreeMap<u64, bool>>,
 }
 
-/// Forget outcomes an owner keeps for the calls waiting on them (the
+/// Forget and delete outcomes an owner keeps for the calls waiting on them (the
 /// oldest go first; a call reads its own within milliseconds).
-const FORGET_OUTCOMES: usize = 1024;
+const OUTCOMES_KEPT: usize = 1024;
 
 impl Owned {
     pub fn new(epoch: u64, ttl: Duration) -> Arc<Owned> {
@@ -77,14 +77,14 @@ impl Owned {
             serving: AtomicBool::new(false),
             stop: watch::channel(None).0,
             finished: watch::channel(false).0,
-            forgets: Mutex::new(std::collections::BTreeMap::new()),
+            outcomes: Mutex::new(std::collections::BTreeMap::new()),
         })
     }
 
-    fn record_forget(&self, sequence: u64, existed: bool) {
-        let mut f = self.forgets.lock();
+    fn record_outcome(&self, sequence: u64, existed: bool) {
+        let mut f = self.outcomes.lock();
         f.insert(sequence, existed);
-        while f.len() > FORGET_OUTCOMES {
+        while f.len() > OUTCOMES_KEPT {
             f.pop_first();
         }
     }
@@ -92,8 +92,8 @@ impl Owned {
     /// Whether the memory (space) the forget (delete) record at `sequence`
     /// named existed when it was applied (None: not applied here, or long
     /// ago).
-    pub fn forget_outcome(&self, sequence: u64) -> Option<bool> {
-        self.forgets.lock().remove(&sequence)
+    pub fn outcome(&self, sequence: u64) -> Option<bool> {
+        self.outcomes.lock().remove(&sequence)
     }
 
     pub fn renewed(&self) {
@@ -414,7 +414,7 @@ async fn own(cluster: &Cluster, p: u32, o: &Arc<Owned>, dir: &PathBuf) -> anyhow
                             return Err(e);
                         }
                     };
-                    o.record_forget(sequence, existed);
+                    o.record_outcome(sequence, existed);
                     submitted = sequence;
                     if tx.send(Applying { sequence, pending: None }).await.is_err() {
                         anyhow::bail!("the applying task ended");

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use engram_core::commit::Reply;
 use engram_core::model::{Cue, MemoryFilter, RecalledMemory, Remembered, SpaceId, StoredEpisode};
-use engram_core::queue::{Level, LevelChange, Priority};
+use engram_core::queue::{Level, LevelChange, Priority, Thresholds};
 use engram_core::recall::RecallBatch;
 use engram_core::session::{Origin, Registry, RejectReason, SessionConfig, SessionHost};
 use engram_core::stream::{
@@ -58,6 +58,9 @@ pub(crate) struct Streams {
     sessions: Registry,
     sessions_cfg: SessionConfig,
     queue: engram_core::queue::QueueConfig,
+    /// The levels' depths: `engine.queue`'s fractions of
+    /// `cluster.max_pending_publishes`.
+    thresholds: Thresholds,
     /// The current level (`Level as u8`).
     level: AtomicU8,
     /// Observations acked since the node started (for the rate).
@@ -69,11 +72,16 @@ pub(crate) struct Streams {
 }
 
 impl Streams {
-    pub(crate) fn new(engine: &engram_core::EngineConfig) -> Self {
+    pub(crate) fn new(engine: &engram_core::EngineConfig, max_pending_publishes: usize) -> Self {
+        let queue = engram_core::queue::QueueConfig {
+            capacity: max_pending_publishes.max(1),
+            ..engine.queue.clone()
+        };
         Streams {
             sessions: Registry::new(engine.sessions.clone()),
             sessions_cfg: engine.sessions.clone(),
-            queue: engine.queue.clone(),
+            thresholds: Thresholds::new(&queue),
+            queue,
             level: AtomicU8::new(Level::Normal as u8),
             acked: AtomicU64::new(0),
             rate: AtomicU64::new(0f64.to_bits()),
@@ -82,11 +90,7 @@ impl Streams {
     }
 
     fn level(&self) -> Level {
-        match self.level.load(Ordering::Relaxed) {
-            x if x == Level::Overloaded as u8 => Level::Overloaded,
-            x if x == Level::SlowDown as u8 => Level::SlowDown,
-            _ => Level::Normal,
-        }
+        Level::ALL[usize::from(self.level.load(Ordering::Relaxed))]
     }
 
     fn rate(&self) -> f64 {
@@ -110,20 +114,6 @@ impl Streams {
         if let Some(i) = RejectReason::ALL.iter().position(|r| *r == reason) {
             self.rejected[i].fetch_add(1, Ordering::Relaxed);
         }
-    }
-}
-
-/// The level at pressure `f` (pending / capacity), coming from `now`:
-/// the single node's thresholds, with their hysteresis.
-fn next_level(now: Level, f: f64, q: &engram_core::queue::QueueConfig) -> Level {
-    if f >= q.reject_at || (now == Level::Overloaded && f >= q.reject_clear_at) {
-        Level::Overloaded
-    } else if f >= q.slow_down_at
-        || (matches!(now, Level::Overloaded | Level::SlowDown) && f >= q.slow_down_clear_at)
-    {
-        Level::SlowDown
-    } else {
-        Level::Normal
     }
 }
 
@@ -164,7 +154,7 @@ impl Cluster {
             let depth = self.pending_publishes();
             let pressure = depth as f64 / capacity as f64;
             let now = streams.level();
-            let next = next_level(now, pressure, &streams.queue);
+            let next = streams.thresholds.level(now, depth);
             if next != now {
                 streams.level.store(next as u8, Ordering::Relaxed);
                 tracing::info!(
@@ -545,7 +535,7 @@ impl StreamHost for StreamOn {
 
     fn pressure_message(&self, state: StreamState) -> String {
         let q = &self.cluster.inner.streams.queue;
-        let pct = |f: f64| format!("{}", (f * 100.0).round() as i64);
+        let pct = engram_core::stream::percent;
         match state {
             StreamState::Backpressure => format!(
                 "slow down: this node's writes waiting for the cluster's log are over {}% of cluster.max_pending_publishes; send no faster than suggested_rate until the stream is active again",
@@ -594,34 +584,6 @@ impl StreamHost for StreamOn {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn levels_follow_the_single_node_thresholds_with_hysteresis() {
-        let q = engram_core::queue::QueueConfig::default();
-        assert_eq!(next_level(Level::Normal, 0.0, &q), Level::Normal);
-        assert_eq!(
-            next_level(Level::Normal, q.slow_down_at, &q),
-            Level::SlowDown
-        );
-        assert_eq!(
-            next_level(Level::Normal, q.reject_at, &q),
-            Level::Overloaded
-        );
-        // Between the clear and the set thresholds a level holds.
-        let between = (q.reject_clear_at + q.reject_at) / 2.0;
-        assert_eq!(
-            next_level(Level::Overloaded, between, &q),
-            Level::Overloaded
-        );
-        assert_eq!(next_level(Level::SlowDown, between, &q), Level::SlowDown);
-        let below = (q.slow_down_clear_at + q.slow_down_at) / 2.0;
-        assert_eq!(next_level(Level::SlowDown, below, &q), Level::SlowDown);
-        assert_eq!(next_level(Level::Normal, below, &q), Level::Normal);
-        assert_eq!(
-            next_level(Level::SlowDown, q.slow_down_clear_at / 2.0, &q),
-            Level::Normal
-        );
-    }
 
     #[test]
     fn a_dropped_answer_still_answers_unavailable() {

@@ -10,6 +10,7 @@
 //! stream's duplicate window is answered with the first write's sequence.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::PublishErrorKind;
@@ -579,23 +580,65 @@ impl Cluster {
             return Err(Error::SpaceNotFound(space.to_owned()));
         }
         let p = self.partition(space);
-        let Some(owned) = self.inner.parts[p as usize].owned.read().clone() else {
-            return Err(refused(unavailable(format!(
-                "partition {p}: this node does not own it; retry (a forget is answered by the owner)"
-            ))));
-        };
-        let payload = pb::PartitionRecord {
+        let owned = self.owned_for(p, "a forget")?;
+        let record = pb::PartitionRecord {
             memory_space_id: space.to_owned(),
             forget_memory_id: memory_id.to_owned(),
             ..Default::default()
+        };
+        match self.publish_and_apply(p, &owned, "forget", record).await? {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::MemoryNotFound {
+                space: space.to_owned(),
+                memory_id: memory_id.to_owned(),
+            }),
+            Err(not_applied) => Err(refused(unavailable(format!(
+                "partition {p}: the forget {not_applied}; it will be applied: a retry answers NOT_FOUND once it is"
+            )))),
         }
-        .encode_to_vec();
-        // Retries of this call's publish store it once; another forget of
-        // the same id (after it was written again) is another record.
-        let msg_id = format!("forget-{}", uuid::Uuid::new_v4());
+    }
+
+    /// This node's ownership of partition `p`, for a call only the owner
+    /// answers (`what`: for the message).
+    fn owned_for(
+        &self,
+        p: u32,
+        what: &str,
+    ) -> Result<Arc<super::owner::Owned>, engram_core::Error> {
+        self.inner.parts[p as usize]
+            .owned
+            .read()
+            .clone()
+            .ok_or_else(|| {
+                super::sessions::refused(&unavailable(format!(
+                    "partition {p}: this node does not own it; retry ({what} is answered by the owner)"
+                )))
+            })
+    }
+
+    /// The owner's side of a forget or a deletion (`kind`): publishes
+    /// `record` to partition `p`'s log (admitted like a write), waits until
+    /// this node, as `owned`, has applied it (after every earlier record),
+    /// and answers whether the memory or space existed then; `Err` with the
+    /// words for the caller's UNAVAILABLE when it was not applied here in
+    /// time (the partition may have changed owner).
+    ///
+    /// # Errors
+    /// Admission and publishing, as for a write.
+    async fn publish_and_apply(
+        &self,
+        p: u32,
+        owned: &super::owner::Owned,
+        kind: &str,
+        record: pb::PartitionRecord,
+    ) -> Result<Result<bool, String>, engram_core::Error> {
+        let refused = |s: Status| super::sessions::refused(&s);
+        // Retries of this call's publish store it once; another call with
+        // the same arguments is another record.
+        let msg_id = format!("{kind}-{}", uuid::Uuid::new_v4());
         let permit = self.admit(p).map_err(refused)?;
         let ack = self
-            .publish(p, &msg_id, payload.into())
+            .publish(p, &msg_id, record.encode_to_vec().into())
             .await
             .map_err(refused)?;
         // Published: no longer a write waiting for the log.
@@ -605,18 +648,13 @@ impl Cluster {
             .fetch_max(ack.sequence, Ordering::Relaxed);
         let wait = Duration::from_millis(self.inner.cfg.read_wait_ms);
         let applied = owned.wait_ready(ack.sequence, wait).await;
-        match owned.forget_outcome(ack.sequence) {
-            Some(true) => Ok(()),
-            Some(false) => Err(Error::MemoryNotFound {
-                space: space.to_owned(),
-                memory_id: memory_id.to_owned(),
-            }),
-            None => Err(refused(unavailable(format!(
-                "partition {p}: the forget is stored in the log at sequence {} but was not applied here within {} ms (applied: {applied}; the partition may have changed owner); it will be applied: a retry answers NOT_FOUND once it is",
+        Ok(owned.outcome(ack.sequence).ok_or_else(|| {
+            format!(
+                "is stored in the log at sequence {} but was not applied here within {} ms (applied: {applied}; the partition may have changed owner)",
                 ack.sequence,
                 wait.as_millis()
-            )))),
-        }
+            )
+        }))
     }
 
     /// DeleteSpace in cluster mode, on the owner of the space's partition:
@@ -636,11 +674,7 @@ impl Cluster {
         let refused = |s: Status| super::sessions::refused(&s);
         SpaceId::parse(space)?;
         let p = self.partition(space);
-        let Some(owned) = self.inner.parts[p as usize].owned.read().clone() else {
-            return Err(refused(unavailable(format!(
-                "partition {p}: this node does not own it; retry (a deletion is answered by the owner)"
-            ))));
-        };
+        let owned = self.owned_for(p, "a deletion")?;
         // Tombstone the live generation (compare-and-set on its revision),
         // or finish a deletion that was interrupted before its seal.
         let mut attempts = 0;
@@ -684,31 +718,15 @@ impl Cluster {
                 }
             }
         };
-        let payload = pb::PartitionRecord {
+        let record = pb::PartitionRecord {
             memory_space_id: space.to_owned(),
             delete_space: true,
             space_generation: tombstone.deleted_generation,
             ..Default::default()
-        }
-        .encode_to_vec();
-        let msg_id = format!("delete-{}", uuid::Uuid::new_v4());
-        let permit = self.admit(p).map_err(refused)?;
-        let ack = self
-            .publish(p, &msg_id, payload.into())
-            .await
-            .map_err(refused)?;
-        drop(permit);
-        self.inner.parts[p as usize]
-            .stream_last
-            .fetch_max(ack.sequence, Ordering::Relaxed);
-        let wait = Duration::from_millis(self.inner.cfg.read_wait_ms);
-        if !owned.wait_ready(ack.sequence, wait).await
-            || owned.forget_outcome(ack.sequence).is_none()
-        {
+        };
+        if let Err(not_applied) = self.publish_and_apply(p, &owned, "delete", record).await? {
             return Err(refused(unavailable(format!(
-                "partition {p}: the deletion of {space} is stored in the log at sequence {} but was not applied here within {} ms (the partition may have changed owner); retry to finish it",
-                ack.sequence,
-                wait.as_millis()
+                "partition {p}: the deletion of {space} {not_applied}; retry to finish it"
             ))));
         }
         let sealed = SpaceEntry {
