@@ -25,7 +25,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures::stream::FuturesOrdered;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
@@ -975,7 +975,20 @@ impl Driver {
             }
             RecallStart::Later(starting) => {
                 tokio::spawn(async move {
-                    match starting.await {
+                    // A start that panics (or a host that fails inside)
+                    // still answers: the client never waits on a recall
+                    // nothing will answer.
+                    let started = std::panic::AssertUnwindSafe(starting)
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|_| {
+                            tracing::error!("starting a recall panicked; it fails with an internal error");
+                            Err(StreamError::new(
+                                StreamErrorKind::Internal,
+                                "the recall failed inside the server before its first batch (see its log)",
+                            ))
+                        });
+                    match started {
                         Ok(batches) => {
                             forward_recall(
                                 batches,

@@ -998,3 +998,86 @@ async fn stream_access_is_checked_per_message_and_the_stream_goes_on() {
     drop(tx);
     engine.shutdown();
 }
+
+/// A host whose recall start fails inside (panics, as a cluster node's
+/// forwarding could): the recall is answered INTERNAL, and the stream
+/// goes on (a heartbeat is still answered).
+#[tokio::test]
+async fn a_recall_whose_start_panics_is_answered_and_the_stream_goes_on() {
+    use engram_core::stream::{
+        self as stream, Inbound, OpenedSession, Outbound, RecallRequest, RecallStart, StreamError,
+        StreamErrorKind, StreamHost, StreamLimits, StreamStatus,
+    };
+    struct Failing;
+    impl StreamHost for Failing {
+        fn open_session<'a>(
+            &'a self,
+            _space: &'a str,
+            _resume: Option<&'a str>,
+        ) -> futures::future::BoxFuture<'a, Result<OpenedSession, StreamError>> {
+            Box::pin(async { Err(StreamError::invalid("no sessions here")) })
+        }
+        fn queue_capacity(&self) -> u64 {
+            1
+        }
+        fn max_recalls_per_stream(&self) -> usize {
+            1
+        }
+        fn pressure_state(&self) -> StreamState {
+            StreamState::Active
+        }
+        fn pressure_message(&self, _state: StreamState) -> String {
+            String::new()
+        }
+        fn stream_status(&self, state: StreamState, message: String) -> StreamStatus {
+            StreamStatus {
+                state,
+                queue_depth: 0,
+                queue_capacity: 1,
+                pressure: 0.0,
+                suggested_rate: 0.0,
+                message,
+            }
+        }
+        fn start_recall(&self, _req: RecallRequest) -> RecallStart {
+            RecallStart::Later(Box::pin(async { panic!("the owner could not be asked") }))
+        }
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let mut out = stream::run_on(
+        std::sync::Arc::new(Failing),
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx)),
+        StreamLimits::new(1 << 20),
+        stop,
+    );
+    for id in ["r1", "r2"] {
+        tx.send(Ok(Inbound::Recall {
+            request_id: id.to_owned(),
+            request: Ok(RecallRequest {
+                memory_space_id: "s".to_owned(),
+                cue: engram_core::Cue::default(),
+                batch_size: 0,
+                include_embeddings: false,
+                after: None,
+            }),
+        }))
+        .await
+        .unwrap();
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(10), out.recv())
+            .await
+            .expect("answered within 10 s")
+            .expect("the stream goes on");
+        match answer {
+            Ok(Outbound::RecallFailed { request_id, error }) => {
+                assert_eq!(request_id, id);
+                assert_eq!(error.kind, StreamErrorKind::Internal, "{error:?}");
+            }
+            other => panic!("expected RecallFailed, got {other:?}"),
+        }
+    }
+    // The second recall got its own answer: the first one's permit (one
+    // recall per stream here) was given back.
+    tx.send(Ok(Inbound::Heartbeat)).await.unwrap();
+    assert!(matches!(out.recv().await, Some(Ok(Outbound::Heartbeat))));
+}
